@@ -1,0 +1,320 @@
+//! Keel's kernel command line: `keel.NAME=VALUE` words parsed into a typed [`Config`].
+//!
+//! The command line arrives from whichever loader booted Keel (PVH start info, Xen's dom0
+//! module string, multiboot). Words that do not start with `keel.` belong to someone else
+//! (a loader's file name, Xen's own options) and are ignored.
+//!
+//! Every option is declared once in [`OPTIONS`]: its name, the forms it accepts, its default,
+//! and how a value is applied. The parser, the error lines and the documentation table all
+//! come from that declaration. A malformed value never stops the boot: the option keeps its
+//! default and the problem is reported as one [`OptionError`] line. None of today's options
+//! has a default that is dangerous to fall back to; options whose safe fallback is "do
+//! nothing" (such as a future `keel.format=`) must keep that property.
+
+#![cfg_attr(not(test), no_std)]
+
+use core::fmt;
+
+/// How much the console log shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// What the kernel does after printing a panic, when no debug-exit port is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicAction {
+    /// Reset the machine (a host should come back by itself).
+    Reboot,
+    /// Stop with interrupts off, leaving the console for a person to read.
+    Halt,
+}
+
+/// Actions that exist for the integration tests; a production host leaves this at `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestAction {
+    None,
+    /// Panic right after `keel: ready`.
+    Panic,
+    /// Power off through ACPI S5 right after `keel: ready`.
+    Poweroff,
+    /// Read address 0 right after `keel: ready`: a page fault, reported by the exception path.
+    Fault,
+}
+
+/// The typed boot configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub log: LogLevel,
+    pub panic: PanicAction,
+    /// I/O port of QEMU's `isa-debug-exit` device, when the test harness provides one.
+    pub debug_exit: Option<u16>,
+    pub test: TestAction,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log: LogLevel::Info,
+            panic: PanicAction::Reboot,
+            debug_exit: None,
+            test: TestAction::None,
+        }
+    }
+}
+
+/// One declared option.
+pub struct OptionSpec {
+    /// Name without the `keel.` prefix.
+    pub name: &'static str,
+    /// The accepted forms, as shown to a person.
+    pub accepted: &'static str,
+    /// The default, as shown to a person.
+    pub default: &'static str,
+    /// What it is for (used by the documentation table).
+    pub help: &'static str,
+    apply: fn(&mut Config, &str) -> Result<(), ()>,
+}
+
+/// Every `keel.*` option.
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "log",
+        accepted: "one of error|warn|info|debug|trace",
+        default: "info",
+        help: "console log level",
+        apply: |c, v| {
+            c.log = match v {
+                "error" => LogLevel::Error,
+                "warn" => LogLevel::Warn,
+                "info" => LogLevel::Info,
+                "debug" => LogLevel::Debug,
+                "trace" => LogLevel::Trace,
+                _ => return Err(()),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "panic",
+        accepted: "one of reboot|halt",
+        default: "reboot",
+        help: "what to do after a panic when no debug-exit port is set",
+        apply: |c, v| {
+            c.panic = match v {
+                "reboot" => PanicAction::Reboot,
+                "halt" => PanicAction::Halt,
+                _ => return Err(()),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "debug_exit",
+        accepted: "an I/O port such as 0xf4, or off",
+        default: "off",
+        help: "QEMU isa-debug-exit port: panics exit QEMU with status 3",
+        apply: |c, v| {
+            c.debug_exit = match v {
+                "off" => None,
+                _ => Some(parse_u16(v).ok_or(())?),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "test",
+        accepted: "one of none|panic|poweroff|fault",
+        default: "none",
+        help: "test-only action after ready",
+        apply: |c, v| {
+            c.test = match v {
+                "none" => TestAction::None,
+                "panic" => TestAction::Panic,
+                "poweroff" => TestAction::Poweroff,
+                "fault" => TestAction::Fault,
+                _ => return Err(()),
+            };
+            Ok(())
+        },
+    },
+];
+
+/// A problem with one word of the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionError<'a> {
+    /// `keel.NAME` where NAME is not declared.
+    Unknown { word: &'a str },
+    /// A declared option with a value it does not accept (or no `=VALUE`).
+    Malformed {
+        word: &'a str,
+        spec: &'static OptionSpec,
+    },
+}
+
+impl fmt::Debug for OptionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "keel.{}", self.name)
+    }
+}
+
+impl PartialEq for OptionSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for OptionSpec {}
+
+impl fmt::Display for OptionError<'_> {
+    /// The one console line that reports the problem.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionError::Unknown { word } => {
+                write!(f, "keel: unknown option '{word}': known options are ")?;
+                for (i, spec) in OPTIONS.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}keel.{}", spec.name)?;
+                }
+                Ok(())
+            }
+            OptionError::Malformed { word, spec } => write!(
+                f,
+                "keel: bad option '{word}': expected {}; using default '{}'",
+                spec.accepted, spec.default
+            ),
+        }
+    }
+}
+
+/// Parses `cmdline`, calling `report` for each bad word, and returns the configuration.
+/// Later words override earlier ones.
+pub fn parse<'a>(cmdline: &'a str, mut report: impl FnMut(OptionError<'a>)) -> Config {
+    let mut config = Config::default();
+    for word in cmdline.split_ascii_whitespace() {
+        let Some(rest) = word.strip_prefix("keel.") else {
+            continue;
+        };
+        let (name, value) = match rest.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (rest, None),
+        };
+        let Some(spec) = OPTIONS.iter().find(|s| s.name == name) else {
+            report(OptionError::Unknown { word });
+            continue;
+        };
+        let applied = value.map_or(Err(()), |v| {
+            // Apply to a copy so that a rejected value leaves the previous setting intact.
+            let mut next = config.clone();
+            (spec.apply)(&mut next, v).map(|()| next)
+        });
+        match applied {
+            Ok(next) => config = next,
+            Err(()) => report(OptionError::Malformed { word, spec }),
+        }
+    }
+    config
+}
+
+/// Decimal or `0x` hexadecimal.
+fn parse_u16(v: &str) -> Option<u16> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(line: &str) -> (Config, Vec<String>) {
+        let mut errors = Vec::new();
+        let config = parse(line, |e| errors.push(e.to_string()));
+        (config, errors)
+    }
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        assert_eq!(parse_all(""), (Config::default(), vec![]));
+    }
+
+    #[test]
+    fn foreign_words_are_ignored() {
+        let (c, e) = parse_all("/boot/keel.elf console=hvc0 dom0_mem=512M keelx=1");
+        assert_eq!(c, Config::default());
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let (c, e) =
+            parse_all("keel.log=debug keel.panic=halt keel.debug_exit=0xf4 keel.test=poweroff");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(
+            c,
+            Config {
+                log: LogLevel::Debug,
+                panic: PanicAction::Halt,
+                debug_exit: Some(0xf4),
+                test: TestAction::Poweroff
+            }
+        );
+        assert_eq!(parse_all("keel.debug_exit=244").0.debug_exit, Some(244));
+        assert_eq!(parse_all("keel.test=fault").0.test, TestAction::Fault);
+        assert_eq!(
+            parse_all("keel.debug_exit=0xf4 keel.debug_exit=off")
+                .0
+                .debug_exit,
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_value_keeps_default_and_names_accepted_forms() {
+        let (c, e) = parse_all("keel.log=loud");
+        assert_eq!(c.log, LogLevel::Info);
+        assert_eq!(
+            e,
+            vec!["keel: bad option 'keel.log=loud': expected one of error|warn|info|debug|trace; using default 'info'"]
+        );
+    }
+
+    #[test]
+    fn malformed_value_keeps_earlier_good_value() {
+        let (c, e) = parse_all("keel.log=warn keel.log=");
+        assert_eq!(c.log, LogLevel::Warn);
+        assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn missing_value_and_out_of_range_port_are_malformed() {
+        let (c, e) = parse_all("keel.test keel.debug_exit=0x10000 keel.debug_exit=zz");
+        assert_eq!(c, Config::default());
+        assert_eq!(e.len(), 3);
+        assert!(
+            e[0].starts_with("keel: bad option 'keel.test': expected one of none|panic|poweroff")
+        );
+        assert!(e[1].contains("expected an I/O port"));
+    }
+
+    #[test]
+    fn unknown_option_lists_known_ones() {
+        let (c, e) = parse_all("keel.nosuch=1");
+        assert_eq!(c, Config::default());
+        assert_eq!(
+            e,
+            vec!["keel: unknown option 'keel.nosuch=1': known options are keel.log, keel.panic, keel.debug_exit, keel.test"]
+        );
+    }
+
+    #[test]
+    fn hostile_bytes_do_not_panic() {
+        let (_, e) =
+            parse_all("keel.=\u{0} keel.log=\u{FEFF} keel.debug_exit=-1 keel.debug_exit=0x keel.");
+        assert_eq!(e.len(), 5);
+    }
+}

@@ -1,0 +1,112 @@
+//! The local APIC: the one-shot timer that wakes the idle CPU, and end-of-interrupt.
+//!
+//! xAPIC (MMIO) mode, which QEMU's TCG, KVM and Xen's emulated LAPIC all provide. The legacy
+//! 8259 PICs are masked: all interrupts arrive through the APIC. The timer counts at a
+//! rate calibrated once against the TSC.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
+
+use crate::arch::idt::{self, SPURIOUS_VECTOR};
+use crate::{memory, time};
+
+/// Vector of the LAPIC timer.
+pub const TIMER_VECTOR: u8 = 0x30;
+
+const REG_EOI: usize = 0xb0;
+const REG_SPURIOUS: usize = 0xf0;
+const REG_LVT_TIMER: usize = 0x320;
+const REG_TIMER_INITIAL: usize = 0x380;
+const REG_TIMER_CURRENT: usize = 0x390;
+const REG_TIMER_DIVIDE: usize = 0x3e0;
+const LVT_MASKED: u32 = 1 << 16;
+const IA32_APIC_BASE: u32 = 0x1b;
+
+static BASE: AtomicU64 = AtomicU64::new(0);
+/// Timer ticks per millisecond (divide-by-16).
+static TICKS_PER_MS: AtomicU64 = AtomicU64::new(0);
+
+fn write(reg: usize, value: u32) {
+    let base = BASE.load(Ordering::Relaxed);
+    if base != 0 {
+        // SAFETY: the LAPIC page was mapped uncached in `init`.
+        unsafe { core::ptr::write_volatile((base as usize + reg) as *mut u32, value) };
+    }
+}
+
+fn read(reg: usize) -> u32 {
+    let base = BASE.load(Ordering::Relaxed);
+    if base == 0 {
+        return 0;
+    }
+    // SAFETY: as in `write`.
+    unsafe { core::ptr::read_volatile((base as usize + reg) as *const u32) }
+}
+
+/// Why the APIC could not be set up.
+#[derive(Debug)]
+pub enum ApicError {
+    Map(memory::MapError),
+    TimerDoesNotCount,
+}
+
+impl core::fmt::Display for ApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ApicError::Map(e) => write!(f, "cannot map its registers: {e}"),
+            ApicError::TimerDoesNotCount => write!(f, "its timer does not count"),
+        }
+    }
+}
+
+/// Masks the 8259s, enables the local APIC at `base` and calibrates its timer.
+pub fn init(base: u64) -> Result<u64, ApicError> {
+    // SAFETY: masking all lines of both PICs; nothing in Keel uses them.
+    unsafe {
+        Port::<u8>::new(0x21).write(0xff);
+        Port::<u8>::new(0xa1).write(0xff);
+    }
+    memory::map_mmio(base, 0x1000).map_err(ApicError::Map)?;
+    // SAFETY: setting the global-enable bit of our own APIC at its current base.
+    unsafe {
+        let mut msr = Msr::new(IA32_APIC_BASE);
+        let v = msr.read();
+        msr.write(v | (1 << 11));
+    }
+    BASE.store(base, Ordering::Relaxed);
+    write(REG_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(REG_TIMER_DIVIDE, 0x3); // divide by 16
+    write(REG_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+
+    // Count down from the top for 10 ms of TSC time.
+    write(REG_TIMER_INITIAL, u32::MAX);
+    let start = crate::arch::rdtsc();
+    let span = time::ns_to_tsc(10_000_000);
+    while crate::arch::rdtsc() - start < span {
+        core::hint::spin_loop();
+    }
+    let elapsed = u64::from(u32::MAX - read(REG_TIMER_CURRENT));
+    write(REG_TIMER_INITIAL, 0);
+    if elapsed == 0 {
+        return Err(ApicError::TimerDoesNotCount);
+    }
+    let per_ms = (elapsed / 10).max(1);
+    TICKS_PER_MS.store(per_ms, Ordering::Relaxed);
+    idt::set_handler(TIMER_VECTOR, |_| end_of_interrupt());
+    write(REG_LVT_TIMER, u32::from(TIMER_VECTOR)); // one-shot, unmasked
+    Ok(per_ms * 1000 * 16)
+}
+
+/// Acknowledges the interrupt being handled.
+pub fn end_of_interrupt() {
+    write(REG_EOI, 0);
+}
+
+/// Arms the one-shot timer to fire after `ns` nanoseconds (clamped to what it can count).
+pub fn arm_timer(ns: u64) {
+    let per_ms = TICKS_PER_MS.load(Ordering::Relaxed);
+    let ticks = (u128::from(ns) * u128::from(per_ms) / 1_000_000).clamp(1, u128::from(u32::MAX));
+    write(REG_TIMER_INITIAL, ticks as u32);
+}

@@ -1,0 +1,215 @@
+//! Keel's kernel: boot entries, memory, interrupts and timers, PCI access, the executor, and
+//! the wiring of drivers and services. Protocol and policy logic lives in the host-tested
+//! crates (`keel-cmdline`, `keel-memory`, `keel-executor`, `keel-pci`, `keel-acpi`, …); this
+//! crate only connects them to the machine.
+//!
+//! The crate is only meaningful for `x86_64-unknown-none`; on the host it builds to an empty
+//! program so that workspace-wide `cargo clippy`/`cargo build` keep working.
+
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("keel-kernel only runs as the Keel image: build it with `cargo xtask build`");
+}
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+mod acpi;
+#[cfg(target_os = "none")]
+mod apic;
+#[cfg(target_os = "none")]
+mod arch;
+#[cfg(target_os = "none")]
+mod boot;
+#[cfg(target_os = "none")]
+mod console;
+#[cfg(target_os = "none")]
+mod memory;
+#[cfg(target_os = "none")]
+mod pci;
+#[cfg(target_os = "none")]
+mod power;
+#[cfg(target_os = "none")]
+mod time;
+
+#[cfg(target_os = "none")]
+pub use kernel::kmain;
+
+#[cfg(target_os = "none")]
+mod kernel {
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    use keel_cmdline::{Config, PanicAction, TestAction};
+    use keel_executor::{Executor, Idle};
+
+    use crate::boot::{self, BootInfo, RangeList};
+    use crate::{acpi, apic, arch, console, memory, pci, power, time};
+
+    const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+    /// What a panic does after printing, from `keel.panic` (0 = reboot, 1 = halt).
+    static PANIC_ACTION: AtomicU8 = AtomicU8::new(0);
+
+    pub fn kmain(info: BootInfo) -> ! {
+        arch::gdt::init();
+        arch::idt::init();
+
+        for_each_option_error(&info);
+        let config = keel_cmdline::parse(info.cmdline, |_| {});
+        console::set_level(config.log);
+        PANIC_ACTION.store(
+            matches!(config.panic, PanicAction::Halt) as u8,
+            Ordering::Relaxed,
+        );
+        power::set_debug_exit(config.debug_exit);
+
+        match time::calibrate_with_pit() {
+            Ok(hz) => log::info!(
+                "keel {VERSION} booting via {}; TSC {} MHz",
+                info.protocol,
+                hz / 1_000_000
+            ),
+            Err(e) => panic!(
+                "cannot calibrate the TSC: {e}. Keel needs PIT channel 2 on bare metal and QEMU \
+                 (under Xen it needs the pvclock source, not in this build)"
+            ),
+        }
+
+        let mut in_use = RangeList::new();
+        in_use.push(boot::image_range());
+        for r in info.in_use.as_slice() {
+            in_use.push(*r);
+        }
+        // SAFETY: called once, interrupts off, with every range the boot still uses.
+        let mem = unsafe { memory::init(info.ram.as_slice(), in_use.as_slice()) };
+        log::info!(
+            "memory: {} MiB RAM, heap {} MiB, {} MiB free for DMA",
+            mem.ram_bytes >> 20,
+            mem.heap_bytes >> 20,
+            mem.free_frame_bytes >> 20
+        );
+
+        let platform = match acpi::discover(info.rsdp) {
+            Ok(p) => p,
+            Err(e) => panic!("ACPI tables unusable: {e}"),
+        };
+        log::info!(
+            "acpi: {} CPU(s), local APIC {:#x}, ECAM {}, power-off {}",
+            platform.cpus,
+            platform.lapic_base,
+            platform.ecam.map_or("none".into(), |e| alloc::format!(
+                "{:#x} buses {}-{}",
+                e.base,
+                e.bus_start,
+                e.bus_end
+            )),
+            if platform.power.s5.is_some() && platform.power.pm1a_control_port.is_some() {
+                "ACPI S5"
+            } else {
+                "unavailable"
+            }
+        );
+        power::set_control(platform.power);
+
+        match apic::init(platform.lapic_base) {
+            Ok(hz) => log::info!("apic: timer {} MHz", hz / 1_000_000),
+            Err(e) => panic!("local APIC unusable: {e}"),
+        }
+
+        let pci = pci::PciConfig::new(platform.ecam);
+        let functions = keel_pci::enumerate(&pci);
+        log::info!("pci: {} functions via {}", functions.len(), pci.mechanism());
+        for f in &functions {
+            console::write_line(format_args!("{f}"));
+        }
+
+        run(config)
+    }
+
+    /// Reports every bad `keel.*` word, one line each, before anything else is configured.
+    fn for_each_option_error(info: &BootInfo) {
+        if let Some(at) = info.cmdline_truncated_at {
+            console::write_line(format_args!(
+                "keel: command line is not UTF-8 at byte {at}; ignoring everything from there"
+            ));
+        }
+        keel_cmdline::parse(info.cmdline, |e| console::write_line(format_args!("{e}")));
+    }
+
+    /// Runs the executor forever: services as tasks, the CPU halted when nothing is ready.
+    fn run(config: Config) -> ! {
+        let mut executor = Executor::new(time::TscClock);
+        executor.handle().spawn(async move {
+            // Services start here as they are added; each awaits its own readiness.
+            let boot_us = time::since_entry_ns() / 1_000;
+            console::write_line(format_args!(
+                "keel: ready (keel {VERSION}, boot {}.{} ms)",
+                boot_us / 1_000,
+                boot_us % 1_000 / 100
+            ));
+            match config.test {
+                TestAction::None => {}
+                TestAction::Panic => panic!("test panic requested by keel.test=panic"),
+                TestAction::Poweroff => {
+                    console::write_line(format_args!("keel: powering off"));
+                    power::power_off();
+                }
+                TestAction::Fault => {
+                    // SAFETY: deliberately faulting: page 0 is never mapped.
+                    let value = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+                    log::error!("read {value:#x} from address 0: page 0 is mapped");
+                }
+            }
+        });
+        loop {
+            let idle = match executor.step() {
+                Ok(idle) => idle,
+                Err(e) => {
+                    log::error!("executor: {e:?}; new tasks wait for a free slot");
+                    Idle::Forever
+                }
+            };
+            if idle == Idle::Busy {
+                continue;
+            }
+            x86_64::instructions::interrupts::disable();
+            if executor.has_ready() {
+                x86_64::instructions::interrupts::enable();
+                continue;
+            }
+            if let Idle::Until(deadline) = idle {
+                let now = time::since_entry_ns();
+                if deadline <= now {
+                    x86_64::instructions::interrupts::enable();
+                    continue;
+                }
+                apic::arm_timer(deadline - now);
+            }
+            arch::enable_interrupts_and_halt();
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo) -> ! {
+        x86_64::instructions::interrupts::disable();
+        match info.location() {
+            Some(l) => console::emergency_write(format_args!(
+                "keel: PANIC at {}:{}:{}: {}\n",
+                l.file(),
+                l.line(),
+                l.column(),
+                info.message()
+            )),
+            None => console::emergency_write(format_args!("keel: PANIC: {}\n", info.message())),
+        }
+        let action = if PANIC_ACTION.load(Ordering::Relaxed) == 1 {
+            PanicAction::Halt
+        } else {
+            PanicAction::Reboot
+        };
+        power::fail(action)
+    }
+}

@@ -1,0 +1,225 @@
+//! Physical memory, page tables and the heap.
+//!
+//! Keel runs in one address space with virtual = physical. After boot, [`init`] replaces the
+//! trampoline's tables (4 GiB of write-back 2 MiB pages) with tables that map only RAM
+//! (write-back, 2 MiB pages where possible, page 0 left unmapped to catch null pointers).
+//! Device memory is mapped on demand by [`map_mmio`] as uncached, and firmware tables by
+//! [`map_firmware`] as write-back. Page-table frames come from below 4 GiB while the boot
+//! tables are live, since only that much is reachable then.
+
+use core::ptr::NonNull;
+
+use keel_memory::{align_down, align_up, FrameAllocator, Range, FRAME_SIZE};
+use spin::Mutex;
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::structures::paging::mapper::MapToError;
+use x86_64::structures::paging::{
+    FrameAllocator as PagingFrameAllocator, Mapper, OffsetPageTable, Page, PageTable,
+    PageTableFlags as Flags, PhysFrame, Size2MiB, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+const TWO_MIB: u64 = 2 << 20;
+const FOUR_GIB: u64 = 4 << 30;
+
+static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
+static PAGE_TABLES: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
+
+#[global_allocator]
+static HEAP: talc::TalcLock<spin::Mutex<()>, talc::source::Manual> =
+    talc::TalcLock::new(talc::source::Manual);
+
+/// How memory was set up, for the boot log.
+pub struct MemoryReport {
+    pub ram_bytes: u64,
+    pub heap_bytes: u64,
+    pub free_frame_bytes: u64,
+}
+
+/// Errors from mapping memory.
+#[derive(Debug)]
+pub enum MapError {
+    /// No free frame for a page table.
+    OutOfFrames,
+    /// Part of the range is already mapped differently (inside a RAM huge page, say).
+    Conflict { phys: u64 },
+}
+
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MapError::OutOfFrames => write!(f, "no free memory for page tables"),
+            MapError::Conflict { phys } => write!(f, "{phys:#x} is already mapped differently"),
+        }
+    }
+}
+
+/// Caching for a mapping.
+#[derive(Clone, Copy)]
+pub enum Cache {
+    WriteBack,
+    Uncached,
+}
+
+struct Frames;
+
+// SAFETY: frames come from the free list and are handed out once.
+unsafe impl PagingFrameAllocator<Size4KiB> for Frames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let phys = FRAMES.lock().allocate(1, FRAME_SIZE, FOUR_GIB)?;
+        // SAFETY: identity-mapped, freshly allocated, below 4 GiB (mapped by either table).
+        unsafe { core::ptr::write_bytes(phys as *mut u8, 0, FRAME_SIZE as usize) };
+        PhysFrame::from_start_address(PhysAddr::new(phys)).ok()
+    }
+}
+
+/// Builds the frame allocator from the RAM ranges and the ranges already in use, builds and
+/// loads the real page tables, and creates the heap.
+///
+/// # Safety
+/// Call once, early, with interrupts off; `ram` must describe real RAM and `in_use` every
+/// range the boot still needs (image, boot structures, command line, modules).
+pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> MemoryReport {
+    let mut frames = FRAMES.lock();
+    for r in ram {
+        if let Err(e) = frames.add_ram(*r) {
+            log::warn!("memory: ignoring RAM {:#x}..{:#x}: {e}", r.start, r.end);
+        }
+    }
+    // The first MiB holds firmware structures (BIOS data, EBDA, option ROMs).
+    let mut reserved = [Range::new(0, 1 << 20)]
+        .into_iter()
+        .chain(in_use.iter().copied());
+    for r in reserved.by_ref() {
+        if let Err(e) = frames.reserve(r) {
+            log::warn!(
+                "memory: could not reserve {:#x}..{:#x}: {e}",
+                r.start,
+                r.end
+            );
+        }
+    }
+    drop(frames);
+
+    // SAFETY (for the block): identity mapping, frames are fresh and exclusively ours.
+    let l4_phys = Frames
+        .allocate_frame()
+        .expect("no memory for the top-level page table");
+    let l4 = unsafe { &mut *(l4_phys.start_address().as_u64() as *mut PageTable) };
+    let mut table = unsafe { OffsetPageTable::new(l4, VirtAddr::new(0)) };
+    let rw = Flags::PRESENT | Flags::WRITABLE;
+    let mut ram_bytes = 0;
+    for r in ram {
+        ram_bytes += r.len();
+        let (start, end) = (align_down(r.start, TWO_MIB), align_up(r.end, TWO_MIB));
+        let mut addr = start;
+        while addr < end {
+            if addr == 0 {
+                // Page 0 stays unmapped; the rest of the first 2 MiB uses 4 KiB pages.
+                for page in (FRAME_SIZE..TWO_MIB).step_by(FRAME_SIZE as usize) {
+                    let _ = map_4k(&mut table, page, rw);
+                }
+            } else {
+                let page = Page::<Size2MiB>::containing_address(VirtAddr::new(addr));
+                let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(addr));
+                // SAFETY: identity-mapping RAM; a page already mapped (overlapping
+                // rounded ranges) is simply skipped.
+                match unsafe { table.map_to(page, frame, rw | Flags::HUGE_PAGE, &mut Frames) } {
+                    Ok(flush) => flush.ignore(),
+                    Err(MapToError::PageAlreadyMapped(_)) => {}
+                    Err(e) => panic!("cannot map RAM at {addr:#x}: {e:?}"),
+                }
+            }
+            addr += TWO_MIB;
+        }
+    }
+    // SAFETY: the new tables map the running kernel, its stack and all RAM identically.
+    unsafe { Cr3::write(l4_phys, Cr3Flags::empty()) };
+    *PAGE_TABLES.lock() = Some(table);
+
+    // The heap gets half of the remaining RAM; the rest stays as frames for DMA buffers.
+    let free = FRAMES.lock().free_bytes();
+    let heap_frames = (free / 2 / FRAME_SIZE).max(1024);
+    // One contiguous arena; if fragmentation prevents that, settle for a quarter of it.
+    let allocate = |frames: u64| {
+        FRAMES
+            .lock()
+            .allocate(frames, TWO_MIB, u64::MAX)
+            .map(|b| (b, frames))
+    };
+    let (heap_base, heap_frames) = allocate(heap_frames)
+        .or_else(|| allocate(heap_frames / 4))
+        .expect("not enough memory for a heap");
+    let heap_bytes = heap_frames * FRAME_SIZE;
+    // SAFETY: the range is RAM, mapped, and now owned by the heap alone.
+    unsafe {
+        HEAP.lock()
+            .claim(heap_base as *mut u8, heap_bytes as usize)
+            .expect("heap arena too small");
+    }
+    MemoryReport {
+        ram_bytes,
+        heap_bytes,
+        free_frame_bytes: FRAMES.lock().free_bytes(),
+    }
+}
+
+fn map_4k(table: &mut OffsetPageTable<'static>, phys: u64, flags: Flags) -> Result<(), MapError> {
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(phys));
+    let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(phys));
+    // SAFETY: identity mapping of memory or device registers the caller owns.
+    match unsafe { table.map_to(page, frame, flags, &mut Frames) } {
+        Ok(flush) => {
+            flush.flush();
+            Ok(())
+        }
+        Err(MapToError::PageAlreadyMapped(f)) if f == frame => Ok(()),
+        Err(MapToError::FrameAllocationFailed) => Err(MapError::OutOfFrames),
+        Err(_) => Err(MapError::Conflict { phys }),
+    }
+}
+
+fn map_range(phys: u64, size: u64, cache: Cache) -> Result<NonNull<u8>, MapError> {
+    let mut flags = Flags::PRESENT | Flags::WRITABLE;
+    if let Cache::Uncached = cache {
+        flags |= Flags::NO_CACHE | Flags::WRITE_THROUGH;
+    }
+    let mut guard = PAGE_TABLES.lock();
+    let table = guard.as_mut().ok_or(MapError::Conflict { phys })?;
+    let end = phys.checked_add(size).ok_or(MapError::Conflict { phys })?;
+    let mut addr = align_down(phys, FRAME_SIZE);
+    while addr < end {
+        let aligned_2m = addr.is_multiple_of(TWO_MIB) && end - addr >= TWO_MIB;
+        if aligned_2m {
+            let page = Page::<Size2MiB>::containing_address(VirtAddr::new(addr));
+            let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(addr));
+            // SAFETY: identity mapping of a range the caller owns.
+            match unsafe { table.map_to(page, frame, flags | Flags::HUGE_PAGE, &mut Frames) } {
+                Ok(flush) => flush.flush(),
+                Err(MapToError::PageAlreadyMapped(f)) if f == frame => {}
+                Err(MapToError::FrameAllocationFailed) => return Err(MapError::OutOfFrames),
+                Err(_) => return Err(MapError::Conflict { phys: addr }),
+            }
+            addr += TWO_MIB;
+        } else {
+            match map_4k(table, addr, flags) {
+                Ok(()) => {}
+                // Already inside a RAM huge page: the identity mapping exists.
+                Err(MapError::Conflict { .. }) if matches!(cache, Cache::WriteBack) => {}
+                Err(e) => return Err(e),
+            }
+            addr += FRAME_SIZE;
+        }
+    }
+    NonNull::new(phys as *mut u8).ok_or(MapError::Conflict { phys })
+}
+
+/// Maps device registers uncached and returns their (identity) address.
+pub fn map_mmio(phys: u64, size: u64) -> Result<NonNull<u8>, MapError> {
+    map_range(phys, size, Cache::Uncached)
+}
+
+/// Maps firmware memory (ACPI tables, BIOS area) write-back.
+pub fn map_firmware(phys: u64, size: u64) -> Result<NonNull<u8>, MapError> {
+    map_range(phys, size, Cache::WriteBack)
+}

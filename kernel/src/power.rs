@@ -1,0 +1,82 @@
+//! Power off, reset, and the failure exit used under QEMU.
+
+use core::sync::atomic::{AtomicU16, Ordering};
+
+use spin::Once;
+use x86_64::instructions::port::Port;
+
+use crate::acpi::PowerControl;
+use crate::arch::halt_forever;
+
+static POWER: Once<PowerControl> = Once::new();
+static DEBUG_EXIT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// Records the QEMU debug-exit port (early, so that boot failures already use it).
+pub fn set_debug_exit(port: Option<u16>) {
+    DEBUG_EXIT_PORT.store(port.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// Records the firmware's power registers.
+pub fn set_control(power: PowerControl) {
+    POWER.call_once(|| power);
+}
+
+/// Powers the machine off through ACPI S5. Halts if the firmware gave no way to do so.
+pub fn power_off() -> ! {
+    x86_64::instructions::interrupts::disable();
+    if let Some(p) = POWER.get() {
+        if let (Some(port), Some(s5)) = (p.pm1a_control_port, p.s5) {
+            // SAFETY: the PM1 control registers named by the FADT.
+            unsafe {
+                Port::<u16>::new(port).write(s5.pm1a_control());
+                if let Some(b) = p.pm1b_control_port {
+                    Port::<u16>::new(b).write(s5.pm1b_control());
+                }
+            }
+        }
+    }
+    // The write takes effect asynchronously under emulators; give it a moment before
+    // declaring failure, so the console does not claim a failure that is about to vanish.
+    let deadline = crate::time::since_entry_ns() + 1_000_000_000;
+    while crate::time::since_entry_ns() < deadline {
+        core::hint::spin_loop();
+    }
+    crate::console::emergency_write(format_args!(
+        "keel: ACPI power-off did not take effect; halting\n"
+    ));
+    halt_forever()
+}
+
+/// Resets the machine: FADT reset register, then the keyboard controller, then a triple fault.
+pub fn reboot() -> ! {
+    x86_64::instructions::interrupts::disable();
+    // SAFETY: reset mechanisms; each either resets the machine or does nothing.
+    unsafe {
+        if let Some((port, value)) = POWER.get().and_then(|p| p.reset) {
+            Port::<u8>::new(port).write(value);
+        }
+        Port::<u8>::new(0x64).write(0xfe);
+        // An empty IDT makes the next exception a triple fault.
+        let empty = x86_64::structures::DescriptorTablePointer {
+            limit: 0,
+            base: x86_64::VirtAddr::new(0),
+        };
+        x86_64::instructions::tables::lidt(&empty);
+        core::arch::asm!("int3");
+    }
+    halt_forever()
+}
+
+/// Ends the run as a failure. Under QEMU's `isa-debug-exit` (configured with
+/// `keel.debug_exit=PORT`) QEMU exits with status 3; otherwise `fallback` decides.
+pub fn fail(fallback: keel_cmdline::PanicAction) -> ! {
+    let port = DEBUG_EXIT_PORT.load(Ordering::Relaxed);
+    if port != 0 {
+        // SAFETY: the port was named on the command line for exactly this.
+        unsafe { Port::<u32>::new(port).write(1) };
+    }
+    match fallback {
+        keel_cmdline::PanicAction::Reboot => reboot(),
+        keel_cmdline::PanicAction::Halt => halt_forever(),
+    }
+}
