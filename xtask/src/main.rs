@@ -1,1 +1,47 @@
-fn main() {}
+//! `cargo xtask`: Keel's build, run, test and benchmark driver (host binary).
+//!
+//! `build` makes the image, `run` boots it in QEMU on the terminal, `test` runs the host unit
+//! tests and then the QEMU integration tests, `bench boot` times boots. QEMU flags, image
+//! building and prerequisites come from the `keel-tests` harness library so that all of these
+//! boot exactly as the tests do.
+
+mod bench_report;
+mod cli;
+mod commands;
+mod date;
+mod error;
+mod progress;
+mod stats;
+
+use std::process::ExitCode;
+
+use cli::Command;
+use error::XtaskError;
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: error: {error}");
+            if matches!(error, XtaskError::Usage(_)) {
+                eprint!("\n{}", cli::USAGE);
+            }
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn run(args: impl Iterator<Item = String>) -> Result<ExitCode, XtaskError> {
+    match cli::parse(args)? {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { release } => commands::build::run(release).map(|()| ExitCode::SUCCESS),
+        Command::Run(options) => commands::run::run(&options),
+        Command::Test => commands::test::run().map(|()| ExitCode::SUCCESS),
+        Command::BenchBoot { runs, record } => {
+            commands::bench::run(runs, record).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}

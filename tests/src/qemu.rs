@@ -1,0 +1,386 @@
+//! The QEMU command line for booting Keel, built in one place for tests, `run` and `bench`.
+//!
+//! [`VmConfig`] is a plain description of a VM; [`VmConfig::args`] turns it into QEMU
+//! arguments without touching the system, so every flag is unit-tested here.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::accel::Accel;
+
+/// The QEMU binary Keel boots under.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// The I/O port of QEMU's `isa-debug-exit` device; the kernel learns it from
+/// `keel.debug_exit=` and writes there to end QEMU with a failure status.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// The guest port of the management API.
+pub const API_GUEST_PORT: u16 = 80;
+
+/// How a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    VirtioBlk,
+    Nvme,
+}
+
+/// A raw disk image attached to the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub bus: DiskBus,
+}
+
+/// The emulated network card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicModel {
+    VirtioNet,
+    E1000,
+}
+
+impl NicModel {
+    /// QEMU's `-device` name.
+    pub fn qemu_device(self) -> &'static str {
+        match self {
+            NicModel::VirtioNet => "virtio-net-pci",
+            NicModel::E1000 => "e1000",
+        }
+    }
+}
+
+/// A NIC on QEMU user networking, optionally forwarding a host port to the management API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NicSpec {
+    pub model: NicModel,
+    /// Host port on 127.0.0.1 forwarded to [`API_GUEST_PORT`] in the guest.
+    pub api_host_port: Option<u16>,
+}
+
+/// Where the serial console goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerialMode {
+    /// A person's terminal: serial multiplexed with the QEMU monitor (Ctrl-A X quits).
+    Terminal,
+    /// QEMU's stdout, read by the harness through a pipe.
+    Pipe,
+}
+
+/// A complete description of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub serial: SerialMode,
+    pub disks: Vec<DiskSpec>,
+    pub nic: Option<NicSpec>,
+    /// `keel.*` (or other) kernel command-line words, after `keel.debug_exit=`.
+    pub cmdline: Vec<String>,
+    /// Port of the `isa-debug-exit` device; `None` leaves the device out.
+    pub debug_exit: Option<u16>,
+    /// Appended verbatim at the end of the command line.
+    pub extra_args: Vec<OsString>,
+}
+
+impl VmConfig {
+    /// The defaults shared by every caller: q35, 256 MiB, no devices, debug-exit on.
+    pub fn new(kernel: impl Into<PathBuf>, accel: Accel, serial: SerialMode) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            memory_mib: 256,
+            accel,
+            serial,
+            disks: Vec::new(),
+            nic: None,
+            cmdline: Vec::new(),
+            debug_exit: Some(DEBUG_EXIT_PORT),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The kernel command line passed with `-append`.
+    pub fn kernel_cmdline(&self) -> String {
+        let debug_exit = self
+            .debug_exit
+            .map(|port| format!("keel.debug_exit={port:#x}"));
+        debug_exit
+            .into_iter()
+            .chain(self.cmdline.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The arguments after the QEMU binary name.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        push(&["-machine", "q35", "-accel", self.accel.qemu_name()]);
+        push(&["-m", &self.memory_mib.to_string()]);
+        push(&["-nodefaults", "-no-reboot"]);
+        match self.serial {
+            SerialMode::Terminal => push(&["-nographic", "-serial", "mon:stdio"]),
+            SerialMode::Pipe => push(&["-display", "none", "-serial", "stdio"]),
+        }
+        if let Some(port) = self.debug_exit {
+            let device = format!("isa-debug-exit,iobase={port:#x},iosize=0x04");
+            push(&["-device", &device]);
+        }
+        if let Some(nic) = self.nic {
+            let mut netdev = String::from("user,id=net0");
+            if let Some(host_port) = nic.api_host_port {
+                netdev.push_str(&format!(
+                    ",hostfwd=tcp:127.0.0.1:{host_port}-:{API_GUEST_PORT}"
+                ));
+            }
+            // `romfile=` leaves out the NIC's iPXE boot ROM: Keel comes in through -kernel,
+            // and the ROM only adds boot time and console noise.
+            let device = format!("{},netdev=net0,romfile=", nic.model.qemu_device());
+            push(&["-netdev", &netdev, "-device", &device]);
+        }
+        let (mut blk, mut nvme) = (0, 0);
+        for disk in &self.disks {
+            let file = escape_option_value(&disk.path.to_string_lossy());
+            let (drive, device) = match disk.bus {
+                DiskBus::VirtioBlk => {
+                    blk += 1;
+                    let id = format!("disk{}", blk - 1);
+                    (
+                        format!("file={file},if=none,id={id},format=raw"),
+                        format!("virtio-blk-pci,drive={id}"),
+                    )
+                }
+                DiskBus::Nvme => {
+                    nvme += 1;
+                    let n = nvme - 1;
+                    (
+                        format!("file={file},if=none,id=nv{n},format=raw"),
+                        format!("nvme,serial=keel{n},drive=nv{n}"),
+                    )
+                }
+            };
+            push(&["-drive", &drive, "-device", &device]);
+        }
+        args.push("-kernel".into());
+        args.push(self.kernel.clone().into_os_string());
+        let cmdline = self.kernel_cmdline();
+        if !cmdline.is_empty() {
+            args.push("-append".into());
+            args.push(cmdline.into());
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// The full command as a person would type it, for logs and progress output.
+    pub fn display_command(&self) -> String {
+        std::iter::once(QEMU_BINARY.to_string())
+            .chain(
+                self.args()
+                    .iter()
+                    .map(|a| shell_quote(&a.to_string_lossy())),
+            )
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// QEMU option values are comma-separated; a literal comma is written twice.
+pub fn escape_option_value(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// Quotes a word for a POSIX shell when it needs quoting.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(config: &VmConfig) -> Vec<String> {
+        config
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Whether `needle` appears in `haystack` as consecutive elements.
+    fn has_seq(haystack: &[String], needle: &[&str]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w.iter().zip(needle).all(|(a, b)| a == b))
+    }
+
+    #[test]
+    fn defaults_are_q35_256m_nodefaults_noreboot_and_debug_exit() {
+        let config = VmConfig::new("/img/keel.elf", Accel::Tcg, SerialMode::Pipe);
+        let args = strings(&config);
+        assert!(has_seq(&args, &["-machine", "q35", "-accel", "tcg"]));
+        assert!(has_seq(&args, &["-m", "256"]));
+        assert!(has_seq(&args, &["-nodefaults", "-no-reboot"]));
+        assert!(has_seq(&args, &["-display", "none", "-serial", "stdio"]));
+        assert!(has_seq(
+            &args,
+            &["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        ));
+        assert!(has_seq(
+            &args,
+            &[
+                "-kernel",
+                "/img/keel.elf",
+                "-append",
+                "keel.debug_exit=0xf4"
+            ]
+        ));
+        assert!(!args.iter().any(|a| a == "-netdev" || a == "-drive"));
+    }
+
+    #[test]
+    fn terminal_serial_shares_stdio_with_the_monitor() {
+        let mut config = VmConfig::new("k", Accel::Kvm, SerialMode::Terminal);
+        config.memory_mib = 512;
+        let args = strings(&config);
+        assert!(has_seq(&args, &["-nographic", "-serial", "mon:stdio"]));
+        assert!(has_seq(&args, &["-accel", "kvm"]));
+        assert!(has_seq(&args, &["-m", "512"]));
+    }
+
+    #[test]
+    fn nic_uses_user_networking_with_an_optional_api_forward() {
+        let mut config = VmConfig::new("k", Accel::Tcg, SerialMode::Pipe);
+        config.nic = Some(NicSpec {
+            model: NicModel::VirtioNet,
+            api_host_port: Some(8080),
+        });
+        let args = strings(&config);
+        assert!(has_seq(
+            &args,
+            &[
+                "-netdev",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80",
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile="
+            ]
+        ));
+        config.nic = Some(NicSpec {
+            model: NicModel::E1000,
+            api_host_port: None,
+        });
+        let args = strings(&config);
+        assert!(has_seq(
+            &args,
+            &[
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                "e1000,netdev=net0,romfile="
+            ]
+        ));
+    }
+
+    #[test]
+    fn disks_get_distinct_ids_per_bus() {
+        let mut config = VmConfig::new("k", Accel::Tcg, SerialMode::Pipe);
+        config.disks = vec![
+            DiskSpec {
+                path: "/d/a.img".into(),
+                bus: DiskBus::VirtioBlk,
+            },
+            DiskSpec {
+                path: "/d/n.img".into(),
+                bus: DiskBus::Nvme,
+            },
+            DiskSpec {
+                path: "/d/b.img".into(),
+                bus: DiskBus::VirtioBlk,
+            },
+        ];
+        let args = strings(&config);
+        assert!(has_seq(
+            &args,
+            &[
+                "-drive",
+                "file=/d/a.img,if=none,id=disk0,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=disk0"
+            ]
+        ));
+        assert!(has_seq(
+            &args,
+            &[
+                "-drive",
+                "file=/d/n.img,if=none,id=nv0,format=raw",
+                "-device",
+                "nvme,serial=keel0,drive=nv0"
+            ]
+        ));
+        assert!(has_seq(
+            &args,
+            &[
+                "-drive",
+                "file=/d/b.img,if=none,id=disk1,format=raw",
+                "-device",
+                "virtio-blk-pci,drive=disk1"
+            ]
+        ));
+    }
+
+    #[test]
+    fn commas_in_disk_paths_are_doubled() {
+        let mut config = VmConfig::new("k", Accel::Tcg, SerialMode::Pipe);
+        config.disks = vec![DiskSpec {
+            path: "/d/a,b.img".into(),
+            bus: DiskBus::VirtioBlk,
+        }];
+        assert!(
+            strings(&config).contains(&"file=/d/a,,b.img,if=none,id=disk0,format=raw".to_string())
+        );
+    }
+
+    #[test]
+    fn cmdline_follows_debug_exit_and_extra_args_come_last() {
+        let mut config = VmConfig::new("k", Accel::Tcg, SerialMode::Pipe);
+        config.cmdline = vec!["keel.log=debug".into(), "keel.test=panic".into()];
+        config.extra_args = vec!["-smp".into(), "2".into()];
+        let args = strings(&config);
+        assert!(has_seq(
+            &args,
+            &[
+                "-append",
+                "keel.debug_exit=0xf4 keel.log=debug keel.test=panic"
+            ]
+        ));
+        assert_eq!(args[args.len() - 2..], ["-smp", "2"]);
+    }
+
+    #[test]
+    fn without_debug_exit_there_is_no_device_and_no_empty_append() {
+        let mut config = VmConfig::new("k", Accel::Tcg, SerialMode::Pipe);
+        config.debug_exit = None;
+        let args = strings(&config);
+        assert!(!args
+            .iter()
+            .any(|a| a.starts_with("isa-debug-exit") || a == "-append"));
+    }
+
+    #[test]
+    fn display_command_quotes_words_with_spaces() {
+        let mut config = VmConfig::new("/my dir/keel.elf", Accel::Tcg, SerialMode::Pipe);
+        config.cmdline = vec!["keel.log=it's".into()];
+        let shown = config.display_command();
+        assert!(shown.starts_with("qemu-system-x86_64 -machine q35 "));
+        assert!(shown.contains("-kernel '/my dir/keel.elf'"));
+        assert!(shown.contains(r"-append 'keel.debug_exit=0xf4 keel.log=it'\''s'"));
+    }
+}

@@ -1,0 +1,554 @@
+//! `cargo xtask` arguments: parsed by hand into a typed [`Command`] (no parser crate needed
+//! for four subcommands), with a typed [`CliError`] for every mistake.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use keel_tests::qemu::DiskSpec;
+use keel_tests::{AccelChoice, DiskBus, NicModel};
+
+pub const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  build [--release]        build the image; release goes to target/keel/keel.elf,
+                           debug to target/keel/keel-debug.elf
+  run [options]            build (release) and boot Keel in QEMU on this terminal
+                           (Ctrl-A X quits)
+      --memory MIB             guest memory (default 256)
+      --disk FILE              attach a raw image on virtio-blk (repeatable)
+      --nvme FILE              attach a raw image on NVMe (repeatable)
+                               (without --disk/--nvme: target/keel/scratch.img, 64 MiB)
+      --nic none|virtio|e1000  network card on user networking (default virtio)
+      --api-port PORT          host port on 127.0.0.1 forwarded to the management API
+                               on guest port 80 (default 8080)
+      --append \"WORDS\"         kernel command line words, e.g. \"keel.log=debug\"
+      --accel tcg|kvm|auto     accelerator (default auto: KVM only with vmx/svm)
+  test                     host unit tests, then the QEMU integration tests
+  bench boot [--runs N] [--record]
+                           time N boots (default 10) to `keel: ready`; --record
+                           writes the figures to docs/benchmarks.md
+  help                     this text
+";
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Build { release: bool },
+    Run(RunOptions),
+    Test,
+    BenchBoot { runs: u32, record: bool },
+    Help,
+}
+
+/// Options of `cargo xtask run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    pub memory_mib: u32,
+    /// Disks in command-line order; empty means "the scratch disk".
+    pub disks: Vec<DiskSpec>,
+    pub nic: Option<NicModel>,
+    pub api_port: u16,
+    /// Kernel command-line words, in order.
+    pub append: Vec<String>,
+    pub accel: AccelChoice,
+}
+
+/// The default host port of the management API forward.
+pub const DEFAULT_API_PORT: u16 = 8080;
+
+/// The default number of boots of `bench boot`.
+pub const DEFAULT_BENCH_RUNS: u32 = 10;
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            memory_mib: 256,
+            disks: Vec::new(),
+            nic: Some(NicModel::VirtioNet),
+            api_port: DEFAULT_API_PORT,
+            append: Vec::new(),
+            accel: AccelChoice::Auto,
+        }
+    }
+}
+
+/// A mistake on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliError {
+    NoCommand,
+    UnknownCommand(String),
+    UnknownOption {
+        command: &'static str,
+        option: String,
+    },
+    MissingValue {
+        option: String,
+    },
+    InvalidValue {
+        option: String,
+        value: String,
+        expected: &'static str,
+    },
+    /// `bench` without a known benchmark name.
+    UnknownBenchmark(Option<String>),
+    /// `--api-port` given together with `--nic none`.
+    ApiPortWithoutNic,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::NoCommand => write!(f, "no command given"),
+            CliError::UnknownCommand(name) => write!(f, "unknown command '{name}'"),
+            CliError::UnknownOption { command, option } => {
+                write!(f, "unknown option '{option}' for '{command}'")
+            }
+            CliError::MissingValue { option } => write!(f, "option '{option}' needs a value"),
+            CliError::InvalidValue {
+                option,
+                value,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "invalid value '{value}' for '{option}': expected {expected}"
+                )
+            }
+            CliError::UnknownBenchmark(Some(name)) => {
+                write!(f, "unknown benchmark '{name}': expected 'boot'")
+            }
+            CliError::UnknownBenchmark(None) => write!(f, "'bench' needs a benchmark name: 'boot'"),
+            CliError::ApiPortWithoutNic => {
+                write!(f, "'--api-port' needs a NIC, but '--nic none' was given")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Parses the arguments after `cargo xtask`.
+pub fn parse<I, S>(args: I) -> Result<Command, CliError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut args = Options::new(args.into_iter().map(Into::into).collect());
+    let Some(command) = args.next_word() else {
+        return Err(CliError::NoCommand);
+    };
+    match command.as_str() {
+        "build" => parse_build(&mut args),
+        "run" => parse_run(&mut args).map(Command::Run),
+        "test" => parse_test(&mut args),
+        "bench" => parse_bench(&mut args),
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        _ => Err(CliError::UnknownCommand(command)),
+    }
+}
+
+fn parse_build(args: &mut Options) -> Result<Command, CliError> {
+    let mut release = false;
+    while let Some(option) = args.next_option("build")? {
+        match option.name.as_str() {
+            "--release" => {
+                option.no_value()?;
+                release = true;
+            }
+            _ => return Err(option.unknown("build")),
+        }
+    }
+    Ok(Command::Build { release })
+}
+
+fn parse_test(args: &mut Options) -> Result<Command, CliError> {
+    match args.next_option("test")? {
+        Some(option) => Err(option.unknown("test")),
+        None => Ok(Command::Test),
+    }
+}
+
+fn parse_run(args: &mut Options) -> Result<RunOptions, CliError> {
+    let mut run = RunOptions::default();
+    let mut api_port_given = false;
+    while let Some(option) = args.next_option("run")? {
+        match option.name.as_str() {
+            "--memory" => {
+                let value = args.value(&option)?;
+                run.memory_mib = match value.parse::<u32>() {
+                    Ok(mib) if mib > 0 => mib,
+                    _ => return Err(invalid(&option, value, "a size in MiB greater than 0")),
+                };
+            }
+            "--disk" | "--nvme" => {
+                let value = args.value(&option)?;
+                if value.is_empty() {
+                    return Err(invalid(&option, value, "a file name"));
+                }
+                let bus = if option.name == "--disk" {
+                    DiskBus::VirtioBlk
+                } else {
+                    DiskBus::Nvme
+                };
+                run.disks.push(DiskSpec {
+                    path: PathBuf::from(value),
+                    bus,
+                });
+            }
+            "--nic" => {
+                let value = args.value(&option)?;
+                run.nic = match value.as_str() {
+                    "none" => None,
+                    "virtio" => Some(NicModel::VirtioNet),
+                    "e1000" => Some(NicModel::E1000),
+                    _ => return Err(invalid(&option, value, "none, virtio or e1000")),
+                };
+            }
+            "--api-port" => {
+                let value = args.value(&option)?;
+                run.api_port = match value.parse::<u16>() {
+                    Ok(port) if port > 0 => port,
+                    _ => return Err(invalid(&option, value, "a TCP port from 1 to 65535")),
+                };
+                api_port_given = true;
+            }
+            "--append" => {
+                let value = args.value(&option)?;
+                run.append
+                    .extend(value.split_whitespace().map(str::to_string));
+            }
+            "--accel" => {
+                let value = args.value(&option)?;
+                run.accel = value
+                    .parse()
+                    .map_err(|_| invalid(&option, value.clone(), "tcg, kvm or auto"))?;
+            }
+            _ => return Err(option.unknown("run")),
+        }
+    }
+    if api_port_given && run.nic.is_none() {
+        return Err(CliError::ApiPortWithoutNic);
+    }
+    Ok(run)
+}
+
+fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
+    match args.next_word().as_deref() {
+        Some("boot") => {}
+        other => return Err(CliError::UnknownBenchmark(other.map(str::to_string))),
+    }
+    let (mut runs, mut record) = (DEFAULT_BENCH_RUNS, false);
+    while let Some(option) = args.next_option("bench boot")? {
+        match option.name.as_str() {
+            "--runs" => {
+                let value = args.value(&option)?;
+                runs = match value.parse::<u32>() {
+                    Ok(n) if n > 0 => n,
+                    _ => return Err(invalid(&option, value, "a number of boots greater than 0")),
+                };
+            }
+            "--record" => {
+                option.no_value()?;
+                record = true;
+            }
+            _ => return Err(option.unknown("bench boot")),
+        }
+    }
+    Ok(Command::BenchBoot { runs, record })
+}
+
+fn invalid(option: &OptionWord, value: String, expected: &'static str) -> CliError {
+    CliError::InvalidValue {
+        option: option.name.clone(),
+        value,
+        expected,
+    }
+}
+
+/// An option word, split at `=` when written `--name=value`.
+struct OptionWord {
+    name: String,
+    inline_value: Option<String>,
+}
+
+impl OptionWord {
+    fn unknown(&self, command: &'static str) -> CliError {
+        CliError::UnknownOption {
+            command,
+            option: self.name.clone(),
+        }
+    }
+
+    /// Flags take no value; `--release=yes` is a mistake, not a silent yes.
+    fn no_value(&self) -> Result<(), CliError> {
+        match &self.inline_value {
+            None => Ok(()),
+            Some(value) => Err(CliError::InvalidValue {
+                option: self.name.clone(),
+                value: value.clone(),
+                expected: "no value",
+            }),
+        }
+    }
+}
+
+/// The argument cursor.
+struct Options {
+    words: std::vec::IntoIter<String>,
+}
+
+impl Options {
+    fn new(words: Vec<String>) -> Self {
+        Options {
+            words: words.into_iter(),
+        }
+    }
+
+    fn next_word(&mut self) -> Option<String> {
+        self.words.next()
+    }
+
+    /// The next `--option`; a bare word here is an unknown option of `command`.
+    fn next_option(&mut self, command: &'static str) -> Result<Option<OptionWord>, CliError> {
+        let Some(word) = self.words.next() else {
+            return Ok(None);
+        };
+        if !word.starts_with("--") {
+            return Err(CliError::UnknownOption {
+                command,
+                option: word,
+            });
+        }
+        Ok(Some(match word.split_once('=') {
+            Some((name, value)) => OptionWord {
+                name: name.to_string(),
+                inline_value: Some(value.to_string()),
+            },
+            None => OptionWord {
+                name: word,
+                inline_value: None,
+            },
+        }))
+    }
+
+    /// The option's value: inline after `=`, else the next word.
+    fn value(&mut self, option: &OptionWord) -> Result<String, CliError> {
+        match &option.inline_value {
+            Some(value) => Ok(value.clone()),
+            None => self.words.next().ok_or_else(|| CliError::MissingValue {
+                option: option.name.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(line: &str) -> Result<Command, CliError> {
+        parse(line.split_whitespace())
+    }
+
+    #[test]
+    fn build_defaults_to_debug() {
+        assert_eq!(parse_words("build"), Ok(Command::Build { release: false }));
+        assert_eq!(
+            parse_words("build --release"),
+            Ok(Command::Build { release: true })
+        );
+        assert_eq!(
+            parse_words("build --release=yes"),
+            Err(CliError::InvalidValue {
+                option: "--release".into(),
+                value: "yes".into(),
+                expected: "no value"
+            })
+        );
+    }
+
+    #[test]
+    fn run_defaults_match_the_documented_ones() {
+        let Ok(Command::Run(run)) = parse_words("run") else {
+            panic!("run did not parse");
+        };
+        assert_eq!(run.memory_mib, 256);
+        assert_eq!(run.nic, Some(NicModel::VirtioNet));
+        assert_eq!(run.api_port, 8080);
+        assert_eq!(run.accel, AccelChoice::Auto);
+        assert!(run.disks.is_empty() && run.append.is_empty());
+    }
+
+    #[test]
+    fn run_takes_every_option_in_both_spellings() {
+        let args = [
+            "run",
+            "--memory",
+            "512",
+            "--disk=a.img",
+            "--nvme",
+            "n.img",
+            "--disk",
+            "b.img",
+            "--nic",
+            "e1000",
+            "--api-port=9090",
+            "--append",
+            "keel.log=debug  keel.panic=halt",
+            "--append=keel.test=none",
+            "--accel",
+            "tcg",
+        ];
+        let expected = RunOptions {
+            memory_mib: 512,
+            disks: vec![
+                DiskSpec {
+                    path: "a.img".into(),
+                    bus: DiskBus::VirtioBlk,
+                },
+                DiskSpec {
+                    path: "n.img".into(),
+                    bus: DiskBus::Nvme,
+                },
+                DiskSpec {
+                    path: "b.img".into(),
+                    bus: DiskBus::VirtioBlk,
+                },
+            ],
+            nic: Some(NicModel::E1000),
+            api_port: 9090,
+            append: vec![
+                "keel.log=debug".into(),
+                "keel.panic=halt".into(),
+                "keel.test=none".into(),
+            ],
+            accel: AccelChoice::Tcg,
+        };
+        assert_eq!(parse(args), Ok(Command::Run(expected)));
+    }
+
+    #[test]
+    fn run_rejects_bad_values() {
+        let cases = [
+            ("run --memory 0", "--memory", "0"),
+            ("run --memory lots", "--memory", "lots"),
+            ("run --nic wifi", "--nic", "wifi"),
+            ("run --api-port 0", "--api-port", "0"),
+            ("run --api-port 70000", "--api-port", "70000"),
+            ("run --accel hvf", "--accel", "hvf"),
+            ("run --disk=", "--disk", ""),
+        ];
+        for (line, option, value) in cases {
+            match parse_words(line) {
+                Err(CliError::InvalidValue {
+                    option: o,
+                    value: v,
+                    ..
+                }) => {
+                    assert_eq!((o.as_str(), v.as_str()), (option, value), "{line}");
+                }
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_values_and_unknown_words_are_errors() {
+        assert_eq!(
+            parse_words("run --memory"),
+            Err(CliError::MissingValue {
+                option: "--memory".into()
+            })
+        );
+        assert_eq!(
+            parse_words("run --verbose"),
+            Err(CliError::UnknownOption {
+                command: "run",
+                option: "--verbose".into()
+            })
+        );
+        assert_eq!(
+            parse_words("run extra"),
+            Err(CliError::UnknownOption {
+                command: "run",
+                option: "extra".into()
+            })
+        );
+        assert_eq!(
+            parse_words("test --nocapture"),
+            Err(CliError::UnknownOption {
+                command: "test",
+                option: "--nocapture".into()
+            })
+        );
+        assert_eq!(
+            parse_words("deploy"),
+            Err(CliError::UnknownCommand("deploy".into()))
+        );
+        assert_eq!(parse(Vec::<String>::new()), Err(CliError::NoCommand));
+    }
+
+    #[test]
+    fn api_port_needs_a_nic() {
+        assert_eq!(
+            parse_words("run --nic none --api-port 8081"),
+            Err(CliError::ApiPortWithoutNic)
+        );
+        assert!(matches!(
+            parse_words("run --nic none"),
+            Ok(Command::Run(RunOptions { nic: None, .. }))
+        ));
+    }
+
+    #[test]
+    fn bench_boot_parses_runs_and_record() {
+        assert_eq!(
+            parse_words("bench boot"),
+            Ok(Command::BenchBoot {
+                runs: 10,
+                record: false
+            })
+        );
+        assert_eq!(
+            parse_words("bench boot --runs 3 --record"),
+            Ok(Command::BenchBoot {
+                runs: 3,
+                record: true
+            })
+        );
+        assert_eq!(
+            parse_words("bench boot --runs=5"),
+            Ok(Command::BenchBoot {
+                runs: 5,
+                record: false
+            })
+        );
+        assert!(matches!(
+            parse_words("bench boot --runs 0"),
+            Err(CliError::InvalidValue { .. })
+        ));
+        assert_eq!(parse_words("bench"), Err(CliError::UnknownBenchmark(None)));
+        assert_eq!(
+            parse_words("bench net"),
+            Err(CliError::UnknownBenchmark(Some("net".into())))
+        );
+    }
+
+    #[test]
+    fn help_in_three_spellings() {
+        for word in ["help", "--help", "-h"] {
+            assert_eq!(parse_words(word), Ok(Command::Help));
+        }
+        assert!(USAGE.contains("cargo xtask <command>"));
+    }
+
+    #[test]
+    fn error_messages_name_the_option_and_expectation() {
+        let error = parse_words("run --nic wifi").err().map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some("invalid value 'wifi' for '--nic': expected none, virtio or e1000")
+        );
+    }
+}
