@@ -1,1 +1,42 @@
-#![no_std]
+//! Keel's XenAPI core: the data model, its semantics, and the XML-RPC and JSON-RPC codecs,
+//! independent of any transport.
+//!
+//! The HTTP server hands [`XenApi::handle`] a request body and the endpoint it arrived on and
+//! gets back a response body and content type, or a [`PendingCall`] to poll later (see
+//! `api.rs` for the poll model). [`XenApi::call`] is the same without the codecs.
+//!
+//! Module map: `value` (wire values), `codec`/`xmlrpc`/`jsonrpc` (wire formats), `schema`
+//! (declaration vocabulary), `classes` (the declared model), `dispatch` (routing and the
+//! generated messages), `handlers` (custom messages), `store` (objects), `events`, `tasks`,
+//! `auth` (password hash and login throttle), `time`, `error`.
+
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod api;
+pub mod auth;
+pub mod classes;
+pub mod codec;
+pub mod dispatch;
+pub mod error;
+pub mod events;
+pub mod handlers;
+pub mod jsonrpc;
+pub mod schema;
+pub mod store;
+pub mod tasks;
+pub mod time;
+pub mod value;
+pub mod xmlrpc;
+
+pub use api::{
+    Config, Endpoint, Handled, HostFacts, Limits, PendingCall, Response, Wait, XenApi,
+    API_VERSION_MAJOR, API_VERSION_MINOR,
+};
+pub use auth::{hash_password, HashCost, LoginPolicy, PasswordHashError};
+pub use dispatch::{Args, CallContext, CallOutcome, Job, JobStep, Outcome};
+pub use error::ApiError;
+pub use store::Entropy;
+pub use time::Timestamp;
+pub use value::Value;

@@ -1,0 +1,341 @@
+//! The service facade: state, construction, the transport entry points and the poll model.
+//!
+//! # Poll model
+//! There are no threads. [`XenApi::handle`] answers at once with [`Handled::Ready`], or with
+//! [`Handled::Pending`] for a call that must block (`event.from`, `event.next`, a synchronous
+//! call running a long job). The server keeps the [`PendingCall`] and passes it back to
+//! [`XenApi::poll`] whenever [`XenApi::last_event_id`] has changed since it last looked (any
+//! object change, including task progress, moves it) or when
+//! [`PendingCall::wake_at`] has passed; `poll` answers or hands the call back still pending.
+//! Long jobs advance only when the server calls [`XenApi::run_tasks`] (e.g. once per loop
+//! iteration while [`XenApi::has_running_tasks`]).
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::auth::{check_phc, LoginPolicy, LoginThrottle, PasswordHashError};
+use crate::classes;
+use crate::dispatch::{self, CallContext, CallOutcome, Job};
+use crate::error::ApiError;
+use crate::handlers::{self, LegacySubscription, Subscription};
+use crate::jsonrpc::{self, JsonReplyTo};
+use crate::schema::Schema;
+use crate::store::{Db, Entropy};
+use crate::tasks;
+use crate::time::Timestamp;
+use crate::value::Value;
+use crate::xmlrpc;
+
+/// XenAPI version this service reports (`host.API_version_major/minor`), that of a recent
+/// xapi.
+pub const API_VERSION_MAJOR: i64 = 2;
+pub const API_VERSION_MINOR: i64 = 21;
+
+/// Facts about the machine the kernel measures and hands in.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct HostFacts {
+    pub hostname: String,
+    /// Management IP address as text.
+    pub address: String,
+    pub cpu_count: u32,
+    pub socket_count: u32,
+    pub cpu_vendor: String,
+    pub cpu_model_name: String,
+    pub cpu_speed_mhz: u32,
+    pub cpu_family: u32,
+    pub cpu_model: u32,
+    pub cpu_stepping: u32,
+    /// `/proc/cpuinfo`-style space-separated flags.
+    pub cpu_flags: String,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    /// Hypervisor version, e.g. `4.19.1`.
+    pub xen_version: String,
+    /// Keel's own version, reported as `product_version`.
+    pub product_version: String,
+    /// Further `software_version` entries (build date, commit, ...).
+    pub extra_software_version: Vec<(String, String)>,
+}
+
+/// Bounds on what clients can make the service hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Events kept for `event.from`/`event.next`; older tokens get `EVENTS_LOST`.
+    pub event_history: usize,
+    /// Live sessions; a login beyond it ends the least recently active session.
+    pub max_sessions: usize,
+    /// Task objects kept; the oldest finished ones are forgotten first.
+    pub max_tasks: usize,
+    /// Unfinished tasks; more gives `TOO_MANY_PENDING_TASKS`.
+    pub max_pending_tasks: usize,
+    /// Longest `event.from` wait honoured, whatever timeout the client asks.
+    pub max_event_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            event_history: 1024,
+            max_sessions: 256,
+            max_tasks: 512,
+            max_pending_tasks: 64,
+            max_event_wait_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+pub struct Config {
+    /// Argon2 PHC string of root's password (see [`crate::auth::hash_password`]).
+    pub root_password_phc: String,
+    pub facts: HostFacts,
+    pub limits: Limits,
+    pub login_policy: LoginPolicy,
+    /// The data model; [`classes::ALL`] unless a test or a later issue extends it.
+    pub schema: Schema,
+}
+
+impl Config {
+    pub fn new(root_password_phc: String, facts: HostFacts) -> Self {
+        Config {
+            root_password_phc,
+            facts,
+            limits: Limits::default(),
+            login_policy: LoginPolicy::default(),
+            schema: classes::ALL,
+        }
+    }
+}
+
+/// Why a blocked call is blocked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Wait {
+    /// `event.from`: answer when an event matching `subscription` is newer than `after`, or
+    /// at `deadline` with no events.
+    EventFrom {
+        session: String,
+        subscription: Subscription,
+        after: u64,
+        deadline: Timestamp,
+    },
+    /// `event.next`: answer when the session's registered classes have an event.
+    EventNext { session: String },
+    /// A synchronous call running as `task`: answer when it finishes.
+    Task { task: String },
+}
+
+impl Wait {
+    pub fn deadline(&self) -> Option<Timestamp> {
+        match self {
+            Wait::EventFrom { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the service holds; handlers reach it through [`CallContext`].
+pub struct State {
+    pub(crate) db: Db,
+    pub(crate) throttle: LoginThrottle,
+    pub(crate) root_phc: String,
+    pub(crate) host: String,
+    pub(crate) pool: String,
+    pub(crate) host_metrics: String,
+    pub(crate) limits: Limits,
+    pub(crate) jobs: BTreeMap<String, Box<dyn Job>>,
+    pub(crate) task_order: VecDeque<String>,
+    pub(crate) sync_tasks: BTreeSet<String>,
+    pub(crate) sync_results: BTreeMap<String, Result<Value, ApiError>>,
+    pub(crate) legacy: BTreeMap<String, LegacySubscription>,
+}
+
+/// Which codec a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /` and `POST /RPC2`.
+    XmlRpc,
+    /// `POST /jsonrpc`.
+    JsonRpc,
+}
+
+impl Endpoint {
+    /// Map a request path (query string ignored) to its endpoint.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        let path = path.split('?').next().unwrap_or("");
+        match path {
+            "/" | "/RPC2" => Some(Endpoint::XmlRpc),
+            "/jsonrpc" => Some(Endpoint::JsonRpc),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP response body and its content type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum ReplyCodec {
+    XmlRpc,
+    JsonRpc(JsonReplyTo),
+}
+
+/// A call waiting for an event, a deadline or a task; give it back to [`XenApi::poll`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingCall {
+    codec: ReplyCodec,
+    wait: Wait,
+}
+
+impl PendingCall {
+    /// When to poll even if nothing happened (None: only on events).
+    pub fn wake_at(&self) -> Option<Timestamp> {
+        self.wait.deadline()
+    }
+
+    pub fn wait(&self) -> &Wait {
+        &self.wait
+    }
+}
+
+pub enum Handled {
+    Ready(Response),
+    Pending(PendingCall),
+}
+
+pub struct XenApi {
+    state: State,
+}
+
+impl XenApi {
+    /// Build the service with its pool, host and host_metrics objects.
+    pub fn new(
+        config: Config,
+        entropy: Box<dyn Entropy>,
+        now: Timestamp,
+    ) -> Result<XenApi, PasswordHashError> {
+        check_phc(&config.root_password_phc)?;
+        let mut db = Db::new(config.schema, entropy, config.limits.event_history);
+        let (host_metrics, host, pool) = classes::create_singletons(&mut db, &config.facts, now);
+        let state = State {
+            db,
+            throttle: LoginThrottle::new(config.login_policy),
+            root_phc: config.root_password_phc,
+            host,
+            pool,
+            host_metrics,
+            limits: config.limits,
+            jobs: BTreeMap::new(),
+            task_order: VecDeque::new(),
+            sync_tasks: BTreeSet::new(),
+            sync_results: BTreeMap::new(),
+            legacy: BTreeMap::new(),
+        };
+        Ok(XenApi { state })
+    }
+
+    /// Decode a request body, run it, and encode the answer (or hand back a pending call).
+    pub fn handle(&mut self, endpoint: Endpoint, body: &[u8], now: Timestamp) -> Handled {
+        let (call, codec) = match endpoint {
+            Endpoint::XmlRpc => match xmlrpc::decode_call(body) {
+                Ok(call) => (call, ReplyCodec::XmlRpc),
+                Err(e) => {
+                    return Handled::Ready(encode(&ReplyCodec::XmlRpc, &Err(e.to_api_error())))
+                }
+            },
+            Endpoint::JsonRpc => match jsonrpc::decode_call(body) {
+                Ok((call, reply_to)) => (call, ReplyCodec::JsonRpc(reply_to)),
+                Err(failure) => {
+                    return Handled::Ready(Response {
+                        content_type: jsonrpc::CONTENT_TYPE,
+                        body: jsonrpc::encode_decode_failure(&failure),
+                    })
+                }
+            },
+        };
+        let outcome = self.call(&call.method, call.params, now);
+        self.finish(codec, outcome)
+    }
+
+    /// Re-examine a pending call (see the module docs for when).
+    pub fn poll(&mut self, pending: PendingCall, now: Timestamp) -> Handled {
+        let outcome = self.resume(pending.wait, now);
+        self.finish(pending.codec, outcome)
+    }
+
+    fn finish(&mut self, codec: ReplyCodec, outcome: CallOutcome) -> Handled {
+        match outcome {
+            CallOutcome::Done(result) => Handled::Ready(encode(&codec, &result)),
+            CallOutcome::Pending(wait) => Handled::Pending(PendingCall { codec, wait }),
+        }
+    }
+
+    /// The transport-free API: run `method` with `params`.
+    pub fn call(&mut self, method: &str, params: Vec<Value>, now: Timestamp) -> CallOutcome {
+        dispatch::call(&mut self.state, method, params, now)
+    }
+
+    /// The transport-free counterpart of [`XenApi::poll`].
+    pub fn resume(&mut self, wait: Wait, now: Timestamp) -> CallOutcome {
+        let mut ctx = CallContext {
+            state: &mut self.state,
+            now,
+            session: None,
+        };
+        handlers::resume(&mut ctx, wait)
+    }
+
+    /// Step every running job once; returns how many are still running.
+    pub fn run_tasks(&mut self, now: Timestamp) -> usize {
+        let mut ctx = CallContext {
+            state: &mut self.state,
+            now,
+            session: None,
+        };
+        tasks::run(&mut ctx)
+    }
+
+    pub fn has_running_tasks(&self) -> bool {
+        !self.state.jobs.is_empty()
+    }
+
+    /// Id of the newest event; when it moves, pending calls are worth polling.
+    pub fn last_event_id(&self) -> u64 {
+        self.state.db.events().last_id()
+    }
+
+    /// Refresh the host's measured facts, publishing `mod` events only for what changed.
+    pub fn update_host_facts(&mut self, facts: &HostFacts, now: Timestamp) {
+        let (host, metrics) = (self.state.host.clone(), self.state.host_metrics.clone());
+        classes::apply_facts(&mut self.state.db, &host, &metrics, facts, now);
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.state.db
+    }
+
+    pub fn host_ref(&self) -> &str {
+        &self.state.host
+    }
+
+    pub fn pool_ref(&self) -> &str {
+        &self.state.pool
+    }
+}
+
+fn encode(codec: &ReplyCodec, result: &Result<Value, ApiError>) -> Response {
+    match codec {
+        ReplyCodec::XmlRpc => Response {
+            content_type: xmlrpc::CONTENT_TYPE,
+            body: xmlrpc::encode_response(result),
+        },
+        ReplyCodec::JsonRpc(reply_to) => Response {
+            content_type: jsonrpc::CONTENT_TYPE,
+            body: jsonrpc::encode_response(reply_to, result),
+        },
+    }
+}

@@ -1,0 +1,196 @@
+//! XenAPI failures, named exactly as xapi names them.
+//!
+//! Every failure a client can see is one [`ApiError`] variant; [`ApiError::code`] and
+//! [`ApiError::params`] render it to the `[code, params...]` list that both codecs put on the
+//! wire (XML-RPC `ErrorDescription`, JSON-RPC v1 `error` array, v2 `message` + `data`).
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// `MESSAGE_METHOD_UNKNOWN [method]`
+    MessageMethodUnknown { method: String },
+    /// `MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]`; counts include the
+    /// session argument, as in xapi.
+    MessageParameterCountMismatch {
+        method: String,
+        expected: usize,
+        received: usize,
+    },
+    /// `HANDLE_INVALID [class, ref]`
+    HandleInvalid { class: String, reference: String },
+    /// `UUID_INVALID [class, uuid]`
+    UuidInvalid { class: String, uuid: String },
+    /// `FIELD_TYPE_ERROR [field]`: a parameter or field value has the wrong type.
+    FieldTypeError { field: String },
+    /// `SESSION_INVALID [ref]`
+    SessionInvalid { reference: String },
+    /// `SESSION_AUTHENTICATION_FAILED [user, reason]`: wrong user or password.
+    SessionAuthenticationFailed { user: String },
+    /// Also `SESSION_AUTHENTICATION_FAILED [user, reason]` on the wire, so unmodified clients
+    /// treat it as a failed login; kept distinct here so the server can also delay its reply.
+    /// The reason text carries the hint: `retry after <ms> ms`.
+    LoginThrottled { user: String, retry_after_ms: u64 },
+    /// `MAP_DUPLICATE_KEY [class, field, ref, key]`
+    MapDuplicateKey {
+        class: String,
+        field: String,
+        reference: String,
+        key: String,
+    },
+    /// `EVENTS_LOST []`: the token is older than the kept event history.
+    EventsLost,
+    /// `EVENT_FROM_TOKEN_PARSE_FAILURE [token]`
+    EventFromTokenParseFailure { token: String },
+    /// `EVENT_SUBSCRIPTION_PARSE_FAILURE [subscription]`
+    EventSubscriptionParseFailure { subscription: String },
+    /// `SESSION_NOT_REGISTERED [session]`: `event.next` without `event.register`.
+    SessionNotRegistered { session: String },
+    /// `TASK_CANCELLED [task]`
+    TaskCancelled { task: String },
+    /// `TOO_MANY_PENDING_TASKS []`
+    TooManyPendingTasks,
+    /// `OPERATION_NOT_ALLOWED [reason]`
+    OperationNotAllowed { reason: String },
+    /// `XMLRPC_UNMARSHAL_FAILURE [expected, received]`: the request body could not be decoded.
+    XmlRpcUnmarshalFailure { expected: String, received: String },
+    /// `INTERNAL_ERROR [message]`
+    InternalError { message: String },
+}
+
+impl ApiError {
+    /// The xapi error code (first element of the wire list).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MessageMethodUnknown { .. } => "MESSAGE_METHOD_UNKNOWN",
+            ApiError::MessageParameterCountMismatch { .. } => "MESSAGE_PARAMETER_COUNT_MISMATCH",
+            ApiError::HandleInvalid { .. } => "HANDLE_INVALID",
+            ApiError::UuidInvalid { .. } => "UUID_INVALID",
+            ApiError::FieldTypeError { .. } => "FIELD_TYPE_ERROR",
+            ApiError::SessionInvalid { .. } => "SESSION_INVALID",
+            ApiError::SessionAuthenticationFailed { .. } | ApiError::LoginThrottled { .. } => {
+                "SESSION_AUTHENTICATION_FAILED"
+            }
+            ApiError::MapDuplicateKey { .. } => "MAP_DUPLICATE_KEY",
+            ApiError::EventsLost => "EVENTS_LOST",
+            ApiError::EventFromTokenParseFailure { .. } => "EVENT_FROM_TOKEN_PARSE_FAILURE",
+            ApiError::EventSubscriptionParseFailure { .. } => "EVENT_SUBSCRIPTION_PARSE_FAILURE",
+            ApiError::SessionNotRegistered { .. } => "SESSION_NOT_REGISTERED",
+            ApiError::TaskCancelled { .. } => "TASK_CANCELLED",
+            ApiError::TooManyPendingTasks => "TOO_MANY_PENDING_TASKS",
+            ApiError::OperationNotAllowed { .. } => "OPERATION_NOT_ALLOWED",
+            ApiError::XmlRpcUnmarshalFailure { .. } => "XMLRPC_UNMARSHAL_FAILURE",
+            ApiError::InternalError { .. } => "INTERNAL_ERROR",
+        }
+    }
+
+    /// The parameters that follow the code on the wire.
+    pub fn params(&self) -> Vec<String> {
+        match self {
+            ApiError::MessageMethodUnknown { method } => vec![method.clone()],
+            ApiError::MessageParameterCountMismatch {
+                method,
+                expected,
+                received,
+            } => vec![method.clone(), expected.to_string(), received.to_string()],
+            ApiError::HandleInvalid { class, reference } => vec![class.clone(), reference.clone()],
+            ApiError::UuidInvalid { class, uuid } => vec![class.clone(), uuid.clone()],
+            ApiError::FieldTypeError { field } => vec![field.clone()],
+            ApiError::SessionInvalid { reference } => vec![reference.clone()],
+            ApiError::SessionAuthenticationFailed { user } => {
+                vec![user.clone(), "Authentication failure".to_string()]
+            }
+            ApiError::LoginThrottled {
+                user,
+                retry_after_ms,
+            } => vec![
+                user.clone(),
+                format!("Too many failed logins; retry after {retry_after_ms} ms"),
+            ],
+            ApiError::MapDuplicateKey {
+                class,
+                field,
+                reference,
+                key,
+            } => vec![class.clone(), field.clone(), reference.clone(), key.clone()],
+            ApiError::EventsLost | ApiError::TooManyPendingTasks => Vec::new(),
+            ApiError::EventFromTokenParseFailure { token } => vec![token.clone()],
+            ApiError::EventSubscriptionParseFailure { subscription } => vec![subscription.clone()],
+            ApiError::SessionNotRegistered { session } => vec![session.clone()],
+            ApiError::TaskCancelled { task } => vec![task.clone()],
+            ApiError::OperationNotAllowed { reason } => vec![reason.clone()],
+            ApiError::XmlRpcUnmarshalFailure { expected, received } => {
+                vec![expected.clone(), received.clone()]
+            }
+            ApiError::InternalError { message } => vec![message.clone()],
+        }
+    }
+
+    /// `[code, params...]`, the `ErrorDescription` / JSON-RPC v1 error list.
+    pub fn description(&self) -> Vec<String> {
+        let mut out = vec![self.code().to_string()];
+        out.extend(self.params());
+        out
+    }
+
+    pub fn handle_invalid(class: &str, reference: &str) -> ApiError {
+        ApiError::HandleInvalid {
+            class: class.to_string(),
+            reference: reference.to_string(),
+        }
+    }
+
+    pub fn field_type(field: &str) -> ApiError {
+        ApiError::FieldTypeError {
+            field: field.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_code_and_params_like_xapi() {
+        let e = ApiError::MessageParameterCountMismatch {
+            method: "pool.get_all".into(),
+            expected: 1,
+            received: 0,
+        };
+        assert_eq!(
+            e.description(),
+            vec!["MESSAGE_PARAMETER_COUNT_MISMATCH", "pool.get_all", "1", "0"]
+        );
+        let e = ApiError::MapDuplicateKey {
+            class: "pool".into(),
+            field: "other_config".into(),
+            reference: "OpaqueRef:x".into(),
+            key: "k".into(),
+        };
+        assert_eq!(
+            e.description(),
+            vec![
+                "MAP_DUPLICATE_KEY",
+                "pool",
+                "other_config",
+                "OpaqueRef:x",
+                "k"
+            ]
+        );
+        assert_eq!(ApiError::EventsLost.description(), vec!["EVENTS_LOST"]);
+    }
+
+    #[test]
+    fn throttled_login_keeps_the_auth_failure_code_with_a_hint() {
+        let e = ApiError::LoginThrottled {
+            user: "root".into(),
+            retry_after_ms: 2000,
+        };
+        assert_eq!(e.code(), "SESSION_AUTHENTICATION_FAILED");
+        assert!(e.params()[1].contains("2000 ms"));
+    }
+}

@@ -1,0 +1,293 @@
+//! The object database: every XenAPI object, generic over the declared schema.
+//!
+//! Objects are rows of `field name -> Value` tagged with their class declaration. All writes
+//! go through [`Db`] so each one publishes its event (for classes with events on): no code
+//! path can change an object without watchers seeing it.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::error::ApiError;
+use crate::events::{EventLog, Operation};
+use crate::schema::{find_class, ClassDecl, FieldDecl, FieldType, Schema, Source};
+use crate::time::Timestamp;
+use crate::value::{Value, NULL_REF};
+
+/// Source of unpredictable bytes. Session references are bearer credentials, so the kernel
+/// must back this with a real random source (RDRAND/RDSEED or a seeded CSPRNG).
+pub trait Entropy {
+    fn fill(&mut self, buf: &mut [u8]);
+}
+
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub class: &'static ClassDecl,
+    fields: BTreeMap<&'static str, Value>,
+}
+
+impl Object {
+    pub fn stored(&self, field: &str) -> Option<&Value> {
+        self.fields.get(field)
+    }
+}
+
+pub struct Db {
+    schema: Schema,
+    objects: BTreeMap<String, Object>,
+    by_class: BTreeMap<&'static str, BTreeSet<String>>,
+    events: EventLog,
+    entropy: Box<dyn Entropy>,
+}
+
+impl Db {
+    pub fn new(schema: Schema, entropy: Box<dyn Entropy>, event_history: usize) -> Self {
+        Db {
+            schema,
+            objects: BTreeMap::new(),
+            by_class: BTreeMap::new(),
+            events: EventLog::new(event_history),
+            entropy,
+        }
+    }
+
+    pub fn schema(&self) -> Schema {
+        self.schema
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// A fresh random (version 4) UUID.
+    pub fn new_uuid(&mut self) -> String {
+        let mut b = [0u8; 16];
+        self.entropy.fill(&mut b);
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let mut out = String::with_capacity(36);
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                out.push('-');
+            }
+            let _ = write!(out, "{byte:02x}");
+        }
+        out
+    }
+
+    /// A fresh reference, `OpaqueRef:<uuid>`.
+    pub fn new_ref(&mut self) -> String {
+        let mut r = String::from("OpaqueRef:");
+        r.push_str(&self.new_uuid());
+        r
+    }
+
+    /// Create an object of `class`: declared fields not in `initial` get their type's default,
+    /// `uuid` a fresh one. Publishes an `add` event. Unknown field names in `initial` are a
+    /// programming error and are ignored.
+    pub fn create(
+        &mut self,
+        class: &'static ClassDecl,
+        initial: Vec<(&'static str, Value)>,
+        now: Timestamp,
+    ) -> String {
+        let reference = self.new_ref();
+        let mut fields = BTreeMap::new();
+        for f in class.fields.iter().filter(|f| f.source == Source::Stored) {
+            fields.insert(f.name, default_for(&f.ty));
+        }
+        if class.has_field("uuid") {
+            let uuid = self.new_uuid();
+            fields.insert("uuid", Value::String(uuid));
+        }
+        for (name, value) in initial {
+            if let Some(slot) = fields.get_mut(name) {
+                *slot = value;
+            }
+        }
+        self.objects
+            .insert(reference.clone(), Object { class, fields });
+        self.by_class
+            .entry(class.name)
+            .or_default()
+            .insert(reference.clone());
+        self.publish(&reference, Operation::Add, now);
+        reference
+    }
+
+    /// Remove an object, publishing a `del` event carrying its last record.
+    pub fn destroy(&mut self, reference: &str, now: Timestamp) -> Result<(), ApiError> {
+        let class = self
+            .class_of(reference)
+            .ok_or_else(|| ApiError::handle_invalid("object", reference))?;
+        self.publish(reference, Operation::Del, now);
+        self.objects.remove(reference);
+        if let Some(set) = self.by_class.get_mut(class.name) {
+            set.remove(reference);
+        }
+        Ok(())
+    }
+
+    pub fn object(&self, reference: &str) -> Option<&Object> {
+        self.objects.get(reference)
+    }
+
+    pub fn class_of(&self, reference: &str) -> Option<&'static ClassDecl> {
+        self.objects.get(reference).map(|o| o.class)
+    }
+
+    /// True if `reference` names an object of class `class`.
+    pub fn is_a(&self, reference: &str, class: &str) -> bool {
+        self.class_of(reference).is_some_and(|c| c.name == class)
+    }
+
+    /// `HANDLE_INVALID [class, ref]` unless `reference` is an object of `class`.
+    pub fn expect(&self, class: &str, reference: &str) -> Result<&Object, ApiError> {
+        match self.objects.get(reference) {
+            Some(o) if o.class.name == class => Ok(o),
+            _ => Err(ApiError::handle_invalid(class, reference)),
+        }
+    }
+
+    /// References of every object of `class`, in a stable order.
+    pub fn refs(&self, class: &str) -> Vec<String> {
+        self.by_class
+            .get(class)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn count(&self, class: &str) -> usize {
+        self.by_class.get(class).map_or(0, |s| s.len())
+    }
+
+    pub fn find_by_uuid(&self, class: &str, uuid: &str) -> Option<String> {
+        self.by_class.get(class)?.iter().find_map(|r| {
+            let o = self.objects.get(r)?;
+            (o.fields.get("uuid")?.as_str()? == uuid).then(|| r.clone())
+        })
+    }
+
+    /// A field's current value, computing derived (inverse) fields.
+    pub fn get(&self, reference: &str, field: &str) -> Option<Value> {
+        let object = self.objects.get(reference)?;
+        let decl = object.class.field(field)?;
+        Some(self.field_value(reference, object, decl))
+    }
+
+    fn field_value(&self, reference: &str, object: &Object, decl: &FieldDecl) -> Value {
+        match decl.source {
+            Source::Stored => object
+                .fields
+                .get(decl.name)
+                .cloned()
+                .unwrap_or_else(|| default_for(&decl.ty)),
+            Source::Inverse { field } => {
+                let FieldType::RefSet(other) = decl.ty else {
+                    return Value::Array(Vec::new());
+                };
+                let refs = self
+                    .by_class
+                    .get(other)
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| {
+                        self.objects
+                            .get(*r)
+                            .and_then(|o| o.fields.get(field))
+                            .and_then(Value::as_str)
+                            == Some(reference)
+                    })
+                    .map(|r| Value::String(r.clone()))
+                    .collect();
+                Value::Array(refs)
+            }
+        }
+    }
+
+    /// The full record of an object, as `get_record` and event snapshots present it.
+    pub fn record(&self, reference: &str) -> Option<Value> {
+        let object = self.objects.get(reference)?;
+        let mut out = BTreeMap::new();
+        for decl in object.class.fields {
+            out.insert(
+                decl.name.to_string(),
+                self.field_value(reference, object, decl),
+            );
+        }
+        Some(Value::Struct(out))
+    }
+
+    /// Write stored fields of one object and publish one `mod` event. Values are assumed
+    /// already checked against the declared types (the dispatcher does that for client input).
+    pub fn set(
+        &mut self,
+        reference: &str,
+        changes: Vec<(&'static str, Value)>,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let object = self
+            .objects
+            .get_mut(reference)
+            .ok_or_else(|| ApiError::handle_invalid("object", reference))?;
+        for (name, value) in changes {
+            match object.class.field(name) {
+                Some(decl) if decl.source == Source::Stored => {
+                    object.fields.insert(decl.name, value);
+                }
+                _ => {
+                    return Err(ApiError::InternalError {
+                        message: alloc::format!(
+                            "{}.{} is not a stored field",
+                            object.class.name,
+                            name
+                        ),
+                    })
+                }
+            }
+        }
+        self.publish(reference, Operation::Mod, now);
+        Ok(())
+    }
+
+    /// Publish a `mod` event for an object without changing it (`event.inject`).
+    pub fn touch(&mut self, reference: &str, now: Timestamp) -> Option<u64> {
+        self.objects.get(reference)?;
+        self.publish(reference, Operation::Mod, now)
+    }
+
+    fn publish(&mut self, reference: &str, op: Operation, now: Timestamp) -> Option<u64> {
+        let class = self.class_of(reference)?;
+        if !class.flags.events {
+            return None;
+        }
+        let snapshot = self.record(reference).unwrap_or(Value::Nil);
+        Some(
+            self.events
+                .push(now, class.name, op, reference.to_string(), snapshot),
+        )
+    }
+
+    pub fn class(&self, name: &str) -> Option<&'static ClassDecl> {
+        find_class(self.schema, name)
+    }
+}
+
+/// The value a field has before anything sets it.
+pub fn default_for(ty: &FieldType) -> Value {
+    match ty {
+        FieldType::String | FieldType::Any => Value::String(String::new()),
+        FieldType::Bool => Value::Bool(false),
+        FieldType::Int => Value::Int(0),
+        FieldType::Float => Value::Float(0.0),
+        FieldType::DateTime => {
+            Value::DateTime(crate::time::Timestamp::default().to_xapi_datetime())
+        }
+        FieldType::Enum(names) => Value::str(names.first().copied().unwrap_or("")),
+        FieldType::Ref(_) => Value::str(NULL_REF),
+        FieldType::RefSet(_) | FieldType::Set(_) => Value::Array(Vec::new()),
+        FieldType::Map(_, _) => Value::Struct(BTreeMap::new()),
+    }
+}
