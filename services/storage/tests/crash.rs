@@ -1,0 +1,308 @@
+//! Crash injection: every operation is run with the power cut after each of its device
+//! mutations (writes, flushes) in turn, under three models of what the volatile cache loses.
+//! After each cut the SR is re-attached and must pass the consistency check (checksums,
+//! reference counts recomputed from all maps, no extent used twice), show either the state
+//! before the operation or the state after it (never a mix, and never less than what was
+//! acknowledged), and keep working.
+
+mod common;
+
+use common::*;
+use keel_block::fakes::{CacheLoss, MemDisk};
+use keel_storage::{Sr, SrError, Uuid, VdiInfo};
+
+/// VDIs made by the setup: a writable disk with data, a snapshot of it, a clone of the
+/// snapshot with its own writes, and a VDI whose extents were all written in place.
+struct Fixture {
+    base: Uuid,
+    snap: Uuid,
+    clone: Uuid,
+    solo: Uuid,
+}
+
+fn setup(sr: &mut Sr<MemDisk>) -> Fixture {
+    let base = sr.create_vdi("base", 40 * 1024).unwrap();
+    sr.write(base, 0, &pattern(1, 24 * 1024)).unwrap();
+    let snap = sr.snapshot_vdi(base).unwrap();
+    sr.write(base, 4096, &pattern(2, 4096)).unwrap();
+    let clone = sr.clone_vdi(snap, "clone").unwrap();
+    sr.write(clone, 8192, &pattern(3, 2048)).unwrap();
+    let solo = sr.create_vdi("solo", 16 * 1024).unwrap();
+    sr.write(solo, 0, &pattern(4, 16 * 1024)).unwrap();
+    sr.flush().unwrap();
+    // Two more commits so the solo extents are referenced by no older root either: later
+    // writes to them go in place.
+    sr.resize_vdi(base, 44 * 1024).unwrap();
+    sr.resize_vdi(base, 40 * 1024).unwrap();
+    Fixture {
+        base,
+        snap,
+        clone,
+        solo,
+    }
+}
+
+fn fresh() -> (Sr<MemDisk>, MemDisk, Fixture) {
+    let (mut sr, disk) = mem_sr();
+    let fixture = setup(&mut sr);
+    (sr, disk, fixture)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Expect {
+    /// The operation is all or nothing.
+    Atomic,
+    /// Data overwritten in place may be torn at sector granularity if not acknowledged.
+    SectorAtomic,
+}
+
+fn infos(observed: &Observed) -> Vec<VdiInfo> {
+    observed.iter().map(|(info, _)| info.clone()).collect()
+}
+
+fn assert_sector_mix(now: &Observed, before: &Observed, after: &Observed, what: &str) {
+    let now_infos = infos(now);
+    assert!(
+        now_infos == infos(before) || now_infos == infos(after),
+        "{what}: VDI set is neither before nor after"
+    );
+    for (info, data) in now {
+        let old = before
+            .iter()
+            .find(|(i, _)| i.uuid == info.uuid)
+            .map(|(_, d)| d);
+        let new = after
+            .iter()
+            .find(|(i, _)| i.uuid == info.uuid)
+            .map(|(_, d)| d);
+        for (index, sector) in data.chunks(512).enumerate() {
+            let matches = |other: Option<&Vec<u8>>| {
+                other.and_then(|d| d.chunks(512).nth(index)) == Some(sector)
+            };
+            assert!(
+                matches(old) || matches(new),
+                "{what}: sector {index} of {} is garbage",
+                info.uuid
+            );
+        }
+    }
+}
+
+/// After recovery the SR must accept new work and keep it across another attach.
+fn still_works(sr: Sr<MemDisk>, disk: &MemDisk, what: &str) {
+    let mut sr = sr;
+    let fresh = sr.create_vdi("after-crash", 12 * 1024).expect(what);
+    sr.write(fresh, 0, &pattern(77, 12 * 1024)).expect(what);
+    for info in sr.list_vdis() {
+        if !info.read_only && info.uuid != fresh {
+            sr.write(info.uuid, 0, &pattern(78, 1024)).expect(what);
+        }
+    }
+    sr.flush().expect(what);
+    sr.check()
+        .unwrap_or_else(|e| panic!("{what}: check after new work: {e:?}"));
+    drop(sr);
+    disk.power_cycle(CacheLoss::DropAll);
+    let mut sr = Sr::attach(disk.clone()).expect(what);
+    sr.check()
+        .unwrap_or_else(|e| panic!("{what}: check after second attach: {e:?}"));
+    assert_eq!(read_all(&mut sr, fresh), pattern(77, 12 * 1024), "{what}");
+}
+
+type Op<'a> = &'a dyn Fn(&mut Sr<MemDisk>, &Fixture) -> Result<(), SrError>;
+
+fn crash_matrix(name: &str, expect: Expect, op: Op<'_>) {
+    crash_matrix_after(name, expect, &|_, _| Ok(()), op)
+}
+
+/// Like `crash_matrix`, with `prepare` run (uncut) on the fixture before the operation.
+fn crash_matrix_after(name: &str, expect: Expect, prepare: Op<'_>, op: Op<'_>) {
+    let fresh = || {
+        let (mut sr, disk, fixture) = fresh();
+        prepare(&mut sr, &fixture).unwrap_or_else(|e| panic!("{name}: prepare failed: {e:?}"));
+        (sr, disk, fixture)
+    };
+    // Reference run: the states before and after, and how many mutations the operation makes.
+    let (mut sr, disk, fixture) = fresh();
+    let before = observe(&mut sr);
+    let start = disk.stats().mutations;
+    op(&mut sr, &fixture).unwrap_or_else(|e| panic!("{name}: reference run failed: {e:?}"));
+    let total = disk.stats().mutations - start;
+    let after = observe(&mut sr);
+    assert!(total > 0, "{name}: the operation wrote nothing");
+    assert_ne!(before, after, "{name}: the operation changed nothing");
+    for k in 0..=total {
+        for loss in [
+            CacheLoss::DropAll,
+            CacheLoss::KeepAll,
+            CacheLoss::Random { seed: k * 7 + 1 },
+        ] {
+            let what = format!("{name}: cut after {k}/{total} mutations, {loss:?}");
+            let (mut sr, disk, fixture) = fresh();
+            disk.cut_power_after(k);
+            let result = op(&mut sr, &fixture);
+            if k < total {
+                assert!(
+                    result.is_err(),
+                    "{what}: the operation did not notice the power cut"
+                );
+            } else {
+                assert_eq!(result, Ok(()), "{what}");
+            }
+            drop(sr);
+            disk.power_cycle(loss);
+            let mut sr =
+                Sr::attach(disk.clone()).unwrap_or_else(|e| panic!("{what}: attach failed: {e:?}"));
+            sr.check()
+                .unwrap_or_else(|e| panic!("{what}: check failed: {e:?}"));
+            let now = observe(&mut sr);
+            if result.is_ok() {
+                assert!(now == after, "{what}: acknowledged operation lost");
+            } else if expect == Expect::Atomic {
+                assert!(
+                    now == before || now == after,
+                    "{what}: neither before nor after"
+                );
+            } else {
+                assert_sector_mix(&now, &before, &after, &what);
+            }
+            still_works(sr, &disk, &what);
+        }
+    }
+}
+
+#[test]
+fn crash_during_create() {
+    crash_matrix("create", Expect::Atomic, &|sr, _| {
+        sr.create_vdi("new", 32 * 1024).map(drop)
+    });
+}
+
+#[test]
+fn crash_during_copy_on_write_writes_and_flush() {
+    // Only extents shared with the snapshot or unallocated: into part of a shared extent,
+    // across two holes, and from a shared extent into a hole.
+    crash_matrix("cow write+flush", Expect::Atomic, &|sr, f| {
+        sr.write(f.base, 1024, &pattern(10, 3 * 1024))?;
+        sr.write(f.base, 30 * 1024, &pattern(11, 4096))?;
+        sr.write(f.base, 22 * 1024, &pattern(16, 4096))?;
+        sr.write(f.clone, 0, &pattern(12, 512))?;
+        sr.flush()
+    });
+}
+
+#[test]
+fn crash_while_both_sides_of_a_clone_break_sharing() {
+    // Extent 1 of base was base's alone until the clone (the last commit). After base copies
+    // it away the twin is its only in-memory user, yet the committed root still gives it to
+    // base too: the twin must copy as well rather than overwrite what base's durable map
+    // points at.
+    fn twin(sr: &Sr<MemDisk>) -> Uuid {
+        sr.list_vdis()
+            .into_iter()
+            .find(|v| v.name == "twin")
+            .map(|v| v.uuid)
+            .unwrap()
+    }
+    crash_matrix_after(
+        "both sides of a clone",
+        Expect::Atomic,
+        &|sr, f| sr.clone_vdi(f.base, "twin").map(drop),
+        &|sr, f| {
+            sr.write(f.base, 4096, &pattern(20, 512))?;
+            let twin = twin(sr);
+            sr.write(twin, 4096, &pattern(21, 512))?;
+            sr.flush()
+        },
+    );
+}
+
+#[test]
+fn crash_during_in_place_writes_and_flush() {
+    crash_matrix("in-place write+flush", Expect::SectorAtomic, &|sr, f| {
+        sr.write(f.solo, 512, &pattern(13, 9 * 1024))?;
+        // And a hole in the same flush.
+        sr.write(f.base, 36 * 1024, &pattern(14, 1024))?;
+        sr.flush()
+    });
+}
+
+#[test]
+fn crash_during_unflushed_write_then_snapshot() {
+    crash_matrix("write+snapshot", Expect::Atomic, &|sr, f| {
+        sr.write(f.base, 28 * 1024, &pattern(15, 2048))?;
+        sr.snapshot_vdi(f.base).map(drop)
+    });
+}
+
+#[test]
+fn crash_during_snapshot() {
+    crash_matrix("snapshot", Expect::Atomic, &|sr, f| {
+        sr.snapshot_vdi(f.clone).map(drop)
+    });
+}
+
+#[test]
+fn crash_during_clone() {
+    crash_matrix("clone", Expect::Atomic, &|sr, f| {
+        sr.clone_vdi(f.base, "another").map(drop)
+    });
+}
+
+#[test]
+fn crash_during_destroy() {
+    crash_matrix("destroy base", Expect::Atomic, &|sr, f| {
+        sr.destroy_vdi(f.base)
+    });
+    crash_matrix("destroy snapshot", Expect::Atomic, &|sr, f| {
+        sr.destroy_vdi(f.snap)
+    });
+}
+
+#[test]
+fn crash_during_resize() {
+    crash_matrix("shrink", Expect::Atomic, &|sr, f| {
+        sr.resize_vdi(f.base, 6 * 1024)
+    });
+    crash_matrix_after(
+        "grow over a shared tail",
+        Expect::Atomic,
+        &|sr, f| sr.resize_vdi(f.clone, 22 * 1024 + 512),
+        &|sr, f| sr.resize_vdi(f.clone, 64 * 1024),
+    );
+}
+
+#[test]
+fn crash_during_copy() {
+    crash_matrix("copy", Expect::Atomic, &|sr, f| {
+        sr.copy_vdi(f.clone, "copy").map(drop)
+    });
+}
+
+#[test]
+fn crash_during_format_leaves_a_blank_device_or_an_empty_sr() {
+    let disk = mem_disk();
+    let start = disk.stats().mutations;
+    Sr::format(disk.clone(), options()).unwrap();
+    let total = disk.stats().mutations - start;
+    for k in 0..total {
+        for loss in [
+            CacheLoss::DropAll,
+            CacheLoss::KeepAll,
+            CacheLoss::Random { seed: k + 3 },
+        ] {
+            let disk = mem_disk();
+            disk.cut_power_after(k);
+            assert!(Sr::format(disk.clone(), options()).is_err());
+            disk.power_cycle(loss);
+            match Sr::attach(disk.clone()) {
+                Ok(mut sr) => {
+                    assert!(sr.list_vdis().is_empty());
+                    sr.check().unwrap();
+                    still_works(sr, &disk, "format");
+                }
+                Err(error) => assert_eq!(error, SrError::NotAnSr, "cut after {k}, {loss:?}"),
+            }
+        }
+    }
+}
