@@ -27,7 +27,11 @@ mod boot;
 #[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
+mod dma;
+#[cfg(target_os = "none")]
 mod memory;
+#[cfg(target_os = "none")]
+mod net;
 #[cfg(target_os = "none")]
 mod pci;
 #[cfg(target_os = "none")]
@@ -42,11 +46,13 @@ pub use kernel::kmain;
 mod kernel {
     use core::sync::atomic::{AtomicU8, Ordering};
 
+    use alloc::vec::Vec;
     use keel_cmdline::{Config, PanicAction, TestAction};
-    use keel_executor::{Executor, Idle};
+    use keel_executor::{Executor, Idle, Signal};
+    use keel_pci::Function;
 
     use crate::boot::{self, BootInfo, RangeList};
-    use crate::{acpi, apic, arch, console, memory, pci, power, time};
+    use crate::{acpi, apic, arch, console, memory, net, pci, power, time};
 
     const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -119,14 +125,14 @@ mod kernel {
             Err(e) => panic!("local APIC unusable: {e}"),
         }
 
-        let pci = pci::PciConfig::new(platform.ecam);
-        let functions = keel_pci::enumerate(&pci);
+        let pci = pci::init(platform.ecam);
+        let functions = keel_pci::enumerate(pci);
         log::info!("pci: {} functions via {}", functions.len(), pci.mechanism());
         for f in &functions {
             console::write_line(format_args!("{f}"));
         }
 
-        run(config)
+        run(config, pci, functions)
     }
 
     /// Reports every bad `keel.*` word, one line each, before anything else is configured.
@@ -140,10 +146,18 @@ mod kernel {
     }
 
     /// Runs the executor forever: services as tasks, the CPU halted when nothing is ready.
-    fn run(config: Config) -> ! {
+    fn run(config: Config, pci: &'static pci::PciConfig, functions: Vec<Function>) -> ! {
         let mut executor = Executor::new(time::TscClock);
-        executor.handle().spawn(async move {
-            // Services start here as they are added; each awaits its own readiness.
+        let handle = executor.handle();
+        // Each service that is configured returns the signal it sets once it is up.
+        let services: Vec<Signal> = [net::start(&handle, pci, &functions, &config)]
+            .into_iter()
+            .flatten()
+            .collect();
+        handle.spawn(async move {
+            for service in &services {
+                service.wait().await;
+            }
             let boot_us = time::since_entry_ns() / 1_000;
             console::write_line(format_args!(
                 "keel: ready (keel {VERSION}, boot {}.{} ms)",

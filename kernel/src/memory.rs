@@ -223,3 +223,21 @@ pub fn map_mmio(phys: u64, size: u64) -> Result<NonNull<u8>, MapError> {
 pub fn map_firmware(phys: u64, size: u64) -> Result<NonNull<u8>, MapError> {
     map_range(phys, size, Cache::WriteBack)
 }
+
+/// Allocates physically contiguous, zeroed, identity-mapped memory (for DMA).
+pub fn allocate_frames(count: u64) -> Option<u64> {
+    let phys = FRAMES.lock().allocate(count, FRAME_SIZE, u64::MAX)?;
+    // SAFETY: freshly allocated RAM, mapped by `init`.
+    unsafe { core::ptr::write_bytes(phys as *mut u8, 0, (count * FRAME_SIZE) as usize) };
+    Some(phys)
+}
+
+/// Returns frames from [`allocate_frames`].
+pub fn free_frames(phys: u64, count: u64) {
+    if let Err(e) = FRAMES
+        .lock()
+        .free(Range::new(phys, phys + count * FRAME_SIZE))
+    {
+        log::error!("memory: bad free of {count} frames at {phys:#x}: {e}");
+    }
+}

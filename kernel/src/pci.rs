@@ -2,7 +2,7 @@
 //! Enumeration and decoding live in the `keel-pci` crate.
 
 use keel_pci::{Address, ConfigSpace};
-use spin::Mutex;
+use spin::{Mutex, Once};
 use x86_64::instructions::port::Port;
 
 use crate::acpi::Ecam;
@@ -90,6 +90,13 @@ impl ConfigSpace for EcamConfig {
             unsafe { core::ptr::write_volatile(p, value) }
         }
     }
+}
+
+static CONFIG: Once<PciConfig> = Once::new();
+
+/// Sets up configuration access once; drivers share it for the life of the system.
+pub fn init(ecam: Option<Ecam>) -> &'static PciConfig {
+    CONFIG.call_once(|| PciConfig::new(ecam))
 }
 
 /// Whichever mechanism the platform offers.

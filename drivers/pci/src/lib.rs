@@ -204,7 +204,7 @@ impl fmt::Display for Function {
 
 /// Enumerates every function reachable from the root bus(es), following PCI-PCI bridges.
 /// Each bus is scanned at most once, so a misprogrammed bridge cannot cause a loop.
-pub fn enumerate(cfg: &impl ConfigSpace) -> Vec<Function> {
+pub fn enumerate(cfg: &(impl ConfigSpace + ?Sized)) -> Vec<Function> {
     let mut seen = [false; 256];
     let mut out = Vec::new();
     let host = Address::new(0, 0, 0);
@@ -225,7 +225,12 @@ pub fn enumerate(cfg: &impl ConfigSpace) -> Vec<Function> {
     out
 }
 
-fn scan_bus(cfg: &impl ConfigSpace, bus: u8, seen: &mut [bool; 256], out: &mut Vec<Function>) {
+fn scan_bus(
+    cfg: &(impl ConfigSpace + ?Sized),
+    bus: u8,
+    seen: &mut [bool; 256],
+    out: &mut Vec<Function>,
+) {
     if core::mem::replace(&mut seen[bus as usize], true) {
         return;
     }
@@ -255,7 +260,7 @@ fn scan_bus(cfg: &impl ConfigSpace, bus: u8, seen: &mut [bool; 256], out: &mut V
 }
 
 /// Reads one present function's header and sizes its BARs.
-pub fn probe(cfg: &impl ConfigSpace, address: Address) -> Function {
+pub fn probe(cfg: &(impl ConfigSpace + ?Sized), address: Address) -> Function {
     let id = cfg.read32(address, reg::ID);
     let class = cfg.read32(address, reg::CLASS);
     let header_type = cfg.read8(address, reg::HEADER + 2) & 0x7f;
@@ -283,7 +288,11 @@ pub fn probe(cfg: &impl ConfigSpace, address: Address) -> Function {
 
 /// Sizes the first `count` BARs. Decoding is switched off while all-ones sit in a BAR, so
 /// the device never claims a bogus window, and every register is restored afterwards.
-fn size_bars(cfg: &impl ConfigSpace, address: Address, count: usize) -> [Option<Bar>; 6] {
+fn size_bars(
+    cfg: &(impl ConfigSpace + ?Sized),
+    address: Address,
+    count: usize,
+) -> [Option<Bar>; 6] {
     let mut bars = [None; 6];
     let command = cfg.read32(address, reg::COMMAND);
     cfg.write32(
@@ -354,7 +363,7 @@ fn size_bars(cfg: &impl ConfigSpace, address: Address, count: usize) -> [Option<
 
 /// Walks a function's capability list, yielding `(capability id, offset)`. Stops after 48
 /// entries or at a malformed pointer, so a looping list cannot hang the caller.
-pub fn capabilities(cfg: &impl ConfigSpace, address: Address) -> Vec<(u8, u8)> {
+pub fn capabilities(cfg: &(impl ConfigSpace + ?Sized), address: Address) -> Vec<(u8, u8)> {
     let mut caps = Vec::new();
     if cfg.read32(address, reg::COMMAND) & reg::STATUS_HAS_CAPS == 0 {
         return caps;
@@ -369,7 +378,7 @@ pub fn capabilities(cfg: &impl ConfigSpace, address: Address) -> Vec<(u8, u8)> {
 }
 
 /// Sets the command-register bits a driver needs (memory/IO decode, bus mastering).
-pub fn enable(cfg: &impl ConfigSpace, address: Address, bits: u32) {
+pub fn enable(cfg: &(impl ConfigSpace + ?Sized), address: Address, bits: u32) {
     let command = cfg.read32(address, reg::COMMAND) & 0xffff;
     cfg.write32(address, reg::COMMAND, command | bits);
 }

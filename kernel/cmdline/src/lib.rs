@@ -14,6 +14,7 @@
 #![cfg_attr(not(test), no_std)]
 
 use core::fmt;
+use core::net::Ipv4Addr;
 
 /// How much the console log shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +55,10 @@ pub struct Config {
     /// I/O port of QEMU's `isa-debug-exit` device, when the test harness provides one.
     pub debug_exit: Option<u16>,
     pub test: TestAction,
+    /// Static IPv4 address and prefix length for the management NIC; `None` means DHCP.
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// Default gateway with a static address.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl Default for Config {
@@ -63,6 +68,8 @@ impl Default for Config {
             panic: PanicAction::Reboot,
             debug_exit: None,
             test: TestAction::None,
+            ip: None,
+            gateway: None,
         }
     }
 }
@@ -138,6 +145,39 @@ pub const OPTIONS: &[OptionSpec] = &[
                 "poweroff" => TestAction::Poweroff,
                 "fault" => TestAction::Fault,
                 _ => return Err(()),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "ip",
+        accepted: "dhcp, or an IPv4 address with prefix length such as 192.0.2.10/24",
+        default: "dhcp",
+        help: "management NIC address (a bad value falls back to DHCP, which cannot collide)",
+        apply: |c, v| {
+            c.ip = match v {
+                "dhcp" => None,
+                _ => {
+                    let (addr, prefix) = v.split_once('/').ok_or(())?;
+                    let prefix: u8 = prefix.parse().map_err(|_| ())?;
+                    if prefix > 32 {
+                        return Err(());
+                    }
+                    Some((addr.parse().map_err(|_| ())?, prefix))
+                }
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "gw",
+        accepted: "an IPv4 address, or none",
+        default: "none",
+        help: "default gateway when keel.ip is static",
+        apply: |c, v| {
+            c.gateway = match v {
+                "none" => None,
+                _ => Some(v.parse().map_err(|_| ())?),
             };
             Ok(())
         },
@@ -260,9 +300,16 @@ mod tests {
                 log: LogLevel::Debug,
                 panic: PanicAction::Halt,
                 debug_exit: Some(0xf4),
-                test: TestAction::Poweroff
+                test: TestAction::Poweroff,
+                ip: None,
+                gateway: None,
             }
         );
+        let (c, e) = parse_all("keel.ip=192.0.2.10/24 keel.gw=192.0.2.1");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.ip, Some((Ipv4Addr::new(192, 0, 2, 10), 24)));
+        assert_eq!(c.gateway, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(parse_all("keel.ip=192.0.2.10/24 keel.ip=dhcp").0.ip, None);
         assert_eq!(parse_all("keel.debug_exit=244").0.debug_exit, Some(244));
         assert_eq!(parse_all("keel.test=fault").0.test, TestAction::Fault);
         assert_eq!(
@@ -302,12 +349,30 @@ mod tests {
     }
 
     #[test]
+    fn bad_addresses_fall_back_to_dhcp() {
+        for bad in [
+            "keel.ip=192.0.2.10",
+            "keel.ip=192.0.2.10/33",
+            "keel.ip=300.0.0.1/24",
+            "keel.ip=/24",
+            "keel.ip=a.b.c.d/8",
+        ] {
+            let (c, e) = parse_all(bad);
+            assert_eq!(c.ip, None, "{bad}");
+            assert_eq!(e.len(), 1, "{bad}");
+            assert!(e[0].ends_with("using default 'dhcp'"), "{}", e[0]);
+        }
+        let (c, e) = parse_all("keel.gw=10.0.0");
+        assert_eq!((c.gateway, e.len()), (None, 1));
+    }
+
+    #[test]
     fn unknown_option_lists_known_ones() {
         let (c, e) = parse_all("keel.nosuch=1");
         assert_eq!(c, Config::default());
         assert_eq!(
             e,
-            vec!["keel: unknown option 'keel.nosuch=1': known options are keel.log, keel.panic, keel.debug_exit, keel.test"]
+            vec!["keel: unknown option 'keel.nosuch=1': known options are keel.log, keel.panic, keel.debug_exit, keel.test, keel.ip, keel.gw"]
         );
     }
 

@@ -170,6 +170,67 @@ impl Handle {
     }
 }
 
+/// Gives other ready tasks a turn, then continues.
+pub async fn yield_now() {
+    let mut yielded = false;
+    core::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+/// A flag that is set once; tasks can wait for it. Services use it to say "I am up", and
+/// the boot waits for all of them before printing `keel: ready`.
+#[derive(Clone, Default)]
+pub struct Signal {
+    state: Rc<RefCell<(bool, Vec<Waker>)>>,
+}
+
+impl Signal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the flag and wakes every waiter. Setting it again does nothing.
+    pub fn set(&self) {
+        let waiters = {
+            let mut state = self.state.borrow_mut();
+            if state.0 {
+                return;
+            }
+            state.0 = true;
+            core::mem::take(&mut state.1)
+        };
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.state.borrow().0
+    }
+
+    /// Completes once the flag is set.
+    pub async fn wait(&self) {
+        core::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            if state.0 {
+                return Poll::Ready(());
+            }
+            if !state.1.iter().any(|w| w.will_wake(cx.waker())) {
+                state.1.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// The error of [`Handle::timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut;
@@ -457,6 +518,53 @@ mod tests {
         assert_eq!(settle(&mut ex), Idle::Forever);
         assert_eq!(*polls.borrow(), 2);
         assert_eq!(ex.live_tasks(), 0);
+    }
+
+    #[test]
+    fn signal_wakes_every_waiter_once_set() {
+        let mut ex = Executor::new(FakeClock::default());
+        let signal = Signal::new();
+        let woke = Rc::new(RefCell::new(0));
+        for _ in 0..3 {
+            let (s, w) = (signal.clone(), woke.clone());
+            ex.handle().spawn(async move {
+                s.wait().await;
+                *w.borrow_mut() += 1;
+            });
+        }
+        assert_eq!(settle(&mut ex), Idle::Forever);
+        assert_eq!(*woke.borrow(), 0);
+        signal.set();
+        signal.set();
+        settle(&mut ex);
+        assert_eq!(*woke.borrow(), 3);
+        assert_eq!(ex.live_tasks(), 0);
+        // Waiting on a set signal completes at once.
+        let w = woke.clone();
+        let s = signal.clone();
+        ex.handle().spawn(async move {
+            s.wait().await;
+            *w.borrow_mut() += 1;
+        });
+        settle(&mut ex);
+        assert_eq!(*woke.borrow(), 4);
+    }
+
+    #[test]
+    fn yield_now_lets_another_task_run_in_between() {
+        let mut ex = Executor::new(FakeClock::default());
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let (a, b) = (log.clone(), log.clone());
+        ex.handle().spawn(async move {
+            a.borrow_mut().push("a1");
+            yield_now().await;
+            a.borrow_mut().push("a2");
+        });
+        ex.handle().spawn(async move {
+            b.borrow_mut().push("b1");
+        });
+        settle(&mut ex);
+        assert_eq!(*log.borrow(), vec!["a1", "b1", "a2"]);
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! Wiring of the management network: the first virtio-net NIC, a `keel-net` stack on it, and
+//! the task that drives the stack.
+//!
+//! Pacing: `virtio-drivers` configures no MSI-X vectors and legacy INTx routing needs the
+//! DSDT's AML `_PRT`, which Keel does not interpret, so the NIC is polled. The task polls
+//! again at once while there is traffic, and otherwise sleeps until smoltcp's next timer or
+//! 1 ms, whichever is sooner; in between the CPU halts. That bounds the added latency at
+//! 1 ms without a busy loop.
+
+use keel_cmdline::Config;
+use keel_executor::{yield_now, Handle, Signal};
+use keel_net::{Addressing, NetEvent, NetStack};
+use keel_pci::{DeviceKind, Function};
+use keel_virtio::VirtioNet;
+
+use crate::dma::KeelHal;
+use crate::pci::PciConfig;
+
+/// Longest sleep between polls of an idle NIC.
+const IDLE_POLL_MS: u64 = 1;
+
+pub type ManagementStack = NetStack<VirtioNet<KeelHal>>;
+
+/// Brings up the management NIC, if there is one. Returns the signal set once it has an
+/// address.
+pub fn start(
+    handle: &Handle,
+    pci: &'static PciConfig,
+    functions: &[Function],
+    config: &Config,
+) -> Option<Signal> {
+    let function = functions.iter().find(|f| f.kind == DeviceKind::VirtioNet)?;
+    let transport = match keel_virtio::open_transport::<KeelHal>(pci, function.address) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("net: {} unusable: {e}", function.address);
+            return None;
+        }
+    };
+    let device = match VirtioNet::<KeelHal>::new(transport) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!(
+                "net: virtio-net at {} failed to start: {e:?}",
+                function.address
+            );
+            return None;
+        }
+    };
+    let addressing = match config.ip {
+        Some((address, prefix_len)) => Addressing::Static {
+            address,
+            prefix_len,
+            gateway: config.gateway,
+        },
+        None => Addressing::Dhcp,
+    };
+    let now_ms = handle.now_ns() / 1_000_000;
+    let stack = NetStack::new(device, addressing, now_ms, crate::arch::rdtsc());
+    let mac = stack.mac_address();
+    log::info!(
+        "net: virtio-net at {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
+        function.address,
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        if config.ip.is_some() {
+            "static address"
+        } else {
+            "DHCP"
+        }
+    );
+    let up = Signal::new();
+    handle.spawn(drive(handle.clone(), stack, up.clone()));
+    Some(up)
+}
+
+async fn drive(handle: Handle, mut stack: ManagementStack, up: Signal) {
+    let mut next_wait_report_ms = 10_000;
+    loop {
+        let now_ms = handle.now_ns() / 1_000_000;
+        let busy = stack.poll(now_ms);
+        match stack.take_event() {
+            Some(NetEvent::Configured(c)) => {
+                match c.gateway {
+                    Some(gw) => log::info!("net: address {}/{} via {gw}", c.address, c.prefix_len),
+                    None => log::info!("net: address {}/{}", c.address, c.prefix_len),
+                }
+                up.set();
+            }
+            Some(NetEvent::Deconfigured) => log::warn!("net: lease lost; no address"),
+            None => {}
+        }
+        if !up.is_set() && now_ms >= next_wait_report_ms {
+            log::warn!(
+                "net: no address yet after {} s (waiting for DHCP)",
+                now_ms / 1000
+            );
+            next_wait_report_ms += 10_000;
+        }
+        if busy {
+            yield_now().await;
+            continue;
+        }
+        let delay = stack
+            .poll_delay_ms(now_ms)
+            .unwrap_or(IDLE_POLL_MS)
+            .min(IDLE_POLL_MS);
+        handle.sleep(delay * 1_000_000).await;
+    }
+}
