@@ -27,6 +27,7 @@ pub mod kernel_lines;
 pub mod machine;
 pub mod paths;
 pub mod prereq;
+pub mod python;
 pub mod qemu;
 
 use std::time::Duration;

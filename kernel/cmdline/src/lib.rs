@@ -47,9 +47,10 @@ pub enum TestAction {
     Fault,
 }
 
-/// The typed boot configuration.
+/// The typed boot configuration. String values borrow from the command line, which lives
+/// for the whole run (the parser runs before there is a heap).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct Config<'a> {
     pub log: LogLevel,
     pub panic: PanicAction,
     /// I/O port of QEMU's `isa-debug-exit` device, when the test harness provides one.
@@ -59,9 +60,12 @@ pub struct Config {
     pub ip: Option<(Ipv4Addr, u8)>,
     /// Default gateway with a static address.
     pub gateway: Option<Ipv4Addr>,
+    /// Argon2 PHC hash of root's management-API password. Without one, every login fails:
+    /// there is no default password.
+    pub root_hash: Option<&'a str>,
 }
 
-impl Default for Config {
+impl Default for Config<'_> {
     fn default() -> Self {
         Config {
             log: LogLevel::Info,
@@ -70,6 +74,7 @@ impl Default for Config {
             test: TestAction::None,
             ip: None,
             gateway: None,
+            root_hash: None,
         }
     }
 }
@@ -84,7 +89,7 @@ pub struct OptionSpec {
     pub default: &'static str,
     /// What it is for (used by the documentation table).
     pub help: &'static str,
-    apply: fn(&mut Config, &str) -> Result<(), ()>,
+    apply: for<'a> fn(&mut Config<'a>, &'a str) -> Result<(), ()>,
 }
 
 /// Every `keel.*` option.
@@ -182,7 +187,31 @@ pub const OPTIONS: &[OptionSpec] = &[
             Ok(())
         },
     },
+    OptionSpec {
+        name: "root_hash",
+        accepted: "an argon2 PHC string such as $argon2id$v=19$m=19456,t=2,p=1$SALT$HASH",
+        default: "none",
+        help: "root's API password hash (without a valid one, logins are refused: never open)",
+        apply: |c, v| {
+            c.root_hash = Some(v).filter(|v| is_argon2_phc(v));
+            c.root_hash.map(|_| ()).ok_or(())
+        },
+    },
 ];
+
+/// The shape of an argon2 PHC string: `$argon2{id,i,d}$v=N$PARAMS$SALT$HASH`. The hash
+/// itself is verified by the API service; this only rejects what cannot be one.
+fn is_argon2_phc(v: &str) -> bool {
+    let mut parts = v.split('$');
+    let empty_start = parts.next() == Some("");
+    let algorithm = parts.next();
+    let rest: [Option<&str>; 4] = core::array::from_fn(|_| parts.next());
+    empty_start
+        && matches!(algorithm, Some("argon2id" | "argon2i" | "argon2d"))
+        && rest.iter().all(|p| p.is_some_and(|p| !p.is_empty()))
+        && parts.next().is_none()
+        && v.bytes().all(|b| b.is_ascii_graphic())
+}
 
 /// A problem with one word of the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,7 +261,7 @@ impl fmt::Display for OptionError<'_> {
 
 /// Parses `cmdline`, calling `report` for each bad word, and returns the configuration.
 /// Later words override earlier ones.
-pub fn parse<'a>(cmdline: &'a str, mut report: impl FnMut(OptionError<'a>)) -> Config {
+pub fn parse<'a>(cmdline: &'a str, mut report: impl FnMut(OptionError<'a>)) -> Config<'a> {
     let mut config = Config::default();
     for word in cmdline.split_ascii_whitespace() {
         let Some(rest) = word.strip_prefix("keel.") else {
@@ -271,7 +300,7 @@ fn parse_u16(v: &str) -> Option<u16> {
 mod tests {
     use super::*;
 
-    fn parse_all(line: &str) -> (Config, Vec<String>) {
+    fn parse_all(line: &str) -> (Config<'_>, Vec<String>) {
         let mut errors = Vec::new();
         let config = parse(line, |e| errors.push(e.to_string()));
         (config, errors)
@@ -303,6 +332,7 @@ mod tests {
                 test: TestAction::Poweroff,
                 ip: None,
                 gateway: None,
+                root_hash: None,
             }
         );
         let (c, e) = parse_all("keel.ip=192.0.2.10/24 keel.gw=192.0.2.1");
@@ -367,12 +397,35 @@ mod tests {
     }
 
     #[test]
+    fn root_hash_accepts_phc_strings_only() {
+        let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+        let line = format!("keel.root_hash={phc}");
+        let (c, e) = parse_all(&line);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.root_hash, Some(phc));
+        for bad in [
+            "keel.root_hash=hunter2",
+            "keel.root_hash=$argon2id$v=19$m=1,t=1,p=1$salt",
+            "keel.root_hash=$bcrypt$v=19$m=1$salt$hash",
+            "keel.root_hash=$argon2id$v=19$m=1$salt$hash$extra",
+            "keel.root_hash=$argon2id$v=19$$salt$hash",
+        ] {
+            let (c, e) = parse_all(bad);
+            assert_eq!(c.root_hash, None, "{bad}");
+            assert_eq!(e.len(), 1, "{bad}");
+        }
+        // A bad value after a good one keeps the good one, like every option.
+        let good_then_bad = format!("{line} keel.root_hash=oops");
+        assert_eq!(parse_all(&good_then_bad).0.root_hash, Some(phc));
+    }
+
+    #[test]
     fn unknown_option_lists_known_ones() {
         let (c, e) = parse_all("keel.nosuch=1");
         assert_eq!(c, Config::default());
         assert_eq!(
             e,
-            vec!["keel: unknown option 'keel.nosuch=1': known options are keel.log, keel.panic, keel.debug_exit, keel.test, keel.ip, keel.gw"]
+            vec!["keel: unknown option 'keel.nosuch=1': known options are keel.log, keel.panic, keel.debug_exit, keel.test, keel.ip, keel.gw, keel.root_hash"]
         );
     }
 

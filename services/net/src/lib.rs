@@ -147,6 +147,11 @@ impl<D: NetDevice> NetStack<D> {
         self.device.inner().counters()
     }
 
+    /// The interface context, for opening client connections (tests, outbound services).
+    pub fn iface_context(&mut self) -> &mut smoltcp::iface::Context {
+        self.iface.context()
+    }
+
     /// The socket set, for servers built on this stack.
     pub fn sockets(&mut self) -> &mut SocketSet<'static> {
         &mut self.sockets

@@ -87,8 +87,9 @@ impl Default for Limits {
 }
 
 pub struct Config {
-    /// Argon2 PHC string of root's password (see [`crate::auth::hash_password`]).
-    pub root_password_phc: String,
+    /// Argon2 PHC string of root's password (see [`crate::auth::hash_password`]). `None`
+    /// means no password was configured: every login fails, there is no default.
+    pub root_password_phc: Option<String>,
     pub facts: HostFacts,
     pub limits: Limits,
     pub login_policy: LoginPolicy,
@@ -99,7 +100,7 @@ pub struct Config {
 impl Config {
     pub fn new(root_password_phc: String, facts: HostFacts) -> Self {
         Config {
-            root_password_phc,
+            root_password_phc: Some(root_password_phc),
             facts,
             limits: Limits::default(),
             login_policy: LoginPolicy::default(),
@@ -138,7 +139,7 @@ impl Wait {
 pub struct State {
     pub(crate) db: Db,
     pub(crate) throttle: LoginThrottle,
-    pub(crate) root_phc: String,
+    pub(crate) root_phc: Option<String>,
     pub(crate) host: String,
     pub(crate) pool: String,
     pub(crate) host_metrics: String,
@@ -218,7 +219,9 @@ impl XenApi {
         entropy: Box<dyn Entropy>,
         now: Timestamp,
     ) -> Result<XenApi, PasswordHashError> {
-        check_phc(&config.root_password_phc)?;
+        if let Some(phc) = &config.root_password_phc {
+            check_phc(phc)?;
+        }
         let mut db = Db::new(config.schema, entropy, config.limits.event_history);
         let (host_metrics, host, pool) = classes::create_singletons(&mut db, &config.facts, now);
         let state = State {

@@ -38,8 +38,13 @@ pub fn login_with_password(ctx: &mut CallContext<'_>, args: &Args) -> Result<Out
             retry_after_ms,
         });
     }
-    // Verify even for an unknown user so both failures take the same time.
-    let password_ok = verify_password(&ctx.state.root_phc, password.as_bytes());
+    // Verify even for an unknown user so both failures take the same time. Without a
+    // configured password nothing verifies.
+    let password_ok = ctx
+        .state
+        .root_phc
+        .as_deref()
+        .is_some_and(|phc| verify_password(phc, password.as_bytes()));
     if !(password_ok && user == "root") {
         ctx.state.throttle.record_failure(&originator, now);
         return Err(ApiError::SessionAuthenticationFailed { user });

@@ -35,6 +35,35 @@ impl Timestamp {
         self.unix_ms.saturating_sub(earlier.unix_ms)
     }
 
+    /// The instant of a UTC calendar date and time (a real-time clock reading), or `None`
+    /// when a field is out of range or the date is before 1970.
+    pub fn from_civil(
+        year: u64,
+        month: u64,
+        day: u64,
+        hour: u64,
+        minute: u64,
+        second: u64,
+    ) -> Option<Self> {
+        let in_range = (1970..=9999).contains(&year)
+            && (1..=12).contains(&month)
+            && (1..=31).contains(&day)
+            && hour < 24
+            && minute < 60
+            && second < 61;
+        if !in_range {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        // Reject dates such as 31 February instead of rolling them over.
+        if civil_from_days(days) != (year, month, day) {
+            return None;
+        }
+        Some(Timestamp::from_unix_secs(
+            days * 86_400 + hour * 3600 + minute * 60 + second,
+        ))
+    }
+
     /// XenAPI's `datetime` text: `YYYYMMDDTHH:MM:SSZ` (UTC), as xapi writes it.
     pub fn to_xapi_datetime(self) -> String {
         let secs = self.unix_ms / 1000;
@@ -81,9 +110,48 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Inverse of [`civil_from_days`] (Hinnant's `days_from_civil`), for years from 1970.
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(
+            Timestamp::from_civil(1970, 1, 1, 0, 0, 0),
+            Some(Timestamp::from_unix_ms(0))
+        );
+        let t = Timestamp::from_civil(2026, 11, 22, 6, 31, 19).unwrap();
+        assert_eq!(t.unix_ms, 1_795_329_079_000);
+        assert_eq!(t.to_xapi_datetime(), "20261122T06:31:19Z");
+        let leap = Timestamp::from_civil(2024, 2, 29, 23, 59, 59).unwrap();
+        assert_eq!(leap.to_xapi_datetime(), "20240229T23:59:59Z");
+        for bad in [
+            (2023, 2, 29),
+            (2026, 2, 31),
+            (2026, 13, 1),
+            (2026, 0, 1),
+            (1969, 12, 31),
+            (2026, 4, 31),
+        ] {
+            assert_eq!(
+                Timestamp::from_civil(bad.0, bad.1, bad.2, 0, 0, 0),
+                None,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(Timestamp::from_civil(2026, 1, 1, 24, 0, 0), None);
+    }
 
     #[test]
     fn epoch_formats_as_xapi_datetime() {

@@ -77,6 +77,27 @@ fn wrong_password_or_user_fails_authentication() {
 }
 
 #[test]
+fn without_a_configured_password_every_login_fails() {
+    let mut config = config();
+    config.root_password_phc = None;
+    let mut api = api_with(config);
+    for pw in [PASSWORD, "", "root"] {
+        let err = call(
+            &mut api,
+            "session.login_with_password",
+            vec![s("root"), s(pw), s("1"), s("t")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ApiError::SessionAuthenticationFailed {
+                user: "root".into()
+            }
+        );
+    }
+}
+
+#[test]
 fn failed_logins_are_throttled_per_originator_with_backoff() {
     let mut cfg = config();
     cfg.login_policy = LoginPolicy {

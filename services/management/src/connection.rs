@@ -1,0 +1,300 @@
+//! One management connection: a TCP socket, its HTTP state machine, and the request in
+//! progress.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use keel_http::{BodyKind, CloseKind, Connection, Event, Limits, Method, Request};
+use keel_net::smoltcp::iface::{SocketHandle, SocketSet};
+use keel_net::smoltcp::socket::tcp;
+use keel_xenapi::{Endpoint, Handled, PendingCall, Timestamp, XenApi};
+
+use crate::{ServerConfig, ServerStats};
+
+/// The request a connection is working on.
+enum State {
+    /// Between requests.
+    Idle,
+    /// Collecting an XML-RPC or JSON-RPC body.
+    ApiBody { endpoint: Endpoint, body: Vec<u8> },
+    /// A call waiting for an event or a deadline; `seen_event` is the event id it last saw.
+    Parked { call: PendingCall, seen_event: u64 },
+    /// Answered at the head (an error for a request with a body, which is not read; the
+    /// connection closes after the answer).
+    Answered,
+    /// A bodiless request whose answer goes out at its end, keeping the connection alive.
+    Reply {
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        body: Vec<u8>,
+    },
+}
+
+/// What an HTTP event asks of the connection, detached from the event's borrow.
+enum Action {
+    Head(Request),
+    End,
+    Error,
+}
+
+/// True once the peer has sent its FIN (not merely "cannot receive yet", as in SYN-RECEIVED).
+fn peer_finished(state: tcp::State) -> bool {
+    matches!(
+        state,
+        tcp::State::CloseWait
+            | tcp::State::LastAck
+            | tcp::State::Closing
+            | tcp::State::TimeWait
+            | tcp::State::Closed
+    )
+}
+
+pub(crate) struct Conn {
+    socket: SocketHandle,
+    http: Connection,
+    state: State,
+    eof_delivered: bool,
+    close_requested: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(socket: SocketHandle, limits: Limits) -> Self {
+        Conn {
+            socket,
+            http: Connection::new(limits),
+            state: State::Idle,
+            eof_delivered: false,
+            close_requested: false,
+        }
+    }
+
+    pub(crate) fn socket(&self) -> SocketHandle {
+        self.socket
+    }
+
+    /// True once the socket is closed (by either side) and nothing is left to do.
+    pub(crate) fn is_finished(&self, sockets: &SocketSet<'static>) -> bool {
+        matches!(
+            sockets.get::<tcp::Socket>(self.socket).state(),
+            tcp::State::Closed | tcp::State::TimeWait
+        )
+    }
+
+    pub(crate) fn http_deadline(&mut self, mono_ms: u64) -> Option<u64> {
+        self.http.poll_timeout(mono_ms)
+    }
+
+    /// Milliseconds until a parked call's deadline.
+    pub(crate) fn wall_wake(&self, now: Timestamp) -> Option<u64> {
+        match &self.state {
+            State::Parked { call, .. } => call.wake_at().map(|t| t.ms_since(now)),
+            _ => None,
+        }
+    }
+
+    /// Services the connection until it makes no more progress. Returns true on progress.
+    pub(crate) fn service(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        api: &mut XenApi,
+        config: &ServerConfig,
+        stats: &mut ServerStats,
+        mono_ms: u64,
+        now: Timestamp,
+    ) -> bool {
+        let socket = sockets.get_mut::<tcp::Socket>(self.socket);
+        let mut activity = false;
+        loop {
+            let mut progressed = false;
+
+            // Input.
+            if socket.can_recv() {
+                let http = &mut self.http;
+                let taken = socket
+                    .recv(|buf| {
+                        let n = http.receive(mono_ms, buf);
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                progressed |= taken > 0;
+            } else if peer_finished(socket.state()) && !self.eof_delivered {
+                self.http.receive_eof(mono_ms);
+                self.eof_delivered = true;
+                progressed = true;
+            }
+
+            // Requests.
+            while let Some(action) = self.next_action() {
+                progressed = true;
+                match action {
+                    Action::Head(request) => self.on_head(&request, config, stats),
+                    Action::End => self.on_end(api, stats, now),
+                    Action::Error => self.state = State::Idle,
+                }
+            }
+
+            // A parked call wakes when the event id moves or its deadline passes.
+            progressed |= self.poll_parked(api, now);
+
+            // Output.
+            while self.http.has_output() && socket.can_send() {
+                match socket.send_slice(self.http.output()) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        self.http.consume_output(n);
+                        progressed = true;
+                    }
+                }
+            }
+
+            if !progressed {
+                break;
+            }
+            activity = true;
+        }
+
+        self.http.poll_timeout(mono_ms);
+        if !self.close_requested && !self.http.has_output() {
+            match self.http.should_close() {
+                Some(CloseKind::Graceful) => {
+                    socket.close();
+                    self.close_requested = true;
+                    activity = true;
+                }
+                Some(CloseKind::Abort) => {
+                    socket.abort();
+                    self.close_requested = true;
+                    activity = true;
+                }
+                None => {}
+            }
+        }
+        activity
+    }
+
+    /// The next HTTP event as an owned action; body chunks are consumed here.
+    fn next_action(&mut self) -> Option<Action> {
+        loop {
+            match self.http.poll_event()? {
+                Event::RequestHead(request) => return Some(Action::Head(request)),
+                Event::BodyChunk(bytes) => {
+                    if let State::ApiBody { body, .. } = &mut self.state {
+                        body.extend_from_slice(bytes);
+                    }
+                }
+                Event::BodyEnd => return Some(Action::End),
+                Event::Error(_) => return Some(Action::Error),
+            }
+        }
+    }
+
+    fn on_head(&mut self, request: &Request, config: &ServerConfig, stats: &mut ServerStats) {
+        stats.requests += 1;
+        let endpoint = Endpoint::from_path(&request.path);
+        let (status, headers, body): (u16, &'static [(&'static str, &'static str)], Vec<u8>) =
+            match (&request.method, endpoint) {
+                (Method::Post, Some(endpoint)) => {
+                    self.http.set_body_limit(config.max_api_body_bytes);
+                    self.state = State::ApiBody {
+                        endpoint,
+                        body: Vec::new(),
+                    };
+                    return;
+                }
+                (Method::Get | Method::Head, Some(Endpoint::XmlRpc)) if request.path == "/" => {
+                    let page = format!(
+                        "Keel {}: XenAPI over XML-RPC at POST / and POST /RPC2, JSON-RPC at POST /jsonrpc\n",
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    (
+                        200,
+                        &[("Content-Type", "text/plain; charset=utf-8")],
+                        page.into_bytes(),
+                    )
+                }
+                (_, Some(_)) => (
+                    405,
+                    &[("Allow", "POST"), ("Content-Type", "text/plain")],
+                    b"use POST\n".to_vec(),
+                ),
+                (_, None) => (
+                    404,
+                    &[("Content-Type", "text/plain")],
+                    b"not found\n".to_vec(),
+                ),
+            };
+        if matches!(request.body, BodyKind::None | BodyKind::Length(0)) {
+            self.state = State::Reply {
+                status,
+                headers,
+                body,
+            };
+        } else {
+            // The body is not wanted: answer now; the connection closes after the answer.
+            self.respond(status, headers, body);
+            self.state = State::Answered;
+        }
+    }
+
+    fn on_end(&mut self, api: &mut XenApi, stats: &mut ServerStats, now: Timestamp) {
+        match core::mem::replace(&mut self.state, State::Idle) {
+            State::ApiBody { endpoint, body } => {
+                stats.api_calls += 1;
+                let handled = api.handle(endpoint, &body, now);
+                self.deliver(handled, api);
+            }
+            State::Reply {
+                status,
+                headers,
+                body,
+            } => self.respond(status, headers, body),
+            // Bodies of answered requests are dropped; Idle/Parked cannot see a body end.
+            other @ (State::Idle | State::Parked { .. }) => self.state = other,
+            State::Answered => {}
+        }
+    }
+
+    fn poll_parked(&mut self, api: &mut XenApi, now: Timestamp) -> bool {
+        let State::Parked { call, seen_event } = &self.state else {
+            return false;
+        };
+        let due = call.wake_at().is_some_and(|t| t <= now);
+        if !due && api.last_event_id() == *seen_event && !api.has_running_tasks() {
+            return false;
+        }
+        let State::Parked { call, seen_event } = core::mem::replace(&mut self.state, State::Idle)
+        else {
+            return false;
+        };
+        let handled = api.poll(call, now);
+        let progressed = matches!(handled, Handled::Ready(_)) || api.last_event_id() != seen_event;
+        self.deliver(handled, api);
+        progressed
+    }
+
+    fn deliver(&mut self, handled: Handled, api: &XenApi) {
+        match handled {
+            Handled::Ready(response) => {
+                self.respond(
+                    200,
+                    &[("Content-Type", response.content_type)],
+                    response.body,
+                );
+                self.state = State::Idle;
+            }
+            Handled::Pending(call) => {
+                self.state = State::Parked {
+                    call,
+                    seen_event: api.last_event_id(),
+                };
+            }
+        }
+    }
+
+    fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: Vec<u8>) {
+        if let Err(e) = self.http.send_response(status, headers, body) {
+            log::warn!("management: cannot send a {status} response: {e:?}");
+            self.http.close_after_response();
+        }
+    }
+}
