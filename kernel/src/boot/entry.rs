@@ -1,15 +1,25 @@
 //! The 32-bit entry points and the trampoline into 64-bit mode.
 //!
-//! PVH (QEMU `-kernel`, Xen's dom0 builder) enters `pvh_start32` in 32-bit protected mode with
-//! paging off and `ebx` holding the physical address of the `hvm_start_info`. The trampoline
-//! zeroes `.bss`, identity-maps the low 4 GiB with 2 MiB pages, enables long mode and calls
-//! [`super::kernel_entry`] with the boot protocol and that address. Rust then builds the real
-//! page tables (see `memory.rs`); these boot tables only have to last until then.
+//! Both protocols enter in 32-bit protected mode with paging off and `ebx` holding the
+//! physical address of their information structure:
+//! - PVH (Xen's dom0 builder, QEMU `-kernel` without a multiboot header) enters
+//!   `pvh_start32`, named by the `XEN_ELFNOTE_PHYS32_ENTRY` note; `ebx` = `hvm_start_info`.
+//! - Multiboot 1 (GRUB, iPXE, QEMU `-kernel`) enters `multiboot_start32`, named by the
+//!   header's `entry_addr`; `eax` = 0x2BADB002 and `ebx` = the multiboot information.
+//!
+//! Each entry only records which protocol it was and where the information is; the shared
+//! trampoline zeroes `.bss`, identity-maps the low 4 GiB with 2 MiB pages, enables long mode
+//! and calls [`super::kernel_entry`] with the protocol and that address. Rust then builds the
+//! real page tables (see `memory.rs`); these boot tables only have to last until then.
 
 use core::arch::global_asm;
 
 /// The boot protocol that entered the kernel, passed to Rust in `edi`.
 pub const PROTOCOL_PVH: u32 = 1;
+/// Multiboot 1 with the right magic in `eax`.
+pub const PROTOCOL_MULTIBOOT: u32 = 2;
+/// The multiboot entry without the magic: `esi` then carries the wrong `eax`, not an address.
+pub const PROTOCOL_MULTIBOOT_BAD_MAGIC: u32 = 3;
 
 /// Size of the boot stack, which stays the kernel's only stack (the executor is cooperative).
 pub const BOOT_STACK_SIZE: usize = 256 * 1024;
@@ -30,6 +40,18 @@ pvh_start32:
     cld
     movl %ebx, %esi              /* start info physical address */
     movl ${pvh}, %ebp            /* boot protocol */
+    jmp enter_long_mode
+
+    .global multiboot_start32
+multiboot_start32:
+    cli
+    cld
+    movl %ebx, %esi              /* multiboot information physical address */
+    movl ${multiboot}, %ebp
+    cmpl ${multiboot_magic}, %eax
+    je enter_long_mode
+    movl %eax, %esi              /* report the wrong magic instead of trusting ebx */
+    movl ${multiboot_bad_magic}, %ebp
     jmp enter_long_mode
 
 /* In: esi = boot information address, ebp = protocol. Clobbers everything else. */
@@ -124,6 +146,9 @@ boot_stack_top:
     .global boot_stack_top
     "#,
     pvh = const PROTOCOL_PVH,
+    multiboot = const PROTOCOL_MULTIBOOT,
+    multiboot_bad_magic = const PROTOCOL_MULTIBOOT_BAD_MAGIC,
+    multiboot_magic = const super::multiboot_info::BOOTLOADER_MAGIC,
     stack_size = const BOOT_STACK_SIZE,
     kernel_entry = sym super::kernel_entry,
     options(att_syntax)

@@ -1,11 +1,13 @@
-//! Reading the PVH `hvm_start_info` (QEMU's `-kernel`, Xen's PVH dom0 builder).
+//! Reading the PVH `hvm_start_info` (Xen's PVH dom0 builder; QEMU's `-kernel` for an image
+//! without a multiboot header).
 
 use core::ffi::CStr;
 
 use keel_memory::Range;
 use pvh::start_info::reader::StartInfoReader;
 
-use super::{BootError, BootInfo, RangeList};
+use super::multiboot_info::module_name;
+use super::{BootError, BootInfo, BootModule};
 
 /// E820 type of usable RAM.
 const E820_RAM: u32 = 1;
@@ -16,14 +18,8 @@ pub fn parse(paddr: u32) -> Result<BootInfo, BootError> {
     let reader = unsafe { StartInfoReader::from_paddr_identity(paddr) }
         .ok_or(BootError::BadStartInfo { paddr })?;
     let raw = reader.raw();
-    let mut info = BootInfo {
-        protocol: "PVH",
-        cmdline: "",
-        cmdline_truncated_at: None,
-        rsdp: Some(raw.rsdp_paddr).filter(|&a| a != 0),
-        ram: RangeList::new(),
-        in_use: RangeList::new(),
-    };
+    let mut info = BootInfo::empty("PVH");
+    info.rsdp = Some(raw.rsdp_paddr).filter(|&a| a != 0);
     let start_info_size = core::mem::size_of_val(raw) as u64;
     info.in_use.push(Range::new(
         u64::from(paddr),
@@ -31,8 +27,8 @@ pub fn parse(paddr: u32) -> Result<BootInfo, BootError> {
     ));
 
     if let Some(cmdline) = reader.cmdline() {
-        let (text, truncated) = utf8_prefix(cmdline);
-        info.cmdline = text;
+        let (text, truncated) = utf8_cstr_prefix(cmdline);
+        info.cmdline = text.trim();
         info.cmdline_truncated_at = truncated;
         let len = cmdline.to_bytes_with_nul().len() as u64;
         info.in_use
@@ -40,26 +36,20 @@ pub fn parse(paddr: u32) -> Result<BootInfo, BootError> {
     }
 
     let memmap = reader.memmap();
-    if memmap.is_empty() {
+    // Xen's PVH dom0 builder passes no map in the start info; Xen answers
+    // XENMEM_memory_map instead, which the platform seam asks.
+    if memmap.is_empty() && !crate::platform::hypervisor_ram(|r| push_ram(&mut info, r)) {
         return Err(BootError::NoMemoryMap);
     }
-    let entry_size = core::mem::size_of_val(&memmap[0]) as u64;
-    info.in_use.push(Range::new(
-        raw.memmap_paddr,
-        raw.memmap_paddr + entry_size * memmap.len() as u64,
-    ));
+    if let Some(first) = memmap.first() {
+        let entry_size = core::mem::size_of_val(first) as u64;
+        info.in_use.push(Range::new(
+            raw.memmap_paddr,
+            raw.memmap_paddr + entry_size * memmap.len() as u64,
+        ));
+    }
     for e in memmap.iter().filter(|e| e.ty == E820_RAM) {
-        if !info
-            .ram
-            .push(Range::new(e.addr, e.addr.saturating_add(e.size)))
-        {
-            log::warn!(
-                "boot: more than {} RAM ranges; ignoring {:#x}+{:#x}",
-                super::MAX_RANGES,
-                e.addr,
-                e.size
-            );
-        }
+        push_ram(&mut info, Range::new(e.addr, e.addr.saturating_add(e.size)));
     }
 
     if raw.nr_modules > 0 {
@@ -69,25 +59,43 @@ pub fn parse(paddr: u32) -> Result<BootInfo, BootError> {
             raw.modlist_paddr + entry_size * u64::from(raw.nr_modules),
         ));
         for m in reader.modlist() {
+            let string = m.cmdline();
             let m = m.raw();
-            info.in_use
-                .push(Range::new(m.paddr, m.paddr.saturating_add(m.size)));
+            let range = Range::new(m.paddr, m.paddr.saturating_add(m.size));
+            info.in_use.push(range);
+            let name = match string {
+                Some(s) => {
+                    let len = s.to_bytes_with_nul().len() as u64;
+                    info.in_use
+                        .push(Range::new(m.cmdline_paddr, m.cmdline_paddr + len));
+                    super::utf8_prefix(module_name(s.to_bytes())).0
+                }
+                None => "",
+            };
+            if !info.modules.push(BootModule { range, name }) {
+                log::warn!(
+                    "boot: more than {} modules; ignoring the one at {:#x}",
+                    super::MAX_MODULES,
+                    m.paddr
+                );
+            }
         }
     }
     Ok(info)
 }
 
-/// The longest UTF-8 prefix, and where it was cut if it was.
-fn utf8_prefix(s: &'static CStr) -> (&'static str, Option<usize>) {
-    let bytes = s.to_bytes();
-    match core::str::from_utf8(bytes) {
-        Ok(text) => (text, None),
-        Err(e) => {
-            let valid = e.valid_up_to();
-            (
-                core::str::from_utf8(&bytes[..valid]).unwrap_or_default(),
-                Some(valid),
-            )
-        }
+fn push_ram(info: &mut BootInfo, r: Range) {
+    if !info.ram.push(r) {
+        log::warn!(
+            "boot: more than {} RAM ranges; ignoring {:#x}+{:#x}",
+            super::MAX_RANGES,
+            r.start,
+            r.len()
+        );
     }
+}
+
+/// The longest UTF-8 prefix of a C string, and where it was cut if it was.
+fn utf8_cstr_prefix(s: &'static CStr) -> (&'static str, Option<usize>) {
+    super::utf8_prefix(s.to_bytes())
 }
