@@ -1,15 +1,18 @@
-//! The local APIC: the one-shot timer that wakes the idle CPU, and end-of-interrupt.
+//! The local APIC, end-of-interrupt, and the one-shot timer that wakes the idle CPU.
 //!
 //! xAPIC (MMIO) mode, which QEMU's TCG, KVM and Xen's emulated LAPIC all provide. The legacy
-//! 8259 PICs are masked: all interrupts arrive through the APIC. The timer counts at a
-//! rate calibrated once against the TSC.
+//! 8259 PICs are masked: all interrupts arrive through the APIC. On a bare machine the
+//! APIC's timer counts at a rate calibrated once against the TSC; under Xen the platform's
+//! one-shot timer is used instead (no calibration, deadlines in Xen's own time), and the
+//! APIC's timer stays masked.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::Msr;
 
 use crate::arch::idt::{self, SPURIOUS_VECTOR};
+use crate::platform::{self, xen};
 use crate::{memory, time};
 
 /// Vector of the LAPIC timer.
@@ -27,6 +30,26 @@ const IA32_APIC_BASE: u32 = 0x1b;
 static BASE: AtomicU64 = AtomicU64::new(0);
 /// Timer ticks per millisecond (divide-by-16).
 static TICKS_PER_MS: AtomicU64 = AtomicU64::new(0);
+/// Set when Xen's one-shot timer replaces the APIC's.
+static XEN_TIMER: AtomicBool = AtomicBool::new(false);
+
+/// The timer that ends the idle halt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// The local APIC's, with its calibrated bus rate.
+    Lapic { hz: u64 },
+    /// Xen's one-shot timer (`VCPUOP_set_singleshot_timer`, delivered as `VIRQ_TIMER`).
+    XenSingleShot,
+}
+
+impl core::fmt::Display for Timer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Timer::Lapic { hz } => write!(f, "timer {} MHz", hz / 1_000_000),
+            Timer::XenSingleShot => write!(f, "timer: Xen one-shot (VIRQ_TIMER)"),
+        }
+    }
+}
 
 fn write(reg: usize, value: u32) {
     let base = BASE.load(Ordering::Relaxed);
@@ -61,8 +84,10 @@ impl core::fmt::Display for ApicError {
     }
 }
 
-/// Masks the 8259s, enables the local APIC at `base` and calibrates its timer.
-pub fn init(base: u64) -> Result<u64, ApicError> {
+/// Masks the 8259s, enables the local APIC at `base` and sets up the idle timer: under Xen
+/// Xen's one-shot timer (falling back to the APIC's if Xen refuses), else the APIC's,
+/// calibrated.
+pub fn init(base: u64) -> Result<Timer, ApicError> {
     // SAFETY: masking all lines of both PICs; nothing in Keel uses them.
     unsafe {
         Port::<u8>::new(0x21).write(0xff);
@@ -79,6 +104,15 @@ pub fn init(base: u64) -> Result<u64, ApicError> {
     write(REG_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(REG_TIMER_DIVIDE, 0x3); // divide by 16
     write(REG_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    if platform::is_xen() {
+        match xen::timer::init() {
+            Ok(()) => {
+                XEN_TIMER.store(true, Ordering::Release);
+                return Ok(Timer::XenSingleShot);
+            }
+            Err(e) => log::warn!("apic: Xen's one-shot timer unusable ({e}); using the APIC's"),
+        }
+    }
 
     // Count down from the top for 10 ms of TSC time.
     write(REG_TIMER_INITIAL, u32::MAX);
@@ -96,7 +130,9 @@ pub fn init(base: u64) -> Result<u64, ApicError> {
     TICKS_PER_MS.store(per_ms, Ordering::Relaxed);
     idt::set_handler(TIMER_VECTOR, |_| end_of_interrupt());
     write(REG_LVT_TIMER, u32::from(TIMER_VECTOR)); // one-shot, unmasked
-    Ok(per_ms * 1000 * 16)
+    Ok(Timer::Lapic {
+        hz: per_ms * 1000 * 16,
+    })
 }
 
 /// Acknowledges the interrupt being handled.
@@ -106,6 +142,10 @@ pub fn end_of_interrupt() {
 
 /// Arms the one-shot timer to fire after `ns` nanoseconds (clamped to what it can count).
 pub fn arm_timer(ns: u64) {
+    if XEN_TIMER.load(Ordering::Acquire) {
+        xen::timer::arm(ns);
+        return;
+    }
     let per_ms = TICKS_PER_MS.load(Ordering::Relaxed);
     let ticks = (u128::from(ns) * u128::from(per_ms) / 1_000_000).clamp(1, u128::from(u32::MAX));
     write(REG_TIMER_INITIAL, ticks as u32);

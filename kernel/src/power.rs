@@ -21,7 +21,9 @@ pub fn set_control(power: PowerControl) {
     POWER.call_once(|| power);
 }
 
-/// Powers the machine off through ACPI S5. Halts if the firmware gave no way to do so.
+/// Powers the machine off through ACPI S5 — also as Xen's dom0, which owns the platform's
+/// power registers (Xen's own "power off" for dom0 only halts the machine). If S5 does not
+/// take effect, Xen is asked to shut down, then the CPU halts.
 pub fn power_off() -> ! {
     x86_64::instructions::interrupts::disable();
     if let Some(p) = POWER.get() {
@@ -41,15 +43,17 @@ pub fn power_off() -> ! {
     while crate::time::since_entry_ns() < deadline {
         core::hint::spin_loop();
     }
-    crate::console::emergency_write(format_args!(
-        "keel: ACPI power-off did not take effect; halting\n"
-    ));
+    crate::console::emergency_write(format_args!("keel: ACPI power-off did not take effect\n"));
+    crate::platform::shutdown(false);
+    crate::console::emergency_write(format_args!("keel: halting\n"));
     halt_forever()
 }
 
-/// Resets the machine: FADT reset register, then the keyboard controller, then a triple fault.
+/// Resets the machine: through Xen when Keel is its dom0, else the FADT reset register,
+/// then the keyboard controller, then a triple fault.
 pub fn reboot() -> ! {
     x86_64::instructions::interrupts::disable();
+    crate::platform::shutdown(true);
     // SAFETY: reset mechanisms; each either resets the machine or does nothing.
     unsafe {
         if let Some((port, value)) = POWER.get().and_then(|p| p.reset) {

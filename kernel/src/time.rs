@@ -1,18 +1,37 @@
-//! Time: the TSC, calibrated once against the PIT, as the monotonic clock.
+//! Time: the monotonic clock, counted from kernel entry, from one of two sources.
 //!
 //! The TSC is read at kernel entry, so every timestamp (the log, `keel: ready`) counts from
-//! there. Calibration gates PIT channel 2 for 10 ms and counts TSC cycles across it; this
-//! needs no interrupts and works under QEMU (TCG and KVM). The Xen platform replaces it with
-//! pvclock, since Xen keeps the PIT for itself.
+//! there. Until a source is set up, time reads 0.
+//!
+//! - Bare machine: the TSC, calibrated once against PIT channel 2 (gated for 10 ms, TSC
+//!   cycles counted across it); this needs no interrupts and works under QEMU (TCG and KVM).
+//! - Xen: Xen keeps the PIT, so the clock is Xen's pvclock: system time from vCPU 0's
+//!   `vcpu_time_info` in shared_info (the TSC scaled by the multiplier and shift Xen
+//!   publishes, re-read under its version lock on every reading). The entry TSC is turned
+//!   into system time once, so that Xen time and entry-relative time share one origin.
+//!   The TSC frequency Xen publishes is kept for TSC-based waits (the APIC calibration).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 
+use keel_xen::shared_info::VcpuTimeInfo;
+use keel_xen::time::TornRead;
 use x86_64::instructions::port::Port;
 
 use crate::arch::rdtsc;
 
 static ENTRY_TSC: AtomicU64 = AtomicU64::new(0);
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// Which source [`since_entry_ns`] reads.
+static SOURCE: AtomicU8 = AtomicU8::new(SOURCE_NONE);
+const SOURCE_NONE: u8 = 0;
+const SOURCE_TSC: u8 = 1;
+const SOURCE_PVCLOCK: u8 = 2;
+
+/// vCPU 0's time parameters in shared_info (Xen only).
+static PVCLOCK: AtomicPtr<VcpuTimeInfo> = AtomicPtr::new(core::ptr::null_mut());
+/// Xen system time at kernel entry.
+static PVCLOCK_ENTRY_NS: AtomicU64 = AtomicU64::new(0);
 
 const PIT_HZ: u64 = 1_193_182;
 const CALIBRATION_MS: u64 = 10;
@@ -42,14 +61,78 @@ pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
-/// Nanoseconds since kernel entry (0 until calibrated).
+/// Nanoseconds since kernel entry (0 until a source is set up).
 pub fn since_entry_ns() -> u64 {
+    match SOURCE.load(Ordering::Acquire) {
+        SOURCE_TSC => tsc_since_entry_ns(),
+        SOURCE_PVCLOCK => match xen_system_time_ns() {
+            Some(now) => now.saturating_sub(PVCLOCK_ENTRY_NS.load(Ordering::Relaxed)),
+            // A torn read lasts microseconds at most; the TSC estimate bridges it.
+            None => tsc_since_entry_ns(),
+        },
+        _ => 0,
+    }
+}
+
+fn tsc_since_entry_ns() -> u64 {
     let hz = tsc_hz();
     if hz == 0 {
         return 0;
     }
     let ticks = rdtsc().saturating_sub(ENTRY_TSC.load(Ordering::Relaxed));
     (u128::from(ticks) * 1_000_000_000 / u128::from(hz)) as u64
+}
+
+fn pvclock() -> Option<&'static VcpuTimeInfo> {
+    let info = PVCLOCK.load(Ordering::Acquire);
+    // SAFETY: only `use_pvclock` stores here, a `&'static` into the mapped shared_info.
+    unsafe { info.cast_const().as_ref() }
+}
+
+/// Xen's system time (nanoseconds since the hypervisor booted), under Xen.
+pub fn xen_system_time_ns() -> Option<u64> {
+    pvclock()?.system_time_ns(rdtsc()).ok()
+}
+
+/// Why the pvclock cannot serve as the clock.
+#[derive(Debug)]
+pub enum PvclockError {
+    /// The version word stayed odd (Xen never finished an update).
+    Torn,
+    /// The multiplier is 0: no TSC frequency can be derived.
+    NoFrequency,
+}
+
+impl core::fmt::Display for PvclockError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PvclockError::Torn => write!(f, "vcpu_time_info never became consistent"),
+            PvclockError::NoFrequency => write!(f, "vcpu_time_info has no TSC multiplier"),
+        }
+    }
+}
+
+impl From<TornRead> for PvclockError {
+    fn from(_: TornRead) -> Self {
+        PvclockError::Torn
+    }
+}
+
+/// Makes Xen's pvclock (vCPU 0's `vcpu_time_info`) the clock; returns the TSC frequency.
+pub fn use_pvclock(info: &'static VcpuTimeInfo) -> Result<u64, PvclockError> {
+    let snapshot = info.snapshot()?;
+    log::debug!(
+        "pvclock: {snapshot:?} at tsc {} (entry tsc {})",
+        rdtsc(),
+        ENTRY_TSC.load(Ordering::Relaxed)
+    );
+    let hz = snapshot.tsc_hz().ok_or(PvclockError::NoFrequency)?;
+    let entry_ns = snapshot.system_time_at(ENTRY_TSC.load(Ordering::Relaxed));
+    PVCLOCK_ENTRY_NS.store(entry_ns, Ordering::Relaxed);
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    PVCLOCK.store(core::ptr::from_ref(info).cast_mut(), Ordering::Release);
+    SOURCE.store(SOURCE_PVCLOCK, Ordering::Release);
+    Ok(hz)
 }
 
 /// Converts a duration in nanoseconds to TSC ticks.
@@ -95,13 +178,15 @@ pub fn calibrate_with_pit() -> Result<u64, CalibrationError> {
         return Err(CalibrationError::PitSilent);
     }
     TSC_HZ.store(hz, Ordering::Relaxed);
+    SOURCE.store(SOURCE_TSC, Ordering::Release);
     Ok(hz)
 }
 
-/// The executor's clock.
-pub struct TscClock;
+/// The executor's clock: nanoseconds since entry from whichever source is set up (the
+/// calibrated TSC on bare metal, the pvclock under Xen).
+pub struct KernelClock;
 
-impl keel_executor::Clock for TscClock {
+impl keel_executor::Clock for KernelClock {
     fn now_ns(&self) -> u64 {
         since_entry_ns()
     }

@@ -86,6 +86,68 @@ impl<H: Hypervisor> core::fmt::Write for XenConsole<H> {
     }
 }
 
+/// Formats text into a buffer of `N` bytes and hands it to a [`XenConsole`] when the buffer
+/// fills and at [`BufferedConsole::finish`], so that a formatted log line costs one
+/// `CONSOLEIO_write` instead of one per formatting fragment (each hypercall is a VM exit).
+///
+/// Formatting never stops at a refused write: the rest of the text is still offered, the
+/// loss is counted by the console, and [`BufferedConsole::finish`] reports the first error.
+pub struct BufferedConsole<'c, H, const N: usize> {
+    console: &'c mut XenConsole<H>,
+    buf: [u8; N],
+    len: usize,
+    first_error: Option<XenError>,
+}
+
+impl<'c, H: Hypervisor, const N: usize> BufferedConsole<'c, H, N> {
+    pub fn new(console: &'c mut XenConsole<H>) -> Self {
+        BufferedConsole {
+            console,
+            buf: [0; N],
+            len: 0,
+            first_error: None,
+        }
+    }
+
+    fn flush(&mut self) {
+        let pending = self.buf.get(..self.len).unwrap_or(&[]);
+        if !pending.is_empty() {
+            if let Err(e) = self.console.write_bytes(pending) {
+                self.first_error.get_or_insert(e);
+            }
+        }
+        self.len = 0;
+    }
+
+    /// Writes out what is still buffered; the first error of the whole text, if any.
+    pub fn finish(mut self) -> Result<(), XenError> {
+        self.flush();
+        match self.first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<H: Hypervisor, const N: usize> core::fmt::Write for BufferedConsole<'_, H, N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let mut rest = s.as_bytes();
+        while !rest.is_empty() {
+            if self.len == N {
+                self.flush();
+            }
+            let room = N - self.len;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            if let Some(dst) = self.buf.get_mut(self.len..self.len + now.len()) {
+                dst.copy_from_slice(now);
+            }
+            self.len += now.len();
+            rest = later;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +193,46 @@ mod tests {
         let mut buf = [0u8; 4];
         assert_eq!(console_read(&xen, &mut buf).unwrap(), 4);
         assert_eq!(&buf, b"xl l");
+    }
+    #[test]
+    fn buffered_console_sends_a_formatted_line_in_one_write() {
+        let xen = FakeXen::new();
+        let mut con = XenConsole::new(&xen);
+        let mut line = BufferedConsole::<_, 64>::new(&mut con);
+        let (level, message) = ("INFO", "pci: 6 functions");
+        writeln!(line, "[{:5}.{:06}] {level:<5} {message}", 1, 2).unwrap();
+        assert!(
+            xen.console_write_sizes().is_empty(),
+            "nothing sent before finish"
+        );
+        line.finish().unwrap();
+        assert_eq!(
+            xen.console_output(),
+            b"[    1.000002] INFO  pci: 6 functions\n"
+        );
+        assert_eq!(xen.console_write_sizes(), [38]);
+    }
+
+    #[test]
+    fn buffered_console_flushes_when_full() {
+        let xen = FakeXen::new();
+        let mut con = XenConsole::new(&xen);
+        let mut text = BufferedConsole::<_, 8>::new(&mut con);
+        write!(text, "0123456789abcdefXY").unwrap();
+        text.finish().unwrap();
+        assert_eq!(xen.console_output(), b"0123456789abcdefXY");
+        assert_eq!(xen.console_write_sizes(), [8, 8, 2]);
+    }
+
+    #[test]
+    fn buffered_console_keeps_going_after_a_refused_write_and_reports_it() {
+        let xen = FakeXen::new();
+        let mut con = XenConsole::new(&xen);
+        xen.fail_next(HypercallOp::ConsoleIo, XenError::EFAULT);
+        let mut text = BufferedConsole::<_, 4>::new(&mut con);
+        write!(text, "lostkept").unwrap();
+        assert_eq!(text.finish(), Err(XenError::EFAULT));
+        assert_eq!(xen.console_output(), b"kept");
+        assert_eq!(con.lost_bytes(), 4);
     }
 }

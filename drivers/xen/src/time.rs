@@ -73,15 +73,36 @@ pub struct TimeSnapshot {
 }
 
 impl TimeSnapshot {
+    /// The signed TSC distance from the timestamp. Differences are taken modulo 2^64 and
+    /// read as signed, as Linux's pvclock does: with TSC emulation Xen stamps a "negative"
+    /// TSC (the guest's TSC was below 0 at the stamp), which a plain comparison would take
+    /// for a stamp far in the future.
+    fn tsc_delta(&self, tsc: u64) -> i64 {
+        tsc.wrapping_sub(self.tsc_timestamp) as i64
+    }
+
     /// Xen system time (ns since boot) at TSC value `tsc`. A TSC behind the timestamp (read
     /// on another pCPU) yields the timestamp's time, so time never runs backwards here.
     pub fn system_time_ns(&self, tsc: u64) -> u64 {
-        let delta = tsc.saturating_sub(self.tsc_timestamp);
+        let delta = self.tsc_delta(tsc).max(0).unsigned_abs();
         self.system_time.saturating_add(scale_tsc_delta(
             delta,
             self.tsc_to_system_mul,
             self.tsc_shift,
         ))
+    }
+
+    /// Xen system time at TSC value `tsc`, also for a `tsc` *before* the timestamp (the
+    /// kernel-entry TSC, say): then the scaled distance is subtracted, saturating at 0.
+    /// Use it on TSC values read on this vCPU; [`TimeSnapshot::system_time_ns`] is the
+    /// reader for "now".
+    pub fn system_time_at(&self, tsc: u64) -> u64 {
+        let delta = self.tsc_delta(tsc);
+        if delta >= 0 {
+            return self.system_time_ns(tsc);
+        }
+        let back = scale_tsc_delta(delta.unsigned_abs(), self.tsc_to_system_mul, self.tsc_shift);
+        self.system_time.saturating_sub(back)
     }
 
     /// TSC frequency in Hz implied by the parameters: `((10^9 << 32) / mul) >> shift`.
@@ -225,6 +246,35 @@ mod tests {
             time_info(0, 0, 0, 0, 0, 0).snapshot().unwrap().tsc_hz(),
             None
         );
+    }
+
+    #[test]
+    fn system_time_extrapolates_to_an_earlier_tsc() {
+        // 2 GHz: 2000 ticks are 1 µs.
+        let t = time_info(2, 10_000, 5_000_000, 0x8000_0000, 0, 0);
+        let snap = t.snapshot().unwrap();
+        assert_eq!(snap.system_time_at(8_000), 4_999_000);
+        assert_eq!(snap.system_time_at(12_000), 5_001_000);
+        // Before system time 0: saturates rather than wrapping.
+        assert_eq!(snap.system_time_at(0), 4_995_000);
+        let early = time_info(2, 10_000_000_000, 1_000, 0x8000_0000, 0, 0);
+        assert_eq!(early.snapshot().unwrap().system_time_at(0), 0);
+    }
+
+    #[test]
+    fn a_negative_tsc_stamp_from_tsc_emulation_still_advances() {
+        // Measured under Xen 4.17 with TSC emulation: the stamp is -152540712 as u64.
+        let stamp = (-152_540_712i64) as u64;
+        let t = time_info(2, stamp, 821_565_902, 3_512_652_224, -1, 0);
+        let snap = t.snapshot().unwrap();
+        let (a, b) = (1_087_056_902u64, 1_740_587_697u64);
+        let (ta, tb) = (snap.system_time_ns(a), snap.system_time_ns(b));
+        assert!(ta > 821_565_902, "{ta}");
+        // 653 M ticks at 2.445 GHz: about 267 ms.
+        let elapsed = tb - ta;
+        assert!((266_000_000..=268_000_000).contains(&elapsed), "{elapsed}");
+        // The entry TSC lies after the stamp too: time since the stamp, not before it.
+        assert!(snap.system_time_at(963_240_363) > 821_565_902);
     }
 
     #[test]

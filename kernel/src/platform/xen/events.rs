@@ -1,0 +1,141 @@
+//! Event channels: the upcall interrupt and tasks waiting for ports.
+//!
+//! Xen delivers events as IDT vector [`UPCALL_VECTOR`] (`HVM_PARAM_CALLBACK_IRQ` of type
+//! "vector"). Xen injects that vector directly, not through the local APIC, so it takes no
+//! EOI, and re-injects it whenever vCPU 0's `evtchn_upcall_pending` is set and interrupts
+//! are on. The handler runs `keel_xen`'s 2-level scan and, through the
+//! [`EventDispatcher`], marks each port's [`PortEvent`] fired and wakes the task waiting
+//! on it; nothing else happens in interrupt context.
+//!
+//! Locking on one CPU: the dispatcher and each port's waker slot are taken by the handler
+//! (interrupts off) and by tasks only with interrupts disabled, so neither side can be
+//! interrupted while holding them. The handler wakes by reference and never drops a waker,
+//! so it never enters the heap allocator.
+
+use alloc::sync::Arc;
+use core::future::poll_fn;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::task::{Poll, Waker};
+
+use keel_xen::evtchn::{self, scan_pending, Port};
+use keel_xen::evtchn_dispatch::{BindError, EventDispatcher};
+use keel_xen::hvm::{self, CallbackVia, SetCallbackError};
+use keel_xen::shared_info::SharedInfo;
+use keel_xen::XenError;
+use spin::{Mutex, Once};
+use x86_64::instructions::interrupts::without_interrupts;
+
+use super::hypercall::Xen;
+use crate::arch::idt;
+
+/// The IDT vector Xen raises for events (Linux uses the same number).
+pub const UPCALL_VECTOR: u8 = 0xf3;
+
+static SHARED: Once<&'static SharedInfo> = Once::new();
+static DISPATCHER: Mutex<Option<EventDispatcher<Arc<PortEvent>>>> = Mutex::new(None);
+
+/// One bound port's state, shared by the handler and the waiting task.
+#[derive(Default)]
+pub struct PortEvent {
+    fired: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl PortEvent {
+    /// Interrupt context: record the event and wake the waiter, if any.
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(waker) = self.waker.lock().as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// Masks every port, installs the upcall handler and tells Xen to use its vector. Ports
+/// are unmasked one by one as tasks bind them.
+pub fn init(shared: &'static SharedInfo) -> Result<(), SetCallbackError> {
+    for word in &shared.evtchn_mask {
+        word.store(u64::MAX, Ordering::SeqCst);
+    }
+    SHARED.call_once(|| shared);
+    without_interrupts(|| *DISPATCHER.lock() = Some(EventDispatcher::new()));
+    idt::set_handler(UPCALL_VECTOR, upcall);
+    hvm::set_callback_via(&Xen, CallbackVia::Vector(UPCALL_VECTOR))
+}
+
+fn upcall(_vector: u8) {
+    let Some(shared) = SHARED.get() else {
+        return;
+    };
+    let Some(vcpu) = shared.vcpu(0) else {
+        return;
+    };
+    if let Some(dispatcher) = DISPATCHER.lock().as_mut() {
+        dispatcher.dispatch(scan_pending(shared, vcpu), |_, event| event.fire());
+    }
+}
+
+/// Why a port could not be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindPortError {
+    /// [`init`] has not run (not on Xen, or too early in the boot).
+    NotInitialised,
+    Dispatcher(BindError),
+    /// `EVTCHNOP_unmask` failed.
+    Unmask(XenError),
+}
+
+/// A port a task waits on. Unbinding (on drop) does not close the port: its owner does.
+pub struct EventChannel {
+    port: Port,
+    event: Arc<PortEvent>,
+}
+
+impl EventChannel {
+    /// Routes `port`'s events to the returned channel and unmasks the port.
+    pub fn bind(port: Port) -> Result<Self, BindPortError> {
+        let event = Arc::new(PortEvent::default());
+        without_interrupts(|| match DISPATCHER.lock().as_mut() {
+            Some(d) => d
+                .bind(port, Arc::clone(&event))
+                .map_err(BindPortError::Dispatcher),
+            None => Err(BindPortError::NotInitialised),
+        })?;
+        let channel = EventChannel { port, event };
+        evtchn::unmask(&Xen, port).map_err(BindPortError::Unmask)?;
+        Ok(channel)
+    }
+
+    /// Completes at the next event on the port (at once if one arrived since the last).
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.event.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            without_interrupts(|| {
+                let mut slot = self.event.waker.lock();
+                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *slot = Some(cx.waker().clone());
+                }
+            });
+            // An event between the first check and storing the waker is caught here.
+            if self.event.fired.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for EventChannel {
+    fn drop(&mut self) {
+        if let Some(shared) = SHARED.get() {
+            // In range: the dispatcher accepted the port.
+            let _ = evtchn::mask(shared, self.port);
+        }
+        let removed = without_interrupts(|| DISPATCHER.lock().as_mut()?.unbind(self.port));
+        drop(removed);
+    }
+}
