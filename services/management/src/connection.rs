@@ -7,9 +7,11 @@ use alloc::vec::Vec;
 use keel_http::{BodyKind, CloseKind, Connection, Event, Limits, Method, Request};
 use keel_net::smoltcp::iface::{SocketHandle, SocketSet};
 use keel_net::smoltcp::socket::tcp;
-use keel_xenapi::{Endpoint, Handled, PendingCall, Timestamp, XenApi};
+use keel_xenapi::{ApiError, Direction, Endpoint, Handled, PendingCall, Timestamp, XenApi};
 
 use crate::{ServerConfig, ServerStats};
+
+mod transfer;
 
 /// The request a connection is working on.
 enum State {
@@ -22,6 +24,12 @@ enum State {
     /// Answered at the head (an error for a request with a body, which is not read; the
     /// connection closes after the answer).
     Answered,
+    /// A disk-data transfer (see `transfer.rs`): an import reading its body, or an export
+    /// writing its response. `error` is the first failure of an import.
+    Transfer {
+        transfer: keel_xenapi::Transfer,
+        error: Option<ApiError>,
+    },
     /// A bodiless request whose answer goes out at its end, keeping the connection alive.
     Reply {
         status: u16,
@@ -124,19 +132,21 @@ impl Conn {
             }
 
             // Requests.
-            while let Some(action) = self.next_action() {
+            while let Some(action) = self.next_action(api, now) {
                 progressed = true;
                 match action {
-                    Action::Head(request) => self.on_head(&request, config, stats),
+                    Action::Head(request) => self.on_head(&request, config, stats, api, now),
                     Action::End => self.on_end(api, stats, now),
-                    Action::Error => self.state = State::Idle,
+                    // A transfer cut off by a bad or incomplete body fails its task.
+                    Action::Error => self.abandon(api, now),
                 }
             }
 
             // A parked call wakes when the event id moves or its deadline passes.
             progressed |= self.poll_parked(api, now);
 
-            // Output.
+            // Output (an export first fills the window).
+            progressed |= self.pump_export(api, now);
             while self.http.has_output() && socket.can_send() {
                 match socket.send_slice(self.http.output()) {
                     Ok(0) | Err(_) => break,
@@ -173,23 +183,36 @@ impl Conn {
     }
 
     /// The next HTTP event as an owned action; body chunks are consumed here.
-    fn next_action(&mut self) -> Option<Action> {
+    fn next_action(&mut self, api: &mut XenApi, now: Timestamp) -> Option<Action> {
         loop {
             match self.http.poll_event()? {
                 Event::RequestHead(request) => return Some(Action::Head(request)),
-                Event::BodyChunk(bytes) => {
-                    if let State::ApiBody { body, .. } = &mut self.state {
-                        body.extend_from_slice(bytes);
+                Event::BodyChunk(bytes) => match &mut self.state {
+                    State::ApiBody { body, .. } => body.extend_from_slice(bytes),
+                    state @ State::Transfer { .. } => {
+                        Self::on_transfer_chunk(state, bytes, api, now)
                     }
-                }
+                    _ => {}
+                },
                 Event::BodyEnd => return Some(Action::End),
                 Event::Error(_) => return Some(Action::Error),
             }
         }
     }
 
-    fn on_head(&mut self, request: &Request, config: &ServerConfig, stats: &mut ServerStats) {
+    fn on_head(
+        &mut self,
+        request: &Request,
+        config: &ServerConfig,
+        stats: &mut ServerStats,
+        api: &mut XenApi,
+        now: Timestamp,
+    ) {
         stats.requests += 1;
+        if let Some(direction) = Direction::from_path(&request.path) {
+            self.on_transfer_head(direction, request, api, now);
+            return;
+        }
         let endpoint = Endpoint::from_path(&request.path);
         let (status, headers, body): (u16, &'static [(&'static str, &'static str)], Vec<u8>) =
             match (&request.method, endpoint) {
@@ -248,6 +271,7 @@ impl Conn {
                 headers,
                 body,
             } => self.respond(status, headers, body),
+            State::Transfer { transfer, error } => self.on_transfer_end(transfer, error, api, now),
             // Bodies of answered requests are dropped; Idle/Parked cannot see a body end.
             other @ (State::Idle | State::Parked { .. }) => self.state = other,
             State::Answered => {}

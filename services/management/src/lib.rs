@@ -134,7 +134,8 @@ impl ManagementServer {
                 now,
             );
             if conn.is_finished(sockets) {
-                let conn = self.conns.swap_remove(i);
+                let mut conn = self.conns.swap_remove(i);
+                conn.abandon(&mut self.api, now);
                 self.listener.release(sockets, conn.socket());
                 activity = true;
             } else {

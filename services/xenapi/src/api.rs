@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::handlers::{self, LegacySubscription, Subscription};
 use crate::jsonrpc::{self, JsonReplyTo};
 use crate::schema::Schema;
+use crate::storage::StorageBackend;
 use crate::store::{Db, Entropy};
 use crate::tasks;
 use crate::time::Timestamp;
@@ -95,6 +96,8 @@ pub struct Config {
     pub login_policy: LoginPolicy,
     /// The data model; [`classes::ALL`] unless a test or a later issue extends it.
     pub schema: Schema,
+    /// The storage manager behind the SR, PBD and VDI classes; `None` = no storage.
+    pub storage: Option<Box<dyn StorageBackend>>,
 }
 
 impl Config {
@@ -105,6 +108,7 @@ impl Config {
             limits: Limits::default(),
             login_policy: LoginPolicy::default(),
             schema: classes::ALL,
+            storage: None,
         }
     }
 }
@@ -149,6 +153,7 @@ pub struct State {
     pub(crate) sync_tasks: BTreeSet<String>,
     pub(crate) sync_results: BTreeMap<String, Result<Value, ApiError>>,
     pub(crate) legacy: BTreeMap<String, LegacySubscription>,
+    pub(crate) storage: Option<Box<dyn StorageBackend>>,
 }
 
 /// Which codec a request came in on.
@@ -209,7 +214,7 @@ pub enum Handled {
 }
 
 pub struct XenApi {
-    state: State,
+    pub(crate) state: State,
 }
 
 impl XenApi {
@@ -237,8 +242,11 @@ impl XenApi {
             sync_tasks: BTreeSet::new(),
             sync_results: BTreeMap::new(),
             legacy: BTreeMap::new(),
+            storage: config.storage,
         };
-        Ok(XenApi { state })
+        let mut api = XenApi { state };
+        api.refresh_storage(now);
+        Ok(api)
     }
 
     /// Decode a request body, run it, and encode the answer (or hand back a pending call).

@@ -29,6 +29,9 @@ pub static ALL: &[&ClassDecl] = &[
     &TASK,
     &EVENT,
     &MESSAGE,
+    &crate::classes_storage::SR,
+    &crate::classes_storage::PBD,
+    &crate::classes_storage::VDI,
 ];
 
 const STRING_MAP: FieldType = Map(&String, &String);

@@ -59,6 +59,20 @@ pub enum ApiError {
     XmlRpcUnmarshalFailure { expected: String, received: String },
     /// `INTERNAL_ERROR [message]`
     InternalError { message: String },
+    /// `SR_FULL [requested, maximum]`: not enough free space (bytes) in the SR.
+    SrFull { requested: u64, maximum: u64 },
+    /// `VDI_IN_USE [vdi, operation]`: the VDI is busy (a transfer is running on it).
+    VdiInUse { vdi: String, operation: String },
+    /// `VDI_READ_ONLY [vdi]`: the VDI (a snapshot) cannot be written or resized.
+    VdiReadOnly { vdi: String },
+    /// `VALUE_NOT_SUPPORTED [field, value, reason]`
+    ValueNotSupported {
+        field: String,
+        value: String,
+        reason: String,
+    },
+    /// `SR_BACKEND_FAILURE [code, stdout, stderr]`: the disk or the SR failed.
+    SrBackendFailure { code: String, message: String },
 }
 
 impl ApiError {
@@ -84,6 +98,11 @@ impl ApiError {
             ApiError::OperationNotAllowed { .. } => "OPERATION_NOT_ALLOWED",
             ApiError::XmlRpcUnmarshalFailure { .. } => "XMLRPC_UNMARSHAL_FAILURE",
             ApiError::InternalError { .. } => "INTERNAL_ERROR",
+            ApiError::SrFull { .. } => "SR_FULL",
+            ApiError::VdiInUse { .. } => "VDI_IN_USE",
+            ApiError::VdiReadOnly { .. } => "VDI_READ_ONLY",
+            ApiError::ValueNotSupported { .. } => "VALUE_NOT_SUPPORTED",
+            ApiError::SrBackendFailure { .. } => "SR_BACKEND_FAILURE",
         }
     }
 
@@ -126,6 +145,19 @@ impl ApiError {
                 vec![expected.clone(), received.clone()]
             }
             ApiError::InternalError { message } => vec![message.clone()],
+            ApiError::SrFull { requested, maximum } => {
+                vec![requested.to_string(), maximum.to_string()]
+            }
+            ApiError::VdiInUse { vdi, operation } => vec![vdi.clone(), operation.clone()],
+            ApiError::VdiReadOnly { vdi } => vec![vdi.clone()],
+            ApiError::ValueNotSupported {
+                field,
+                value,
+                reason,
+            } => vec![field.clone(), value.clone(), reason.clone()],
+            ApiError::SrBackendFailure { code, message } => {
+                vec![code.clone(), String::new(), message.clone()]
+            }
         }
     }
 
