@@ -9,9 +9,11 @@
 
 use keel_cmdline::Config;
 use keel_executor::{yield_now, Handle, Signal};
+use keel_management::ManagementServer;
 use keel_net::{Addressing, NetEvent, NetStack};
 use keel_pci::{DeviceKind, Function};
 use keel_virtio::VirtioNet;
+use keel_xenapi::HostFacts;
 
 use crate::dma::KeelHal;
 use crate::pci::PciConfig;
@@ -21,13 +23,14 @@ const IDLE_POLL_MS: u64 = 1;
 
 pub type ManagementStack = NetStack<VirtioNet<KeelHal>>;
 
-/// Brings up the management NIC, if there is one. Returns the signal set once it has an
-/// address.
+/// Brings up the management NIC, if there is one, with the management API on it. Returns
+/// the signal set once the NIC has an address and the API listens.
 pub fn start(
     handle: &Handle,
     pci: &'static PciConfig,
     functions: &[Function],
-    config: &Config,
+    config: &Config<'static>,
+    facts: HostFacts,
 ) -> Option<Signal> {
     let function = functions.iter().find(|f| f.kind == DeviceKind::VirtioNet)?;
     let transport = match keel_virtio::open_transport::<KeelHal>(pci, function.address) {
@@ -56,7 +59,8 @@ pub fn start(
         None => Addressing::Dhcp,
     };
     let now_ms = handle.now_ns() / 1_000_000;
-    let stack = NetStack::new(device, addressing, now_ms, crate::arch::rdtsc());
+    let mut stack = NetStack::new(device, addressing, now_ms, crate::arch::rdtsc());
+    let server = crate::api::start_server(config, facts.clone(), stack.sockets());
     let mac = stack.mac_address();
     log::info!(
         "net: virtio-net at {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
@@ -74,20 +78,37 @@ pub fn start(
         }
     );
     let up = Signal::new();
-    handle.spawn(drive(handle.clone(), stack, up.clone()));
+    handle.spawn(drive(handle.clone(), stack, server, facts, up.clone()));
     Some(up)
 }
 
-async fn drive(handle: Handle, mut stack: ManagementStack, up: Signal) {
+async fn drive(
+    handle: Handle,
+    mut stack: ManagementStack,
+    mut server: Option<ManagementServer>,
+    mut facts: HostFacts,
+    up: Signal,
+) {
     let mut next_wait_report_ms = 10_000;
     loop {
         let now_ms = handle.now_ns() / 1_000_000;
-        let busy = stack.poll(now_ms);
+        let mut busy = stack.poll(now_ms);
+        if let Some(server) = server.as_mut() {
+            if server.poll(stack.sockets(), now_ms, crate::rtc::now()) {
+                // Send what the server just queued without waiting for the next round.
+                stack.poll(now_ms);
+                busy = true;
+            }
+        }
         match stack.take_event() {
             Some(NetEvent::Configured(c)) => {
                 match c.gateway {
                     Some(gw) => log::info!("net: address {}/{} via {gw}", c.address, c.prefix_len),
                     None => log::info!("net: address {}/{}", c.address, c.prefix_len),
+                }
+                if let Some(server) = server.as_mut() {
+                    facts.address = alloc::format!("{}", c.address);
+                    server.api().update_host_facts(&facts, crate::rtc::now());
                 }
                 up.set();
             }

@@ -25,9 +25,15 @@ pub struct BootBench {
     pub kernel_ms: Summary,
 }
 
-const BEGIN: &str =
-    "<!-- cargo xtask bench boot: begin (generated; --record replaces this section) -->";
-const END: &str = "<!-- cargo xtask bench boot: end -->";
+/// The markers around the generated section of benchmark `name` in docs/benchmarks.md.
+pub fn section_markers(name: &str) -> (String, String) {
+    (
+        format!(
+            "<!-- cargo xtask bench {name}: begin (generated; --record replaces this section) -->"
+        ),
+        format!("<!-- cargo xtask bench {name}: end -->"),
+    )
+}
 
 const HOST_ROW: &str = "QEMU start -> keel: ready";
 const KERNEL_ROW: &str = "kernel entry -> ready";
@@ -84,7 +90,8 @@ impl BootBench {
                 s.min, s.median, s.max
             )
         };
-        let mut out = format!("{BEGIN}\n## Boot time\n\n");
+        let (begin, end) = section_markers("boot");
+        let mut out = format!("{begin}\n## Boot time\n\n");
         out.push_str(&format!("Recorded {date} with `{command}`.\n\n"));
         out.push_str(&format!("- Machine: {}\n", self.machine_note()));
         out.push_str(&format!(
@@ -103,35 +110,58 @@ impl BootBench {
             "kernel entry → ready (kernel's clock, from the ready line)",
             &self.kernel_ms,
         ));
-        out.push_str(END);
+        out.push_str(&end);
         out.push('\n');
         out
     }
 }
 
-/// `existing` (the file's text, if any) with the boot section replaced by `section`, or
-/// `section` appended when there was none.
-pub fn upsert_section(existing: Option<&str>, section: &str) -> String {
+/// `existing` (the file's text, if any) with the section of benchmark `name` replaced by
+/// `section`, or `section` appended when there was none.
+pub fn upsert_section(existing: Option<&str>, name: &str, section: &str) -> String {
+    let (begin, end) = section_markers(name);
+    let (begin, end) = (begin.as_str(), end.as_str());
     let Some(text) = existing else {
         return format!(
             "# Keel benchmarks\n\nFigures written by `cargo xtask bench ... --record`; each section is \
              replaced by the next recording.\n\n{section}"
         );
     };
-    if let Some(start) = text.find(BEGIN) {
-        if let Some(end_offset) = text.get(start..).and_then(|rest| rest.find(END)) {
-            let mut end = start + end_offset + END.len();
-            if text.get(end..end + 1) == Some("\n") {
-                end += 1;
+    if let Some(start) = text.find(begin) {
+        if let Some(end_offset) = text.get(start..).and_then(|rest| rest.find(end)) {
+            let mut stop = start + end_offset + end.len();
+            if text.get(stop..stop + 1) == Some("\n") {
+                stop += 1;
             }
             let (before, after) = (
                 text.get(..start).unwrap_or(""),
-                text.get(end..).unwrap_or(""),
+                text.get(stop..).unwrap_or(""),
             );
             return format!("{before}{section}{after}");
         }
     }
     format!("{}\n\n{section}", text.trim_end())
+}
+
+/// Writes `section` (benchmark `name`) into docs/benchmarks.md, replacing its last recording.
+pub fn record_section(
+    name: &str,
+    section: &str,
+) -> Result<std::path::PathBuf, crate::error::XtaskError> {
+    let doc = keel_tests::paths::workspace_root()
+        .join("docs")
+        .join("benchmarks.md");
+    let existing = std::fs::read_to_string(&doc).ok();
+    let updated = upsert_section(existing.as_deref(), name, section);
+    let io = |error| crate::error::XtaskError::Io {
+        what: format!("writing {}", doc.display()),
+        error,
+    };
+    if let Some(dir) = doc.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&doc, updated).map_err(io)?;
+    Ok(doc)
 }
 
 /// The CPU's model name from `/proc/cpuinfo` text.
@@ -194,8 +224,9 @@ mod tests {
             "cargo xtask bench boot --runs 3 --record",
             "2026-01-02 03:04 UTC",
         );
-        assert!(section.starts_with(BEGIN));
-        assert!(section.ends_with(&format!("{END}\n")));
+        let (begin, end) = section_markers("boot");
+        assert!(section.starts_with(&begin));
+        assert!(section.ends_with(&format!("{end}\n")));
         assert!(section.contains(
             "Recorded 2026-01-02 03:04 UTC with `cargo xtask bench boot --runs 3 --record`."
         ));
@@ -206,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_gets_a_title_and_the_section() {
-        let text = upsert_section(None, "SECTION\n");
+        let text = upsert_section(None, "boot", "SECTION\n");
         assert!(text.starts_with("# Keel benchmarks\n"));
         assert!(text.ends_with("SECTION\n"));
     }
@@ -214,23 +245,36 @@ mod tests {
     #[test]
     fn the_section_is_appended_once_and_then_replaced_in_place() {
         let first = sample().markdown_section("cmd", "day one");
-        let doc = upsert_section(Some("# Keel benchmarks\n\n## Other\n\nkeep me\n"), &first);
+        let doc = upsert_section(
+            Some("# Keel benchmarks\n\n## Other\n\nkeep me\n"),
+            "boot",
+            &first,
+        );
         assert!(doc.starts_with("# Keel benchmarks\n\n## Other\n\nkeep me\n\n"));
         assert!(doc.ends_with(&first));
         let doc = format!("{doc}\n## Later section\n\nkeep me too\n");
 
         let second = sample().markdown_section("cmd", "day two");
-        let updated = upsert_section(Some(&doc), &second);
+        let updated = upsert_section(Some(&doc), "boot", &second);
         assert!(!updated.contains("day one"));
-        assert_eq!(updated.matches(BEGIN).count(), 1);
+        assert_eq!(updated.matches(&section_markers("boot").0).count(), 1);
         assert!(updated.contains("keep me\n\n"));
         assert!(updated.contains(&format!("{second}\n## Later section\n\nkeep me too\n")));
     }
 
     #[test]
+    fn sections_of_different_benchmarks_do_not_replace_each_other() {
+        let doc = upsert_section(None, "boot", "BOOT\n");
+        let (b, e) = section_markers("api");
+        let doc = upsert_section(Some(&doc), "api", &format!("{b}\nAPI one\n{e}\n"));
+        let doc = upsert_section(Some(&doc), "api", &format!("{b}\nAPI two\n{e}\n"));
+        assert!(doc.contains("BOOT") && doc.contains("API two") && !doc.contains("API one"));
+    }
+
+    #[test]
     fn an_unterminated_section_is_left_alone_and_a_new_one_appended() {
-        let broken = format!("# B\n\n{BEGIN}\nhalf");
-        let updated = upsert_section(Some(&broken), "NEW\n");
+        let broken = format!("# B\n\n{}\nhalf", section_markers("boot").0);
+        let updated = upsert_section(Some(&broken), "boot", "NEW\n");
         assert!(updated.starts_with(&broken));
         assert!(updated.ends_with("\n\nNEW\n"));
     }

@@ -9,9 +9,13 @@
 
 extern crate alloc;
 
+mod access_platform;
+mod blk;
 mod net;
 mod pci;
 
+pub use access_platform::{PlatformTransport, ACCESS_PLATFORM};
+pub use blk::VirtioBlk;
 pub use net::VirtioNet;
-pub use pci::{open_transport, TransportError};
+pub use pci::{open_transport, Transport, TransportError};
 pub use virtio_drivers::{BufferDirection, Hal, PhysAddr};

@@ -7,6 +7,11 @@ use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, P
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError};
 use virtio_drivers::Hal;
 
+use crate::access_platform::PlatformTransport;
+
+/// The transport every Keel virtio driver uses: PCI, accepting `VIRTIO_F_ACCESS_PLATFORM`.
+pub type Transport = PlatformTransport<PciTransport>;
+
 /// Config-space access shared with the rest of the kernel.
 pub struct SharedConfig(&'static (dyn ConfigSpace + Sync));
 
@@ -48,7 +53,7 @@ impl fmt::Display for TransportError {
 pub fn open_transport<H: Hal>(
     config: &'static (dyn ConfigSpace + Sync),
     address: Address,
-) -> Result<PciTransport, TransportError> {
+) -> Result<Transport, TransportError> {
     keel_pci::enable(config, address, reg::CMD_MEMORY | reg::CMD_BUS_MASTER);
     let mut root = PciRoot::new(SharedConfig(config));
     let function = DeviceFunction {
@@ -56,5 +61,7 @@ pub fn open_transport<H: Hal>(
         device: address.device,
         function: address.function,
     };
-    PciTransport::new::<H, _>(&mut root, function).map_err(TransportError::Pci)
+    PciTransport::new::<H, _>(&mut root, function)
+        .map(PlatformTransport::new)
+        .map_err(TransportError::Pci)
 }

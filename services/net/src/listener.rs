@@ -78,6 +78,9 @@ impl TcpListener {
                 tcp::SocketBuffer::new(vec![0; self.buffer_size]),
                 tcp::SocketBuffer::new(vec![0; self.buffer_size]),
             );
+            // Request/response servers answer whole messages: Nagle would hold the last
+            // segment of an answer until the client's (possibly delayed) ACK.
+            socket.set_nagle_enabled(false);
             // Listening on a non-zero port of a fresh socket cannot fail.
             if socket.listen(self.port).is_err() {
                 log::error!("net: cannot listen on port {}", self.port);

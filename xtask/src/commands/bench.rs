@@ -13,7 +13,7 @@ use keel_tests::prereq::{self, Tool};
 use keel_tests::qemu::QEMU_BINARY;
 use keel_tests::{paths, AccelChoice, Machine, NicModel, Pattern, BOOT_DEADLINE};
 
-use crate::bench_report::{cpu_model, upsert_section, BootBench};
+use crate::bench_report::{cpu_model, record_section, BootBench};
 use crate::commands::build::build_image;
 use crate::error::XtaskError;
 use crate::stats::summarize;
@@ -58,20 +58,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     println!("{}", report.table());
     if record {
         let command = format!("cargo xtask bench boot --runs {runs} --record");
-        let doc = paths::workspace_root().join("docs").join("benchmarks.md");
-        let existing = std::fs::read_to_string(&doc).ok();
-        let updated = upsert_section(
-            existing.as_deref(),
-            &report.markdown_section(&command, &date::now_utc()),
-        );
-        let io = |error| XtaskError::Io {
-            what: format!("writing {}", doc.display()),
-            error,
-        };
-        if let Some(dir) = doc.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        std::fs::write(&doc, updated).map_err(io)?;
+        let doc = record_section("boot", &report.markdown_section(&command, &date::now_utc()))?;
         println!("recorded in {}", doc.display());
     }
     Ok(())
