@@ -19,6 +19,8 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod acpi;
 #[cfg(target_os = "none")]
+mod api;
+#[cfg(target_os = "none")]
 mod apic;
 #[cfg(target_os = "none")]
 mod arch;
@@ -29,13 +31,21 @@ mod console;
 #[cfg(target_os = "none")]
 mod dma;
 #[cfg(target_os = "none")]
+mod entropy;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod net;
 #[cfg(target_os = "none")]
 mod pci;
 #[cfg(target_os = "none")]
+mod platform;
+#[cfg(target_os = "none")]
 mod power;
+#[cfg(target_os = "none")]
+mod rtc;
+#[cfg(target_os = "none")]
+mod storage;
 #[cfg(target_os = "none")]
 mod time;
 
@@ -52,7 +62,7 @@ mod kernel {
     use keel_pci::Function;
 
     use crate::boot::{self, BootInfo, RangeList};
-    use crate::{acpi, apic, arch, console, memory, net, pci, power, time};
+    use crate::{acpi, api, apic, arch, console, memory, net, pci, platform, power, rtc, time};
 
     const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -72,16 +82,18 @@ mod kernel {
         );
         power::set_debug_exit(config.debug_exit);
 
-        match time::calibrate_with_pit() {
-            Ok(hz) => log::info!(
-                "keel {VERSION} booting via {}; TSC {} MHz",
-                info.protocol,
-                hz / 1_000_000
-            ),
-            Err(e) => panic!(
-                "cannot calibrate the TSC: {e}. Keel needs PIT channel 2 on bare metal and QEMU \
-                 (under Xen it needs the pvclock source, not in this build)"
-            ),
+        // Under Xen the clock is the pvclock, set up with the Xen platform once memory is.
+        if !platform::is_xen() {
+            match time::calibrate_with_pit() {
+                Ok(hz) => log::info!(
+                    "keel {VERSION} booting via {}; TSC {} MHz",
+                    info.protocol,
+                    hz / 1_000_000
+                ),
+                Err(e) => panic!(
+                    "cannot calibrate the TSC: {e}. Keel needs PIT channel 2 on a bare machine"
+                ),
+            }
         }
 
         let mut in_use = RangeList::new();
@@ -97,6 +109,21 @@ mod kernel {
             mem.heap_bytes >> 20,
             mem.free_frame_bytes >> 20
         );
+        if platform::is_xen() {
+            platform::xen::init(VERSION, info.protocol);
+        }
+        match rtc::init() {
+            Some(t) => log::info!(
+                "rtc: {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                t.year,
+                t.month,
+                t.day,
+                t.hour,
+                t.minute,
+                t.second
+            ),
+            None => log::warn!("rtc: no usable real-time clock; wall clock starts at 1970"),
+        }
 
         let platform = match acpi::discover(info.rsdp) {
             Ok(p) => p,
@@ -121,7 +148,7 @@ mod kernel {
         power::set_control(platform.power);
 
         match apic::init(platform.lapic_base) {
-            Ok(hz) => log::info!("apic: timer {} MHz", hz / 1_000_000),
+            Ok(timer) => log::info!("apic: {timer}"),
             Err(e) => panic!("local APIC unusable: {e}"),
         }
 
@@ -132,7 +159,21 @@ mod kernel {
             console::write_line(format_args!("{f}"));
         }
 
-        run(config, pci, functions)
+        let mut machine = api::MachineFacts {
+            cpus: platform.cpus as u32,
+            tsc_hz: time::tsc_hz(),
+            memory_total_bytes: mem.ram_bytes,
+            memory_free_bytes: mem.free_frame_bytes,
+            xen_version: alloc::string::String::new(),
+        };
+        // Under Xen the host is the whole machine, not dom0: take Xen's figures.
+        if let Some(xen) = platform::host_facts() {
+            machine.cpus = xen.cpus;
+            machine.memory_total_bytes = xen.total_memory_bytes;
+            machine.memory_free_bytes = xen.free_memory_bytes;
+            machine.xen_version = xen.xen_version;
+        }
+        run(config, pci, functions, api::host_facts(&machine))
     }
 
     /// Reports every bad `keel.*` word, one line each, before anything else is configured.
@@ -146,14 +187,24 @@ mod kernel {
     }
 
     /// Runs the executor forever: services as tasks, the CPU halted when nothing is ready.
-    fn run(config: Config, pci: &'static pci::PciConfig, functions: Vec<Function>) -> ! {
-        let mut executor = Executor::new(time::TscClock);
+    fn run(
+        config: Config<'static>,
+        pci: &'static pci::PciConfig,
+        functions: Vec<Function>,
+        facts: keel_xenapi::HostFacts,
+    ) -> ! {
+        let mut executor = Executor::new(time::KernelClock);
         let handle = executor.handle();
         // Each service that is configured returns the signal it sets once it is up.
-        let services: Vec<Signal> = [net::start(&handle, pci, &functions, &config)]
-            .into_iter()
-            .flatten()
-            .collect();
+        let services: Vec<Signal> = [
+            // Storage first: it finishes before the API starts, which then sees the SRs.
+            crate::storage::start(pci, &functions, &config),
+            net::start(&handle, pci, &functions, &config, facts),
+            platform::start(&handle),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         handle.spawn(async move {
             for service in &services {
                 service.wait().await;
@@ -175,6 +226,11 @@ mod kernel {
                     // SAFETY: deliberately faulting: page 0 is never mapped.
                     let value = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
                     log::error!("read {value:#x} from address 0: page 0 is mapped");
+                }
+                TestAction::BenchStorage => {
+                    crate::storage::bench();
+                    console::write_line(format_args!("keel: powering off"));
+                    power::power_off();
                 }
             }
         });

@@ -21,14 +21,17 @@
 
 pub mod accel;
 pub mod console;
+pub mod credentials;
 pub mod error;
 pub mod image;
 pub mod kernel_lines;
+pub mod linux;
 pub mod machine;
 pub mod paths;
 pub mod prereq;
 pub mod python;
 pub mod qemu;
+pub mod xen;
 
 use std::time::Duration;
 

@@ -22,7 +22,10 @@ use crate::error::{HarnessError, TAIL_LINES};
 use crate::image::{self, ImageError};
 use crate::paths;
 use crate::prereq::{self, Tool};
-use crate::qemu::{DiskBus, DiskSpec, NicModel, NicSpec, SerialMode, VmConfig, QEMU_BINARY};
+use crate::qemu::{
+    BootSource, DiskBus, DiskSpec, NicModel, NicSpec, SerialMode, VmConfig, QEMU_BINARY,
+};
+use crate::xen::{self, XenBoot, DEFAULT_XEN_MEMORY_MIB};
 
 /// Size of scratch disks when a test does not care: 64 MiB.
 pub const DEFAULT_DISK_BYTES: u64 = 64 << 20;
@@ -52,6 +55,11 @@ pub struct Machine {
     cmdline: Vec<String>,
     extra_args: Vec<OsString>,
     debug_exit: bool,
+    boot: BootSource,
+    /// Boot under Xen with these extra modules after dom0 (see [`Machine::under_xen`]).
+    xen_modules: Option<Vec<PathBuf>>,
+    /// See [`Machine::xen_host`].
+    xen_host: bool,
 }
 
 impl Machine {
@@ -67,7 +75,56 @@ impl Machine {
             cmdline: Vec::new(),
             extra_args: Vec::new(),
             debug_exit: true,
+            boot: BootSource::Kernel,
+            xen_modules: None,
+            xen_host: false,
         }
+    }
+
+    /// Boots Debian's Xen 4.17 with the image as its PVH dom0 (the command line becomes
+    /// dom0's). The VM gets at least [`DEFAULT_XEN_MEMORY_MIB`] (half for dom0) and TCG
+    /// unless an accelerator is chosen afterwards: Xen does not run on a KVM without
+    /// `vmx`/`svm`, which is what `auto` would otherwise fall back from.
+    pub fn under_xen(mut self) -> Self {
+        self.memory_mib = self.memory_mib.max(DEFAULT_XEN_MEMORY_MIB);
+        self.accel = AccelChoice::Tcg;
+        self.xen_modules.get_or_insert_with(Vec::new);
+        self
+    }
+
+    /// Adds a module after dom0's kernel (Linux's initramfs); implies [`Machine::under_xen`].
+    pub fn xen_module(self, path: impl Into<PathBuf>) -> Self {
+        let mut machine = self.under_xen();
+        if let Some(modules) = machine.xen_modules.as_mut() {
+            modules.push(path.into());
+        }
+        machine
+    }
+
+    /// Network-boots instead of `-kernel`: the NIC's iPXE ROM fetches `bootfile` from QEMU's
+    /// TFTP server serving `tftp_root` (a PXE bundle from `cargo xtask image --pxe`). The
+    /// bundle's own command line applies; [`Machine::append`] does not.
+    pub fn boot_network(mut self, tftp_root: impl Into<PathBuf>, bootfile: &str) -> Self {
+        self.boot = BootSource::Network {
+            tftp_root: tftp_root.into(),
+            bootfile: bootfile.to_string(),
+        };
+        self
+    }
+
+    /// Boots an ISO from the CD-ROM drive instead of `-kernel` (`cargo xtask image --iso`).
+    pub fn boot_cdrom(mut self, iso: impl Into<PathBuf>) -> Self {
+        self.boot = BootSource::Cdrom(iso.into());
+        self
+    }
+
+    /// Makes the VM able to run the Xen that a boot medium carries ([`Machine::boot_network`],
+    /// [`Machine::boot_cdrom`]): TCG and the machine [`Machine::under_xen`] gets (SVM with
+    /// nested paging, an IOMMU, virtio behind it), without loading Xen through `-kernel`.
+    pub fn xen_host(mut self) -> Self {
+        self.accel = AccelChoice::Tcg;
+        self.xen_host = true;
+        self
     }
 
     /// Boots this image instead of the one from [`image::for_tests`].
@@ -146,12 +203,28 @@ impl Machine {
 
     /// Starts QEMU. Fails when there is no image, QEMU is missing, or QEMU cannot start.
     pub fn boot(self) -> Result<Vm, HarnessError> {
-        let image = match &self.image {
-            Some(path) if path.is_file() => path.clone(),
-            Some(path) => return Err(ImageError::Missing(path.clone()).into()),
-            None => image::for_tests()?,
+        let image = match (&self.boot, &self.image) {
+            // The medium carries its own image.
+            (BootSource::Network { .. } | BootSource::Cdrom(_), _) => PathBuf::new(),
+            (BootSource::Kernel | BootSource::Xen(_), Some(path)) if path.is_file() => path.clone(),
+            (BootSource::Kernel | BootSource::Xen(_), Some(path)) => {
+                return Err(ImageError::Missing(path.clone()).into())
+            }
+            (BootSource::Kernel | BootSource::Xen(_), None) => image::for_tests()?,
         };
         prereq::check(&[Tool::Qemu])?;
+        if matches!(self.boot, BootSource::Network { .. }) {
+            prereq::check(&[Tool::IpxeRom])?;
+        }
+        let boot = match &self.xen_modules {
+            Some(modules) => {
+                prereq::check(&[Tool::Xen])?;
+                let mut xen = XenBoot::new(xen::hypervisor_image()?, self.memory_mib);
+                xen.modules = modules.clone();
+                BootSource::Xen(xen)
+            }
+            None => self.boot.clone(),
+        };
         let mut scratch = ScratchDir::none();
         let mut disks = Vec::new();
         for disk in &self.disks {
@@ -179,6 +252,8 @@ impl Machine {
         });
         config.cmdline = self.cmdline.clone();
         config.extra_args = self.extra_args.clone();
+        config.boot = boot;
+        config.xen_host = self.xen_host;
         if !self.debug_exit {
             config.debug_exit = None;
         }

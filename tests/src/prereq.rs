@@ -1,5 +1,6 @@
-//! Host prerequisites (QEMU today; Xen, GRUB, xorriso, busybox, python3-venv later), each
-//! keyed by the binary or file that must exist and the Debian package that provides it.
+//! Host prerequisites (QEMU; GRUB, xorriso, mtools, iPXE, Xen and OVMF for the boot media;
+//! busybox, python3-venv later), each keyed by the binary or file that must exist and the
+//! Debian package that provides it. `.ci/run` installs the same list: keep them in step.
 //!
 //! [`ensure`] installs what is missing with `apt-get` when that can work (root on Debian);
 //! otherwise it fails with one line holding the exact command to run. Nobody should ever
@@ -18,6 +19,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub enum Tool {
     /// `qemu-system-x86_64`, with SeaBIOS and the PVH loader.
     Qemu,
+    /// `grub-mkimage`, which builds GRUB core images.
+    GrubMkimage,
+    /// GRUB's BIOS platform files (the ISO's BIOS boot).
+    GrubBios,
+    /// GRUB's UEFI platform files (the ISO's UEFI boot).
+    GrubEfi,
+    /// `xorriso`, which writes the ISO.
+    Xorriso,
+    /// `mformat`/`mcopy`, which write the ISO's FAT boot image for UEFI.
+    Mtools,
+    /// QEMU's iPXE option ROMs, which network-boot the PXE bundle.
+    IpxeRom,
+    /// Debian's Xen 4.17 hypervisor.
+    Xen,
+    /// UEFI firmware for QEMU.
+    Ovmf,
+    /// `xz`, which unpacks the ELF `vmlinux` from Debian's kernel for the dom0 benchmark.
+    Xz,
+}
+
+impl Tool {
+    /// What `cargo xtask image --iso` needs.
+    pub const ISO: &'static [Tool] = &[
+        Tool::GrubMkimage,
+        Tool::GrubBios,
+        Tool::GrubEfi,
+        Tool::Xorriso,
+        Tool::Mtools,
+    ];
 }
 
 /// How to tell whether a tool is present.
@@ -33,6 +63,15 @@ impl Tool {
     pub fn probe(self) -> Probe {
         match self {
             Tool::Qemu => Probe::Binary("qemu-system-x86_64"),
+            Tool::GrubMkimage => Probe::Binary("grub-mkimage"),
+            Tool::GrubBios => Probe::File("/usr/lib/grub/i386-pc/boot_hybrid.img"),
+            Tool::GrubEfi => Probe::File("/usr/lib/grub/x86_64-efi/multiboot2.mod"),
+            Tool::Xorriso => Probe::Binary("xorriso"),
+            Tool::Mtools => Probe::Binary("mformat"),
+            Tool::IpxeRom => Probe::File("/usr/lib/ipxe/qemu/efi-virtio.rom"),
+            Tool::Xen => Probe::File("/boot/xen-4.17-amd64.gz"),
+            Tool::Ovmf => Probe::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            Tool::Xz => Probe::Binary("xz"),
         }
     }
 
@@ -40,6 +79,15 @@ impl Tool {
     pub fn package(self) -> &'static str {
         match self {
             Tool::Qemu => "qemu-system-x86",
+            Tool::GrubMkimage => "grub-common",
+            Tool::GrubBios => "grub-pc-bin",
+            Tool::GrubEfi => "grub-efi-amd64-bin",
+            Tool::Xorriso => "xorriso",
+            Tool::Mtools => "mtools",
+            Tool::IpxeRom => "ipxe-qemu",
+            Tool::Xen => "xen-hypervisor-4.17-amd64",
+            Tool::Ovmf => "ovmf",
+            Tool::Xz => "xz-utils",
         }
     }
 }
@@ -248,6 +296,28 @@ mod tests {
     fn qemu_is_probed_by_binary_and_installed_from_qemu_system_x86() {
         assert_eq!(Tool::Qemu.probe(), Probe::Binary("qemu-system-x86_64"));
         assert_eq!(Tool::Qemu.package(), "qemu-system-x86");
+    }
+
+    #[test]
+    fn boot_media_tools_match_the_ci_package_list() {
+        // `.ci/run` installs "probe:package" pairs; every tool here must be among them.
+        let ci = std::fs::read_to_string(crate::paths::workspace_root().join(".ci/run"))
+            .unwrap_or_default();
+        for tool in [
+            Tool::Qemu,
+            Tool::GrubMkimage,
+            Tool::GrubBios,
+            Tool::GrubEfi,
+            Tool::Xorriso,
+            Tool::Mtools,
+            Tool::IpxeRom,
+            Tool::Xen,
+            Tool::Ovmf,
+            Tool::Xz,
+        ] {
+            let pair = format!("{}:{}", tool.probe(), tool.package());
+            assert!(ci.contains(&pair), ".ci/run lacks {pair}");
+        }
     }
 
     #[test]

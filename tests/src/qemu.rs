@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::accel::Accel;
+use crate::xen::{module_list, XenBoot, TCG_XEN_CPU, VIRTIO_BEHIND_IOMMU};
 
 /// The QEMU binary Keel boots under.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -57,6 +58,26 @@ pub struct NicSpec {
     pub api_host_port: Option<u16>,
 }
 
+/// What the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootSource {
+    /// `VmConfig::kernel` through QEMU's `-kernel` (multiboot, or PVH without a multiboot
+    /// header), with the command line from `-append`.
+    Kernel,
+    /// The firmware network-boots with the NIC's iPXE ROM from QEMU's built-in TFTP server,
+    /// which serves `tftp_root` and names `bootfile` in its DHCP offer.
+    Network {
+        tftp_root: PathBuf,
+        bootfile: String,
+    },
+    /// The firmware boots an ISO image from the CD-ROM drive.
+    Cdrom(PathBuf),
+    /// Xen 4.17 boots with `VmConfig::kernel` as its PVH dom0 and the command line as dom0's
+    /// (see [`crate::xen`]); the CPU gets SVM and nested paging, the machine an IOMMU, and
+    /// virtio devices do their DMA through it.
+    Xen(XenBoot),
+}
+
 /// Where the serial console goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SerialMode {
@@ -81,6 +102,12 @@ pub struct VmConfig {
     pub debug_exit: Option<u16>,
     /// Appended verbatim at the end of the command line.
     pub extra_args: Vec<OsString>,
+    /// What to boot; with anything but [`BootSource::Kernel`], `kernel` and `cmdline` are
+    /// unused (the medium carries its own).
+    pub boot: BootSource,
+    /// The machine runs Xen from a boot medium (`--xen` PXE bundle or ISO): the same CPU,
+    /// IOMMU and virtio options as [`BootSource::Xen`].
+    pub xen_host: bool,
 }
 
 impl VmConfig {
@@ -96,6 +123,8 @@ impl VmConfig {
             cmdline: Vec::new(),
             debug_exit: Some(DEBUG_EXIT_PORT),
             extra_args: Vec::new(),
+            boot: BootSource::Kernel,
+            xen_host: false,
         }
     }
 
@@ -118,6 +147,18 @@ impl VmConfig {
         push(&["-machine", "q35", "-accel", self.accel.qemu_name()]);
         push(&["-m", &self.memory_mib.to_string()]);
         push(&["-nodefaults", "-no-reboot"]);
+        let under_xen = matches!(self.boot, BootSource::Xen(_)) || self.xen_host;
+        if under_xen {
+            let cpu = match self.accel {
+                Accel::Tcg => TCG_XEN_CPU,
+                // Nested virtualization: Xen needs the host's SVM/VMX passed through.
+                Accel::Kvm => "host",
+            };
+            // Two host CPUs for Xen (dom0 gets one vCPU); the IOMMU before any PCI device.
+            push(&["-cpu", cpu, "-smp", "2", "-device", "amd-iommu"]);
+        }
+        // Virtio devices bypass an IOMMU unless told otherwise; under Xen they must not.
+        let virtio_options = if under_xen { VIRTIO_BEHIND_IOMMU } else { "" };
         match self.serial {
             SerialMode::Terminal => push(&["-nographic", "-serial", "mon:stdio"]),
             SerialMode::Pipe => push(&["-display", "none", "-serial", "stdio"]),
@@ -126,16 +167,39 @@ impl VmConfig {
             let device = format!("isa-debug-exit,iobase={port:#x},iosize=0x04");
             push(&["-device", &device]);
         }
-        if let Some(nic) = self.nic {
+        // Network boot needs a NIC (virtio-net unless one is configured) with its boot ROM.
+        let network_boot = match &self.boot {
+            BootSource::Network {
+                tftp_root,
+                bootfile,
+            } => Some((tftp_root, bootfile)),
+            _ => None,
+        };
+        let nic = self.nic.or(network_boot.map(|_| NicSpec {
+            model: NicModel::VirtioNet,
+            api_host_port: None,
+        }));
+        if let Some(nic) = nic {
             let mut netdev = String::from("user,id=net0");
             if let Some(host_port) = nic.api_host_port {
                 netdev.push_str(&format!(
                     ",hostfwd=tcp:127.0.0.1:{host_port}-:{API_GUEST_PORT}"
                 ));
             }
-            // `romfile=` leaves out the NIC's iPXE boot ROM: Keel comes in through -kernel,
-            // and the ROM only adds boot time and console noise.
-            let device = format!("{},netdev=net0,romfile=", nic.model.qemu_device());
+            let mut device = format!("{},netdev=net0", nic.model.qemu_device());
+            if nic.model == NicModel::VirtioNet {
+                device.push_str(virtio_options);
+            }
+            match network_boot {
+                Some((tftp_root, bootfile)) => netdev.push_str(&format!(
+                    ",tftp={},bootfile={}",
+                    escape_option_value(&tftp_root.to_string_lossy()),
+                    escape_option_value(bootfile)
+                )),
+                // `romfile=` leaves out the NIC's iPXE boot ROM: Keel comes in through
+                // -kernel, and the ROM only adds boot time and console noise.
+                None => device.push_str(",romfile="),
+            }
             push(&["-netdev", &netdev, "-device", &device]);
         }
         let (mut blk, mut nvme) = (0, 0);
@@ -147,7 +211,7 @@ impl VmConfig {
                     let id = format!("disk{}", blk - 1);
                     (
                         format!("file={file},if=none,id={id},format=raw"),
-                        format!("virtio-blk-pci,drive={id}"),
+                        format!("virtio-blk-pci,drive={id}{virtio_options}"),
                     )
                 }
                 DiskBus::Nvme => {
@@ -161,12 +225,32 @@ impl VmConfig {
             };
             push(&["-drive", &drive, "-device", &device]);
         }
-        args.push("-kernel".into());
-        args.push(self.kernel.clone().into_os_string());
-        let cmdline = self.kernel_cmdline();
-        if !cmdline.is_empty() {
-            args.push("-append".into());
-            args.push(cmdline.into());
+        match &self.boot {
+            BootSource::Kernel => {
+                args.push("-kernel".into());
+                args.push(self.kernel.clone().into_os_string());
+                let cmdline = self.kernel_cmdline();
+                if !cmdline.is_empty() {
+                    args.push("-append".into());
+                    args.push(cmdline.into());
+                }
+            }
+            BootSource::Xen(xen) => {
+                args.push("-kernel".into());
+                args.push(xen.hypervisor.clone().into_os_string());
+                args.push("-append".into());
+                args.push(xen.options.join(" ").into());
+                args.push("-initrd".into());
+                args.push(module_list(&self.kernel, &self.kernel_cmdline(), &xen.modules).into());
+            }
+            BootSource::Network { .. } => push(&["-boot", "order=n"]),
+            BootSource::Cdrom(iso) => {
+                let drive = format!(
+                    "file={},media=cdrom,format=raw,readonly=on",
+                    escape_option_value(&iso.to_string_lossy())
+                );
+                push(&["-drive", &drive, "-boot", "order=d"]);
+            }
         }
         args.extend(self.extra_args.iter().cloned());
         args
@@ -372,6 +456,121 @@ mod tests {
         assert!(!args
             .iter()
             .any(|a| a.starts_with("isa-debug-exit") || a == "-append"));
+    }
+
+    #[test]
+    fn network_boot_keeps_the_nic_rom_and_serves_tftp_without_kernel() {
+        let mut config = VmConfig::new("k", Accel::Tcg, SerialMode::Pipe);
+        config.boot = BootSource::Network {
+            tftp_root: "/srv/pxe".into(),
+            bootfile: "boot.ipxe".into(),
+        };
+        let args = strings(&config);
+        assert!(has_seq(
+            &args,
+            &[
+                "-netdev",
+                "user,id=net0,tftp=/srv/pxe,bootfile=boot.ipxe",
+                "-device",
+                "virtio-net-pci,netdev=net0",
+                "-boot",
+                "order=n"
+            ]
+        ));
+        assert!(!args.iter().any(|a| a == "-kernel" || a == "-append"));
+        config.nic = Some(NicSpec {
+            model: NicModel::E1000,
+            api_host_port: Some(8080),
+        });
+        assert!(has_seq(
+            &strings(&config),
+            &[
+                "-netdev",
+                "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,tftp=/srv/pxe,bootfile=boot.ipxe",
+                "-device",
+                "e1000,netdev=net0"
+            ]
+        ));
+    }
+
+    #[test]
+    fn xen_boot_loads_the_hypervisor_with_dom0_as_first_module_and_an_iommu() {
+        let mut config = VmConfig::new("/t/keel,1.elf", Accel::Tcg, SerialMode::Pipe);
+        config.memory_mib = 1024;
+        config.boot = BootSource::Xen(XenBoot::new("/t/xen/xen-4.17-amd64", 1024));
+        config.cmdline = vec!["keel.log=debug".into()];
+        config.nic = Some(NicSpec {
+            model: NicModel::VirtioNet,
+            api_host_port: None,
+        });
+        config.disks = vec![DiskSpec {
+            path: "/d/a.img".into(),
+            bus: DiskBus::VirtioBlk,
+        }];
+        let args = strings(&config);
+        assert!(has_seq(
+            &args,
+            &[
+                "-cpu",
+                "qemu64,+svm,+npt",
+                "-smp",
+                "2",
+                "-device",
+                "amd-iommu"
+            ]
+        ));
+        let iommu = args.iter().position(|a| a == "amd-iommu");
+        let nic = args.iter().position(|a| a.starts_with("virtio-net-pci"));
+        assert!(
+            iommu < nic,
+            "the IOMMU comes before the PCI devices: {args:?}"
+        );
+        assert!(args.contains(
+            &"virtio-net-pci,netdev=net0,disable-legacy=on,iommu_platform=on,romfile=".to_string()
+        ));
+        assert!(args.contains(
+            &"virtio-blk-pci,drive=disk0,disable-legacy=on,iommu_platform=on".to_string()
+        ));
+        let kernel = args
+            .iter()
+            .position(|a| a == "-kernel")
+            .map(|i| &args[i..i + 6]);
+        let Some(kernel) = kernel else {
+            panic!("no -kernel in {args:?}");
+        };
+        assert_eq!(kernel[1], "/t/xen/xen-4.17-amd64");
+        assert_eq!(kernel[2], "-append");
+        assert!(kernel[3].contains("dom0=pvh") && kernel[3].contains("console=com1"));
+        assert_eq!(
+            kernel[4..],
+            [
+                "-initrd",
+                "/t/keel,,1.elf keel.debug_exit=0xf4 keel.log=debug"
+            ]
+        );
+        // Without Xen nothing of this appears.
+        config.boot = BootSource::Kernel;
+        let plain = strings(&config).join(" ");
+        assert!(!plain.contains("amd-iommu") && !plain.contains("iommu_platform"));
+    }
+
+    #[test]
+    fn cdrom_boot_attaches_the_iso_and_boots_from_it() {
+        let mut config = VmConfig::new("k", Accel::Tcg, SerialMode::Pipe);
+        config.boot = BootSource::Cdrom("/m/keel,1.iso".into());
+        let args = strings(&config);
+        assert!(has_seq(
+            &args,
+            &[
+                "-drive",
+                "file=/m/keel,,1.iso,media=cdrom,format=raw,readonly=on",
+                "-boot",
+                "order=d"
+            ]
+        ));
+        assert!(!args.iter().any(|a| a == "-kernel" || a == "-netdev"));
+        // The debug-exit device stays: the medium's command line can name its port.
+        assert!(args.iter().any(|a| a.starts_with("isa-debug-exit")));
     }
 
     #[test]

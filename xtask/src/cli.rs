@@ -24,20 +24,70 @@ commands:
                                on guest port 80 (default 8080)
       --append \"WORDS\"         kernel command line words, e.g. \"keel.log=debug\"
       --accel tcg|kvm|auto     accelerator (default auto: KVM only with vmx/svm)
+      --xen                    boot Debian's Xen 4.17 with Keel as its PVH dom0
+                               (TCG unless --accel kvm; at least 1024 MiB, half
+                               for dom0; docs/xen.md)
   test                     host unit tests, then the QEMU integration tests
+  image --pxe DIR | --iso FILE [options]
+                           boot media for hosts (docs/boot.md): a PXE bundle
+                           (TFTP/HTTP-ready directory) and/or a GRUB ISO
+                           (BIOS and UEFI); both with --pxe and --iso
+      --config FILE            host configuration (key = value); flags override it
+      --xen | --no-xen         boot Xen with Keel as its dom0 (ISO: the default entry)
+      --xen-binary FILE        Xen hypervisor (default /boot/xen-4.17-amd64.gz)
+      --xen-args \"WORDS\"       Xen's command line (default \"console=com1,vga
+                               com1=115200,8n1\"); dom0=pvh is always added
+      --dom0-mem SIZE          Keel's memory under Xen, e.g. 2G (default 1024M)
+      --ip dhcp|A.B.C.D/N      Keel's address (default dhcp)
+      --gw A.B.C.D             gateway, with a static --ip
+      --root-password-hash PHC argon2 hash of the root password
+      --append \"keel.NAME=VALUE ...\"  Keel's options
+      --kernel FILE            use this image instead of building the release image
   bench boot [--runs N] [--record]
                            time N boots (default 10) to `keel: ready`; --record
                            writes the figures to docs/benchmarks.md
+  bench api [--runs N] [--record]
+                           boot to first API login and API calls/s with p50/p99,
+                           Keel against a Linux + busybox httpd baseline (N boots
+                           each, default 5)
+  bench dom0 [--runs N] [--record]
+                           QEMU start to ready as Xen's dom0: Keel against Linux
+                           6.1 + busybox and a one-line PVH dom0 (the floor), same
+                           QEMU and Xen flags, N boots each (default 3)
+  bench storage [--runs N] [--record]
+                           NVMe and virtio-blk: sequential MB/s and 4 KiB random
+                           IOPS at QD 1 and 32, Keel's drivers against Linux 6.1 on
+                           the same QEMU disks (N runs each, default 1), and VDI
+                           import/export MB/s over HTTP
   help                     this text
 ";
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Build { release: bool },
+    Build {
+        release: bool,
+    },
     Run(RunOptions),
     Test,
-    BenchBoot { runs: u32, record: bool },
+    BenchBoot {
+        runs: u32,
+        record: bool,
+    },
+    BenchApi {
+        runs: u32,
+        record: bool,
+    },
+    BenchDom0 {
+        runs: u32,
+        record: bool,
+    },
+    BenchStorage {
+        runs: u32,
+        record: bool,
+    },
+    /// `image` with its words, parsed by `commands::image`.
+    Image(Vec<String>),
     Help,
 }
 
@@ -52,6 +102,8 @@ pub struct RunOptions {
     /// Kernel command-line words, in order.
     pub append: Vec<String>,
     pub accel: AccelChoice,
+    /// Boot Xen with Keel as its dom0.
+    pub xen: bool,
 }
 
 /// The default host port of the management API forward.
@@ -59,6 +111,15 @@ pub const DEFAULT_API_PORT: u16 = 8080;
 
 /// The default number of boots of `bench boot`.
 pub const DEFAULT_BENCH_RUNS: u32 = 10;
+
+/// The default number of boots of each system in `bench api`.
+pub const DEFAULT_API_BENCH_RUNS: u32 = 5;
+
+/// The default number of boots of each system in `bench dom0`.
+pub const DEFAULT_DOM0_BENCH_RUNS: u32 = 3;
+
+/// The default number of runs of each system in `bench storage`.
+pub const DEFAULT_STORAGE_BENCH_RUNS: u32 = 1;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -69,6 +130,7 @@ impl Default for RunOptions {
             api_port: DEFAULT_API_PORT,
             append: Vec::new(),
             accel: AccelChoice::Auto,
+            xen: false,
         }
     }
 }
@@ -94,6 +156,8 @@ pub enum CliError {
     UnknownBenchmark(Option<String>),
     /// `--api-port` given together with `--nic none`.
     ApiPortWithoutNic,
+    /// `image` without `--pxe` or `--iso`.
+    ImageWithoutOutput,
 }
 
 impl fmt::Display for CliError {
@@ -116,11 +180,22 @@ impl fmt::Display for CliError {
                 )
             }
             CliError::UnknownBenchmark(Some(name)) => {
-                write!(f, "unknown benchmark '{name}': expected 'boot'")
+                write!(
+                    f,
+                    "unknown benchmark '{name}': expected 'boot', 'api', 'dom0' or 'storage'"
+                )
             }
-            CliError::UnknownBenchmark(None) => write!(f, "'bench' needs a benchmark name: 'boot'"),
+            CliError::UnknownBenchmark(None) => {
+                write!(
+                    f,
+                    "'bench' needs a benchmark name: 'boot', 'api', 'dom0' or 'storage'"
+                )
+            }
             CliError::ApiPortWithoutNic => {
                 write!(f, "'--api-port' needs a NIC, but '--nic none' was given")
+            }
+            CliError::ImageWithoutOutput => {
+                write!(f, "'image' needs --pxe DIR, --iso FILE, or both")
             }
         }
     }
@@ -143,6 +218,7 @@ where
         "run" => parse_run(&mut args).map(Command::Run),
         "test" => parse_test(&mut args),
         "bench" => parse_bench(&mut args),
+        "image" => Ok(Command::Image(args.rest())),
         "help" | "--help" | "-h" => Ok(Command::Help),
         _ => Err(CliError::UnknownCommand(command)),
     }
@@ -213,6 +289,10 @@ fn parse_run(args: &mut Options) -> Result<RunOptions, CliError> {
                 };
                 api_port_given = true;
             }
+            "--xen" => {
+                option.no_value()?;
+                run.xen = true;
+            }
             "--append" => {
                 let value = args.value(&option)?;
                 run.append
@@ -234,12 +314,15 @@ fn parse_run(args: &mut Options) -> Result<RunOptions, CliError> {
 }
 
 fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
-    match args.next_word().as_deref() {
-        Some("boot") => {}
+    let (name, default_runs) = match args.next_word().as_deref() {
+        Some("boot") => ("bench boot", DEFAULT_BENCH_RUNS),
+        Some("api") => ("bench api", DEFAULT_API_BENCH_RUNS),
+        Some("dom0") => ("bench dom0", DEFAULT_DOM0_BENCH_RUNS),
+        Some("storage") => ("bench storage", DEFAULT_STORAGE_BENCH_RUNS),
         other => return Err(CliError::UnknownBenchmark(other.map(str::to_string))),
-    }
-    let (mut runs, mut record) = (DEFAULT_BENCH_RUNS, false);
-    while let Some(option) = args.next_option("bench boot")? {
+    };
+    let (mut runs, mut record) = (default_runs, false);
+    while let Some(option) = args.next_option(name)? {
         match option.name.as_str() {
             "--runs" => {
                 let value = args.value(&option)?;
@@ -252,10 +335,15 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
                 option.no_value()?;
                 record = true;
             }
-            _ => return Err(option.unknown("bench boot")),
+            _ => return Err(option.unknown(name)),
         }
     }
-    Ok(Command::BenchBoot { runs, record })
+    Ok(match name {
+        "bench api" => Command::BenchApi { runs, record },
+        "bench dom0" => Command::BenchDom0 { runs, record },
+        "bench storage" => Command::BenchStorage { runs, record },
+        _ => Command::BenchBoot { runs, record },
+    })
 }
 
 fn invalid(option: &OptionWord, value: String, expected: &'static str) -> CliError {
@@ -307,6 +395,11 @@ impl Options {
 
     fn next_word(&mut self) -> Option<String> {
         self.words.next()
+    }
+
+    /// Every word not consumed yet.
+    fn rest(&mut self) -> Vec<String> {
+        self.words.by_ref().collect()
     }
 
     /// The next `--option`; a bare word here is an unknown option of `command`.
@@ -399,6 +492,7 @@ mod tests {
             "--append=keel.test=none",
             "--accel",
             "tcg",
+            "--xen",
         ];
         let expected = RunOptions {
             memory_mib: 512,
@@ -424,6 +518,7 @@ mod tests {
                 "keel.test=none".into(),
             ],
             accel: AccelChoice::Tcg,
+            xen: true,
         };
         assert_eq!(parse(args), Ok(Command::Run(expected)));
     }
@@ -533,6 +628,50 @@ mod tests {
             parse_words("bench net"),
             Err(CliError::UnknownBenchmark(Some("net".into())))
         );
+    }
+
+    #[test]
+    fn bench_storage_defaults_to_one_run() {
+        assert_eq!(
+            parse_words("bench storage"),
+            Ok(Command::BenchStorage {
+                runs: 1,
+                record: false
+            })
+        );
+        assert_eq!(
+            parse_words("bench storage --runs 3 --record"),
+            Ok(Command::BenchStorage {
+                runs: 3,
+                record: true
+            })
+        );
+    }
+
+    #[test]
+    fn bench_dom0_defaults_to_three_runs_and_xen_is_a_run_flag() {
+        assert_eq!(
+            parse_words("bench dom0"),
+            Ok(Command::BenchDom0 {
+                runs: 3,
+                record: false
+            })
+        );
+        assert_eq!(
+            parse_words("bench dom0 --runs 5 --record"),
+            Ok(Command::BenchDom0 {
+                runs: 5,
+                record: true
+            })
+        );
+        assert!(matches!(
+            parse_words("run --xen"),
+            Ok(Command::Run(RunOptions { xen: true, .. }))
+        ));
+        assert!(matches!(
+            parse_words("run --xen=yes"),
+            Err(CliError::InvalidValue { .. })
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
+use keel_image_builder::ImageError as MediaError;
 use keel_tests::image::ImageError;
 use keel_tests::prereq::PrereqError;
 use keel_tests::HarnessError;
@@ -14,6 +15,8 @@ pub enum XtaskError {
     Usage(CliError),
     Prerequisite(PrereqError),
     Image(ImageError),
+    /// Building boot media (`image`) failed.
+    Media(MediaError),
     Harness(HarnessError),
     Io {
         what: String,
@@ -46,6 +49,7 @@ impl fmt::Display for XtaskError {
             XtaskError::Usage(error) => write!(f, "{error} (see `cargo xtask help`)"),
             XtaskError::Prerequisite(error) => write!(f, "{error}"),
             XtaskError::Image(error) => write!(f, "{error}"),
+            XtaskError::Media(error) => write!(f, "{error}"),
             XtaskError::Harness(error) => write!(f, "{error}"),
             XtaskError::Io { what, error } => write!(f, "{what}: {error}"),
             XtaskError::DiskMissing(path) => {
@@ -84,6 +88,12 @@ impl From<PrereqError> for XtaskError {
 impl From<ImageError> for XtaskError {
     fn from(error: ImageError) -> Self {
         XtaskError::Image(error)
+    }
+}
+
+impl From<MediaError> for XtaskError {
+    fn from(error: MediaError) -> Self {
+        XtaskError::Media(error)
     }
 }
 

@@ -1,15 +1,17 @@
 //! `cargo xtask`: Keel's build, run, test and benchmark driver (host binary).
 //!
 //! `build` makes the image, `run` boots it in QEMU on the terminal, `test` runs the host unit
-//! tests and then the QEMU integration tests, `bench boot` times boots. QEMU flags, image
-//! building and prerequisites come from the `keel-tests` harness library so that all of these
-//! boot exactly as the tests do.
+//! tests and then the QEMU integration tests, `bench boot` times boots, `image` writes boot
+//! media (PXE bundle, GRUB ISO) with `keel-image-builder`. QEMU flags, image building and
+//! prerequisites come from the `keel-tests` harness library so that all of these boot exactly
+//! as the tests do.
 
 mod bench_report;
 mod cli;
 mod commands;
 mod date;
 mod error;
+mod load;
 mod progress;
 mod stats;
 
@@ -43,5 +45,15 @@ fn run(args: impl Iterator<Item = String>) -> Result<ExitCode, XtaskError> {
         Command::BenchBoot { runs, record } => {
             commands::bench::run(runs, record).map(|()| ExitCode::SUCCESS)
         }
+        Command::BenchApi { runs, record } => {
+            commands::bench_api::run(runs, record).map(|()| ExitCode::SUCCESS)
+        }
+        Command::BenchDom0 { runs, record } => {
+            commands::bench_dom0::run(runs, record).map(|()| ExitCode::SUCCESS)
+        }
+        Command::BenchStorage { runs, record } => {
+            commands::bench_storage::run(runs, record).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Image(words) => commands::image::run(&words).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -45,6 +45,9 @@ pub enum TestAction {
     Poweroff,
     /// Read address 0 right after `keel: ready`: a page fault, reported by the exception path.
     Fault,
+    /// Benchmark every disk raw after `keel: ready` (their contents are overwritten; no SR is
+    /// attached or formatted), print the figures, and power off.
+    BenchStorage,
 }
 
 /// The typed boot configuration. String values borrow from the command line, which lives
@@ -63,6 +66,10 @@ pub struct Config<'a> {
     /// Argon2 PHC hash of root's management-API password. Without one, every login fails:
     /// there is no default password.
     pub root_hash: Option<&'a str>,
+    /// Identity of a disk to erase and format as a new, empty SR even though it holds data
+    /// (see the `storage:` log line of each disk). Anything else is never formatted unless
+    /// blank.
+    pub format: Option<&'a str>,
 }
 
 impl Default for Config<'_> {
@@ -75,6 +82,7 @@ impl Default for Config<'_> {
             ip: None,
             gateway: None,
             root_hash: None,
+            format: None,
         }
     }
 }
@@ -140,7 +148,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         name: "test",
-        accepted: "one of none|panic|poweroff|fault",
+        accepted: "one of none|panic|poweroff|fault|bench-storage",
         default: "none",
         help: "test-only action after ready",
         apply: |c, v| {
@@ -149,6 +157,7 @@ pub const OPTIONS: &[OptionSpec] = &[
                 "panic" => TestAction::Panic,
                 "poweroff" => TestAction::Poweroff,
                 "fault" => TestAction::Fault,
+                "bench-storage" => TestAction::BenchStorage,
                 _ => return Err(()),
             };
             Ok(())
@@ -197,7 +206,28 @@ pub const OPTIONS: &[OptionSpec] = &[
             c.root_hash.map(|_| ()).ok_or(())
         },
     },
+    OptionSpec {
+        name: "format",
+        accepted: "a disk identity such as nvme-keel0-n1 (letters, digits, . _ : -), or none",
+        default: "none",
+        help: "erase that disk and create an empty SR on it (a bad value formats nothing)",
+        apply: |c, v| {
+            c.format = match v {
+                "none" => None,
+                _ => Some(v).filter(|v| is_disk_identity(v)),
+            };
+            (v == "none" || c.format.is_some()).then_some(()).ok_or(())
+        },
+    },
 ];
+
+/// A disk identity as the storage service prints it: 1 to 64 letters, digits, `.`, `_`,
+/// `:` or `-`.
+fn is_disk_identity(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
 
 /// The shape of an argon2 PHC string: `$argon2{id,i,d}$v=N$PARAMS$SALT$HASH`. The hash
 /// itself is verified by the API service; this only rejects what cannot be one.
@@ -333,6 +363,7 @@ mod tests {
                 ip: None,
                 gateway: None,
                 root_hash: None,
+                format: None,
             }
         );
         let (c, e) = parse_all("keel.ip=192.0.2.10/24 keel.gw=192.0.2.1");
@@ -342,6 +373,10 @@ mod tests {
         assert_eq!(parse_all("keel.ip=192.0.2.10/24 keel.ip=dhcp").0.ip, None);
         assert_eq!(parse_all("keel.debug_exit=244").0.debug_exit, Some(244));
         assert_eq!(parse_all("keel.test=fault").0.test, TestAction::Fault);
+        assert_eq!(
+            parse_all("keel.test=bench-storage").0.test,
+            TestAction::BenchStorage
+        );
         assert_eq!(
             parse_all("keel.debug_exit=0xf4 keel.debug_exit=off")
                 .0
@@ -425,7 +460,7 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(
             e,
-            vec!["keel: unknown option 'keel.nosuch=1': known options are keel.log, keel.panic, keel.debug_exit, keel.test, keel.ip, keel.gw, keel.root_hash"]
+            vec!["keel: unknown option 'keel.nosuch=1': known options are keel.log, keel.panic, keel.debug_exit, keel.test, keel.ip, keel.gw, keel.root_hash, keel.format"]
         );
     }
 
@@ -434,5 +469,37 @@ mod tests {
         let (_, e) =
             parse_all("keel.=\u{0} keel.log=\u{FEFF} keel.debug_exit=-1 keel.debug_exit=0x keel.");
         assert_eq!(e.len(), 5);
+    }
+
+    #[test]
+    fn format_names_one_disk_and_a_bad_value_formats_nothing() {
+        let (c, e) = parse_all("keel.format=nvme-keel0-n1");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.format, Some("nvme-keel0-n1"));
+        assert_eq!(
+            parse_all("keel.format=virtio-blk-00:03.0").0.format,
+            Some("virtio-blk-00:03.0")
+        );
+        assert_eq!(
+            parse_all("keel.format=nvme-a keel.format=none").0.format,
+            None
+        );
+        for bad in [
+            "keel.format=",
+            "keel.format=a/b",
+            "keel.format=a*",
+            "keel.format",
+        ] {
+            let (c, e) = parse_all(bad);
+            assert_eq!(c.format, None, "{bad}");
+            assert_eq!(e.len(), 1, "{bad}");
+        }
+        let long = format!("keel.format={}", "x".repeat(65));
+        assert_eq!(parse_all(&long).0.format, None);
+        // A bad value after a good one keeps the good one.
+        assert_eq!(
+            parse_all("keel.format=nvme-a keel.format=?").0.format,
+            Some("nvme-a")
+        );
     }
 }

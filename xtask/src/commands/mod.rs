@@ -1,6 +1,10 @@
 //! One module per `cargo xtask` command.
 
 pub mod bench;
+pub mod bench_api;
+pub mod bench_dom0;
+pub mod bench_storage;
 pub mod build;
+pub mod image;
 pub mod run;
 pub mod test;

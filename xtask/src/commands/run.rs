@@ -7,8 +7,9 @@ use std::process::{Command, ExitCode};
 use keel_tests::image::Profile;
 use keel_tests::paths;
 use keel_tests::prereq::{self, Tool};
-use keel_tests::qemu::{DiskSpec, NicSpec, SerialMode, VmConfig, QEMU_BINARY};
-use keel_tests::DiskBus;
+use keel_tests::qemu::{BootSource, DiskSpec, NicSpec, SerialMode, VmConfig, QEMU_BINARY};
+use keel_tests::xen::{XenBoot, DEFAULT_XEN_MEMORY_MIB};
+use keel_tests::{Accel, AccelChoice, DiskBus};
 
 use crate::cli::RunOptions;
 use crate::commands::build::build_image;
@@ -25,6 +26,9 @@ pub fn scratch_disk_path() -> PathBuf {
 
 pub fn run(options: &RunOptions) -> Result<ExitCode, XtaskError> {
     prereq::ensure(&[Tool::Qemu])?;
+    if options.xen {
+        prereq::ensure(&[Tool::Xen])?;
+    }
     let (image, _) = build_image(Profile::Release)?;
     let disks = if options.disks.is_empty() {
         let path = scratch_disk_path();
@@ -41,9 +45,30 @@ pub fn run(options: &RunOptions) -> Result<ExitCode, XtaskError> {
         }
         options.disks.clone()
     };
-    let config = vm_config(options, image, disks);
+    let mut config = vm_config(options, image, disks);
+    if options.xen {
+        boot_under_xen(&mut config, options, keel_tests::xen::hypervisor_image()?);
+    }
+    let api_password = if config
+        .cmdline
+        .iter()
+        .any(|w| w.starts_with("keel.root_hash="))
+    {
+        None
+    } else {
+        let (credentials, created) = keel_tests::credentials::dev_credentials()?;
+        if created {
+            progress::note(format!(
+                "created root's API password in {}",
+                keel_tests::credentials::dev_password_path().display()
+            ));
+        }
+        config.cmdline.push(credentials.cmdline_word());
+        Some(credentials.password)
+    };
+    let under = if options.xen { " as Xen's dom0" } else { "" };
     progress::step(format!(
-        "booting Keel ({} accelerator); quit with Ctrl-A X",
+        "booting Keel{under} ({} accelerator); quit with Ctrl-A X",
         config.accel
     ));
     progress::note(config.display_command());
@@ -53,6 +78,9 @@ pub fn run(options: &RunOptions) -> Result<ExitCode, XtaskError> {
     }) = config.nic
     {
         progress::note(format!("management API: http://127.0.0.1:{port}/"));
+        if let Some(password) = &api_password {
+            progress::note(format!("log in as root with password {password}"));
+        }
     }
     let status = Command::new(QEMU_BINARY)
         .args(config.args())
@@ -80,6 +108,17 @@ pub fn vm_config(options: &RunOptions, image: PathBuf, disks: Vec<DiskSpec>) -> 
     });
     config.cmdline = options.append.clone();
     config
+}
+
+/// Makes `config` boot Xen (`hypervisor`) with Keel as its PVH dom0: at least
+/// [`DEFAULT_XEN_MEMORY_MIB`] (half for dom0), and TCG unless KVM was asked for by name,
+/// because `auto` may pick a KVM that cannot run Xen (docs/xen.md).
+pub fn boot_under_xen(config: &mut VmConfig, options: &RunOptions, hypervisor: PathBuf) {
+    config.memory_mib = config.memory_mib.max(DEFAULT_XEN_MEMORY_MIB);
+    if options.accel == AccelChoice::Auto {
+        config.accel = Accel::Tcg;
+    }
+    config.boot = BootSource::Xen(XenBoot::new(hypervisor, config.memory_mib));
 }
 
 /// Creates the sparse scratch disk once; an existing one (with its data) is kept.
@@ -111,7 +150,7 @@ pub fn ensure_scratch_disk(path: &Path, bytes: u64) -> Result<(), XtaskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_tests::{Accel, AccelChoice, NicModel};
+    use keel_tests::NicModel;
 
     fn args_of(config: &VmConfig) -> Vec<String> {
         config
@@ -169,6 +208,39 @@ mod tests {
             Vec::new(),
         );
         assert!(!args_of(&no_nic).iter().any(|a| a == "-netdev"));
+    }
+
+    #[test]
+    fn xen_boots_the_hypervisor_with_keel_as_dom0_on_tcg_and_1024_mib() {
+        let options = RunOptions {
+            xen: true,
+            ..RunOptions::default()
+        };
+        let mut config = vm_config(&options, "/t/keel/keel.elf".into(), Vec::new());
+        boot_under_xen(&mut config, &options, "/t/xen.elf".into());
+        assert_eq!((config.accel, config.memory_mib), (Accel::Tcg, 1024));
+        let args = args_of(&config).join(" ");
+        for expected in [
+            "-accel tcg -m 1024",
+            "-cpu qemu64,+svm,+npt -smp 2 -device amd-iommu",
+            "-kernel /t/xen.elf -append console=com1",
+            "dom0=pvh dom0_mem=512M,max:512M",
+            "-initrd /t/keel/keel.elf keel.debug_exit=0xf4",
+            "virtio-net-pci,netdev=net0,disable-legacy=on,iommu_platform=on",
+        ] {
+            assert!(args.contains(expected), "missing {expected:?} in {args}");
+        }
+        // KVM asked for by name is kept; more memory is kept too.
+        let options = RunOptions {
+            xen: true,
+            memory_mib: 4096,
+            accel: AccelChoice::Kvm,
+            ..RunOptions::default()
+        };
+        let mut config = vm_config(&options, "k".into(), Vec::new());
+        boot_under_xen(&mut config, &options, "x".into());
+        assert_eq!((config.accel, config.memory_mib), (Accel::Kvm, 4096));
+        assert!(args_of(&config).join(" ").contains("-cpu host"));
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub const MAX_PARALLEL_VMS: usize = 2;
 /// Runs both suites even when the first fails, so that one run shows every failure; fails
 /// with the first failure when any suite failed.
 pub fn run() -> Result<(), XtaskError> {
-    prereq::ensure(&[Tool::Qemu])?;
+    // Xen for the tests that boot Keel as its dom0 (tests/tests/xen.rs).
+    prereq::ensure(&[Tool::Qemu, Tool::Xen])?;
     let unit = cargo("host unit tests", &unit_test_args(), None);
     if let Err(error) = &unit {
         eprintln!("xtask: {error}; continuing with the QEMU integration tests");
