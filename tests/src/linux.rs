@@ -44,6 +44,18 @@ fn run(what: &str, command: &mut Command) -> Result<String, HarnessError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The first file in `dir` whose name satisfies `wanted`.
+fn find_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathBuf>, HarnessError> {
+    let entries = fs::read_dir(dir).map_err(|error| HarnessError::Io {
+        what: format!("listing {}", dir.display()),
+        error,
+    })?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&wanted)))
+}
+
 /// Downloads and unpacks a Debian package (once); returns the unpack directory.
 fn unpack(package: &str) -> Result<PathBuf, HarnessError> {
     let dir = linux_dir().join(package);
@@ -74,18 +86,8 @@ fn unpack(package: &str) -> Result<PathBuf, HarnessError> {
         );
     }
     attempt?;
-    let deb = fs::read_dir(&download)
-        .map_err(|error| HarnessError::Io {
-            what: "listing downloads".into(),
-            error,
-        })?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
+    let prefix = format!("{package}_");
+    let deb = find_file(&download, |n| n.starts_with(&prefix) && n.ends_with(".deb"))?
         .ok_or_else(|| failure(format!("apt-get download {package}"), "no .deb appeared"))?;
     let _ = fs::remove_dir_all(&dir);
     run(
@@ -135,18 +137,7 @@ fn kernel_package() -> Result<String, HarnessError> {
 pub fn kernel() -> Result<PathBuf, HarnessError> {
     let dir = unpack(&kernel_package()?)?;
     let boot = dir.join("boot");
-    fs::read_dir(&boot)
-        .map_err(|error| HarnessError::Io {
-            what: format!("listing {}", boot.display()),
-            error,
-        })?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
+    find_file(&boot, |n| n.starts_with("vmlinuz-"))?
         .ok_or_else(|| failure("Debian kernel", format!("no vmlinuz in {}", boot.display())))
 }
 

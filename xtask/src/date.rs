@@ -1,6 +1,8 @@
-//! The UTC calendar date and time for benchmark records, from the system clock (no crate).
+//! The UTC calendar date and time for benchmark records, from the system clock.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use keel_xenapi::time::civil_from_days;
 
 /// `YYYY-MM-DD HH:MM UTC` for `secs` since the Unix epoch.
 pub fn format_utc(secs: u64) -> String {
@@ -21,21 +23,6 @@ pub fn now_utc() -> String {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     )
-}
-
-/// Gregorian (year, month, day) of a day count since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`, restricted to dates after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ impl Timestamp {
 ///
 /// Howard Hinnant's well-known `civil_from_days` algorithm, restricted to non-negative days
 /// because the timestamp is unsigned.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
