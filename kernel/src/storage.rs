@@ -255,6 +255,9 @@ impl StorageBackend for SharedRepositories {
     fn resize_vdi(&mut self, sr: &str, vdi: &str, size: u64) -> Result<VdiFacts, StorageError> {
         state().repositories.resize_vdi(sr, vdi, size)
     }
+    fn set_vdi_name(&mut self, sr: &str, vdi: &str, name: &str) -> Result<(), StorageError> {
+        state().repositories.set_vdi_name(sr, vdi, name)
+    }
     fn snapshot_vdi(&mut self, sr: &str, vdi: &str) -> Result<VdiFacts, StorageError> {
         state().repositories.snapshot_vdi(sr, vdi)
     }

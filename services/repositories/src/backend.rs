@@ -164,6 +164,13 @@ impl<D: BlockDevice> StorageBackend for Repositories<D> {
         })
     }
 
+    fn set_vdi_name(&mut self, sr: &str, vdi: &str, name: &str) -> Result<(), StorageError> {
+        let uuid = vdi_uuid(vdi)?;
+        self.find_mut(sr)?
+            .rename_vdi(uuid, name)
+            .map_err(storage_error)
+    }
+
     fn snapshot_vdi(&mut self, sr: &str, vdi: &str) -> Result<VdiFacts, StorageError> {
         let uuid = vdi_uuid(vdi)?;
         describe(self.find_mut(sr)?, |sr| sr.snapshot_vdi(uuid))

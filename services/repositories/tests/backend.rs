@@ -1,12 +1,13 @@
 //! The XenAPI over real SRs (on in-memory disks): VDI lifecycle, raw import and export,
-//! snapshots keeping their data, and everything still there after attaching again.
+//! snapshots keeping their data, names kept by the SR, and everything still there after
+//! attaching again.
 
-use keel_block::fakes::{MemDisk, MemDiskConfig};
+use keel_block::fakes::{CacheLoss, MemDisk, MemDiskConfig};
 use keel_repositories::{provision, Repositories, Repository};
 use keel_storage::Uuid;
 use keel_xenapi::{
     hash_password, ApiError, CallOutcome, Config, Direction, Entropy, HashCost, HostFacts,
-    Timestamp, TransferRequest, Value, XenApi,
+    StorageBackend, StorageError, Timestamp, TransferRequest, Value, XenApi,
 };
 
 const T0: Timestamp = Timestamp::from_unix_ms(1_700_000_000_000);
@@ -309,4 +310,95 @@ fn copying_between_srs_and_errors_from_real_srs() {
         ),
         Err(ApiError::VdiReadOnly { vdi: snap })
     );
+}
+
+#[test]
+fn vdi_names_survive_a_power_cut_and_attaching_again() {
+    let disks = [disk("nvme-keel0-n1")];
+    let mut api = service(&disks, 0x30);
+    let session = login(&mut api);
+    let sr = call(
+        &mut api,
+        "SR.get_by_uuid",
+        vec![s(&session), s(&Uuid([0x30; 16]).to_string())],
+    )
+    .map(ref_of)
+    .unwrap();
+    let record = Value::Struct(
+        [
+            ("SR".to_string(), s(&sr)),
+            ("name_label".to_string(), s("created as")),
+            ("virtual_size".to_string(), s(&MIB.to_string())),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let vdi = call(&mut api, "VDI.create", vec![s(&session), record])
+        .map(ref_of)
+        .unwrap();
+    let snap = call(&mut api, "VDI.snapshot", vec![s(&session), s(&vdi)])
+        .map(ref_of)
+        .unwrap();
+    for (r, label) in [(&vdi, "renamed"), (&snap, "renamed snapshot")] {
+        call(
+            &mut api,
+            "VDI.set_name_label",
+            vec![s(&session), s(r), s(label)],
+        )
+        .unwrap();
+    }
+    let uuids: Vec<Value> = [&vdi, &snap]
+        .iter()
+        .map(|r| call(&mut api, "VDI.get_uuid", vec![s(&session), s(r)]).unwrap())
+        .collect();
+    drop(api);
+
+    // Power cut right after the calls returned: the disk's volatile cache is lost.
+    disks[0].power_cycle(CacheLoss::DropAll);
+    let mut api = service(&disks, 0x50);
+    let session = login(&mut api);
+    for (uuid, label) in uuids.iter().zip(["renamed", "renamed snapshot"]) {
+        let r = call(&mut api, "VDI.get_by_uuid", vec![s(&session), uuid.clone()])
+            .map(ref_of)
+            .unwrap();
+        assert_eq!(
+            call(&mut api, "VDI.get_name_label", vec![s(&session), s(&r)]).unwrap(),
+            s(label)
+        );
+    }
+}
+
+#[test]
+fn renames_on_real_srs_report_typed_errors() {
+    let d = disk("nvme-a");
+    let (sr, _) = provision(d.clone(), None, Uuid([0x60; 16]), MIB).unwrap();
+    let mut repositories = Repositories::default();
+    repositories.srs.push(Repository {
+        sr,
+        device: d.info_identity(),
+        bus: "nvme".into(),
+    });
+    let sr = Uuid([0x60; 16]).to_string();
+    let vdi = repositories.create_vdi(&sr, "v", MIB).unwrap().uuid;
+    let missing = Uuid([1; 16]).to_string();
+    assert_eq!(
+        repositories.set_vdi_name(&sr, &missing, "x"),
+        Err(StorageError::VdiNotFound(missing.clone()))
+    );
+    assert_eq!(
+        repositories.set_vdi_name(&missing, &vdi, "x"),
+        Err(StorageError::SrNotFound(missing))
+    );
+    assert_eq!(
+        repositories.set_vdi_name(&sr, &vdi, ""),
+        Err(StorageError::InvalidName)
+    );
+    repositories.set_vdi_name(&sr, &vdi, "w").unwrap();
+    let names: Vec<String> = repositories
+        .vdis(&sr)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["w"]);
 }

@@ -8,8 +8,8 @@
 //! the old one and then switches the root; attach picks the newest root whose tree is intact.
 //!
 //! Durability: data writes ([`Sr::write`]) are acknowledged by [`Sr::flush`], like a disk with
-//! a write cache; metadata operations (create, destroy, resize, snapshot, clone, copy) are
-//! durable when they return, and they also make all earlier writes durable.
+//! a write cache; metadata operations (create, destroy, rename, resize, snapshot, clone,
+//! copy) are durable when they return, and they also make all earlier writes durable.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;

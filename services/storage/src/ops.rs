@@ -91,6 +91,19 @@ impl<D: BlockDevice> Sr<D> {
         })
     }
 
+    /// Renames a VDI (snapshots too: the name is metadata, not data). Durable when it returns
+    /// `Ok`; after a power cut the VDI has either the old or the new name.
+    pub fn rename_vdi(&mut self, uuid: Uuid, name: &str) -> Result<(), SrError> {
+        Self::check_name(name)?;
+        self.vdi(uuid)?;
+        // A longer name lengthens the catalog: the transaction's metadata bound applies.
+        self.transaction(|sr| {
+            let vdi = sr.vdis.get_mut(&uuid).ok_or(SrError::VdiNotFound(uuid))?;
+            vdi.name = String::from(name);
+            Ok(())
+        })
+    }
+
     /// Takes a read-only snapshot sharing all extents with `uuid`. The source keeps writing
     /// into fresh extents from now on, so the snapshot never changes.
     pub fn snapshot_vdi(&mut self, uuid: Uuid) -> Result<Uuid, SrError> {

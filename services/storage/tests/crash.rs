@@ -273,6 +273,22 @@ fn crash_during_resize() {
 }
 
 #[test]
+fn crash_during_rename() {
+    crash_matrix("rename", Expect::Atomic, &|sr, f| {
+        sr.rename_vdi(f.base, "renamed")
+    });
+    // A snapshot, to a name long enough to change the catalog's length.
+    crash_matrix("rename snapshot", Expect::Atomic, &|sr, f| {
+        sr.rename_vdi(f.snap, &"s".repeat(255))
+    });
+    // Unflushed writes become durable with the rename's commit.
+    crash_matrix("write+rename", Expect::Atomic, &|sr, f| {
+        sr.write(f.clone, 12 * 1024, &pattern(17, 2048))?;
+        sr.rename_vdi(f.clone, "clone, renamed")
+    });
+}
+
+#[test]
 fn crash_during_copy() {
     crash_matrix("copy", Expect::Atomic, &|sr, f| {
         sr.copy_vdi(f.clone, "copy").map(drop)

@@ -334,6 +334,109 @@ fn everything_persists_across_attach() {
 }
 
 #[test]
+fn a_rename_survives_attach_and_changes_nothing_else() {
+    let (mut sr, disk) = mem_sr();
+    let vdi = sr.create_vdi("old", 20 * 1024).unwrap();
+    sr.write(vdi, 0, &pattern(8, 20 * 1024)).unwrap();
+    let snap = sr.snapshot_vdi(vdi).unwrap();
+    sr.flush().unwrap();
+    let mut expected = observe(&mut sr);
+    let generation = sr.generation();
+    sr.rename_vdi(vdi, "new name").unwrap();
+    // Snapshots can be renamed too: read-only covers their data, not their name.
+    let long = "é".repeat(127) + "x"; // 255 bytes, the longest allowed
+    sr.rename_vdi(snap, &long).unwrap();
+    assert_eq!(sr.generation(), generation + 2, "each rename commits");
+    for (info, _) in &mut expected {
+        info.name = if info.uuid == vdi { "new name" } else { &long }.to_string();
+    }
+    assert_eq!(observe(&mut sr), expected);
+    sr.check().unwrap();
+    // Durable on return: nothing flushed after the renames, the cache is lost.
+    drop(sr);
+    disk.power_cycle(keel_block::fakes::CacheLoss::DropAll);
+    let mut sr = Sr::attach(disk.clone()).unwrap();
+    assert_eq!(observe(&mut sr), expected);
+    sr.check().unwrap();
+}
+
+#[test]
+fn bad_renames_are_refused_and_change_nothing() {
+    let (mut sr, disk) = mem_sr();
+    let vdi = sr.create_vdi("keep", 8192).unwrap();
+    let before = observe(&mut sr);
+    let generation = sr.generation();
+    let writes = disk.stats().writes;
+    assert_eq!(sr.rename_vdi(vdi, ""), Err(SrError::InvalidName));
+    assert_eq!(
+        sr.rename_vdi(vdi, &"n".repeat(256)),
+        Err(SrError::InvalidName)
+    );
+    let missing = Uuid([1; 16]);
+    assert_eq!(
+        sr.rename_vdi(missing, "x"),
+        Err(SrError::VdiNotFound(missing))
+    );
+    assert_eq!(
+        disk.stats().writes,
+        writes,
+        "a refused rename writes nothing"
+    );
+    assert_eq!(sr.generation(), generation);
+    assert_eq!(observe(&mut sr), before);
+    let mut sr = Sr::attach(sr.into_device()).unwrap();
+    assert_eq!(observe(&mut sr), before);
+    sr.check().unwrap();
+}
+
+#[test]
+fn a_rename_that_would_overflow_the_metadata_area_is_refused() {
+    // 36 metadata blocks admit at most 12 blocks of worst-case metadata: 11 one-chunk VDIs
+    // and a one-block catalog. Lengthening their names eventually needs a second catalog
+    // block, which the bound refuses.
+    let mut options = options();
+    options.metadata_blocks = Some(36);
+    let disk = mem_disk();
+    let mut sr = Sr::format(disk.clone(), options).unwrap();
+    while sr.create_vdi("v", 4096).is_ok() {
+        assert!(sr.list_vdis().len() < 100, "metadata area never filled");
+    }
+    let long = "n".repeat(255);
+    let mut renamed = 0;
+    let error = loop {
+        let Some(next) = sr.list_vdis().into_iter().find(|info| info.name == "v") else {
+            panic!("every rename fitted: the bound was never reached");
+        };
+        let before = observe(&mut sr);
+        let generation = sr.generation();
+        match sr.rename_vdi(next.uuid, &long) {
+            Ok(()) => renamed += 1,
+            Err(error) => {
+                assert_eq!(observe(&mut sr), before);
+                assert_eq!(sr.generation(), generation);
+                break error;
+            }
+        }
+    };
+    assert_eq!(
+        error,
+        SrError::SrFull {
+            space: Space::Metadata
+        }
+    );
+    assert!(renamed > 0, "renames within the bound succeed");
+    sr.check().unwrap();
+    let mut sr = Sr::attach(disk).unwrap();
+    let names = sr
+        .list_vdis()
+        .into_iter()
+        .filter(|v| v.name == long)
+        .count();
+    assert_eq!(names, renamed);
+    sr.check().unwrap();
+}
+
+#[test]
 fn a_flush_without_map_changes_only_flushes_the_device() {
     let (mut sr, disk) = mem_sr();
     let vdi = sr.create_vdi("v", 8192).unwrap();

@@ -191,6 +191,12 @@ pub static VDI: ClassDecl = ClassDecl {
         )
         .asyncable(),
         msg("destroy", &[param("self", Ref("VDI"))], h::vdi_destroy).asyncable(),
+        // Replaces the generated setter: the storage manager keeps the name too.
+        msg(
+            "set_name_label",
+            &[param("self", Ref("VDI")), param("value", String)],
+            h::vdi_set_name_label,
+        ),
         msg(
             "resize",
             &[param("vdi", Ref("VDI")), param("size", Int)],

@@ -228,6 +228,8 @@ fn generated_names(class: &ClassDecl) -> Vec<String> {
             }
         }
     }
+    // A custom message of the same name replaces a generated one (it is listed with them).
+    out.retain(|name| class.message(name).is_none());
     out
 }
 

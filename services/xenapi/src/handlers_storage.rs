@@ -3,8 +3,9 @@
 //!
 //! The storage manager is the truth: every operation goes to it first, and the objects are
 //! updated from what it answers. `SR.scan` re-reads everything (and forgets VDI objects whose
-//! VDI is gone). What the storage manager does not keep — names set after creation,
-//! descriptions, `other_config` — lives in the objects only and does not survive a reboot.
+//! VDI is gone). The storage manager keeps a VDI's name (as `storage_name` shapes it);
+//! what it does not keep — descriptions, `other_config` — lives in the objects only and does
+//! not survive a reboot.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -513,6 +514,24 @@ pub fn vdi_resize(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, Api
     let facts = result.map_err(|e| storage_error(&ctx.state.db, &sr, &vdi, &e))?;
     update(&mut ctx.state.db, &vdi, vdi_fields(&facts), now);
     refresh_sr(ctx.state, &sr, now);
+    Ok(Outcome::Value(Value::void()))
+}
+
+/// `VDI.set_name_label(self, value)`: the storage manager records the name first (durably),
+/// then the object follows, so a failure leaves both with the old name.
+pub fn vdi_set_name_label(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
+    let vdi = args.str(0)?.to_string();
+    let label = args.str(1)?.to_string();
+    let (sr, sr_uuid, vdi_uuid) = locate(&ctx.state.db, &vdi)?;
+    let now = ctx.now;
+    let result = backend(ctx.state)?.set_vdi_name(&sr_uuid, &vdi_uuid, &storage_name(&label));
+    result.map_err(|e| storage_error(&ctx.state.db, &sr, &vdi, &e))?;
+    update(
+        &mut ctx.state.db,
+        &vdi,
+        vec![("name_label", Value::String(label))],
+        now,
+    );
     Ok(Outcome::Value(Value::void()))
 }
 

@@ -6,7 +6,8 @@
 //! `remove_from_<m>` for read-write maps, `add_<s>` / `remove_<s>` for read-write sets), record
 //! serialisation, type checking of parameters and field values, event snapshots, and
 //! `system.listMethods`. Custom messages are entries in the class's `messages` table, each
-//! with a handler function.
+//! with a handler function; a custom message named like a generated one replaces it (as
+//! `VDI.set_name_label` does, to keep the storage manager's copy of the name in step).
 
 use crate::dispatch::Handler;
 

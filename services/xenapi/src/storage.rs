@@ -138,6 +138,8 @@ pub trait StorageBackend {
         vdi: &str,
         virtual_size: u64,
     ) -> Result<VdiFacts, StorageError>;
+    /// Renames a VDI (`name` is 1 to 255 bytes); durable when it returns `Ok`.
+    fn set_vdi_name(&mut self, sr: &str, vdi: &str, name: &str) -> Result<(), StorageError>;
     /// A read-only snapshot sharing the VDI's data.
     fn snapshot_vdi(&mut self, sr: &str, vdi: &str) -> Result<VdiFacts, StorageError>;
     /// A writable clone sharing the VDI's data.

@@ -390,15 +390,18 @@ fn scan_picks_up_new_vdis_and_forgets_vanished_ones() {
 
 #[test]
 fn names_can_be_changed() {
-    let (mut api, _fake, session) = storage_api(64 * MIB);
+    let (mut api, fake, session) = storage_api(64 * MIB);
     let sr = sr_by_uuid(&mut api, &session, "sr-a");
     let vdi = create_vdi(&mut api, &session, &sr, "old", MIB);
+    let uuid = uuid_of(&mut api, &session, "VDI", &vdi);
     call(
         &mut api,
         "VDI.set_name_label",
         vec![s(&session), s(&vdi), s("new")],
     )
     .unwrap();
+    // The storage manager has it too (so it survives a reboot).
+    assert_eq!(fake.vdi("sr-a", &uuid).unwrap().facts.name, "new");
     call(
         &mut api,
         "SR.set_name_label",
@@ -419,6 +422,60 @@ fn names_can_be_changed() {
         call(&mut api, "VDI.get_name_label", vec![s(&session), snap]).unwrap(),
         s("new")
     );
+}
+
+#[test]
+fn vdi_names_are_kept_by_the_storage_manager() {
+    let (mut api, fake, session) = storage_api(64 * MIB);
+    let sr = sr_by_uuid(&mut api, &session, "sr-a");
+    let vdi = create_vdi(&mut api, &session, &sr, "old", MIB);
+    let uuid = uuid_of(&mut api, &session, "VDI", &vdi);
+    let rename = |api: &mut XenApi, label: &str| {
+        call(
+            api,
+            "VDI.set_name_label",
+            vec![s(&session), s(&vdi), s(label)],
+        )
+    };
+    let label =
+        |api: &mut XenApi| call(api, "VDI.get_name_label", vec![s(&session), s(&vdi)]).unwrap();
+    let stored = || fake.vdi("sr-a", &uuid).unwrap().facts.name;
+    // Labels the storage manager cannot hold as they are: shaped as at create, the object
+    // keeps the label exactly.
+    rename(&mut api, "").unwrap();
+    assert_eq!((label(&mut api), stored()), (s(""), "vdi".to_string()));
+    let long = "x".repeat(300);
+    rename(&mut api, &long).unwrap();
+    assert_eq!((label(&mut api), stored()), (s(&long), "x".repeat(255)));
+    // A storage failure is reported and leaves both names as they were.
+    rename(&mut api, "kept").unwrap();
+    fake.0.borrow_mut().fail_renames = true;
+    assert!(matches!(
+        rename(&mut api, "lost"),
+        Err(ApiError::SrBackendFailure { .. })
+    ));
+    assert_eq!((label(&mut api), stored()), (s("kept"), "kept".to_string()));
+    fake.0.borrow_mut().fail_renames = false;
+    // A rescan does not bring back an older name.
+    call(&mut api, "SR.scan", vec![s(&session), s(&sr)]).unwrap();
+    assert_eq!(label(&mut api), s("kept"));
+    assert!(matches!(
+        call(
+            &mut api,
+            "VDI.set_name_label",
+            vec![s(&session), s("OpaqueRef:nope"), s("x")]
+        ),
+        Err(ApiError::HandleInvalid { .. })
+    ));
+    // The handler replaces the generated setter: listed once.
+    let methods = call(&mut api, "system.listMethods", vec![]).unwrap();
+    let listed = methods
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m.as_str() == Some("VDI.set_name_label"))
+        .count();
+    assert_eq!(listed, 1);
 }
 
 #[test]

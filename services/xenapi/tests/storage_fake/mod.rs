@@ -1,7 +1,7 @@
 //! An in-memory storage manager behind the `StorageBackend` trait: SRs of a fixed size,
 //! sparse VDIs (unwritten 64 KiB blocks are holes), snapshots and clones that copy data,
-//! flush counting and planned failures. Handles share one state, so a test can look inside
-//! while the service owns the backend.
+//! flush counting and planned failures (of writes and renames). Handles share one state, so
+//! a test can look inside while the service owns the backend.
 #![allow(dead_code)]
 
 use std::cell::RefCell;
@@ -39,6 +39,8 @@ pub struct State {
     pub writes: u64,
     /// Fail every write after this many more.
     pub fail_writes_after: Option<u64>,
+    /// Fail every rename (as a disk error would).
+    pub fail_renames: bool,
 }
 
 #[derive(Clone, Default)]
@@ -267,6 +269,18 @@ impl StorageBackend for FakeStorage {
         }
         v.facts.virtual_size = size;
         Ok(facts_of(v))
+    }
+
+    fn set_vdi_name(&mut self, sr: &str, vdi: &str, name: &str) -> Result<(), StorageError> {
+        let mut state = self.0.borrow_mut();
+        if state.fail_renames {
+            return Err(StorageError::Failed("planned rename failure".into()));
+        }
+        if name.is_empty() || name.len() > 255 {
+            return Err(StorageError::InvalidName);
+        }
+        state.vdi(sr, vdi)?.facts.name = name.into();
+        Ok(())
     }
 
     fn snapshot_vdi(&mut self, sr: &str, vdi: &str) -> Result<VdiFacts, StorageError> {

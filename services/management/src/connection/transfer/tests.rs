@@ -62,6 +62,11 @@ impl StorageBackend for Disk {
     fn resize_vdi(&mut self, _: &str, v: &str, _: u64) -> Result<VdiFacts, StorageError> {
         Err(StorageError::ReadOnly(v.into()))
     }
+    fn set_vdi_name(&mut self, _: &str, _: &str, _: &str) -> Result<(), StorageError> {
+        Err(StorageError::Failed(
+            "renames are not part of these tests".into(),
+        ))
+    }
     fn snapshot_vdi(&mut self, _: &str, _: &str) -> Result<VdiFacts, StorageError> {
         Err(StorageError::SrFull)
     }
