@@ -164,6 +164,18 @@ pub fn record_section(
     Ok(doc)
 }
 
+/// The first line of `qemu-system-x86_64 --version`.
+pub fn qemu_version() -> Option<String> {
+    let output = std::process::Command::new(keel_tests::qemu::QEMU_BINARY)
+        .arg("--version")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .map(|line| line.trim().to_string())
+}
+
 /// The CPU's model name from `/proc/cpuinfo` text.
 pub fn cpu_model(cpuinfo: &str) -> Option<String> {
     cpuinfo

@@ -31,6 +31,8 @@ pub enum XtaskError {
     },
     /// The ready line did not have the promised `(keel VERSION, boot MS ms)` form.
     MalformedReadyLine(String),
+    /// A benchmark could not measure what it measures (no answer, a failed login, ...).
+    BenchFailed(String),
 }
 
 impl XtaskError {
@@ -69,6 +71,7 @@ impl fmt::Display for XtaskError {
                     "the ready line lacks '(keel VERSION, boot MS ms)': {line:?}"
                 )
             }
+            XtaskError::BenchFailed(why) => write!(f, "benchmark failed: {why}"),
         }
     }
 }
@@ -116,5 +119,12 @@ mod tests {
             "no command given (see `cargo xtask help`)"
         );
         assert_eq!(XtaskError::DiskMissing("x.img".into()).exit_code(), 1);
+    }
+
+    #[test]
+    fn benchmark_failures_say_what_failed_not_that_a_ready_line_was_malformed() {
+        let text = XtaskError::BenchFailed("login failed".into()).to_string();
+        assert_eq!(text, "benchmark failed: login failed");
+        assert_eq!(XtaskError::BenchFailed(String::new()).exit_code(), 1);
     }
 }

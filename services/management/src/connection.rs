@@ -246,6 +246,18 @@ impl Conn {
                     b"not found\n".to_vec(),
                 ),
             };
+        self.answer_ignoring_body(request, status, headers, body);
+    }
+
+    /// Answers a request whose body is not wanted: at once when it has a body (the
+    /// connection then closes), else at its end.
+    fn answer_ignoring_body(
+        &mut self,
+        request: &Request,
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        body: Vec<u8>,
+    ) {
         if matches!(request.body, BodyKind::None | BodyKind::Length(0)) {
             self.state = State::Reply {
                 status,
@@ -253,7 +265,6 @@ impl Conn {
                 body,
             };
         } else {
-            // The body is not wanted: answer now; the connection closes after the answer.
             self.respond(status, headers, body);
             self.state = State::Answered;
         }

@@ -56,7 +56,7 @@ fn no_storage() -> ApiError {
     }
 }
 
-fn backend(state: &mut State) -> Result<&mut dyn StorageBackend, ApiError> {
+pub(crate) fn backend(state: &mut State) -> Result<&mut dyn StorageBackend, ApiError> {
     match state.storage.as_deref_mut() {
         Some(storage) => Ok(storage),
         None => Err(no_storage()),

@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 
 use crate::api::XenApi;
 use crate::error::ApiError;
-use crate::handlers_storage::{ensure_idle, locate, mark_busy, refresh_vdi};
+use crate::handlers_storage::{backend, ensure_idle, locate, mark_busy, refresh_vdi};
 use crate::tasks;
 use crate::time::Timestamp;
 use crate::value::Value;
@@ -279,13 +279,7 @@ impl XenApi {
     /// disk holds, when `last`).
     fn write_buffered(&mut self, t: &mut Transfer, last: bool) -> Result<(), ApiError> {
         let whole = (t.buffer.len() as u64 / t.sector * t.sector) as usize;
-        let storage = self
-            .state
-            .storage
-            .as_deref_mut()
-            .ok_or_else(|| ApiError::InternalError {
-                message: "this host has no storage".to_string(),
-            })?;
+        let storage = backend(&mut self.state)?;
         if whole > 0 {
             let data = t.buffer.get(..whole).unwrap_or_default();
             storage
@@ -371,13 +365,7 @@ impl XenApi {
         let n = (t.size - t.position).min(READ_PIECE as u64) as usize;
         t.buffer.resize(n, 0);
         t.taken = 0;
-        let storage = self
-            .state
-            .storage
-            .as_deref_mut()
-            .ok_or_else(|| ApiError::InternalError {
-                message: "this host has no storage".to_string(),
-            })?;
+        let storage = backend(&mut self.state)?;
         if let Err(e) = storage.read(&t.sr, &t.vdi, t.position, &mut t.buffer) {
             return Err(self.storage_failure(t, &e));
         }

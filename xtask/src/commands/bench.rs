@@ -4,16 +4,14 @@
 //! device set of `cargo xtask run`: a virtio-net NIC and a 64 MiB virtio-blk scratch disk.
 
 use std::path::Path;
-use std::process::Command;
 
 use keel_tests::image::Profile;
 use keel_tests::kernel_lines::{ReadyLine, READY_PREFIX};
 use keel_tests::machine::DEFAULT_DISK_BYTES;
 use keel_tests::prereq::{self, Tool};
-use keel_tests::qemu::QEMU_BINARY;
 use keel_tests::{paths, AccelChoice, Machine, NicModel, Pattern, BOOT_DEADLINE};
 
-use crate::bench_report::{cpu_model, record_section, BootBench};
+use crate::bench_report::{cpu_model, qemu_version, record_section, BootBench};
 use crate::commands::build::build_image;
 use crate::error::XtaskError;
 use crate::stats::summarize;
@@ -39,9 +37,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     let samples = host_ms.len();
     let (Some(host_ms), Some(kernel_ms)) = (summarize(&host_ms), summarize(&kernel_ms)) else {
         // Only reachable with zero runs, which the argument parser refuses.
-        return Err(XtaskError::MalformedReadyLine(
-            "no boots were measured".into(),
-        ));
+        return Err(XtaskError::BenchFailed("no boots were measured".into()));
     };
     let report = BootBench {
         runs: samples,
@@ -84,13 +80,4 @@ fn shown_path(path: &Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
-}
-
-/// The first line of `qemu-system-x86_64 --version`.
-fn qemu_version() -> Option<String> {
-    let output = Command::new(QEMU_BINARY).arg("--version").output().ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()
-        .map(|line| line.trim().to_string())
 }

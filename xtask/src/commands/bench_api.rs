@@ -48,7 +48,7 @@ fn linux_machine(kernel: &Path, initrd: &Path, name: String) -> Machine {
 
 fn port_of(vm: &Vm) -> Result<u16, XtaskError> {
     vm.api_port()
-        .ok_or_else(|| XtaskError::MalformedReadyLine("the VM has no API port".into()))
+        .ok_or_else(|| XtaskError::BenchFailed("the VM has no API port".into()))
 }
 
 /// Polls until `attempt` answers, returning the time since QEMU started.
@@ -61,7 +61,7 @@ fn time_to_first_answer(vm: &Vm, mut attempt: impl FnMut(u16) -> bool) -> Result
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(XtaskError::MalformedReadyLine(format!(
+    Err(XtaskError::BenchFailed(format!(
         "no answer within {} s; console: {}",
         READY_DEADLINE.as_secs(),
         vm.log_path().display()
@@ -135,8 +135,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     let vm = keel_machine(&image, "bench-api-keel-load".into()).boot()?;
     time_to_first_answer(&vm, keel_ready)?;
     let port = port_of(&vm)?;
-    let session =
-        keel_login(port).ok_or_else(|| XtaskError::MalformedReadyLine("login failed".into()))?;
+    let session = keel_login(port).ok_or_else(|| XtaskError::BenchFailed("login failed".into()))?;
     let (_, hosts) = load::one_shot(
         port,
         &load::xmlrpc_request("host.get_all", &[&session]),
@@ -146,8 +145,8 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         what: "host.get_all".into(),
         error,
     })?;
-    let host = load::first_ref(&hosts)
-        .ok_or_else(|| XtaskError::MalformedReadyLine("no host ref".into()))?;
+    let host =
+        load::first_ref(&hosts).ok_or_else(|| XtaskError::BenchFailed("no host ref".into()))?;
     let get_record = load::xmlrpc_request("host.get_record", &[&session, &host]);
     let keel_phases: Vec<PhaseResult> = PHASES
         .iter()
@@ -169,9 +168,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     step.done();
 
     let (Some(keel_ready), Some(linux_ready)) = (summarize(&keel_ms), summarize(&linux_ms)) else {
-        return Err(XtaskError::MalformedReadyLine(
-            "no boots were measured".into(),
-        ));
+        return Err(XtaskError::BenchFailed("no boots were measured".into()));
     };
     let figures = Figures {
         keel_ready,

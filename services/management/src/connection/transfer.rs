@@ -70,7 +70,7 @@ impl Conn {
                 Direction::Import => &[("Allow", "PUT")],
                 Direction::Export => &[("Allow", "GET")],
             };
-            self.answer_now(request, 405, allow, b"wrong method\n".to_vec());
+            self.answer_ignoring_body(request, 405, allow, b"wrong method\n".to_vec());
             return;
         }
         let content_length = match request.body {
@@ -92,34 +92,13 @@ impl Conn {
                 };
             }
             Err(error) => {
-                self.answer_now(
+                self.answer_ignoring_body(
                     request,
                     status_for(&error),
                     &[("Content-Type", "text/plain")],
                     error_body(&error),
                 );
             }
-        }
-    }
-
-    /// Answers a request whose body is not wanted: at once when it has a body (the
-    /// connection then closes), else at its end.
-    fn answer_now(
-        &mut self,
-        request: &Request,
-        status: u16,
-        headers: &'static [(&'static str, &'static str)],
-        body: Vec<u8>,
-    ) {
-        if matches!(request.body, BodyKind::None | BodyKind::Length(0)) {
-            self.state = State::Reply {
-                status,
-                headers,
-                body,
-            };
-        } else {
-            self.respond(status, headers, body);
-            self.state = State::Answered;
         }
     }
 

@@ -12,16 +12,14 @@
 mod floor;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use keel_tests::image::Profile;
 use keel_tests::kernel_lines::READY_PREFIX;
 use keel_tests::prereq::{self, Tool};
-use keel_tests::qemu::QEMU_BINARY;
 use keel_tests::{linux, xen, Machine, NicModel, Pattern};
 
-use crate::bench_report::{cpu_model, record_section, section_markers};
+use crate::bench_report::{cpu_model, qemu_version, record_section, section_markers};
 use crate::commands::build::build_image;
 use crate::error::XtaskError;
 use crate::stats::{summarize, Summary};
@@ -261,15 +259,6 @@ impl Dom0Bench {
     }
 }
 
-/// The first line of `qemu-system-x86_64 --version`.
-fn qemu_version() -> Option<String> {
-    let output = Command::new(QEMU_BINARY).arg("--version").output().ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()
-        .map(|line| line.trim().to_string())
-}
-
 fn machine_note() -> String {
     let mut note = format!(
         "TCG (software emulation), {} host cores",
@@ -325,7 +314,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
                     system: *system,
                     summary,
                 })
-                .ok_or_else(|| XtaskError::MalformedReadyLine("no boots were measured".into()))
+                .ok_or_else(|| XtaskError::BenchFailed("no boots were measured".into()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let report = Dom0Bench {

@@ -23,10 +23,9 @@ use keel_tests::image::Profile;
 use keel_tests::linux::{self, CpioEntry};
 use keel_tests::prereq::{self, Tool};
 use keel_tests::python::run_script;
-use keel_tests::qemu::QEMU_BINARY;
 use keel_tests::{paths, AccelChoice, DiskBus, Machine, NicModel, Pattern as Line};
 
-use crate::bench_report::{cpu_model, record_section, section_markers};
+use crate::bench_report::{cpu_model, qemu_version, record_section, section_markers};
 use crate::commands::build::build_image;
 use crate::error::XtaskError;
 use crate::stats::summarize;
@@ -290,14 +289,6 @@ fn rows(keel: &[Vec<Figures>], linux: &[Vec<Figures>]) -> Vec<Row> {
 fn http_seconds(out: &str, key: &str) -> Option<f64> {
     out.lines()
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
-}
-
-fn qemu_version() -> Option<String> {
-    let output = Command::new(QEMU_BINARY).arg("--version").output().ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()
-        .map(|line| line.trim().to_string())
 }
 
 fn markdown(rows: &[Row], http: (f64, f64), runs: u32, accel: &str) -> String {
