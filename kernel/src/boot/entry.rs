@@ -148,7 +148,7 @@ boot_stack_top:
     pvh = const PROTOCOL_PVH,
     multiboot = const PROTOCOL_MULTIBOOT,
     multiboot_bad_magic = const PROTOCOL_MULTIBOOT_BAD_MAGIC,
-    multiboot_magic = const super::multiboot_info::BOOTLOADER_MAGIC,
+    multiboot_magic = const keel_multiboot::BOOTLOADER_MAGIC,
     stack_size = const BOOT_STACK_SIZE,
     kernel_entry = sym super::kernel_entry,
     options(att_syntax)

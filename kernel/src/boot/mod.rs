@@ -13,7 +13,6 @@
 
 mod entry;
 mod multiboot;
-mod multiboot_info;
 mod pvh;
 
 use keel_memory::Range;
@@ -145,7 +144,7 @@ pub enum BootError {
     BadMultibootMagic {
         eax: u32,
     },
-    Multiboot(multiboot_info::InfoError),
+    Multiboot(keel_multiboot::InfoError),
 }
 
 impl core::fmt::Display for BootError {
@@ -159,7 +158,7 @@ impl core::fmt::Display for BootError {
             BootError::BadMultibootMagic { eax } => write!(
                 f,
                 "entered at the multiboot entry with eax={eax:#x}, not {:#x}",
-                multiboot_info::BOOTLOADER_MAGIC
+                keel_multiboot::BOOTLOADER_MAGIC
             ),
             BootError::Multiboot(e) => write!(f, "multiboot: {e}"),
         }

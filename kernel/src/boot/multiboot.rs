@@ -13,7 +13,7 @@ use core::arch::global_asm;
 
 use keel_memory::Range;
 
-use super::multiboot_info::{self, MultibootInfo, PhysMemory, MEMORY_AVAILABLE};
+use keel_multiboot::{MultibootInfo, PhysMemory, MEMORY_AVAILABLE};
 use super::{BootError, BootInfo, BootModule};
 
 /// The header's magic number.
@@ -76,7 +76,7 @@ pub fn parse(paddr: u32) -> Result<BootInfo, BootError> {
     if let Some(cmdline) = mb.cmdline() {
         let loader = mb.loader_name().map(|name| name.bytes);
         let (text, truncated) =
-            super::utf8_prefix(multiboot_info::without_image_name(cmdline.bytes, loader));
+            super::utf8_prefix(keel_multiboot::without_image_name(cmdline.bytes, loader));
         info.cmdline = text.trim_end();
         info.cmdline_truncated_at = truncated;
         info.in_use.push(range(cmdline.range()));
@@ -114,7 +114,7 @@ pub fn parse(paddr: u32) -> Result<BootInfo, BootError> {
         }
         let module = BootModule {
             range: Range::new(start, end),
-            name: super::utf8_prefix(multiboot_info::module_name(string)).0,
+            name: super::utf8_prefix(keel_multiboot::module_name(string)).0,
         };
         if !info.modules.push(module) {
             log::warn!(

@@ -6,7 +6,7 @@ use core::ffi::CStr;
 use keel_memory::Range;
 use pvh::start_info::reader::StartInfoReader;
 
-use super::multiboot_info::module_name;
+use keel_multiboot::module_name;
 use super::{BootError, BootInfo, BootModule};
 
 /// E820 type of usable RAM.

@@ -1,13 +1,7 @@
-//! Host tests of the kernel's multiboot information parser (`kernel/src/boot/
-//! multiboot_info.rs`), compiled here because the kernel crate only builds for the bare-metal
-//! target. The image builder owns the other half of the multiboot contract (the header it
-//! checks in every image), so the loader's half is tested next to it.
+//! Host tests of the multiboot information parser: a fake loader lays the structure, its
+//! strings, memory map and module table out in a byte array, as GRUB, iPXE and QEMU do in RAM.
 
-#[path = "../../kernel/src/boot/multiboot_info.rs"]
-#[allow(dead_code)]
-mod multiboot_info;
-
-use multiboot_info::{
+use keel_multiboot::{
     flags, module_name, without_image_name, InfoError, MemoryRegion, MultibootInfo, PhysMemory,
     INFO_LEN, MAX_MODULES, MAX_STRING,
 };

@@ -6,8 +6,12 @@
 //! field is only read when its flag bit says it is valid. The result is a validated view
 //! whose iterators cannot fail any more.
 //!
-//! This file depends on nothing but `core` so that it can be compiled on the host and tested
-//! there (the image builder's tests include it); `multiboot.rs` turns it into `BootInfo`.
+//! The crate reads memory only through [`PhysMemory`], so it needs no `unsafe` and is tested
+//! on the host (`tests/info.rs`); the kernel's `boot/multiboot.rs` implements the trait over
+//! the identity-mapped low 4 GiB and turns the result into its `BootInfo`.
+
+#![no_std]
+#![forbid(unsafe_code)]
 
 use core::fmt;
 
