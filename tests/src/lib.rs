@@ -23,6 +23,7 @@ pub mod accel;
 pub mod console;
 pub mod credentials;
 pub mod error;
+pub mod guest;
 pub mod image;
 pub mod kernel_lines;
 pub mod linux;

@@ -101,8 +101,40 @@ fn unpack(package: &str) -> Result<PathBuf, HarnessError> {
     Ok(dir)
 }
 
-/// The versioned kernel package `linux-image-amd64` currently points at.
+/// The kernel package every guest, baseline and benchmark uses: pinned, so that a new Debian
+/// kernel cannot change what the tests boot between two runs.
+pub const PINNED_KERNEL_PACKAGE: &str = "linux-image-6.1.0-57-amd64";
+
+/// [`PINNED_KERNEL_PACKAGE`] while Debian's archive still has it; otherwise (Debian drops old
+/// kernel ABIs from the archive in time) the one `linux-image-amd64` points at, said once.
 fn kernel_package() -> Result<String, HarnessError> {
+    if package_known(PINNED_KERNEL_PACKAGE) {
+        return Ok(PINNED_KERNEL_PACKAGE.to_string());
+    }
+    let current = current_kernel_package()?;
+    eprintln!(
+        "keel-tests: {PINNED_KERNEL_PACKAGE} is no longer in Debian's archive; using {current} (update the pin in tests/src/linux.rs)"
+    );
+    Ok(current)
+}
+
+/// True when apt knows `package` (after one `apt-get update` if the lists look empty).
+fn package_known(package: &str) -> bool {
+    let known = || {
+        Command::new("apt-cache")
+            .args(["show", "--no-all-versions", package])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    };
+    if linux_dir().join(package).join(".unpacked").exists() || known() {
+        return true;
+    }
+    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    known()
+}
+
+/// The versioned kernel package `linux-image-amd64` currently points at.
+fn current_kernel_package() -> Result<String, HarnessError> {
     let mut deps = run(
         "apt-cache depends linux-image-amd64",
         Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
@@ -357,6 +389,10 @@ pub fn initramfs(name: &str, init_script: &str, modules: &[&str]) -> Result<Path
     };
     let mut entries = vec![
         dir("bin"),
+        dir("sbin"),
+        dir("usr"),
+        dir("usr/bin"),
+        dir("usr/sbin"),
         dir("dev"),
         dir("proc"),
         dir("sys"),
