@@ -41,18 +41,15 @@ pub fn epoch_from(value: Option<&str>) -> Result<u64, ImageError> {
 
 /// The UTC calendar time of `epoch`: (year, month, day, hour, minute, second).
 pub fn utc(epoch: u64) -> (u64, u64, u64, u64, u64, u64) {
-    let (days, secs) = (epoch / 86_400, epoch % 86_400);
-    // Civil-from-days (H. Hinnant), for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day, secs / 3600, secs % 3600 / 60, secs % 60)
+    let t = keel_calendar::DateTime::from_unix_seconds(epoch);
+    (
+        t.date.year,
+        t.date.month,
+        t.date.day,
+        t.hour,
+        t.minute,
+        t.second,
+    )
 }
 
 /// Sets a file's or directory's modification and access times to `epoch`.

@@ -2,17 +2,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keel_xenapi::time::civil_from_days;
+use keel_calendar::DateTime;
 
 /// `YYYY-MM-DD HH:MM UTC` for `secs` since the Unix epoch.
 pub fn format_utc(secs: u64) -> String {
-    let days = secs / 86_400;
-    let of_day = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    let t = DateTime::from_unix_seconds(secs);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        of_day / 3600,
-        of_day % 3600 / 60
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.date.year, t.date.month, t.date.day, t.hour, t.minute
     )
 }
 

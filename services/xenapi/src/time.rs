@@ -1,10 +1,13 @@
 //! Wall-clock instants as the kernel hands them in, and XenAPI's `datetime` text form.
 //!
 //! The core never reads a clock itself: every entry point takes a [`Timestamp`], so tests drive
-//! time explicitly and rate limits, event timeouts and task times are deterministic.
+//! time explicitly and rate limits, event timeouts and task times are deterministic. The
+//! calendar arithmetic is keel-calendar's.
 
 use alloc::string::String;
 use core::fmt::Write;
+
+use keel_calendar::{Date, DateTime};
 
 /// Milliseconds since the UNIX epoch (UTC), supplied by the caller on every call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
@@ -36,7 +39,7 @@ impl Timestamp {
     }
 
     /// The instant of a UTC calendar date and time (a real-time clock reading), or `None`
-    /// when a field is out of range or the date is before 1970.
+    /// when a field is out of range, the date does not exist, or it is before 1970.
     pub fn from_civil(
         year: u64,
         month: u64,
@@ -45,42 +48,24 @@ impl Timestamp {
         minute: u64,
         second: u64,
     ) -> Option<Self> {
-        let in_range = (1970..=9999).contains(&year)
-            && (1..=12).contains(&month)
-            && (1..=31).contains(&day)
-            && hour < 24
-            && minute < 60
-            && second < 61;
-        if !in_range {
-            return None;
-        }
-        let days = days_from_civil(year, month, day);
-        // Reject dates such as 31 February instead of rolling them over.
-        if civil_from_days(days) != (year, month, day) {
-            return None;
-        }
-        Some(Timestamp::from_unix_secs(
-            days * 86_400 + hour * 3600 + minute * 60 + second,
-        ))
+        let civil = DateTime {
+            date: Date { year, month, day },
+            hour,
+            minute,
+            second,
+        };
+        civil.to_unix_seconds().map(Timestamp::from_unix_secs)
     }
 
     /// XenAPI's `datetime` text: `YYYYMMDDTHH:MM:SSZ` (UTC), as xapi writes it.
     pub fn to_xapi_datetime(self) -> String {
-        let secs = self.unix_ms / 1000;
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        let (year, month, day) = civil_from_days(days);
+        let t = DateTime::from_unix_seconds(self.unix_ms / 1000);
         let mut out = String::with_capacity(18);
         // Writing into a String cannot fail.
         let _ = write!(
             out,
             "{:04}{:02}{:02}T{:02}:{:02}:{:02}Z",
-            year,
-            month,
-            day,
-            rem / 3600,
-            (rem % 3600) / 60,
-            rem % 60
+            t.date.year, t.date.month, t.date.day, t.hour, t.minute, t.second
         );
         out
     }
@@ -91,34 +76,6 @@ impl Timestamp {
         let _ = write!(out, "{}.{:03}", self.unix_ms / 1000, self.unix_ms % 1000);
         out
     }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
-///
-/// Howard Hinnant's well-known `civil_from_days` algorithm, restricted to non-negative days
-/// because the timestamp is unsigned.
-pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Inverse of [`civil_from_days`] (Hinnant's `days_from_civil`), for years from 1970.
-fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
