@@ -322,7 +322,8 @@ impl XenApi {
     /// Refresh the host's measured facts, publishing `mod` events only for what changed.
     pub fn update_host_facts(&mut self, facts: &HostFacts, now: Timestamp) {
         let (host, metrics) = (self.state.host.clone(), self.state.host_metrics.clone());
-        classes::apply_facts(&mut self.state.db, &host, &metrics, facts, now);
+        let applied = classes::apply_facts(&mut self.state.db, &host, &metrics, facts, now);
+        crate::store::consistent(applied);
     }
 
     pub fn db(&self) -> &Db {

@@ -2,20 +2,20 @@
 //! these classes is derived from the tables below (see `schema.rs` and the README).
 //!
 //! To add a class: write a `pub static NAME: ClassDecl`, list it in [`ALL`], and put its
-//! custom messages' handlers in `handlers.rs` (or a module of their own).
+//! custom messages' handlers in a module of `handlers/`.
 
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec;
-use alloc::vec::Vec;
 
 use crate::api::{HostFacts, API_VERSION_MAJOR, API_VERSION_MINOR};
-use crate::handlers as h;
+use crate::error::ApiError;
+use crate::handlers::{event, host, message, session, task};
 use crate::schema::FieldType::{self, *};
 use crate::schema::{
     inverse, msg, param, ro, rw, ClassDecl, ClassFlags, FieldDecl, MessageDecl, OBJECTS,
 };
-use crate::store::Db;
+use crate::store::{consistent, Db};
 use crate::tasks::STATUS;
 use crate::time::Timestamp;
 use crate::value::Value;
@@ -88,9 +88,9 @@ pub static SESSION: ClassDecl = ClassDecl {
             optional_tail: 2,
             session: false,
             asyncable: false,
-            handler: h::login_with_password,
+            handler: session::login_with_password,
         },
-        msg("logout", &[], h::logout),
+        msg("logout", &[], session::logout),
     ],
 };
 
@@ -114,7 +114,7 @@ pub static POOL: ClassDecl = ClassDecl {
         ro("allowed_operations", STRING_SET),
         ro("current_operations", STRING_MAP),
     ],
-    messages: &[msg("sync_database", &[], h::pool_sync_database).asyncable()],
+    messages: &[msg("sync_database", &[], host::pool_sync_database).asyncable()],
 };
 
 pub static HOST: ClassDecl = ClassDecl {
@@ -157,7 +157,7 @@ pub static HOST: ClassDecl = ClassDecl {
     messages: &[msg(
         "get_servertime",
         &[param("host", Ref("host"))],
-        h::host_get_servertime,
+        host::host_get_servertime,
     )],
 };
 
@@ -201,10 +201,10 @@ pub static TASK: ClassDecl = ClassDecl {
         msg(
             "create",
             &[param("label", String), param("description", String)],
-            h::task_create,
+            task::task_create,
         ),
-        msg("destroy", &[param("self", Ref("task"))], h::task_destroy),
-        msg("cancel", &[param("task", Ref("task"))], h::task_cancel),
+        msg("destroy", &[param("self", Ref("task"))], task::task_destroy),
+        msg("cancel", &[param("task", Ref("task"))], task::task_cancel),
     ],
 };
 
@@ -226,9 +226,13 @@ pub static EVENT: ClassDecl = ClassDecl {
         ro("snapshot", Any),
     ],
     messages: &[
-        msg("register", &[param("classes", STRING_SET)], h::register),
-        msg("unregister", &[param("classes", STRING_SET)], h::unregister),
-        msg("next", &[], h::next),
+        msg("register", &[param("classes", STRING_SET)], event::register),
+        msg(
+            "unregister",
+            &[param("classes", STRING_SET)],
+            event::unregister,
+        ),
+        msg("next", &[], event::next),
         msg(
             "from",
             &[
@@ -236,14 +240,14 @@ pub static EVENT: ClassDecl = ClassDecl {
                 param("token", String),
                 param("timeout", Float),
             ],
-            h::from,
+            event::from,
         ),
         msg(
             "inject",
             &[param("class", String), param("ref", String)],
-            h::inject,
+            event::inject,
         ),
-        msg("get_current_id", &[], h::get_current_id),
+        msg("get_current_id", &[], event::get_current_id),
     ],
 };
 
@@ -281,17 +285,17 @@ pub static MESSAGE: ClassDecl = ClassDecl {
                 param("obj_uuid", String),
                 param("body", String),
             ],
-            h::message_create,
+            message::message_create,
         ),
         msg(
             "destroy",
             &[param("self", Ref("message"))],
-            h::message_destroy,
+            message::message_destroy,
         ),
         msg(
             "get_since",
             &[param("since", DateTime)],
-            h::message_get_since,
+            message::message_get_since,
         ),
     ],
 };
@@ -323,7 +327,7 @@ pub(crate) fn create_singletons(
         now,
     );
     let pool = db.create(&POOL, vec![("master", Value::String(host.clone()))], now);
-    apply_facts(db, &host, &metrics, facts, now);
+    consistent(apply_facts(db, &host, &metrics, facts, now));
     (metrics, host, pool)
 }
 
@@ -334,7 +338,7 @@ pub(crate) fn apply_facts(
     metrics: &str,
     facts: &HostFacts,
     now: Timestamp,
-) {
+) -> Result<(), ApiError> {
     let mut cpu_info = BTreeMap::new();
     let mut put = |k: &str, v: String| {
         cpu_info.insert(k.to_string(), Value::String(v));
@@ -372,7 +376,7 @@ pub(crate) fn apply_facts(
         ("cpu_info", Value::Struct(cpu_info)),
         ("software_version", Value::Struct(software)),
     ];
-    write_if_changed(db, host, host_changes, now);
+    db.update(host, host_changes, now)?;
     let metrics_changes = vec![
         (
             "memory_total",
@@ -384,29 +388,13 @@ pub(crate) fn apply_facts(
         ),
         ("live", Value::Bool(true)),
     ];
-    if write_if_changed(db, metrics, metrics_changes, now) {
+    if db.update(metrics, metrics_changes, now)? {
         let stamp = vec![("last_updated", Value::DateTime(now.to_xapi_datetime()))];
-        let _ = db.set(metrics, stamp, now);
+        db.set(metrics, stamp, now)?;
     }
+    Ok(())
 }
 
 fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn write_if_changed(
-    db: &mut Db,
-    r: &str,
-    changes: Vec<(&'static str, Value)>,
-    now: Timestamp,
-) -> bool {
-    let changed: Vec<_> = changes
-        .into_iter()
-        .filter(|(k, v)| db.get(r, k).as_ref() != Some(v))
-        .collect();
-    if changed.is_empty() {
-        return false;
-    }
-    let _ = db.set(r, changed, now);
-    true
 }

@@ -1,8 +1,8 @@
 //! The storage classes of the data model: SR, PBD and VDI (declarations only; the handlers
-//! are in `handlers_storage.rs`). Objects mirror the storage manager's SRs and VDIs (see
+//! are in `handlers/sr.rs` and `handlers/vdi.rs`). Objects mirror the storage manager's SRs and VDIs (see
 //! `storage.rs`); UUIDs are the storage manager's, so they survive reboots.
 
-use crate::handlers_storage as h;
+use crate::handlers::{sr, vdi};
 use crate::schema::FieldType::{self, *};
 use crate::schema::{inverse, msg, param, ro, rw, ClassDecl, FieldDecl, OBJECTS};
 
@@ -122,9 +122,9 @@ pub static SR: ClassDecl = ClassDecl {
         ro("is_tools_sr", Bool),
     ],
     messages: &[
-        msg("scan", &[param("sr", Ref("SR"))], h::sr_scan).asyncable(),
-        msg("update", &[param("sr", Ref("SR"))], h::sr_scan).asyncable(),
-        msg("get_supported_types", &[], h::sr_get_supported_types),
+        msg("scan", &[param("sr", Ref("SR"))], sr::sr_scan).asyncable(),
+        msg("update", &[param("sr", Ref("SR"))], sr::sr_scan).asyncable(),
+        msg("get_supported_types", &[], sr::sr_get_supported_types),
     ],
 };
 
@@ -140,8 +140,8 @@ pub static PBD: ClassDecl = ClassDecl {
         other_config(),
     ],
     messages: &[
-        msg("plug", &[param("self", Ref("PBD"))], h::pbd_plug).asyncable(),
-        msg("unplug", &[param("self", Ref("PBD"))], h::pbd_unplug).asyncable(),
+        msg("plug", &[param("self", Ref("PBD"))], sr::pbd_plug).asyncable(),
+        msg("unplug", &[param("self", Ref("PBD"))], sr::pbd_unplug).asyncable(),
     ],
 };
 
@@ -187,33 +187,33 @@ pub static VDI: ClassDecl = ClassDecl {
         msg(
             "create",
             &[param("args", Map(&String, &Any))],
-            h::vdi_create,
+            vdi::vdi_create,
         )
         .asyncable(),
-        msg("destroy", &[param("self", Ref("VDI"))], h::vdi_destroy).asyncable(),
+        msg("destroy", &[param("self", Ref("VDI"))], vdi::vdi_destroy).asyncable(),
         // Replaces the generated setter: the storage manager keeps the name too.
         msg(
             "set_name_label",
             &[param("self", Ref("VDI")), param("value", String)],
-            h::vdi_set_name_label,
+            vdi::vdi_set_name_label,
         ),
         msg(
             "resize",
             &[param("vdi", Ref("VDI")), param("size", Int)],
-            h::vdi_resize,
+            vdi::vdi_resize,
         )
         .asyncable(),
         msg(
             "snapshot",
             &[param("vdi", Ref("VDI")), param("driver_params", STRING_MAP)],
-            h::vdi_snapshot,
+            vdi::vdi_snapshot,
         )
         .asyncable()
         .optional_tail(1),
         msg(
             "clone",
             &[param("vdi", Ref("VDI")), param("driver_params", STRING_MAP)],
-            h::vdi_clone,
+            vdi::vdi_clone,
         )
         .asyncable()
         .optional_tail(1),
@@ -226,7 +226,7 @@ pub static VDI: ClassDecl = ClassDecl {
                 param("base_vdi", String),
                 param("into_vdi", String),
             ],
-            h::vdi_copy,
+            vdi::vdi_copy,
         )
         .asyncable()
         .optional_tail(2),

@@ -353,11 +353,11 @@ fn call_inner(
             return Err(ApiError::SessionInvalid { reference });
         }
         // Sessions publish no events, so this write is cheap and invisible to watchers.
-        let _ = state.db.set(
+        state.db.set(
             &reference,
             alloc::vec![("last_active", Value::DateTime(now.to_xapi_datetime()))],
             now,
-        );
+        )?;
         Some(reference)
     } else {
         None

@@ -7,7 +7,7 @@
 //!
 //! Module map: `value` (wire values), `codec`/`xmlrpc`/`jsonrpc` (wire formats), `schema`
 //! (declaration vocabulary), `classes` (the declared model), `dispatch` (routing and the
-//! generated messages), `handlers` (custom messages), `store` (objects), `events`, `tasks`,
+//! generated messages), `handlers` (custom messages, one module per class or concern), `store` (objects), `events`, `tasks`,
 //! `auth` (password hash and login throttle), `time`, `error`.
 
 #![cfg_attr(not(test), no_std)]
@@ -23,7 +23,6 @@ pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod handlers;
-pub mod handlers_storage;
 pub mod jsonrpc;
 pub mod schema;
 pub mod storage;

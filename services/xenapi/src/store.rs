@@ -252,6 +252,27 @@ impl Db {
         Ok(())
     }
 
+    /// Write only the fields of `changes` whose value differs: one `mod` event, or none when
+    /// nothing changed. Returns whether anything was written.
+    pub fn update(
+        &mut self,
+        reference: &str,
+        changes: Vec<(&'static str, Value)>,
+        now: Timestamp,
+    ) -> Result<bool, ApiError> {
+        let changed: Vec<_> = changes
+            .into_iter()
+            .filter(|(k, v)| self.get(reference, k).as_ref() != Some(v))
+            .collect();
+        // A misspelt field or a missing object reads as `None`, so it always lands in
+        // `changed` and `set` refuses it.
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        self.set(reference, changed, now)?;
+        Ok(true)
+    }
+
     /// Publish a `mod` event for an object without changing it (`event.inject`).
     pub fn touch(&mut self, reference: &str, now: Timestamp) -> Option<u64> {
         self.objects.get(reference)?;
@@ -275,6 +296,19 @@ impl Db {
     }
 }
 
+/// Where a write that can only fail through a bug of this crate (a field name that is not
+/// declared and stored, an object it has just looked up) has no caller to report to — the
+/// background paths: host facts, job steps, the storage mirror at start-up. Host tests and
+/// debug builds stop on the bug; a release build goes on without the write rather than take
+/// the management service down.
+pub(crate) fn consistent<T>(result: Result<T, ApiError>) {
+    debug_assert!(
+        result.is_ok(),
+        "database invariant broken: {:?}",
+        result.err()
+    );
+}
+
 /// The value a field has before anything sets it.
 pub fn default_for(ty: &FieldType) -> Value {
     match ty {
@@ -289,5 +323,46 @@ pub fn default_for(ty: &FieldType) -> Value {
         FieldType::Ref(_) => Value::str(NULL_REF),
         FieldType::RefSet(_) | FieldType::Set(_) => Value::Array(Vec::new()),
         FieldType::Map(_, _) => Value::Struct(BTreeMap::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classes;
+
+    struct Counter(u8);
+    impl Entropy for Counter {
+        fn fill(&mut self, buf: &mut [u8]) {
+            for b in buf.iter_mut() {
+                self.0 = self.0.wrapping_add(1);
+                *b = self.0;
+            }
+        }
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_not_ignored() {
+        let mut db = Db::new(classes::ALL, Box::new(Counter(0)), 16);
+        let now = Timestamp::default();
+        let metrics = db.create(&classes::HOST_METRICS, Vec::new(), now);
+        let misspelt = alloc::vec![("memory_fre", Value::Int(1))];
+        assert!(db.set(&metrics, misspelt.clone(), now).is_err());
+        assert!(db.update(&metrics, misspelt, now).is_err());
+        // An unchanged value writes nothing; a changed one publishes one event.
+        let before = db.events().last_id();
+        let same = alloc::vec![("memory_free", Value::Int(0))];
+        assert_eq!(db.update(&metrics, same, now), Ok(false));
+        assert_eq!(db.events().last_id(), before);
+        let changed = alloc::vec![("memory_free", Value::Int(7))];
+        assert_eq!(db.update(&metrics, changed, now), Ok(true));
+        assert_eq!(db.events().last_id(), before + 1);
+        assert!(db
+            .update(
+                "OpaqueRef:gone",
+                alloc::vec![("live", Value::Bool(true))],
+                now
+            )
+            .is_err());
     }
 }

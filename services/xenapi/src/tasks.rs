@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 
 use crate::dispatch::{CallContext, Job, JobStep, Outcome};
 use crate::error::ApiError;
+use crate::store::consistent;
 use crate::time::Timestamp;
 use crate::value::Value;
 use crate::xmlrpc;
@@ -35,7 +36,7 @@ pub fn create(
     if pending >= state.limits.max_pending_tasks {
         return Err(ApiError::TooManyPendingTasks);
     }
-    evict_finished(ctx, ctx.now);
+    evict_finished(ctx, ctx.now)?;
     let state = &mut *ctx.state;
     let Some(class) = state.db.class("task") else {
         return Err(ApiError::InternalError {
@@ -67,7 +68,7 @@ fn is_unfinished(status: &Option<Value>) -> bool {
 }
 
 /// Keep the task table bounded: forget the oldest finished tasks beyond `max_tasks`.
-fn evict_finished(ctx: &mut CallContext<'_>, now: Timestamp) {
+fn evict_finished(ctx: &mut CallContext<'_>, now: Timestamp) -> Result<(), ApiError> {
     let state = &mut *ctx.state;
     state.task_order.retain(|t| state.db.is_a(t, "task"));
     while state.task_order.len() >= state.limits.max_tasks {
@@ -76,13 +77,18 @@ fn evict_finished(ctx: &mut CallContext<'_>, now: Timestamp) {
         });
         let Some(i) = victim else { break };
         if let Some(t) = state.task_order.remove(i) {
-            let _ = state.db.destroy(&t, now);
+            state.db.destroy(&t, now)?;
         }
     }
+    Ok(())
 }
 
 /// Record a task's end.
-pub fn complete(ctx: &mut CallContext<'_>, task: &str, result: Result<Value, ApiError>) {
+pub fn complete(
+    ctx: &mut CallContext<'_>,
+    task: &str,
+    result: Result<Value, ApiError>,
+) -> Result<(), ApiError> {
     let now = ctx.now;
     let state = &mut *ctx.state;
     state.jobs.remove(task);
@@ -114,10 +120,12 @@ pub fn complete(ctx: &mut CallContext<'_>, task: &str, result: Result<Value, Api
             ));
         }
     }
-    let _ = state.db.set(task, changes, now);
+    // The waiting caller gets its result even if the record could not be written.
+    let written = state.db.set(task, changes, now);
     if state.sync_tasks.contains(task) {
         state.sync_results.insert(task.to_string(), result);
     }
+    written
 }
 
 /// `Async.` call: wrap the handler's outcome in a new task and return its reference.
@@ -128,8 +136,8 @@ pub fn start_async(
 ) -> Result<String, ApiError> {
     let task = create(ctx, label, "")?;
     match outcome {
-        Ok(Outcome::Value(v)) => complete(ctx, &task, Ok(v)),
-        Err(e) => complete(ctx, &task, Err(e)),
+        Ok(Outcome::Value(v)) => complete(ctx, &task, Ok(v))?,
+        Err(e) => complete(ctx, &task, Err(e))?,
         Ok(Outcome::Job(job)) => {
             ctx.state.jobs.insert(task.clone(), job);
         }
@@ -139,7 +147,7 @@ pub fn start_async(
             Err(ApiError::InternalError {
                 message: "a waiting message cannot run asynchronously".to_string(),
             }),
-        ),
+        )?,
     }
     Ok(task)
 }
@@ -170,25 +178,16 @@ pub fn run(ctx: &mut CallContext<'_>) -> usize {
                 } else {
                     0.0
                 };
-                let current = ctx
-                    .state
-                    .db
-                    .get(&task, "progress")
-                    .and_then(|v| v.as_float());
-                if current != Some(p) {
-                    let _ = ctx
-                        .state
-                        .db
-                        .set(&task, vec![("progress", Value::Float(p))], ctx.now);
-                }
+                let progress = vec![("progress", Value::Float(p))];
+                consistent(ctx.state.db.update(&task, progress, ctx.now));
                 // The job may have been cancelled meanwhile by the step itself destroying
                 // the task; only keep it if the task still exists.
                 if ctx.state.db.is_a(&task, "task") {
                     ctx.state.jobs.insert(task, job);
                 }
             }
-            JobStep::Done(v) => complete(ctx, &task, Ok(v)),
-            JobStep::Failed(e) => complete(ctx, &task, Err(e)),
+            JobStep::Done(v) => consistent(complete(ctx, &task, Ok(v))),
+            JobStep::Failed(e) => consistent(complete(ctx, &task, Err(e))),
         }
     }
     ctx.state.jobs.len()
@@ -208,16 +207,13 @@ pub fn cancel(ctx: &mut CallContext<'_>, task: &str) -> Result<(), ApiError> {
     match ctx.state.jobs.get_mut(task) {
         Some(job) => {
             if job.cancel() {
-                complete(ctx, task, cancelled);
+                complete(ctx, task, cancelled)
             } else {
-                let _ = ctx
-                    .state
-                    .db
-                    .set(task, vec![("status", Value::str("cancelling"))], ctx.now);
+                let cancelling = vec![("status", Value::str("cancelling"))];
+                ctx.state.db.set(task, cancelling, ctx.now)
             }
         }
         // A client-created task (task.create) has no job: it is cancelled at once.
         None => complete(ctx, task, cancelled),
     }
-    Ok(())
 }

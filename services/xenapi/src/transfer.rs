@@ -17,7 +17,10 @@ use alloc::vec::Vec;
 
 use crate::api::XenApi;
 use crate::error::ApiError;
-use crate::handlers_storage::{backend, ensure_idle, locate, mark_busy, refresh_vdi};
+use crate::handlers::storage_mirror::{
+    backend, ensure_idle, locate, mark_busy, refresh_vdi, sector_size,
+};
+use crate::store::consistent;
 use crate::tasks;
 use crate::time::Timestamp;
 use crate::value::Value;
@@ -132,7 +135,10 @@ impl Transfer {
 impl XenApi {
     /// Re-reads SRs and VDIs from the storage backend into the objects.
     pub fn refresh_storage(&mut self, now: Timestamp) {
-        crate::handlers_storage::sync_all(&mut self.state, now);
+        crate::store::consistent(crate::handlers::storage_mirror::sync_all(
+            &mut self.state,
+            now,
+        ));
     }
 
     /// Checks a transfer request and starts it. `content_length` is the import body's
@@ -165,7 +171,8 @@ impl XenApi {
                 .find_by_uuid("VDI", &request.vdi)
                 .ok_or_else(|| ApiError::handle_invalid("VDI", &request.vdi))?
         };
-        let (_, sr, vdi) = locate(&state.db, &vdi_ref)?;
+        let at = locate(&state.db, &vdi_ref)?;
+        let (sr, vdi) = (at.sr_uuid, at.vdi_uuid);
         ensure_idle(&state.db, &vdi_ref, direction.operation())?;
         let flag = |f| state.db.get(&vdi_ref, f).and_then(|v| v.as_bool()) == Some(true);
         if direction == Direction::Import && flag("read_only") {
@@ -186,11 +193,7 @@ impl XenApi {
                 });
             }
         }
-        let sector = state
-            .storage
-            .as_deref()
-            .and_then(|s| s.srs().into_iter().find(|f| f.uuid == sr))
-            .map_or(512, |f| u64::from(f.sector_size.max(1)));
+        let sector = sector_size(state, &sr);
         let task = match &request.task_id {
             Some(task) => {
                 let pending = state
@@ -224,7 +227,7 @@ impl XenApi {
             &task,
             Some(direction.operation()),
             now,
-        );
+        )?;
         let total = match direction {
             Direction::Import => content_length.unwrap_or(size),
             Direction::Export => size,
@@ -256,19 +259,12 @@ impl XenApi {
         }
     }
 
-    fn set_progress(&mut self, t: &Transfer, done: u64, now: Timestamp) {
+    fn set_progress(&mut self, t: &Transfer, done: u64, now: Timestamp) -> Result<(), ApiError> {
         let p = (done as f64 / t.total.max(1) as f64).clamp(0.0, 1.0);
-        let current = self
-            .state
+        self.state
             .db
-            .get(&t.task, "progress")
-            .and_then(|v| v.as_float());
-        if current != Some(p) {
-            let _ = self
-                .state
-                .db
-                .set(&t.task, vec![("progress", Value::Float(p))], now);
-        }
+            .update(&t.task, vec![("progress", Value::Float(p))], now)?;
+        Ok(())
     }
 
     fn storage_failure(&self, t: &Transfer, e: &crate::storage::StorageError) -> ApiError {
@@ -313,8 +309,7 @@ impl XenApi {
                 .map_err(|e| e.to_api_error(&t.vdi_ref, 0))?;
         }
         t.durable = t.written;
-        self.set_progress(t, t.durable, now);
-        Ok(())
+        self.set_progress(t, t.durable, now)
     }
 
     /// Import: takes the next piece of the request body.
@@ -370,7 +365,7 @@ impl XenApi {
             return Err(self.storage_failure(t, &e));
         }
         t.position += n as u64;
-        self.set_progress(t, t.position - n as u64, now);
+        self.set_progress(t, t.position - n as u64, now)?;
         Ok(true)
     }
 
@@ -407,7 +402,7 @@ impl XenApi {
 
     fn end(&mut self, t: &Transfer, result: Result<Value, ApiError>, now: Timestamp) {
         let state = &mut self.state;
-        mark_busy(&mut state.db, &t.vdi_ref, &t.task, None, now);
+        consistent(mark_busy(&mut state.db, &t.vdi_ref, &t.task, None, now));
         let pending = state
             .db
             .get(&t.task, "status")
@@ -420,8 +415,11 @@ impl XenApi {
                 now,
                 session: None,
             };
-            tasks::complete(&mut ctx, &t.task, result);
+            consistent(tasks::complete(&mut ctx, &t.task, result));
         }
-        refresh_vdi(&mut self.state, &t.vdi_ref, now);
+        // An `SR.scan` may have forgotten a VDI the storage manager lost meanwhile.
+        if self.state.db.is_a(&t.vdi_ref, "VDI") {
+            consistent(refresh_vdi(&mut self.state, &t.vdi_ref, now));
+        }
     }
 }

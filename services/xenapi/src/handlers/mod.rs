@@ -1,0 +1,43 @@
+//! Handlers of the custom messages, one module per class or concern, and the resumption of
+//! blocked calls (`wait`).
+//!
+//! | module | messages / concern |
+//! |---|---|
+//! | `session` | `session.login_with_password`, `session.logout` |
+//! | `event` | `event.register/unregister/next/from/inject/get_current_id` |
+//! | `wait` | re-examining blocked calls (`event.from`, `event.next`, sync jobs) |
+//! | `task` | `task.create/destroy/cancel` |
+//! | `host` | `host.*` and `pool.*` custom messages |
+//! | `message` | `message.create/destroy/get_since` |
+//! | `storage_mirror` | SR and VDI objects kept in step with the storage manager |
+//! | `sr` | `SR.*`, `PBD.*` |
+//! | `vdi` | `VDI.*` |
+//! | `vdi_copy` | the job moving a VDI's data across SRs |
+
+pub mod event;
+pub mod host;
+pub mod message;
+pub mod session;
+pub mod sr;
+pub mod storage_mirror;
+pub mod task;
+pub mod vdi;
+pub mod vdi_copy;
+pub mod wait;
+
+pub use event::{LegacySubscription, Subscription};
+pub use wait::resume;
+
+use alloc::string::String;
+
+use crate::dispatch::{CallContext, Outcome};
+use crate::error::ApiError;
+use crate::value::Value;
+
+fn value(v: Value) -> Result<Outcome, ApiError> {
+    Ok(Outcome::Value(v))
+}
+
+fn session_of(ctx: &CallContext<'_>) -> String {
+    ctx.session.clone().unwrap_or_default()
+}
