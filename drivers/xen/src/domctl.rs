@@ -4,10 +4,36 @@ use crate::control::{ControlError, ControlInterface, DOMCTL_INTERFACE_VERSION};
 use crate::error::XenError;
 use crate::hypercall::{call_single, HypercallOp, Hypervisor, DOMID_FIRST_RESERVED};
 
+const XEN_DOMCTL_CREATEDOMAIN: u32 = 1;
 const XEN_DOMCTL_DESTROYDOMAIN: u32 = 2;
 const XEN_DOMCTL_PAUSEDOMAIN: u32 = 3;
 const XEN_DOMCTL_UNPAUSEDOMAIN: u32 = 4;
 const XEN_DOMCTL_GETDOMAININFO: u32 = 5;
+const XEN_DOMCTL_MAX_MEM: u32 = 11;
+const XEN_DOMCTL_MAX_VCPUS: u32 = 15;
+const XEN_DOMCTL_GETHVMCONTEXT: u32 = 33;
+const XEN_DOMCTL_SETHVMCONTEXT: u32 = 34;
+const XEN_DOMCTL_SET_PAGING_MEMPOOL_SIZE: u32 = 86;
+
+/// `XEN_DOMCTL_CDF_*` bits of [`CreateDomain::flags`].
+pub mod cdf {
+    /// An HVM (here: PVH) container.
+    pub const HVM: u32 = 1 << 0;
+    /// Hardware-assisted paging (EPT/NPT); PVH needs it or shadow.
+    pub const HAP: u32 = 1 << 1;
+    pub const S3_INTEGRITY: u32 = 1 << 2;
+    pub const OOS_OFF: u32 = 1 << 3;
+    pub const XS_DOMAIN: u32 = 1 << 4;
+    pub const IOMMU: u32 = 1 << 5;
+    pub const NESTED_VIRT: u32 = 1 << 6;
+    pub const VPMU: u32 = 1 << 7;
+}
+
+/// `XEN_X86_EMU_*` bits of [`ArchDomainConfig::emulation_flags`].
+pub mod x86_emu {
+    /// The local APIC: the only emulation a PVH domU gets.
+    pub const LAPIC: u32 = 1 << 0;
+}
 
 /// `XEN_DOMINF_*` bits of [`DomainInfo::flags`].
 pub mod dominf {
@@ -71,11 +97,72 @@ impl DomainInfo {
     }
 }
 
+/// `struct xen_domctl_createdomain` (64 bytes in 4.17).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CreateDomain {
+    pub ssidref: u32,
+    /// The domain's UUID.
+    pub handle: [u8; 16],
+    /// [`cdf`] bits.
+    pub flags: u32,
+    pub iommu_opts: u32,
+    pub max_vcpus: u32,
+    pub max_evtchn_port: u32,
+    /// -1 (as u32) asks for Xen's default (64 in 4.17).
+    pub max_grant_frames: i32,
+    /// -1 asks for Xen's default (1024).
+    pub max_maptrack_frames: i32,
+    /// Grant-table version limit in bits 3:0 (`XEN_DOMCTL_GRANT_version`).
+    pub grant_opts: u32,
+    pub vmtrace_size: u32,
+    pub cpupool_id: u32,
+    pub arch: ArchDomainConfig,
+}
+
+impl CreateDomain {
+    /// What libxl asks for a PVH guest with `max_vcpus` vCPUs: HVM container with HAP,
+    /// only the local APIC emulated, 1023 event channels, default grant limits, grant v1.
+    pub fn pvh(handle: [u8; 16], max_vcpus: u32) -> Self {
+        CreateDomain {
+            ssidref: 0,
+            handle,
+            flags: cdf::HVM | cdf::HAP,
+            iommu_opts: 0,
+            max_vcpus,
+            max_evtchn_port: 1023,
+            max_grant_frames: -1,
+            max_maptrack_frames: -1,
+            grant_opts: 1,
+            vmtrace_size: 0,
+            cpupool_id: 0,
+            arch: ArchDomainConfig {
+                emulation_flags: x86_emu::LAPIC,
+                misc_flags: 0,
+            },
+        }
+    }
+}
+
+/// `struct xen_domctl_hvmcontext` (16 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HvmContextArg {
+    pub size: u32,
+    pub pad: u32,
+    pub buffer: u64,
+}
+
 /// The domctl payload union; `pad` fixes it at 128 bytes like Xen's.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub union DomctlPayload {
     pub getdomaininfo: DomainInfo,
+    pub createdomain: CreateDomain,
+    pub hvmcontext: HvmContextArg,
+    /// `xen_domctl_max_vcpus.max`, `xen_domctl_max_mem.max_memkb` and
+    /// `xen_domctl_paging_mempool.size`: one integer each.
+    pub value: u64,
     pub pad: [u8; 128],
 }
 
@@ -154,6 +241,108 @@ pub fn destroy_domain<H: Hypervisor + ?Sized>(hv: &H, domid: u16) -> Result<(), 
     domctl(hv, &mut XenDomctl::new(XEN_DOMCTL_DESTROYDOMAIN, domid))
 }
 
+/// `XEN_DOMCTL_createdomain`: creates a paused domain. `requested` 0 lets Xen pick the id
+/// (any id below `DOMID_FIRST_RESERVED` asks for that one: `EEXIST` if taken). Returns the id.
+pub fn create_domain<H: Hypervisor + ?Sized>(
+    hv: &H,
+    requested: u16,
+    config: &CreateDomain,
+) -> Result<u16, ControlError> {
+    let mut op = XenDomctl::new(XEN_DOMCTL_CREATEDOMAIN, requested);
+    op.u.createdomain = *config;
+    domctl(hv, &mut op)?;
+    if op.domain == 0 || op.domain >= DOMID_FIRST_RESERVED {
+        // Xen always writes back the id it chose; anything else is not an answer.
+        return Err(ControlError::Xen(XenError::EINVAL));
+    }
+    Ok(op.domain)
+}
+
+fn domctl_value<H: Hypervisor + ?Sized>(
+    hv: &H,
+    cmd: u32,
+    domid: u16,
+    value: u64,
+) -> Result<(), ControlError> {
+    let mut op = XenDomctl::new(cmd, domid);
+    op.u.value = value;
+    domctl(hv, &mut op)
+}
+
+/// `XEN_DOMCTL_max_vcpus`: still required in 4.17, equal to `CreateDomain::max_vcpus`.
+pub fn set_max_vcpus<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    max: u32,
+) -> Result<(), ControlError> {
+    domctl_value(hv, XEN_DOMCTL_MAX_VCPUS, domid, u64::from(max))
+}
+
+/// `XEN_DOMCTL_max_mem`: the most memory the domain may hold, in KiB.
+pub fn set_max_mem<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    max_kib: u64,
+) -> Result<(), ControlError> {
+    domctl_value(hv, XEN_DOMCTL_MAX_MEM, domid, max_kib)
+}
+
+/// `XEN_DOMCTL_set_paging_mempool_size` (new in 4.17, XSA-409): bytes of Xen memory for the
+/// domain's HAP/shadow page tables. Must come before memory is populated.
+pub fn set_paging_mempool_size<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    bytes: u64,
+) -> Result<(), ControlError> {
+    domctl_value(hv, XEN_DOMCTL_SET_PAGING_MEMPOOL_SIZE, domid, bytes)
+}
+
+/// `XEN_DOMCTL_gethvmcontext` with a NULL buffer: the size of the domain's HVM context.
+pub fn hvm_context_size<H: Hypervisor + ?Sized>(hv: &H, domid: u16) -> Result<usize, ControlError> {
+    let mut op = XenDomctl::new(XEN_DOMCTL_GETHVMCONTEXT, domid);
+    op.u.hvmcontext = HvmContextArg::default();
+    domctl(hv, &mut op)?;
+    // SAFETY: `HvmContextArg` is plain integers.
+    Ok(unsafe { op.u.hvmcontext }.size as usize)
+}
+
+/// `XEN_DOMCTL_gethvmcontext`: the domain's HVM save records into `buf` (`ENOSPC` when
+/// too small); returns the bytes written.
+pub fn get_hvm_context<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    buf: &mut [u8],
+) -> Result<usize, ControlError> {
+    let mut op = XenDomctl::new(XEN_DOMCTL_GETHVMCONTEXT, domid);
+    op.u.hvmcontext = HvmContextArg {
+        size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+        pad: 0,
+        buffer: buf.as_mut_ptr() as u64,
+    };
+    domctl(hv, &mut op)?;
+    // SAFETY: `HvmContextArg` is plain integers.
+    let written = unsafe { op.u.hvmcontext }.size as usize;
+    Ok(written.min(buf.len()))
+}
+
+/// `XEN_DOMCTL_sethvmcontext`: loads HVM save records (see [`crate::hvm_save`]). Loading a
+/// CPU record makes that vCPU runnable once the domain is unpaused.
+pub fn set_hvm_context<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    records: &[u8],
+) -> Result<(), ControlError> {
+    let size = u32::try_from(records.len()).map_err(|_| ControlError::Xen(XenError::E2BIG))?;
+    let mut op = XenDomctl::new(XEN_DOMCTL_SETHVMCONTEXT, domid);
+    op.u.hvmcontext = HvmContextArg {
+        size,
+        pad: 0,
+        // Xen only reads the buffer.
+        buffer: records.as_ptr() as u64,
+    };
+    domctl(hv, &mut op)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +367,17 @@ mod tests {
         assert_eq!(offset_of!(DomainInfo, cpupool), 92);
         assert_eq!(offset_of!(DomainInfo, gpaddr_bits), 96);
         assert_eq!(offset_of!(DomainInfo, arch_config), 104);
+        assert_eq!(size_of::<CreateDomain>(), 64);
+        assert_eq!(offset_of!(CreateDomain, handle), 4);
+        assert_eq!(offset_of!(CreateDomain, flags), 20);
+        assert_eq!(offset_of!(CreateDomain, max_vcpus), 28);
+        assert_eq!(offset_of!(CreateDomain, max_grant_frames), 36);
+        assert_eq!(offset_of!(CreateDomain, grant_opts), 44);
+        assert_eq!(offset_of!(CreateDomain, cpupool_id), 52);
+        assert_eq!(offset_of!(CreateDomain, arch), 56);
+        assert_eq!(size_of::<HvmContextArg>(), 16);
+        assert_eq!(offset_of!(HvmContextArg, buffer), 8);
+        assert_eq!(size_of::<DomctlPayload>(), 128);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! image, other domains' grant tables and frames for map/unmap/copy, and domctl/sysctl
 //! with interface-version checking. We are domain 0 with 2 vCPUs.
 
+mod domains;
+
+pub use domains::{DOMAIN_OVERHEAD_PAGES, INITIAL_FREE_PAGES, PAGES_PER_POOL_PAGE};
+
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
@@ -68,6 +72,8 @@ struct Mapping {
 struct State {
     calls: u32,
     fail_next: Vec<(u32, XenError)>,
+    /// `(call index, error)`: fail the hypercall with that index.
+    fail_at: Vec<(u32, XenError)>,
     version: (u16, u16),
     control_version: Option<u32>,
     console: Vec<u8>,
@@ -86,7 +92,11 @@ struct State {
     singleshot: BTreeMap<u32, u64>,
     periodic_stopped: BTreeSet<u32>,
     pci: Vec<(u16, u8, u8)>,
-    domains: BTreeMap<u16, u32>,
+    domains: BTreeMap<u16, domains::Domain>,
+    free_pages: u64,
+    /// Dom0 hole frames showing another domain's page.
+    foreign_maps: BTreeMap<u64, domains::MapSource>,
+    dom0_ram_clobbered: Vec<u64>,
     ports: BTreeMap<u32, (Channel, u32)>,
     foreign_unbound: BTreeMap<(u16, u32), u16>,
     next_foreign_port: u32,
@@ -104,6 +114,8 @@ struct State {
 pub struct FakeXen {
     state: RefCell<State>,
     shared: Box<SharedInfo>,
+    /// Memory behind dom0's hole frames, see [`FakeXen::with_dom0_holes`].
+    holes: Option<domains::HoleRegion>,
 }
 
 impl Default for FakeXen {
@@ -122,6 +134,7 @@ impl FakeXen {
             state: RefCell::new(State {
                 calls: 0,
                 fail_next: Vec::new(),
+                fail_at: Vec::new(),
                 version: (4, 17),
                 control_version: None,
                 console: Vec::new(),
@@ -141,6 +154,9 @@ impl FakeXen {
                 periodic_stopped: BTreeSet::new(),
                 pci: Vec::new(),
                 domains: BTreeMap::new(),
+                free_pages: domains::INITIAL_FREE_PAGES,
+                foreign_maps: BTreeMap::new(),
+                dom0_ram_clobbered: Vec::new(),
                 ports: BTreeMap::new(),
                 foreign_unbound: BTreeMap::new(),
                 next_foreign_port: 1,
@@ -154,6 +170,7 @@ impl FakeXen {
                 next_handle: 1,
             }),
             shared: Box::new(SharedInfo::zeroed()),
+            holes: None,
         }
     }
 
@@ -242,7 +259,10 @@ impl FakeXen {
 
     /// Adds a domain for domctl with `XEN_DOMINF_*` flags.
     pub fn add_domain(&self, domid: u16, flags: u32) {
-        self.state.borrow_mut().domains.insert(domid, flags);
+        self.state
+            .borrow_mut()
+            .domains
+            .insert(domid, domains::Domain::legacy(flags));
     }
 
     /// Domain `dom` allocates an unbound port that `remote_dom` may bind to.
@@ -394,7 +414,11 @@ impl Hypervisor for FakeXen {
     unsafe fn hypercall(&self, op: u32, a: [u64; 5]) -> i64 {
         {
             let mut s = self.state.borrow_mut();
+            let index = s.calls;
             s.calls += 1;
+            if let Some(i) = s.fail_at.iter().position(|(at, _)| *at == index) {
+                return s.fail_at.remove(i).1.as_ret();
+            }
             if let Some(i) = s.fail_next.iter().position(|(o, _)| *o == op) {
                 return s.fail_next.remove(i).1.as_ret();
             }
@@ -522,6 +546,11 @@ impl FakeXen {
                 s.physmap.push((arg.space, arg.idx, arg.gpfn));
                 Ok(0)
             }
+            6 => Self::populate_physmap(&mut s, a[1]),
+            13 => Self::set_domain_memory_map(&mut s, a[1]),
+            15 => self.remove_from_physmap(&mut s, a[1]),
+            23 => self.add_to_physmap_batch(&mut s, a[1]),
+            28 => self.acquire_resource(&mut s, a[1]),
             9 | 10 => {
                 // SAFETY: contract.
                 let map = unsafe { arg::<XenMemoryMap>(a[1]) }.ok_or(XenError::EFAULT)?;
@@ -547,6 +576,13 @@ impl FakeXen {
                     return Err(XenError::EINVAL);
                 }
                 let dom = if p.domid == DOMID_SELF { 0 } else { p.domid };
+                let dying = s
+                    .domains
+                    .get(&dom)
+                    .is_some_and(|d| d.flags & dominf::DYING != 0);
+                if dying {
+                    return Err(XenError::ESRCH);
+                }
                 if a[0] == 0 {
                     s.hvm_params.insert((dom, p.index), p.value);
                 } else {
@@ -645,7 +681,7 @@ impl FakeXen {
                     cpu_khz: 2_000_000,
                     capabilities: physcap::HVM | physcap::PV | physcap::HAP | physcap::GNTTAB_V1,
                     total_pages: 262_144,
-                    free_pages: 100_000,
+                    free_pages: s.free_pages,
                     max_mfn: 0x4_0000,
                     ..Physinfo::default()
                 };
@@ -669,29 +705,35 @@ impl FakeXen {
                     return Err(XenError::EINVAL);
                 }
                 // Like Xen 4.17: the first domain with an id >= the one asked for.
-                let (&id, &flags) = s.domains.range(dom..).next().ok_or(XenError::ESRCH)?;
+                let (&id, d) = s.domains.range(dom..).next().ok_or(XenError::ESRCH)?;
                 op.domain = id;
                 op.u.getdomaininfo = crate::domctl::DomainInfo {
                     domain: id,
-                    flags,
-                    tot_pages: 1024,
-                    max_pages: 2048,
-                    nr_online_vcpus: 1,
+                    flags: d.flags,
+                    tot_pages: d.tot_pages(),
+                    max_pages: d.max_pages(),
+                    nr_online_vcpus: d.online_vcpus(),
+                    handle: d.handle(),
                     ..Default::default()
                 };
                 Ok(0)
             }
-            2..=4 => {
-                let flags = s.domains.get_mut(&dom).ok_or(XenError::ESRCH)?;
+            1 => Self::create_domain(&mut s, op),
+            2 => Self::destroy_domain(&mut s, dom),
+            3 | 4 => {
+                let d = s.domains.get_mut(&dom).ok_or(XenError::ESRCH)?;
+                if d.flags & dominf::DYING != 0 {
+                    return Err(XenError::EINVAL);
+                }
                 match op.cmd {
-                    3 => *flags |= dominf::PAUSED,
-                    4 => *flags &= !dominf::PAUSED,
-                    _ => {
-                        s.domains.remove(&dom);
-                    }
+                    3 => d.flags |= dominf::PAUSED,
+                    _ => d.flags &= !dominf::PAUSED,
                 }
                 Ok(0)
             }
+            11 | 15 | 86 => Self::domctl_value(&mut s, op),
+            33 => Self::get_hvm_context(&mut s, op),
+            34 => Self::set_hvm_context(&mut s, op),
             _ => Err(XenError::ENOSYS),
         }
     }

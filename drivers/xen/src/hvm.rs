@@ -18,10 +18,17 @@ pub enum HvmParam {
     StorePfn = 1,
     /// Event channel of the xenstore ring.
     StoreEvtchn = 2,
+    /// `HVM_PARAM_TIMER_MODE`: 1 = no_delay_for_missed_ticks (libxl's default).
+    TimerMode = 10,
+    /// Byte address of the identity-map page table VMX needs to run a guest in
+    /// protected mode without paging (where PVH starts) without unrestricted guest.
+    IdentPt = 12,
     /// Guest frame of the PV console ring page.
     ConsolePfn = 17,
     /// Event channel of the PV console ring.
     ConsoleEvtchn = 18,
+    /// `HVM_PARAM_ALTP2M`: 0 = disabled.
+    Altp2m = 35,
 }
 
 /// `struct xen_hvm_param` (16 bytes).

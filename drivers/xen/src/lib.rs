@@ -22,6 +22,7 @@ pub mod grant_access;
 pub mod grant_table;
 pub mod host;
 pub mod hvm;
+pub mod hvm_save;
 pub mod hypercall;
 pub mod memory;
 pub mod physdev;

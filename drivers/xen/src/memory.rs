@@ -5,9 +5,87 @@
 use crate::error::XenError;
 use crate::hypercall::{call_with, HypercallOp, Hypervisor, DOMID_SELF};
 
+const XENMEM_POPULATE_PHYSMAP: u64 = 6;
 const XENMEM_ADD_TO_PHYSMAP: u64 = 7;
 const XENMEM_MEMORY_MAP: u64 = 9;
 const XENMEM_MACHINE_MEMORY_MAP: u64 = 10;
+const XENMEM_SET_MEMORY_MAP: u64 = 13;
+const XENMEM_REMOVE_FROM_PHYSMAP: u64 = 15;
+const XENMEM_ADD_TO_PHYSMAP_BATCH: u64 = 23;
+const XENMEM_ACQUIRE_RESOURCE: u64 = 28;
+
+/// `XENMEM_resource_*`: what [`acquire_resource`] maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ResourceType {
+    IoreqServer = 0,
+    /// A domain's grant table; `id` 0 = shared frames, 1 = status frames.
+    GrantTable = 1,
+    VmtraceBuf = 2,
+    VmtraceBufs = 3,
+}
+
+/// `struct xen_memory_reservation` (32 bytes): the argument of populate_physmap and friends.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XenMemoryReservation {
+    /// Guest frames (for a translated domain), one per extent.
+    pub extent_start: u64,
+    pub nr_extents: u64,
+    /// Each extent is `2^extent_order` frames.
+    pub extent_order: u32,
+    /// `XENMEMF_*`; 0 = any node, any address.
+    pub mem_flags: u32,
+    pub domid: u16,
+}
+
+/// `struct xen_foreign_memory_map` (24 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XenForeignMemoryMap {
+    pub domid: u16,
+    pub map: XenMemoryMap,
+}
+
+/// `struct xen_add_to_physmap_batch` (32 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XenAddToPhysmapBatch {
+    /// The domain whose physmap changes (we: `DOMID_SELF`).
+    pub domid: u16,
+    pub space: u16,
+    pub size: u16,
+    /// For `GmfnForeign`: the domain owning the pages in `idxs`.
+    pub foreign_domid: u16,
+    /// Indexes into the space: the foreign domain's frames.
+    pub idxs: u64,
+    /// Where each lands in `domid`'s physmap.
+    pub gpfns: u64,
+    /// Per-entry errno (0 or negative), written by Xen.
+    pub errs: u64,
+}
+
+/// `struct xen_remove_from_physmap` (16 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XenRemoveFromPhysmap {
+    pub domid: u16,
+    pub gpfn: u64,
+}
+
+/// `struct xen_mem_acquire_resource` (32 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XenMemAcquireResource {
+    pub domid: u16,
+    pub kind: u16,
+    pub id: u32,
+    pub nr_frames: u32,
+    pub flags: u32,
+    pub frame: u64,
+    /// IN for a translated caller (a PVH dom0): our guest frames to map the resource at.
+    pub frame_list: u64,
+}
 
 /// `XENMAPIDX_grant_table_status`: or'ed into the index to map a v2 status frame.
 pub const XENMAPIDX_GRANT_TABLE_STATUS: u64 = 0x8000_0000;
@@ -141,6 +219,143 @@ pub fn machine_memory_map<'a, H: Hypervisor + ?Sized>(
     read_map(hv, XENMEM_MACHINE_MEMORY_MAP, buf)
 }
 
+/// `XENMEM_populate_physmap` for domain `domid`: one extent of `2^order` frames at each
+/// guest frame of `gfns`. Xen stops at the first extent it cannot allocate and returns how
+/// many it did; this answers `ENOMEM` then (the extents done stay populated: the caller
+/// owns them and destroying the domain frees them).
+pub fn populate_physmap<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    order: u32,
+    gfns: &[u64],
+) -> Result<(), XenError> {
+    let mut arg = XenMemoryReservation {
+        extent_start: gfns.as_ptr() as u64,
+        nr_extents: gfns.len() as u64,
+        extent_order: order,
+        mem_flags: 0,
+        domid,
+    };
+    let done = call_with(hv, HypercallOp::MemoryOp, XENMEM_POPULATE_PHYSMAP, &mut arg)?;
+    if done != gfns.len() as u64 {
+        return Err(XenError::ENOMEM);
+    }
+    Ok(())
+}
+
+/// `XENMEM_set_memory_map`: the E820 map domain `domid` reads with `XENMEM_memory_map`.
+pub fn set_memory_map<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    entries: &[E820Entry],
+) -> Result<(), XenError> {
+    let mut arg = XenForeignMemoryMap {
+        domid,
+        map: XenMemoryMap {
+            nr_entries: u32::try_from(entries.len()).map_err(|_| XenError::E2BIG)?,
+            // Xen only reads the entries.
+            buffer: entries.as_ptr() as u64,
+        },
+    };
+    call_with(hv, HypercallOp::MemoryOp, XENMEM_SET_MEMORY_MAP, &mut arg).map(drop)
+}
+
+/// `XENMEM_add_to_physmap_batch` with `XENMAPSPACE_gmfn_foreign`: maps frame `foreign[i]` of
+/// domain `foreign_domid` at our guest frame `local[i]`. **Our frames must be holes**: if one
+/// holds our RAM, Xen frees that page. On a per-entry failure the entries that did map stay
+/// mapped and are reported in the error, so the caller can remove them.
+pub fn map_foreign_frames<H: Hypervisor + ?Sized>(
+    hv: &H,
+    foreign_domid: u16,
+    foreign: &[u64],
+    local: &[u64],
+) -> Result<(), ForeignMapError> {
+    if foreign.len() != local.len() {
+        return Err(ForeignMapError::Call(XenError::EINVAL));
+    }
+    let size = u16::try_from(foreign.len()).map_err(|_| ForeignMapError::Call(XenError::E2BIG))?;
+    let mut errs = alloc::vec::Vec::new();
+    errs.try_reserve_exact(foreign.len())
+        .map_err(|_| ForeignMapError::Call(XenError::ENOMEM))?;
+    errs.resize(foreign.len(), 0i32);
+    let mut arg = XenAddToPhysmapBatch {
+        domid: DOMID_SELF,
+        space: MapSpace::GmfnForeign as u16,
+        size,
+        foreign_domid,
+        idxs: foreign.as_ptr() as u64,
+        gpfns: local.as_ptr() as u64,
+        errs: errs.as_mut_ptr() as u64,
+    };
+    call_with(
+        hv,
+        HypercallOp::MemoryOp,
+        XENMEM_ADD_TO_PHYSMAP_BATCH,
+        &mut arg,
+    )
+    .map_err(ForeignMapError::Call)?;
+    match errs.iter().position(|&e| e != 0) {
+        None => Ok(()),
+        Some(first) => Err(ForeignMapError::Entries {
+            first_failed: first,
+            error: XenError::from_errno(i64::from(errs[first]).unsigned_abs() as i64),
+            mapped: errs.iter().map(|&e| e == 0).collect(),
+        }),
+    }
+}
+
+/// Failure of [`map_foreign_frames`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForeignMapError {
+    /// The hypercall failed as a whole: nothing was mapped.
+    Call(XenError),
+    /// Some entries failed; `mapped[i]` says which local frames now hold a foreign page.
+    Entries {
+        first_failed: usize,
+        error: XenError,
+        mapped: alloc::vec::Vec<bool>,
+    },
+}
+
+/// `XENMEM_remove_from_physmap` on ourselves: drops whatever page is at our frame `gpfn`
+/// (a foreign mapping, a grant-table or resource frame).
+pub fn remove_from_physmap<H: Hypervisor + ?Sized>(hv: &H, gpfn: u64) -> Result<(), XenError> {
+    let mut arg = XenRemoveFromPhysmap {
+        domid: DOMID_SELF,
+        gpfn,
+    };
+    call_with(
+        hv,
+        HypercallOp::MemoryOp,
+        XENMEM_REMOVE_FROM_PHYSMAP,
+        &mut arg,
+    )
+    .map(drop)
+}
+
+/// `XENMEM_acquire_resource` from a translated caller: maps frames `frame..` of resource
+/// `kind`/`id` of domain `domid` at our guest frames `local` (holes, as for foreign maps).
+/// Undo with [`remove_from_physmap`].
+pub fn acquire_resource<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    kind: ResourceType,
+    id: u32,
+    frame: u64,
+    local: &mut [u64],
+) -> Result<(), XenError> {
+    let mut arg = XenMemAcquireResource {
+        domid,
+        kind: kind as u16,
+        id,
+        nr_frames: u32::try_from(local.len()).map_err(|_| XenError::E2BIG)?,
+        flags: 0,
+        frame,
+        frame_list: local.as_mut_ptr() as u64,
+    };
+    call_with(hv, HypercallOp::MemoryOp, XENMEM_ACQUIRE_RESOURCE, &mut arg).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +372,28 @@ mod tests {
         assert_eq!(size_of::<XenMemoryMap>(), 16);
         assert_eq!(offset_of!(XenMemoryMap, buffer), 8);
         assert_eq!(size_of::<E820Entry>(), 20);
+        assert_eq!(size_of::<XenMemoryReservation>(), 32);
+        assert_eq!(offset_of!(XenMemoryReservation, nr_extents), 8);
+        assert_eq!(offset_of!(XenMemoryReservation, extent_order), 16);
+        assert_eq!(offset_of!(XenMemoryReservation, mem_flags), 20);
+        assert_eq!(offset_of!(XenMemoryReservation, domid), 24);
+        assert_eq!(size_of::<XenForeignMemoryMap>(), 24);
+        assert_eq!(offset_of!(XenForeignMemoryMap, map), 8);
+        assert_eq!(size_of::<XenAddToPhysmapBatch>(), 32);
+        assert_eq!(offset_of!(XenAddToPhysmapBatch, space), 2);
+        assert_eq!(offset_of!(XenAddToPhysmapBatch, size), 4);
+        assert_eq!(offset_of!(XenAddToPhysmapBatch, foreign_domid), 6);
+        assert_eq!(offset_of!(XenAddToPhysmapBatch, idxs), 8);
+        assert_eq!(offset_of!(XenAddToPhysmapBatch, gpfns), 16);
+        assert_eq!(offset_of!(XenAddToPhysmapBatch, errs), 24);
+        assert_eq!(size_of::<XenRemoveFromPhysmap>(), 16);
+        assert_eq!(offset_of!(XenRemoveFromPhysmap, gpfn), 8);
+        assert_eq!(size_of::<XenMemAcquireResource>(), 32);
+        assert_eq!(offset_of!(XenMemAcquireResource, kind), 2);
+        assert_eq!(offset_of!(XenMemAcquireResource, id), 4);
+        assert_eq!(offset_of!(XenMemAcquireResource, nr_frames), 8);
+        assert_eq!(offset_of!(XenMemAcquireResource, frame), 16);
+        assert_eq!(offset_of!(XenMemAcquireResource, frame_list), 24);
     }
 
     #[test]
