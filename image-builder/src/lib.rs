@@ -12,6 +12,8 @@
 //! The same inputs give byte-identical outputs: every timestamp is the epoch
 //! (`SOURCE_DATE_EPOCH`, or 2000-01-01 without it), and nothing else varies.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod error;
 pub mod iso;

@@ -13,6 +13,7 @@
 //! system enforces instead of a safety comment; a driver translates the buffer's address to a
 //! bus address when it builds its descriptor.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

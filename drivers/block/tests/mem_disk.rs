@@ -1,6 +1,10 @@
 //! Behaviour of the in-memory disk double and the synchronous helpers: the write-cache and
 //! power-cut model, fault injection, queueing and request validation.
 
+// A panic in a test is a failed test. clippy.toml lets `#[test]` functions unwrap; this also
+// covers the helpers of this test crate, which that setting does not reach.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use keel_block::fakes::{CacheLoss, CompletionOrder, MemDisk, MemDiskConfig};
 use keel_block::{sync, BlockDevice, BlockError, Request, RequestKind};
 

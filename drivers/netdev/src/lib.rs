@@ -7,6 +7,7 @@
 //! read them the same way whatever the NIC.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

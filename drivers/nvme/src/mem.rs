@@ -33,15 +33,20 @@ impl Shared {
         offset.checked_add(len).is_some_and(|end| end <= self.len())
     }
 
+    /// The byte at `offset`. Computing the pointer is safe (`wrapping_add`); callers check
+    /// `in_bounds` before dereferencing it, which makes it equal to `add`.
+    fn byte(&self, offset: usize) -> *mut u8 {
+        self.region.virt.as_ptr().wrapping_add(offset)
+    }
+
     /// Copies `data` to `offset`; false (and nothing written) if it does not fit.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> bool {
         if !self.in_bounds(offset, data.len()) {
             return false;
         }
-        let base = self.region.virt.as_ptr();
         for (i, byte) in data.iter().enumerate() {
             // SAFETY: in bounds of a region the `Hal` contract makes valid and exclusive.
-            unsafe { core::ptr::write_volatile(base.add(offset + i), *byte) };
+            unsafe { core::ptr::write_volatile(self.byte(offset + i), *byte) };
         }
         true
     }
@@ -51,10 +56,9 @@ impl Shared {
         if !self.in_bounds(offset, out.len()) {
             return false;
         }
-        let base = self.region.virt.as_ptr();
         for (i, byte) in out.iter_mut().enumerate() {
             // SAFETY: as in `write`.
-            *byte = unsafe { core::ptr::read_volatile(base.add(offset + i)) };
+            *byte = unsafe { core::ptr::read_volatile(self.byte(offset + i)) };
         }
         true
     }
@@ -71,10 +75,9 @@ impl Shared {
     }
 
     pub fn zero(&mut self) {
-        let base = self.region.virt.as_ptr();
         for i in 0..self.len() {
             // SAFETY: as in `write`.
-            unsafe { core::ptr::write_volatile(base.add(i), 0) };
+            unsafe { core::ptr::write_volatile(self.byte(i), 0) };
         }
     }
 }

@@ -9,6 +9,7 @@
 //! size I/O BARs, and leaves decoding on while all-ones are written to a live BAR.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -12,6 +12,7 @@
 //! nothing" (such as a future `keel.format=`) must keep that property.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 use core::fmt;
 use core::net::Ipv4Addr;

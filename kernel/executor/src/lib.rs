@@ -11,6 +11,7 @@
 //! so it lives in `Rc`/`RefCell` and the handle tasks get is deliberately not `Send`.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

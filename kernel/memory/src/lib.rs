@@ -10,6 +10,7 @@
 //! (page tables built while only the low 4 GiB are mapped need frames below that line).
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 use core::fmt;
 

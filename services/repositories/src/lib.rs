@@ -7,6 +7,7 @@
 //! `cargo xtask bench storage`.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -2,6 +2,10 @@
 //! snapshots keeping their data, names kept by the SR, and everything still there after
 //! attaching again.
 
+// A panic in a test is a failed test. clippy.toml lets `#[test]` functions unwrap; this also
+// covers the helpers of this test crate, which that setting does not reach.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use keel_block::fakes::{CacheLoss, MemDisk, MemDiskConfig};
 use keel_repositories::{provision, Repositories, Repository};
 use keel_storage::Uuid;

@@ -11,6 +11,7 @@
 //! a write cache; metadata operations (create, destroy, rename, resize, snapshot, clone,
 //! copy) are durable when they return, and they also make all earlier writes durable.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
