@@ -6,8 +6,14 @@
 //! allocator-heavy feature set, and a full interpreter is far more than this needs, so we
 //! find the package by its byte pattern, as most small kernels do. Firmware that computes
 //! `_S5` with a method instead of a package is reported as [`S5Error::NotAPackage`].
+//!
+//! [`register`] decides whether a register the firmware names (PM1 control, reset) is one
+//! the kernel may touch, and with which access.
 
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod register;
 
 /// Why the S5 sleep type could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
