@@ -1,0 +1,127 @@
+//! What a host boot does to the loaded database: nothing runs any more, and VMs marked
+//! `other_config:auto_poweron=true` are to be started.
+//!
+//! Pure: it rewrites records and returns the plan; the caller starts the VMs (in the order
+//! given) through the same path as `VM.start`, and saves the database.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::value::{Database, FieldValue, Record};
+
+/// XenAPI's "no object" reference.
+pub const NULL_REF: &str = "OpaqueRef:NULL";
+/// The `other_config` key XCP-ng uses for starting a VM when its host boots.
+pub const AUTO_POWERON_KEY: &str = "auto_poweron";
+
+/// The outcome of [`apply_host_boot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootPlan {
+    /// VMs that were `Running` or `Paused` and are now `Halted`, in ref order.
+    pub halted: Vec<String>,
+    /// VMs to start now, in start order (`order` field ascending, then ref).
+    pub auto_start: Vec<String>,
+    /// VBDs and VIFs whose `currently_attached` went from true to false, in ref order.
+    pub detached: Vec<String>,
+}
+
+/// Resets the database to what is true right after a host boot and lists the VMs to start.
+///
+/// - Every VM (other than the control domain) that was `Running` or `Paused` becomes
+///   `Halted`, with `resident_on` and `scheduled_to_be_resident_on` set to the null ref and
+///   `domid` to -1 where those fields are present. `Suspended` VMs stay suspended (their
+///   memory image is on disk) and are not resumed.
+/// - Every VM's, VBD's and VIF's `current_operations` is emptied: no operation survives a
+///   reboot. VBDs and VIFs are no longer `currently_attached`.
+/// - A VM is auto-started if it is now `Halted`, is not a template, a snapshot or the control
+///   domain, and its `other_config` maps `auto_poweron` to `true` (case-insensitive).
+pub fn apply_host_boot(database: &mut Database) -> BootPlan {
+    let mut plan = BootPlan::default();
+    let mut starts: Vec<(i64, String)> = Vec::new();
+    if let Some(vms) = database.classes.get_mut("VM") {
+        for (reference, vm) in vms.iter_mut() {
+            if flag(vm, "is_control_domain") {
+                continue;
+            }
+            clear_operations(vm);
+            if text(vm, "power_state").is_some_and(is_live) {
+                vm.insert("power_state".into(), FieldValue::String("Halted".into()));
+                replace_if_present(vm, "resident_on", FieldValue::Ref(NULL_REF.into()));
+                replace_if_present(
+                    vm,
+                    "scheduled_to_be_resident_on",
+                    FieldValue::Ref(NULL_REF.into()),
+                );
+                replace_if_present(vm, "domid", FieldValue::Int(-1));
+                plan.halted.push(reference.clone());
+            }
+            let halted = text(vm, "power_state").is_some_and(|s| s.eq_ignore_ascii_case("Halted"));
+            if halted
+                && !flag(vm, "is_a_template")
+                && !flag(vm, "is_a_snapshot")
+                && auto_poweron(vm)
+            {
+                let order = match vm.get("order") {
+                    Some(FieldValue::Int(order)) => *order,
+                    _ => 0,
+                };
+                starts.push((order, reference.clone()));
+            }
+        }
+    }
+    starts.sort();
+    plan.auto_start = starts.into_iter().map(|(_, reference)| reference).collect();
+    for class in ["VBD", "VIF"] {
+        if let Some(devices) = database.classes.get_mut(class) {
+            for (reference, device) in devices.iter_mut() {
+                clear_operations(device);
+                if flag(device, "currently_attached") {
+                    device.insert("currently_attached".into(), FieldValue::Bool(false));
+                    plan.detached.push(reference.clone());
+                }
+            }
+        }
+    }
+    plan
+}
+
+fn is_live(power_state: &str) -> bool {
+    power_state.eq_ignore_ascii_case("Running") || power_state.eq_ignore_ascii_case("Paused")
+}
+
+/// A text field (enums are stored as strings).
+fn text<'a>(record: &'a Record, field: &str) -> Option<&'a str> {
+    match record.get(field) {
+        Some(FieldValue::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+fn flag(record: &Record, field: &str) -> bool {
+    matches!(record.get(field), Some(FieldValue::Bool(true)))
+}
+
+fn auto_poweron(vm: &Record) -> bool {
+    match vm.get("other_config") {
+        Some(FieldValue::Map(config)) => matches!(
+            config.get(AUTO_POWERON_KEY),
+            Some(FieldValue::String(value)) if value.eq_ignore_ascii_case("true")
+        ),
+        _ => false,
+    }
+}
+
+fn replace_if_present(record: &mut Record, field: &str, value: FieldValue) {
+    if let Some(slot) = record.get_mut(field) {
+        *slot = value;
+    }
+}
+
+fn clear_operations(record: &mut Record) {
+    replace_if_present(
+        record,
+        "current_operations",
+        FieldValue::Map(BTreeMap::new()),
+    );
+}
