@@ -1,0 +1,30 @@
+//! Keel's toolstack: a guest's lifecycle around the domain builder, as libxl and xapi run
+//! it — the xenstore skeleton, introduction to xenstored, the console backend, unpause;
+//! clean shutdown through `control/shutdown` with the guest's acknowledgement; hard
+//! shutdown; death detection on `VIRQ_DOM_EXC`; cleanup on destroy. See docs/guests.md,
+//! "Guest lifecycle".
+//!
+//! Host-testable: xenstored, the builder and the console backend are reached through the
+//! small traits in [`store`] and [`builder`], Xen through [`DomainControl`] (real:
+//! [`XenControl`] over keel-xen's domctl wrappers). Time is given by the caller.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod builder;
+pub mod control;
+pub mod domain;
+pub mod skeleton;
+pub mod store;
+pub mod toolstack;
+
+pub use builder::{Builder, BuiltDomain, ConsoleBackend};
+pub use control::{DestroyProgress, DomainControl, XenControl};
+pub use domain::{Domain, ExitReason, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts};
+pub use store::{Access, Perm, Store, StoreError};
+pub use toolstack::{
+    CleanupProblem, Env, Event, EventKind, LifecycleError, StartError, StartRequest, Toolstack,
+    WATCH_TOKEN,
+};
