@@ -1,18 +1,26 @@
-//! Host prerequisites (QEMU; GRUB, xorriso, mtools, iPXE, Xen and OVMF for the boot media;
-//! busybox, python3-venv later), each keyed by the binary or file that must exist and the
-//! Debian package that provides it. `.ci/run` installs the same list: keep them in step.
+//! Host prerequisites: the Debian packages every `cargo xtask` command and test uses, each
+//! keyed by the binary, file or Python module that must exist, and (in [`toolchain`]) the
+//! Rust target and components that `rust-toolchain.toml` pins.
 //!
-//! [`ensure`] installs what is missing with `apt-get` when that can work (root on Debian);
-//! otherwise it fails with one line holding the exact command to run. Nobody should ever
-//! meet a raw "command not found". [`check`] only reports, for callers such as the test
-//! harness that must not change the system.
+//! [`Tool::ALL`] is the one list: `cargo xtask prereq` installs it, `.ci/run` calls that
+//! command instead of keeping a list of its own, and `cargo xtask test` installs it before
+//! running the tests. [`ensure`] installs what is missing with `apt-get` when that can work
+//! (root on Debian); otherwise it fails with one line holding the exact command to run.
+//! Nobody should ever meet a raw "command not found". [`check`] only reports, for callers
+//! such as the test harness that must not change the system.
+//!
+//! The decisions (what is missing, whether installing can work, which commands to run, what
+//! to say) are made against the [`System`] trait: [`Host`] is this machine, and
+//! [`fake::FakeSystem`] a recorded one on which the install paths are tested.
+
+pub mod fake;
+pub mod toolchain;
 
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, ExitStatus, Stdio};
 
 /// Something on the host that Keel's tooling needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +45,33 @@ pub enum Tool {
     Ovmf,
     /// `xz`, which unpacks the ELF `vmlinux` from Debian's kernel for the dom0 benchmark.
     Xz,
+    /// `python3 -m venv` with pip (Debian splits `ensurepip` out), for the `XenAPI` SDK venv.
+    PythonVenv,
+    /// `gcc`, which builds the Linux baseline's static `kbench` for `bench storage`.
+    Gcc,
+    /// The static C library that `gcc -static` links.
+    StaticLibc,
 }
 
 impl Tool {
+    /// Everything any `cargo xtask` command or test uses: what `cargo xtask prereq` and
+    /// `cargo xtask test` install.
+    pub const ALL: &'static [Tool] = &[
+        Tool::Qemu,
+        Tool::GrubMkimage,
+        Tool::GrubBios,
+        Tool::GrubEfi,
+        Tool::Xorriso,
+        Tool::Mtools,
+        Tool::IpxeRom,
+        Tool::Xen,
+        Tool::Ovmf,
+        Tool::Xz,
+        Tool::PythonVenv,
+        Tool::Gcc,
+        Tool::StaticLibc,
+    ];
+
     /// What `cargo xtask image --iso` needs.
     pub const ISO: &'static [Tool] = &[
         Tool::GrubMkimage,
@@ -57,6 +89,8 @@ pub enum Probe {
     Binary(&'static str),
     /// A file at this absolute path.
     File(&'static str),
+    /// A module that `python3 -c "import NAME"` finds.
+    PythonModule(&'static str),
 }
 
 impl Tool {
@@ -72,6 +106,9 @@ impl Tool {
             Tool::Xen => Probe::File("/boot/xen-4.17-amd64.gz"),
             Tool::Ovmf => Probe::File("/usr/share/OVMF/OVMF_CODE_4M.fd"),
             Tool::Xz => Probe::Binary("xz"),
+            Tool::PythonVenv => Probe::PythonModule("ensurepip"),
+            Tool::Gcc => Probe::Binary("gcc"),
+            Tool::StaticLibc => Probe::File("/usr/lib/x86_64-linux-gnu/libc.a"),
         }
     }
 
@@ -88,6 +125,9 @@ impl Tool {
             Tool::Xen => "xen-hypervisor-4.17-amd64",
             Tool::Ovmf => "ovmf",
             Tool::Xz => "xz-utils",
+            Tool::PythonVenv => "python3-venv",
+            Tool::Gcc => "gcc",
+            Tool::StaticLibc => "libc6-dev",
         }
     }
 }
@@ -96,6 +136,7 @@ impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Probe::Binary(name) | Probe::File(name) => f.write_str(name),
+            Probe::PythonModule(name) => write!(f, "python3 module {name}"),
         }
     }
 }
@@ -105,7 +146,7 @@ impl fmt::Display for Probe {
 pub enum PrereqError {
     /// Missing and not installable from here; `command` is what a person should run.
     Missing { what: Vec<Probe>, command: String },
-    /// `apt-get` ran and failed.
+    /// An install command (`apt-get`, `rustup`) ran and failed.
     InstallFailed {
         command: String,
         status: Option<ExitStatus>,
@@ -115,6 +156,11 @@ pub enum PrereqError {
         what: Vec<Probe>,
         packages: Vec<&'static str>,
     },
+    /// The pinned Rust toolchain lacks `what` (targets, components) and this process cannot
+    /// add it; `fix` says what a person should do.
+    Toolchain { what: String, fix: String },
+    /// `rust-toolchain.toml` could not be read or has no `channel`.
+    ToolchainFile { path: PathBuf, why: String },
 }
 
 impl fmt::Display for PrereqError {
@@ -133,6 +179,10 @@ impl fmt::Display for PrereqError {
                 packages.join(" "),
                 join(what)
             ),
+            PrereqError::Toolchain { what, fix } => write!(f, "Rust lacks {what}: {fix}"),
+            PrereqError::ToolchainFile { path, why } => {
+                write!(f, "{}: {why}", path.display())
+            }
         }
     }
 }
@@ -146,13 +196,79 @@ fn join(what: &[Probe]) -> String {
         .join(", ")
 }
 
-/// Whether the probe finds its binary or file on this host.
+/// What the prerequisite logic needs to know about, and do to, a machine.
+pub trait System {
+    /// Whether the probe finds its binary, file or module.
+    fn is_present(&self, probe: Probe) -> bool;
+    /// Whether a directory exists (a Rust sysroot's target libraries).
+    fn is_dir(&self, path: &Path) -> bool;
+    /// Whether this process may install system packages (runs as root).
+    fn is_root(&self) -> bool;
+    /// Runs `program args` with its output on the terminal; `Err` carries its exit status,
+    /// `None` when it could not be started.
+    fn run(&mut self, program: &str, args: &[&str]) -> Result<(), Option<ExitStatus>>;
+    /// Runs `program args` quietly; its standard output when it succeeded.
+    fn output(&mut self, program: &str, args: &[&str]) -> Option<String>;
+}
+
+/// This machine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Host;
+
+impl System for Host {
+    fn is_present(&self, probe: Probe) -> bool {
+        is_present(probe)
+    }
+
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+
+    fn is_root(&self) -> bool {
+        running_as_root()
+    }
+
+    fn run(&mut self, program: &str, args: &[&str]) -> Result<(), Option<ExitStatus>> {
+        match Command::new(program)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(Some(status)),
+            Err(_) => Err(None),
+        }
+    }
+
+    fn output(&mut self, program: &str, args: &[&str]) -> Option<String> {
+        let output = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// Whether the probe finds its binary, file or module on this host.
 pub fn is_present(probe: Probe) -> bool {
     match probe {
         Probe::Binary(name) => {
             find_in_path(name, &std::env::var_os("PATH").unwrap_or_default()).is_some()
         }
         Probe::File(path) => Path::new(path).is_file(),
+        Probe::PythonModule(name) => Command::new("python3")
+            .args(["-c", &format!("import {name}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success()),
     }
 }
 
@@ -169,12 +285,17 @@ fn is_executable_file(path: &Path) -> bool {
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-/// The tools among `tools` that are not present.
+/// The tools among `tools` that are not present on this host.
 pub fn missing(tools: &[Tool]) -> Vec<Tool> {
+    missing_on(&Host, tools)
+}
+
+/// The tools among `tools` that are not present on `system`.
+pub fn missing_on(system: &impl System, tools: &[Tool]) -> Vec<Tool> {
     tools
         .iter()
         .copied()
-        .filter(|tool| !is_present(tool.probe()))
+        .filter(|tool| !system.is_present(tool.probe()))
         .collect()
 }
 
@@ -187,44 +308,71 @@ pub fn install_command(packages: &[&str], as_root: bool) -> String {
     )
 }
 
-/// Reports missing tools without installing anything.
+/// Reports missing tools on this host without installing anything.
 pub fn check(tools: &[Tool]) -> Result<(), PrereqError> {
-    let missing = missing(tools);
+    check_on(&Host, tools)
+}
+
+/// Reports missing tools on `system` without installing anything.
+pub fn check_on(system: &impl System, tools: &[Tool]) -> Result<(), PrereqError> {
+    let missing = missing_on(system, tools);
     if missing.is_empty() {
         return Ok(());
     }
     Err(PrereqError::Missing {
         what: missing.iter().map(|t| t.probe()).collect(),
-        command: install_command(&packages_of(&missing), running_as_root()),
+        command: install_command(&packages_of(&missing), system.is_root()),
     })
 }
 
-/// Makes sure `tools` are present, installing them with apt-get when root on Debian.
+/// Makes sure `tools` are present on this host, installing them with apt-get when root on
+/// Debian. Callers pass everything they need in one call, so the package index is
+/// refreshed at most once per command.
 pub fn ensure(tools: &[Tool]) -> Result<(), PrereqError> {
-    let missing = missing(tools);
+    ensure_on(&mut Host, tools)
+}
+
+/// Whether `system` can install packages: root, on Debian, with apt-get.
+pub fn can_install_packages(system: &impl System) -> bool {
+    system.is_root()
+        && system.is_present(Probe::File("/etc/debian_version"))
+        && system.is_present(Probe::Binary("apt-get"))
+}
+
+/// Makes sure `tools` are present on `system`: `apt-get update`, then one `apt-get install`
+/// of every missing package, then every probe again.
+pub fn ensure_on(system: &mut impl System, tools: &[Tool]) -> Result<(), PrereqError> {
+    let missing = missing_on(system, tools);
     if missing.is_empty() {
         return Ok(());
     }
     let packages = packages_of(&missing);
     let what: Vec<Probe> = missing.iter().map(|t| t.probe()).collect();
-    let can_install = running_as_root()
-        && Path::new("/etc/debian_version").exists()
-        && is_present(Probe::Binary("apt-get"));
-    if !can_install {
+    if !can_install_packages(system) {
         return Err(PrereqError::Missing {
-            command: install_command(&packages, running_as_root()),
+            command: install_command(&packages, system.is_root()),
             what,
         });
     }
-    apt_update_once()?;
+    eprintln!("==> apt-get update");
+    system
+        .run("apt-get", &["update"])
+        .map_err(|status| PrereqError::InstallFailed {
+            command: "apt-get update".into(),
+            status,
+        })?;
     let command = install_command(&packages, true);
     eprintln!("==> installing {} ({command})", packages.join(" "));
-    run_apt(
-        &["install", "-y", "--no-install-recommends"],
-        &packages,
-        &command,
-    )?;
-    let still: Vec<Probe> = what.iter().copied().filter(|p| !is_present(*p)).collect();
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(packages.iter().copied());
+    system
+        .run("apt-get", &args)
+        .map_err(|status| PrereqError::InstallFailed { command, status })?;
+    let still: Vec<Probe> = what
+        .iter()
+        .copied()
+        .filter(|p| !system.is_present(*p))
+        .collect();
     if still.is_empty() {
         Ok(())
     } else {
@@ -235,39 +383,15 @@ pub fn ensure(tools: &[Tool]) -> Result<(), PrereqError> {
     }
 }
 
-fn packages_of(tools: &[Tool]) -> Vec<&'static str> {
-    let mut packages: Vec<&'static str> = tools.iter().map(|t| t.package()).collect();
-    packages.dedup();
+/// The packages of `tools`, each once, in order.
+pub fn packages_of(tools: &[Tool]) -> Vec<&'static str> {
+    let mut packages: Vec<&'static str> = Vec::new();
+    for package in tools.iter().map(|t| t.package()) {
+        if !packages.contains(&package) {
+            packages.push(package);
+        }
+    }
     packages
-}
-
-/// `apt-get update` runs at most once per process, before the first install.
-fn apt_update_once() -> Result<(), PrereqError> {
-    static UPDATED: AtomicBool = AtomicBool::new(false);
-    if UPDATED.swap(true, Ordering::SeqCst) {
-        return Ok(());
-    }
-    eprintln!("==> apt-get update");
-    run_apt(&["update"], &[], "apt-get update")
-}
-
-fn run_apt(args: &[&str], packages: &[&str], command: &str) -> Result<(), PrereqError> {
-    let status = Command::new("apt-get")
-        .args(args)
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
-    match status {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(PrereqError::InstallFailed {
-            command: command.to_string(),
-            status: Some(status),
-        }),
-        Err(_) => Err(PrereqError::InstallFailed {
-            command: command.to_string(),
-            status: None,
-        }),
-    }
 }
 
 /// Whether this process runs as root (real uid 0).
@@ -289,6 +413,7 @@ pub fn uid_from_proc_status(status: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::fake::FakeSystem;
     use super::*;
     use std::ffi::OsString;
 
@@ -299,25 +424,36 @@ mod tests {
     }
 
     #[test]
-    fn boot_media_tools_match_the_ci_package_list() {
-        // `.ci/run` installs "probe:package" pairs; every tool here must be among them.
-        let ci = std::fs::read_to_string(crate::paths::workspace_root().join(".ci/run"))
-            .unwrap_or_default();
-        for tool in [
-            Tool::Qemu,
-            Tool::GrubMkimage,
-            Tool::GrubBios,
-            Tool::GrubEfi,
-            Tool::Xorriso,
-            Tool::Mtools,
-            Tool::IpxeRom,
-            Tool::Xen,
-            Tool::Ovmf,
-            Tool::Xz,
-        ] {
-            let pair = format!("{}:{}", tool.probe(), tool.package());
-            assert!(ci.contains(&pair), ".ci/run lacks {pair}");
-        }
+    fn all_lists_every_tool_once() {
+        // A match without a wildcard: a new tool fails to compile here until it is listed.
+        let index = |tool: Tool| match tool {
+            Tool::Qemu => 0,
+            Tool::GrubMkimage => 1,
+            Tool::GrubBios => 2,
+            Tool::GrubEfi => 3,
+            Tool::Xorriso => 4,
+            Tool::Mtools => 5,
+            Tool::IpxeRom => 6,
+            Tool::Xen => 7,
+            Tool::Ovmf => 8,
+            Tool::Xz => 9,
+            Tool::PythonVenv => 10,
+            Tool::Gcc => 11,
+            Tool::StaticLibc => 12,
+        };
+        let mut seen: Vec<usize> = Tool::ALL.iter().map(|&t| index(t)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..=12).collect::<Vec<_>>());
+        assert!(Tool::ISO.iter().all(|t| Tool::ALL.contains(t)));
+    }
+
+    #[test]
+    fn packages_are_listed_once_in_order() {
+        assert_eq!(
+            packages_of(&[Tool::Qemu, Tool::Xz, Tool::Qemu]),
+            ["qemu-system-x86", "xz-utils"]
+        );
+        assert_eq!(packages_of(Tool::ALL).len(), Tool::ALL.len());
     }
 
     #[test]
@@ -344,6 +480,108 @@ mod tests {
             "missing qemu-system-x86_64: install with `sudo apt-get install -y --no-install-recommends qemu-system-x86`"
         );
         assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn root_on_debian_updates_once_installs_every_missing_package_at_once_and_rechecks() {
+        let mut system = FakeSystem::fresh_debian_as_root();
+        system.install_tools(&[Tool::Qemu, Tool::Xz]);
+        let tools = [
+            Tool::Qemu,
+            Tool::GrubMkimage,
+            Tool::Xen,
+            Tool::Xz,
+            Tool::PythonVenv,
+        ];
+        assert!(ensure_on(&mut system, &tools).is_ok());
+        assert_eq!(
+            system.commands,
+            [
+                "apt-get update",
+                "apt-get install -y --no-install-recommends grub-common xen-hypervisor-4.17-amd64 python3-venv",
+            ]
+        );
+        assert!(missing_on(&system, &tools).is_empty());
+        // Nothing missing: nothing runs.
+        system.commands.clear();
+        assert!(ensure_on(&mut system, &tools).is_ok());
+        assert!(system.commands.is_empty());
+    }
+
+    #[test]
+    fn a_fresh_machine_gets_the_whole_list_in_one_install() {
+        let mut system = FakeSystem::fresh_debian_as_root();
+        assert!(ensure_on(&mut system, Tool::ALL).is_ok());
+        let install = format!(
+            "apt-get install -y --no-install-recommends {}",
+            packages_of(Tool::ALL).join(" ")
+        );
+        assert_eq!(system.commands, ["apt-get update".to_string(), install]);
+        assert!(check_on(&system, Tool::ALL).is_ok());
+    }
+
+    #[test]
+    fn without_root_nothing_runs_and_the_error_names_the_sudo_command() {
+        let mut system = FakeSystem::fresh_debian_as_root();
+        system.root = false;
+        let error = ensure_on(&mut system, &[Tool::Xorriso, Tool::Mtools]).err();
+        assert!(system.commands.is_empty());
+        assert_eq!(
+            error.map(|e| e.to_string()).as_deref(),
+            Some("missing xorriso, mformat: install with `sudo apt-get install -y --no-install-recommends xorriso mtools`")
+        );
+    }
+
+    #[test]
+    fn without_apt_get_nothing_runs_and_the_error_names_the_command() {
+        let mut system = FakeSystem::fresh_debian_as_root();
+        system.remove_probe(Probe::Binary("apt-get"));
+        let error = ensure_on(&mut system, &[Tool::Ovmf]);
+        assert!(matches!(error, Err(PrereqError::Missing { .. })));
+        assert!(system.commands.is_empty());
+    }
+
+    #[test]
+    fn check_never_installs() {
+        let system = FakeSystem::fresh_debian_as_root();
+        let error = check_on(&system, &[Tool::Qemu])
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some("missing qemu-system-x86_64: install with `apt-get install -y --no-install-recommends qemu-system-x86`")
+        );
+    }
+
+    #[test]
+    fn a_failed_install_and_a_package_that_does_not_provide_the_probe_are_told_apart() {
+        let mut system = FakeSystem::fresh_debian_as_root();
+        system.failing.push("apt-get install".into());
+        let error = ensure_on(&mut system, &[Tool::Qemu]).err();
+        assert!(
+            matches!(&error, Some(PrereqError::InstallFailed { command, .. })
+                if command == "apt-get install -y --no-install-recommends qemu-system-x86"),
+            "{error:?}"
+        );
+
+        let mut system = FakeSystem::fresh_debian_as_root();
+        system.hollow_packages.push("ovmf");
+        let error = ensure_on(&mut system, &[Tool::Ovmf, Tool::Xz]).err();
+        assert_eq!(
+            error.map(|e| e.to_string()).as_deref(),
+            Some("installed ovmf xz-utils but /usr/share/OVMF/OVMF_CODE_4M.fd is still missing")
+        );
+    }
+
+    #[test]
+    fn a_failed_update_stops_before_installing() {
+        let mut system = FakeSystem::fresh_debian_as_root();
+        system.failing.push("apt-get update".into());
+        assert!(matches!(
+            ensure_on(&mut system, &[Tool::Qemu]),
+            Err(PrereqError::InstallFailed { ref command, .. }) if command == "apt-get update"
+        ));
+        assert_eq!(system.commands, ["apt-get update"]);
     }
 
     #[test]
@@ -377,11 +615,12 @@ mod tests {
     }
 
     #[test]
-    fn check_passes_for_present_tools_and_names_the_command_otherwise() {
+    fn host_probes_find_binaries_files_and_python_modules() {
         // `sh` exists everywhere these tests run; QEMU may or may not.
         assert!(is_present(Probe::Binary("sh")));
         assert!(!is_present(Probe::Binary("keel-no-such-binary")));
         assert!(is_present(Probe::File("/proc/self/status")));
+        assert!(!is_present(Probe::PythonModule("keel_no_such_module")));
         match check(&[Tool::Qemu]) {
             Ok(()) => assert!(is_present(Tool::Qemu.probe())),
             Err(error) => assert!(error

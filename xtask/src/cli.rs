@@ -13,9 +13,10 @@ usage: cargo xtask <command>
 commands:
   build [--release]        build the image; release goes to target/keel/keel.elf,
                            debug to target/keel/keel-debug.elf
-  run [options]            build (release) and boot Keel in QEMU on this terminal
-                           (Ctrl-A X quits)
-      --memory MIB             guest memory (default 256)
+  run [options]            build (release) and boot Debian's Xen 4.17 in QEMU with
+                           Keel as its PVH dom0, on this terminal (Ctrl-A X quits)
+      --memory MIB             guest memory (default 256; under Xen at least 1024,
+                               half for dom0)
       --disk FILE              attach a raw image on virtio-blk (repeatable)
       --nvme FILE              attach a raw image on NVMe (repeatable)
                                (without --disk/--nvme: target/keel/scratch.img, 64 MiB)
@@ -23,11 +24,15 @@ commands:
       --api-port PORT          host port on 127.0.0.1 forwarded to the management API
                                on guest port 80 (default 8080)
       --append \"WORDS\"         kernel command line words, e.g. \"keel.log=debug\"
-      --accel tcg|kvm|auto     accelerator (default auto: KVM only with vmx/svm)
-      --xen                    boot Debian's Xen 4.17 with Keel as its PVH dom0
-                               (TCG unless --accel kvm; at least 1024 MiB, half
-                               for dom0; docs/xen.md)
-  test                     host unit tests, then the QEMU integration tests
+      --accel tcg|kvm|auto     accelerator (default auto: KVM only with vmx/svm;
+                               under Xen TCG unless --accel kvm, docs/xen.md)
+      --no-xen                 boot Keel alone, without Xen
+      --xen                    boot Xen with Keel as its dom0 (the default)
+  test                     install what the tests use (as root), then host unit
+                           tests, then the QEMU integration tests
+  prereq                   install every system package any command or test uses
+                           (as root on Debian; otherwise print the command) and the
+                           targets and components of rust-toolchain.toml
   image --pxe DIR | --iso FILE [options]
                            boot media for hosts (docs/boot.md): a PXE bundle
                            (TFTP/HTTP-ready directory) and/or a GRUB ISO
@@ -59,6 +64,11 @@ commands:
                            IOPS at QD 1 and 32, Keel's drivers against Linux 6.1 on
                            the same QEMU disks (N runs each, default 1), and VDI
                            import/export MB/s over HTTP
+  bench soak [--clients N] [--minutes M] [--record]
+                           N clients (default 64) for M minutes (default 10) of
+                           mixed API calls, event.from long-polls and VDI transfers;
+                           errors, p50/p99 latency and Keel's memory over time;
+                           passes only with 0 errors and flat memory
   help                     this text
 ";
 
@@ -86,6 +96,8 @@ pub enum Command {
         runs: u32,
         record: bool,
     },
+    BenchSoak(SoakOptions),
+    Prereq,
     /// `image` with its words, parsed by `commands::image`.
     Image(Vec<String>),
     Help,
@@ -102,8 +114,26 @@ pub struct RunOptions {
     /// Kernel command-line words, in order.
     pub append: Vec<String>,
     pub accel: AccelChoice,
-    /// Boot Xen with Keel as its dom0.
+    /// Boot Xen with Keel as its dom0 (the default; `--no-xen` boots Keel alone).
     pub xen: bool,
+}
+
+/// Options of `cargo xtask bench soak`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakOptions {
+    pub clients: usize,
+    pub minutes: u32,
+    pub record: bool,
+}
+
+impl Default for SoakOptions {
+    fn default() -> Self {
+        SoakOptions {
+            clients: 64,
+            minutes: 10,
+            record: false,
+        }
+    }
 }
 
 /// The default host port of the management API forward.
@@ -130,7 +160,7 @@ impl Default for RunOptions {
             api_port: DEFAULT_API_PORT,
             append: Vec::new(),
             accel: AccelChoice::Auto,
-            xen: false,
+            xen: true,
         }
     }
 }
@@ -182,13 +212,13 @@ impl fmt::Display for CliError {
             CliError::UnknownBenchmark(Some(name)) => {
                 write!(
                     f,
-                    "unknown benchmark '{name}': expected 'boot', 'api', 'dom0' or 'storage'"
+                    "unknown benchmark '{name}': expected 'boot', 'api', 'dom0', 'storage' or 'soak'"
                 )
             }
             CliError::UnknownBenchmark(None) => {
                 write!(
                     f,
-                    "'bench' needs a benchmark name: 'boot', 'api', 'dom0' or 'storage'"
+                    "'bench' needs a benchmark name: 'boot', 'api', 'dom0', 'storage' or 'soak'"
                 )
             }
             CliError::ApiPortWithoutNic => {
@@ -217,6 +247,10 @@ where
         "build" => parse_build(&mut args),
         "run" => parse_run(&mut args).map(Command::Run),
         "test" => parse_test(&mut args),
+        "prereq" => match args.next_option("prereq")? {
+            Some(option) => Err(option.unknown("prereq")),
+            None => Ok(Command::Prereq),
+        },
         "bench" => parse_bench(&mut args),
         "image" => Ok(Command::Image(args.rest())),
         "help" | "--help" | "-h" => Ok(Command::Help),
@@ -289,9 +323,9 @@ fn parse_run(args: &mut Options) -> Result<RunOptions, CliError> {
                 };
                 api_port_given = true;
             }
-            "--xen" => {
+            "--xen" | "--no-xen" => {
                 option.no_value()?;
-                run.xen = true;
+                run.xen = option.name == "--xen";
             }
             "--append" => {
                 let value = args.value(&option)?;
@@ -314,7 +348,11 @@ fn parse_run(args: &mut Options) -> Result<RunOptions, CliError> {
 }
 
 fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
-    let (name, default_runs) = match args.next_word().as_deref() {
+    let word = args.next_word();
+    if word.as_deref() == Some("soak") {
+        return parse_soak(args).map(Command::BenchSoak);
+    }
+    let (name, default_runs) = match word.as_deref() {
         Some("boot") => ("bench boot", DEFAULT_BENCH_RUNS),
         Some("api") => ("bench api", DEFAULT_API_BENCH_RUNS),
         Some("dom0") => ("bench dom0", DEFAULT_DOM0_BENCH_RUNS),
@@ -344,6 +382,46 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         "bench storage" => Command::BenchStorage { runs, record },
         _ => Command::BenchBoot { runs, record },
     })
+}
+
+fn parse_soak(args: &mut Options) -> Result<SoakOptions, CliError> {
+    let mut soak = SoakOptions::default();
+    while let Some(option) = args.next_option("bench soak")? {
+        match option.name.as_str() {
+            "--clients" => {
+                let value = args.value(&option)?;
+                soak.clients = match value.parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => n,
+                    _ => {
+                        return Err(invalid(
+                            &option,
+                            value,
+                            "a number of clients from 1 to 1024",
+                        ))
+                    }
+                };
+            }
+            "--minutes" => {
+                let value = args.value(&option)?;
+                soak.minutes = match value.parse::<u32>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(invalid(
+                            &option,
+                            value,
+                            "a number of minutes greater than 0",
+                        ))
+                    }
+                };
+            }
+            "--record" => {
+                option.no_value()?;
+                soak.record = true;
+            }
+            _ => return Err(option.unknown("bench soak")),
+        }
+    }
+    Ok(soak)
 }
 
 fn invalid(option: &OptionWord, value: String, expected: &'static str) -> CliError {
@@ -470,7 +548,71 @@ mod tests {
         assert_eq!(run.nic, Some(NicModel::VirtioNet));
         assert_eq!(run.api_port, 8080);
         assert_eq!(run.accel, AccelChoice::Auto);
+        assert!(run.xen, "run boots Xen with Keel as dom0 by default");
         assert!(run.disks.is_empty() && run.append.is_empty());
+        assert!(USAGE.contains("--no-xen "));
+    }
+
+    #[test]
+    fn no_xen_boots_keel_alone_and_the_last_flag_wins() {
+        assert!(matches!(
+            parse_words("run --no-xen"),
+            Ok(Command::Run(RunOptions { xen: false, .. }))
+        ));
+        assert!(matches!(
+            parse_words("run --no-xen --xen"),
+            Ok(Command::Run(RunOptions { xen: true, .. }))
+        ));
+        assert!(matches!(
+            parse_words("run --no-xen=1"),
+            Err(CliError::InvalidValue { .. })
+        ));
+    }
+
+    #[test]
+    fn prereq_takes_no_options() {
+        assert_eq!(parse_words("prereq"), Ok(Command::Prereq));
+        assert_eq!(
+            parse_words("prereq --check"),
+            Err(CliError::UnknownOption {
+                command: "prereq",
+                option: "--check".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bench_soak_defaults_to_64_clients_for_10_minutes() {
+        assert_eq!(
+            parse_words("bench soak"),
+            Ok(Command::BenchSoak(SoakOptions {
+                clients: 64,
+                minutes: 10,
+                record: false
+            }))
+        );
+        assert_eq!(
+            parse_words("bench soak --clients 16 --minutes=1 --record"),
+            Ok(Command::BenchSoak(SoakOptions {
+                clients: 16,
+                minutes: 1,
+                record: true
+            }))
+        );
+        for line in [
+            "bench soak --clients 0",
+            "bench soak --minutes 0",
+            "bench soak --clients many",
+        ] {
+            assert!(
+                matches!(parse_words(line), Err(CliError::InvalidValue { .. })),
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            parse_words("bench soak --runs 3"),
+            Err(CliError::UnknownOption { .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! A small HTTP load generator for `bench api`: N client threads, each sending M requests
-//! over one keep-alive connection (or a new connection per request, for servers that close
-//! after every answer), recording each request's latency.
+//! A small HTTP load generator for `bench api` and `bench soak`: N client threads, each
+//! sending M requests over one keep-alive connection (or a new connection per request, for
+//! servers that close after every answer), recording each request's latency; and the
+//! XML-RPC framing the clients send.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -164,15 +165,62 @@ pub fn run_phase(
     }
 }
 
+/// One XML-RPC parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum Param<'a> {
+    Str(&'a str),
+    Bool(bool),
+    Double(f64),
+    Strings(&'a [&'a str]),
+    Struct(&'a [(&'a str, Param<'a>)]),
+}
+
+/// `text` with XML's special characters escaped.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn push_value(out: &mut String, param: &Param<'_>) {
+    match param {
+        Param::Str(text) => {
+            out.push_str(&format!("<value><string>{}</string></value>", escape(text)))
+        }
+        Param::Bool(b) => out.push_str(&format!(
+            "<value><boolean>{}</boolean></value>",
+            u8::from(*b)
+        )),
+        Param::Double(d) => out.push_str(&format!("<value><double>{d}</double></value>")),
+        Param::Strings(items) => {
+            out.push_str("<value><array><data>\n");
+            for item in *items {
+                push_value(out, &Param::Str(item));
+                out.push('\n');
+            }
+            out.push_str("</data></array></value>");
+        }
+        Param::Struct(members) => {
+            out.push_str("<value><struct>\n");
+            for (name, value) in *members {
+                out.push_str(&format!("<member>\n<name>{}</name>\n", escape(name)));
+                push_value(out, value);
+                out.push_str("\n</member>\n");
+            }
+            out.push_str("</struct></value>");
+        }
+    }
+}
+
 /// An XML-RPC call as Python's `xmlrpc.client` frames it.
-pub fn xmlrpc_request(method: &str, params: &[&str]) -> Vec<u8> {
+pub fn xmlrpc_call(method: &str, params: &[Param<'_>]) -> Vec<u8> {
     let mut body = format!(
         "<?xml version='1.0'?>\n<methodCall>\n<methodName>{method}</methodName>\n<params>\n"
     );
     for p in params {
-        body.push_str(&format!(
-            "<param>\n<value><string>{p}</string></value>\n</param>\n"
-        ));
+        body.push_str("<param>\n");
+        push_value(&mut body, p);
+        body.push_str("\n</param>\n");
     }
     body.push_str("</params>\n</methodCall>\n");
     format!(
@@ -180,6 +228,28 @@ pub fn xmlrpc_request(method: &str, params: &[&str]) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// An XML-RPC call with string parameters only.
+pub fn xmlrpc_request(method: &str, params: &[&str]) -> Vec<u8> {
+    let params: Vec<Param<'_>> = params.iter().map(|p| Param::Str(p)).collect();
+    xmlrpc_call(method, &params)
+}
+
+/// Whether an XML-RPC answer's `Status` is `Success` (xapi's envelope).
+pub fn succeeded(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body).contains(">Success<")
+}
+
+/// The string value of struct member `name` in an XML-RPC answer, with or without a
+/// `<string>` element around it.
+pub fn member_string(body: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let after_name = text.split_once(&format!("<name>{name}</name>"))?.1;
+    let value = after_name.trim_start().strip_prefix("<value>")?;
+    let value = value.strip_prefix("<string>").unwrap_or(value);
+    let end = value.find('<')?;
+    Some(value[..end].to_string())
 }
 
 /// The first `OpaqueRef:…` in an XML-RPC answer.
@@ -212,6 +282,49 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         assert!(body.contains("<methodName>host.get_record</methodName>"));
+        assert!(body.contains("<param>\n<value><string>OpaqueRef:a</string></value>\n</param>"));
+    }
+
+    #[test]
+    fn xmlrpc_call_encodes_every_parameter_kind_and_escapes_text() {
+        let r = xmlrpc_call(
+            "event.from",
+            &[
+                Param::Str("a<&>b"),
+                Param::Strings(&["VDI", "SR"]),
+                Param::Double(2.5),
+                Param::Struct(&[
+                    ("sharable", Param::Bool(false)),
+                    ("tags", Param::Strings(&[])),
+                ]),
+            ],
+        );
+        let text = String::from_utf8(r).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        for expected in [
+            "<value><string>a&lt;&amp;&gt;b</string></value>",
+            "<value><array><data>\n<value><string>VDI</string></value>\n<value><string>SR</string></value>\n</data></array></value>",
+            "<value><double>2.5</double></value>",
+            "<member>\n<name>sharable</name>\n<value><boolean>0</boolean></value>\n</member>",
+            "<name>tags</name>\n<value><array><data>\n</data></array></value>",
+        ] {
+            assert!(body.contains(expected), "missing {expected:?} in {body}");
+        }
+    }
+
+    #[test]
+    fn answers_are_read_for_status_and_members() {
+        let ok = b"<struct><member><name>Status</name><value>Success</value></member><member><name>Value</name><value><struct><member><name>token</name><value><string>42</string></value></member></struct></value></member></struct>";
+        assert!(succeeded(ok));
+        assert_eq!(member_string(ok, "token").as_deref(), Some("42"));
+        assert_eq!(
+            member_string(b"<name>token</name><value>7</value>", "token").as_deref(),
+            Some("7")
+        );
+        assert_eq!(member_string(ok, "events"), None);
+        let fault = b"<member><name>Status</name><value><string>Failure</string></value></member>";
+        assert!(!succeeded(fault));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `cargo xtask`: Keel's build, run, test and benchmark driver (host binary).
 //!
-//! `build` makes the image, `run` boots it in QEMU on the terminal, `test` runs the host unit
-//! tests and then the QEMU integration tests, `bench boot` times boots, `image` writes boot
-//! media (PXE bundle, GRUB ISO) with `keel-image-builder`. QEMU flags, image building and
+//! `build` makes the image, `run` boots it in QEMU on the terminal (as Xen's dom0 unless
+//! `--no-xen`), `prereq` installs what every command and test uses, `test` installs that and
+//! runs the host unit tests and then the QEMU integration tests, `bench …` measures, `image`
+//! writes boot media (PXE bundle, GRUB ISO) with `keel-image-builder`. QEMU flags, image building and
 //! prerequisites come from the `keel-tests` harness library so that all of these boot exactly
 //! as the tests do.
 
@@ -54,6 +55,10 @@ fn run(args: impl Iterator<Item = String>) -> Result<ExitCode, XtaskError> {
         Command::BenchStorage { runs, record } => {
             commands::bench_storage::run(runs, record).map(|()| ExitCode::SUCCESS)
         }
+        Command::BenchSoak(options) => {
+            commands::bench_soak::run(&options).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Prereq => commands::prereq::run().map(|()| ExitCode::SUCCESS),
         Command::Image(words) => commands::image::run(&words).map(|()| ExitCode::SUCCESS),
     }
 }

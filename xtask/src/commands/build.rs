@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 
 use keel_tests::image::{self, Profile};
+use keel_tests::prereq::toolchain;
 
 use crate::error::XtaskError;
 use crate::progress;
 
-/// Builds the image with progress output; returns its path and size in bytes.
+/// Builds the image with progress output; returns its path and size in bytes. The pinned
+/// toolchain's targets come first: rustup does not add them to a toolchain it already had.
 pub fn build_image(profile: Profile) -> Result<(PathBuf, u64), XtaskError> {
+    toolchain::ensure()?;
     let name = match profile {
         Profile::Release => "release",
         Profile::Debug => "debug",

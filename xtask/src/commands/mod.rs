@@ -3,8 +3,10 @@
 pub mod bench;
 pub mod bench_api;
 pub mod bench_dom0;
+pub mod bench_soak;
 pub mod bench_storage;
 pub mod build;
 pub mod image;
+pub mod prereq;
 pub mod run;
 pub mod test;

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: host unit tests, then the QEMU integration tests on the release image.
+//! `cargo xtask test`: everything the tests use (installed as root, else the command to run),
+//! host unit tests, then the QEMU integration tests on the release image.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -18,8 +19,9 @@ pub const MAX_PARALLEL_VMS: usize = 2;
 /// Runs both suites even when the first fails, so that one run shows every failure; fails
 /// with the first failure when any suite failed.
 pub fn run() -> Result<(), XtaskError> {
-    // Xen for the tests that boot Keel as its dom0 (tests/tests/xen.rs).
-    prereq::ensure(&[Tool::Qemu, Tool::Xen])?;
+    // QEMU, Xen, the boot media tools, OVMF, the Python venv: the tests only check for them
+    // (they must not change the system), so this is where they get installed.
+    prereq::ensure(Tool::ALL)?;
     let unit = cargo("host unit tests", &unit_test_args(), None);
     if let Err(error) = &unit {
         eprintln!("xtask: {error}; continuing with the QEMU integration tests");
