@@ -7,7 +7,9 @@
 
 extern crate alloc;
 
+mod args;
 mod connection;
+mod daemon;
 pub mod path;
 pub mod perms;
 pub mod quota;
@@ -16,6 +18,10 @@ pub mod tree;
 mod view;
 
 pub use connection::{CutOff, WatchEvent};
+pub use daemon::{
+    DomainUsage, HandleError, LocalClient, Xenstored, DOMID_FIRST_RESERVED, DOMID_SELF,
+    INTRODUCE_DOMAIN, RELEASE_DOMAIN,
+};
 pub use keel_xen::xenstore_wire::XsError;
 pub use perms::{Access, Caller, Perm, Perms, Rights};
 pub use quota::Quotas;
