@@ -125,3 +125,170 @@ fn clear_operations(record: &mut Record) {
         FieldValue::Map(BTreeMap::new()),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(power_state: &str, fields: &[(&str, FieldValue)]) -> Record {
+        let mut record: Record = [
+            ("power_state".into(), FieldValue::String(power_state.into())),
+            (
+                "resident_on".into(),
+                FieldValue::Ref("OpaqueRef:host".into()),
+            ),
+            ("domid".into(), FieldValue::Int(7)),
+            ("is_a_template".into(), FieldValue::Bool(false)),
+            (
+                "current_operations".into(),
+                FieldValue::Map([("op".into(), FieldValue::String("start".into()))].into()),
+            ),
+        ]
+        .into();
+        for (field, value) in fields {
+            record.insert(String::from(*field), value.clone());
+        }
+        record
+    }
+
+    fn auto(value: &str) -> (&'static str, FieldValue) {
+        (
+            "other_config",
+            FieldValue::Map([(AUTO_POWERON_KEY.into(), FieldValue::String(value.into()))].into()),
+        )
+    }
+
+    #[test]
+    fn running_and_paused_vms_become_halted_and_suspended_ones_stay() {
+        let mut database = Database::new();
+        database.insert("VM", "OpaqueRef:running", vm("Running", &[]));
+        database.insert("VM", "OpaqueRef:paused", vm("Paused", &[]));
+        database.insert("VM", "OpaqueRef:suspended", vm("Suspended", &[]));
+        database.insert("VM", "OpaqueRef:halted", vm("Halted", &[]));
+        let plan = apply_host_boot(&mut database);
+        assert_eq!(plan.halted, ["OpaqueRef:paused", "OpaqueRef:running"]);
+        assert!(plan.auto_start.is_empty());
+        for reference in ["OpaqueRef:running", "OpaqueRef:paused"] {
+            let record = database.get("VM", reference).unwrap();
+            assert_eq!(record["power_state"], FieldValue::String("Halted".into()));
+            assert_eq!(record["resident_on"], FieldValue::Ref(NULL_REF.into()));
+            assert_eq!(record["domid"], FieldValue::Int(-1));
+            assert_eq!(record["current_operations"], FieldValue::Map(BTreeMap::new()));
+            // Fields the record lacked are not invented.
+            assert!(!record.contains_key("scheduled_to_be_resident_on"));
+        }
+        let suspended = database.get("VM", "OpaqueRef:suspended").unwrap();
+        assert_eq!(
+            suspended["power_state"],
+            FieldValue::String("Suspended".into())
+        );
+        assert_eq!(suspended["domid"], FieldValue::Int(7));
+    }
+
+    #[test]
+    fn auto_poweron_vms_start_in_order_and_others_do_not() {
+        let mut database = Database::new();
+        database.insert("VM", "OpaqueRef:a", vm("Running", &[auto("true")]));
+        database.insert(
+            "VM",
+            "OpaqueRef:b",
+            vm("Halted", &[auto("TRUE"), ("order", FieldValue::Int(-5))]),
+        );
+        database.insert("VM", "OpaqueRef:c", vm("Halted", &[auto("false")]));
+        database.insert("VM", "OpaqueRef:d", vm("Halted", &[]));
+        database.insert("VM", "OpaqueRef:e", vm("Suspended", &[auto("true")]));
+        database.insert(
+            "VM",
+            "OpaqueRef:template",
+            vm(
+                "Halted",
+                &[auto("true"), ("is_a_template", FieldValue::Bool(true))],
+            ),
+        );
+        database.insert(
+            "VM",
+            "OpaqueRef:snapshot",
+            vm(
+                "Halted",
+                &[auto("true"), ("is_a_snapshot", FieldValue::Bool(true))],
+            ),
+        );
+        database.insert(
+            "VM",
+            "OpaqueRef:not-a-string",
+            vm(
+                "Halted",
+                &[(
+                    "other_config",
+                    FieldValue::Map([(AUTO_POWERON_KEY.into(), FieldValue::Bool(true))].into()),
+                )],
+            ),
+        );
+        let plan = apply_host_boot(&mut database);
+        assert_eq!(plan.auto_start, ["OpaqueRef:b", "OpaqueRef:a"]);
+        assert_eq!(plan.halted, ["OpaqueRef:a"]);
+    }
+
+    #[test]
+    fn the_control_domain_is_left_alone() {
+        let mut database = Database::new();
+        let dom0 = vm(
+            "Running",
+            &[auto("true"), ("is_control_domain", FieldValue::Bool(true))],
+        );
+        database.insert("VM", "OpaqueRef:dom0", dom0.clone());
+        let plan = apply_host_boot(&mut database);
+        assert_eq!(plan, BootPlan::default());
+        assert_eq!(database.get("VM", "OpaqueRef:dom0"), Some(&dom0));
+    }
+
+    #[test]
+    fn devices_are_detached() {
+        let mut database = Database::new();
+        for (class, reference, attached) in [
+            ("VBD", "OpaqueRef:vbd1", true),
+            ("VBD", "OpaqueRef:vbd2", false),
+            ("VIF", "OpaqueRef:vif1", true),
+        ] {
+            database.insert(
+                class,
+                reference,
+                [
+                    ("currently_attached".into(), FieldValue::Bool(attached)),
+                    ("current_operations".into(), FieldValue::Map(BTreeMap::new())),
+                ]
+                .into(),
+            );
+        }
+        let plan = apply_host_boot(&mut database);
+        assert_eq!(plan.detached, ["OpaqueRef:vbd1", "OpaqueRef:vif1"]);
+        for (class, objects) in &database.classes {
+            for (reference, record) in objects {
+                assert_eq!(
+                    record["currently_attached"],
+                    FieldValue::Bool(false),
+                    "{class} {reference}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn records_of_any_shape_do_not_upset_it() {
+        let mut database = Database::new();
+        database.insert(
+            "VM",
+            "OpaqueRef:odd",
+            [
+                ("power_state".into(), FieldValue::Int(3)),
+                ("other_config".into(), FieldValue::String("x".into())),
+                ("order".into(), FieldValue::String("1".into())),
+            ]
+            .into(),
+        );
+        database.insert("VM", "OpaqueRef:empty", Record::new());
+        let before = database.clone();
+        assert_eq!(apply_host_boot(&mut database), BootPlan::default());
+        assert_eq!(database, before);
+    }
+}

@@ -34,7 +34,7 @@ use crate::value::{Database, FieldValue, Record};
 pub const MAX_DEPTH: usize = 32;
 /// Most items in one database, counting every class, object, field and value (each set
 /// element and map entry is a value).
-pub const MAX_ITEMS: usize = 1 << 22;
+pub const MAX_ITEMS: usize = 1 << 20;
 
 const TAG_NIL: u8 = 0;
 const TAG_BOOL: u8 = 1;
@@ -410,5 +410,286 @@ impl Reader<'_> {
             }
             other => return Err(DecodeError::UnknownTag(other)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, FieldValue)]) -> FieldValue {
+        FieldValue::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (String::from(*k), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// A database using every value kind, edge values, nesting and unicode.
+    fn sample() -> Database {
+        let mut database = Database::new();
+        let mut vm = Record::new();
+        vm.insert("nil".into(), FieldValue::Nil);
+        vm.insert("yes".into(), FieldValue::Bool(true));
+        vm.insert("no".into(), FieldValue::Bool(false));
+        vm.insert("zero".into(), FieldValue::Int(0));
+        vm.insert("min".into(), FieldValue::Int(i64::MIN));
+        vm.insert("max".into(), FieldValue::Int(i64::MAX));
+        vm.insert("minus_one".into(), FieldValue::Int(-1));
+        vm.insert("pi".into(), FieldValue::Float(core::f64::consts::PI));
+        vm.insert("neg_zero".into(), FieldValue::Float(-0.0));
+        vm.insert("inf".into(), FieldValue::Float(f64::NEG_INFINITY));
+        vm.insert("name_label".into(), FieldValue::String("débian ☃".into()));
+        vm.insert("empty".into(), FieldValue::String(String::new()));
+        vm.insert(
+            "created".into(),
+            FieldValue::DateTime("20261203T08:40:00Z".into()),
+        );
+        vm.insert(
+            "resident_on".into(),
+            FieldValue::Ref("OpaqueRef:1234".into()),
+        );
+        vm.insert(
+            "VBDs".into(),
+            FieldValue::Set(vec![
+                FieldValue::Ref("OpaqueRef:b".into()),
+                FieldValue::Ref("OpaqueRef:a".into()),
+            ]),
+        );
+        vm.insert(
+            "other_config".into(),
+            map(&[
+                ("auto_poweron", FieldValue::String("true".into())),
+                ("", FieldValue::String("empty key".into())),
+                (
+                    "nested",
+                    map(&[("deeper", FieldValue::Set(vec![map(&[]), FieldValue::Nil]))]),
+                ),
+            ]),
+        );
+        database.insert("VM", "OpaqueRef:vm1", vm);
+        database.insert("VM", "OpaqueRef:vm0", Record::new());
+        database.insert("network", "OpaqueRef:n", Record::new());
+        database.classes.insert("empty_class".into(), BTreeMap::new());
+        database
+    }
+
+    #[test]
+    fn every_value_kind_round_trips() {
+        let database = sample();
+        let bytes = encode(&database).unwrap();
+        assert_eq!(decode(&bytes), Ok(database));
+        assert_eq!(decode(&encode(&Database::new()).unwrap()), Ok(Database::new()));
+    }
+
+    #[test]
+    fn nan_keeps_its_bits() {
+        let mut database = Database::new();
+        let nan = f64::from_bits(0x7ff8_0000_dead_beef);
+        database.insert(
+            "c",
+            "r",
+            [(String::from("f"), FieldValue::Float(nan))].into(),
+        );
+        let decoded = decode(&encode(&database).unwrap()).unwrap();
+        match decoded.get("c", "r").and_then(|r| r.get("f")) {
+            Some(FieldValue::Float(f)) => assert_eq!(f.to_bits(), nan.to_bits()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_encoding_is_compact_and_exact() {
+        let mut database = Database::new();
+        database.insert(
+            "VM",
+            "r",
+            [
+                (String::from("b"), FieldValue::Bool(true)),
+                (String::from("i"), FieldValue::Int(-2)),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            encode(&database).unwrap(),
+            [
+                1, 2, b'V', b'M', 1, 1, b'r', 2, 1, b'b', TAG_BOOL, 1, 1, b'i', TAG_INT, 3
+            ]
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode(&sample()).unwrap();
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "prefix of {len} decoded");
+        }
+    }
+
+    /// Whatever decodes re-encodes to exactly the input (the encoding is canonical), so
+    /// corruption can never silently turn into a different database that still "looks" like
+    /// the same bytes; and nothing panics.
+    fn decode_is_total_and_canonical(input: &[u8]) {
+        if let Ok(database) = decode(input) {
+            assert_eq!(encode(&database).unwrap(), input);
+        }
+    }
+
+    #[test]
+    fn bit_flips_never_panic_and_decode_canonically() {
+        let bytes = encode(&sample()).unwrap();
+        for index in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[index] ^= 1 << bit;
+                decode_is_total_and_canonical(&flipped);
+            }
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Bias towards the small tags and counts that reach deeper into the decoder.
+            if round % 2 == 0 {
+                for byte in &mut input {
+                    *byte %= 10;
+                }
+            }
+            decode_is_total_and_canonical(&input);
+        }
+    }
+
+    #[test]
+    fn huge_lengths_are_refused_before_allocating() {
+        // A class count, a string length and a set count of u64::MAX.
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(decode(&max), Err(DecodeError::Truncated));
+        let mut long_name = vec![1];
+        long_name.extend_from_slice(&max);
+        assert_eq!(decode(&long_name), Err(DecodeError::Truncated));
+        let mut long_set = vec![1, 1, b'c', 1, 1, b'r', 1, 1, b'f', TAG_SET];
+        long_set.extend_from_slice(&max);
+        assert_eq!(decode(&long_set), Err(DecodeError::Truncated));
+        // Just one more element than bytes remain.
+        assert_eq!(decode(&[2, 0]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn malformed_varints_are_refused() {
+        // Eleven continuation bytes, a tenth byte above 1, and a padded (non-shortest) zero.
+        assert_eq!(decode(&[0x80; 11]), Err(DecodeError::Varint));
+        let mut too_big = [0xff; 10];
+        too_big[9] = 0x02;
+        assert_eq!(decode(&too_big), Err(DecodeError::Varint));
+        assert_eq!(decode(&[0x80, 0x00]), Err(DecodeError::Varint));
+    }
+
+    #[test]
+    fn bad_values_have_typed_errors() {
+        let prefix = [1, 1, b'c', 1, 1, b'r', 1, 1, b'f'];
+        let with = |tail: &[u8]| {
+            let mut input = prefix.to_vec();
+            input.extend_from_slice(tail);
+            decode(&input)
+        };
+        assert_eq!(with(&[9]), Err(DecodeError::UnknownTag(9)));
+        assert_eq!(with(&[TAG_BOOL, 2]), Err(DecodeError::InvalidBool(2)));
+        assert_eq!(with(&[TAG_STRING, 1, 0xff]), Err(DecodeError::Utf8));
+        assert_eq!(with(&[TAG_FLOAT, 1, 2, 3]), Err(DecodeError::Truncated));
+        assert_eq!(with(&[TAG_NIL, 0]), Err(DecodeError::TrailingBytes));
+        assert_eq!(
+            with(&[TAG_MAP, 2, 1, b'b', TAG_NIL, 1, b'a', TAG_NIL]),
+            Err(DecodeError::KeyOrder)
+        );
+        assert_eq!(
+            with(&[TAG_MAP, 2, 1, b'a', TAG_NIL, 1, b'a', TAG_NIL]),
+            Err(DecodeError::KeyOrder)
+        );
+        // Duplicate refs and duplicate classes.
+        assert_eq!(
+            decode(&[1, 1, b'c', 2, 1, b'r', 0, 1, b'r', 0]),
+            Err(DecodeError::KeyOrder)
+        );
+        assert_eq!(
+            decode(&[2, 1, b'c', 0, 1, b'c', 0]),
+            Err(DecodeError::KeyOrder)
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_both_ways() {
+        fn nested(depth: usize) -> Database {
+            let mut value = FieldValue::Nil;
+            for _ in 1..depth {
+                value = FieldValue::Set(vec![value]);
+            }
+            let mut database = Database::new();
+            database.insert("c", "r", [(String::from("f"), value)].into());
+            database
+        }
+        let deepest = nested(MAX_DEPTH);
+        assert_eq!(decode(&encode(&deepest).unwrap()), Ok(deepest));
+        assert_eq!(encode(&nested(MAX_DEPTH + 1)), Err(EncodeError::TooDeep));
+        // Hand-made: far deeper than the limit, in few bytes.
+        let mut input = vec![1, 1, b'c', 1, 1, b'r', 1, 1, b'f'];
+        input.extend(core::iter::repeat_n([TAG_SET, 1], 10_000).flatten());
+        input.push(TAG_NIL);
+        assert_eq!(decode(&input), Err(DecodeError::TooDeep));
+    }
+
+    #[test]
+    fn item_count_is_bounded_both_ways() {
+        // Class, object, field and the set itself are 4 items; each element is one more.
+        let with_elements = |elements: usize| {
+            let mut database = Database::new();
+            let set = FieldValue::Set(vec![FieldValue::Nil; elements]);
+            database.insert("c", "r", [(String::from("f"), set)].into());
+            database
+        };
+        let largest = with_elements(MAX_ITEMS - 4);
+        let bytes = encode(&largest).unwrap();
+        assert_eq!(decode(&bytes), Ok(largest));
+        assert_eq!(
+            encode(&with_elements(MAX_ITEMS - 3)),
+            Err(EncodeError::TooManyItems)
+        );
+        // The same input with one more element, made by hand: the count varint grows by no
+        // byte (it is 3 bytes either way) and one more Nil follows.
+        let mut input = bytes[..10].to_vec();
+        let mut count = (MAX_ITEMS - 3) as u64;
+        while count >= 0x80 {
+            input.push((count as u8) | 0x80);
+            count >>= 7;
+        }
+        input.push(count as u8);
+        input.extend(core::iter::repeat_n(TAG_NIL, MAX_ITEMS - 3));
+        assert_eq!(decode(&input), Err(DecodeError::TooManyItems));
+    }
+
+    #[test]
+    fn the_size_limit_stops_the_encoder() {
+        let database = sample();
+        let len = encode(&database).unwrap().len();
+        let mut out = vec![0u8; 10];
+        assert_eq!(
+            encode_into(&database, &mut out, 10 + len - 1),
+            Err(EncodeError::TooLarge {
+                limit: 10 + len - 1
+            })
+        );
+        out.truncate(10);
+        assert_eq!(encode_into(&database, &mut out, 10 + len), Ok(()));
+        assert_eq!(out.len(), 10 + len);
     }
 }

@@ -282,3 +282,280 @@ fn read_slot<V: DbVolume>(
         Err(error) => Ok(damaged(SlotProblem::Decode(error))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slot::FORMAT_VERSION;
+    use crate::value::FieldValue;
+    use alloc::string::String;
+
+    /// A volume in memory that can be told to fail its next write or flush.
+    struct VecVolume {
+        bytes: Vec<u8>,
+        fail_write: bool,
+        fail_flush: bool,
+        writes: Vec<u64>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Failed;
+
+    impl VecVolume {
+        fn new(capacity: usize) -> Self {
+            VecVolume {
+                bytes: vec![0; capacity],
+                fail_write: false,
+                fail_flush: false,
+                writes: Vec::new(),
+            }
+        }
+    }
+
+    impl DbVolume for VecVolume {
+        type Error = Failed;
+
+        fn capacity(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+
+        fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<(), Failed> {
+            let start = offset as usize;
+            out.copy_from_slice(&self.bytes[start..start + out.len()]);
+            Ok(())
+        }
+
+        fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Failed> {
+            assert_eq!(offset % BLOCK as u64, 0);
+            assert_eq!(data.len() % BLOCK, 0);
+            self.writes.push(offset);
+            if core::mem::take(&mut self.fail_write) {
+                return Err(Failed);
+            }
+            let start = offset as usize;
+            self.bytes[start..start + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<(), Failed> {
+            if core::mem::take(&mut self.fail_flush) {
+                return Err(Failed);
+            }
+            Ok(())
+        }
+    }
+
+    const CAPACITY: usize = 8 * BLOCK;
+
+    fn db(tag: &str) -> Database {
+        let mut database = Database::new();
+        database.insert(
+            "VM",
+            "OpaqueRef:1",
+            [(String::from("name_label"), FieldValue::String(tag.into()))].into(),
+        );
+        database
+    }
+
+    fn open(volume: &mut VecVolume) -> Opened {
+        HostDb::open(volume).unwrap()
+    }
+
+    fn loaded(volume: &mut VecVolume) -> Loaded {
+        open(volume).loaded.unwrap()
+    }
+
+    #[test]
+    fn a_blank_volume_holds_no_database_and_takes_a_first_save() {
+        let mut volume = VecVolume::new(CAPACITY);
+        let mut opened = open(&mut volume);
+        assert_eq!(opened.loaded, Err(NoDatabase::Blank));
+        let report = opened.store.save(&mut volume, &db("first")).unwrap();
+        assert_eq!((report.generation, report.slot), (1, 0));
+        let again = loaded(&mut volume);
+        assert_eq!(again.database, db("first"));
+        assert_eq!((again.generation, again.slot), (1, 0));
+        assert_eq!(again.other_slot, SlotState::Blank);
+    }
+
+    #[test]
+    fn saves_alternate_slots_and_the_newest_wins() {
+        let mut volume = VecVolume::new(CAPACITY);
+        let mut store = open(&mut volume).store;
+        for (i, tag) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            let report = store.save(&mut volume, &db(tag)).unwrap();
+            assert_eq!((report.generation, report.slot), (i as u64 + 1, i % 2));
+            let now = loaded(&mut volume);
+            assert_eq!(now.database, db(tag));
+            assert_eq!(
+                now.other_slot,
+                if i == 0 {
+                    SlotState::Blank
+                } else {
+                    SlotState::Valid {
+                        generation: i as u64,
+                    }
+                }
+            );
+        }
+        // A store opened later continues the sequence in the other slot.
+        let mut store = open(&mut volume).store;
+        let report = store.save(&mut volume, &db("f")).unwrap();
+        assert_eq!((report.generation, report.slot), (6, 1));
+    }
+
+    #[test]
+    fn a_torn_newest_slot_falls_back_and_is_the_next_one_written() {
+        let mut volume = VecVolume::new(CAPACITY);
+        let mut store = open(&mut volume).store;
+        store.save(&mut volume, &db("old")).unwrap();
+        store.save(&mut volume, &db("new")).unwrap();
+        // Slot 1 holds "new"; damage one payload byte.
+        let slot1 = 4 * BLOCK;
+        volume.bytes[slot1 + HEADER_LEN + 3] ^= 0x40;
+        let opened = open(&mut volume);
+        let found = opened.loaded.unwrap();
+        assert_eq!(found.database, db("old"));
+        assert_eq!(
+            found.other_slot,
+            SlotState::Damaged(SlotProblem::PayloadChecksum)
+        );
+        let mut store = opened.store;
+        volume.writes.clear();
+        let report = store.save(&mut volume, &db("newer")).unwrap();
+        assert_eq!(volume.writes, [slot1 as u64]);
+        // Above the damaged slot's generation too.
+        assert_eq!(report.generation, 3);
+        assert_eq!(loaded(&mut volume).database, db("newer"));
+    }
+
+    #[test]
+    fn both_slots_bad_is_no_valid_database() {
+        let mut volume = VecVolume::new(CAPACITY);
+        let mut store = open(&mut volume).store;
+        store.save(&mut volume, &db("a")).unwrap();
+        store.save(&mut volume, &db("b")).unwrap();
+        volume.bytes[HEADER_LEN] ^= 1;
+        volume.bytes[4 * BLOCK + 20] ^= 1;
+        let opened = open(&mut volume);
+        assert_eq!(
+            opened.loaded,
+            Err(NoDatabase::NoValidDatabase {
+                slots: [
+                    SlotState::Damaged(SlotProblem::PayloadChecksum),
+                    SlotState::Damaged(SlotProblem::HeaderChecksum),
+                ]
+            })
+        );
+        // The caller starts empty; saving works again and wins over the debris.
+        let mut store = opened.store;
+        store.save(&mut volume, &db("fresh")).unwrap();
+        assert_eq!(loaded(&mut volume).database, db("fresh"));
+    }
+
+    #[test]
+    fn a_failed_save_never_costs_the_acknowledged_database() {
+        let mut volume = VecVolume::new(CAPACITY);
+        let mut store = open(&mut volume).store;
+        store.save(&mut volume, &db("kept")).unwrap();
+        volume.fail_write = true;
+        assert_eq!(
+            store.save(&mut volume, &db("lost")),
+            Err(HostDbError::Volume(Failed))
+        );
+        volume.fail_flush = true;
+        assert_eq!(
+            store.save(&mut volume, &db("also lost")),
+            Err(HostDbError::Volume(Failed))
+        );
+        // Every attempt went to slot 1: slot 0 still holds "kept".
+        assert_eq!(volume.writes, [0, 4 * BLOCK as u64, 4 * BLOCK as u64]);
+        let report = store.save(&mut volume, &db("retried")).unwrap();
+        assert_eq!((report.slot, report.generation), (1, 4));
+        assert_eq!(loaded(&mut volume).database, db("retried"));
+    }
+
+    #[test]
+    fn a_database_larger_than_a_slot_is_refused_without_writing() {
+        let mut volume = VecVolume::new(CAPACITY);
+        let mut store = open(&mut volume).store;
+        store.save(&mut volume, &db("small")).unwrap();
+        let capacity = store.payload_capacity();
+        assert_eq!(capacity, 4 * BLOCK - HEADER_LEN);
+        let big = db(&"x".repeat(capacity));
+        assert_eq!(
+            store.save(&mut volume, &big),
+            Err(HostDbError::TooLarge {
+                payload_capacity: capacity
+            })
+        );
+        assert_eq!(volume.writes, [0]);
+        // Exactly full fits.
+        let overhead = codec::encode(&db("")).unwrap().len();
+        let full = db(&"y".repeat(capacity - overhead - 1));
+        assert_eq!(codec::encode(&full).unwrap().len(), capacity);
+        store.save(&mut volume, &full).unwrap();
+        assert_eq!(loaded(&mut volume).database, full);
+    }
+
+    #[test]
+    fn a_newer_format_without_a_readable_slot_makes_the_store_read_only() {
+        let mut volume = VecVolume::new(CAPACITY);
+        let mut store = open(&mut volume).store;
+        store.save(&mut volume, &db("v1")).unwrap();
+        volume.bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let crc = keel_storage::crc32c(&volume.bytes[..60]);
+        volume.bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+        let opened = open(&mut volume);
+        assert_eq!(
+            opened.loaded,
+            Err(NoDatabase::UnsupportedVersion(FORMAT_VERSION + 1))
+        );
+        let mut store = opened.store;
+        volume.writes.clear();
+        assert_eq!(
+            store.save(&mut volume, &db("v1 again")),
+            Err(HostDbError::ReadOnly {
+                version: FORMAT_VERSION + 1
+            })
+        );
+        assert!(volume.writes.is_empty());
+    }
+
+    #[test]
+    fn a_volume_too_small_for_two_blocks_is_refused() {
+        let mut volume = VecVolume::new(2 * BLOCK - 1);
+        assert_eq!(
+            HostDb::open(&mut volume).err(),
+            Some(HostDbError::VolumeTooSmall {
+                capacity: 2 * BLOCK as u64 - 1
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_in_both_slots_is_damage_not_a_panic() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        for round in 0..200 {
+            let mut volume = VecVolume::new(CAPACITY);
+            if round % 2 == 0 {
+                // A valid save first, then garbage over part of it.
+                open(&mut volume)
+                    .store
+                    .save(&mut volume, &db("victim"))
+                    .unwrap();
+            }
+            for _ in 0..64 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state as usize) % CAPACITY;
+                volume.bytes[at] = (state >> 32) as u8;
+            }
+            let opened = open(&mut volume);
+            if let Ok(found) = opened.loaded {
+                assert_eq!(found.database, db("victim"), "round {round}");
+            }
+        }
+    }
+}
