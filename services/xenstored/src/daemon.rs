@@ -9,7 +9,9 @@ use alloc::vec::Vec;
 use keel_xen::xenstore_wire::{XsError, XsMessage, XsType, XENSTORE_PAYLOAD_MAX};
 
 use crate::args::{count_strings, number, onearg, strings, text};
-use crate::connection::{Channel, Connection, CutOff, LocalChannel, Outgoing, RawRequest, Watch, WatchEvent};
+use crate::connection::{
+    Channel, Connection, CutOff, LocalChannel, Outgoing, RawRequest, Watch, WatchEvent,
+};
 use crate::path::{canonicalize, domain_path, is_child, is_valid_node};
 use crate::perms::{Access, Caller, Perm, Perms, Rights};
 use crate::quota::{Quotas, LOCAL_EVENT_QUEUE_MAX};
@@ -156,7 +158,10 @@ impl Xenstored {
                 self.with_view(key, tx, |v| v.read(&p))
             }
             XsType::Write => {
-                let nul = payload.iter().position(|&b| b == 0).ok_or(XsError::EINVAL)?;
+                let nul = payload
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or(XsError::EINVAL)?;
                 let p = path(text(&payload[..nul])?);
                 let value = &payload[nul + 1..];
                 self.with_view(key, tx, |v| v.write(&p, value)).map(ok)
@@ -275,7 +280,12 @@ impl Xenstored {
         result
     }
 
-    fn op_set_perms(&mut self, key: ConnKey, tx: Option<u32>, payload: &[u8]) -> Result<(), XsError> {
+    fn op_set_perms(
+        &mut self,
+        key: ConnKey,
+        tx: Option<u32>,
+        payload: &[u8],
+    ) -> Result<(), XsError> {
         let caller = self.caller(key)?;
         let n = count_strings(payload);
         if n < 2 {
@@ -333,7 +343,11 @@ impl Xenstored {
             }
             (p, !raw_path.starts_with('/'))
         };
-        if conn.watches.iter().any(|w| w.path == path && w.token == token) {
+        if conn
+            .watches
+            .iter()
+            .any(|w| w.path == path && w.token == token)
+        {
             return Err(XsError::EEXIST);
         }
         if !caller.privileged && conn.watches.len() >= quotas.watches {
@@ -388,7 +402,12 @@ impl Xenstored {
         Ok(nul_terminated(&format!("{id}")))
     }
 
-    fn op_transaction_end(&mut self, key: ConnKey, tx: Option<u32>, payload: &[u8]) -> Result<(), XsError> {
+    fn op_transaction_end(
+        &mut self,
+        key: ConnKey,
+        tx: Option<u32>,
+        payload: &[u8],
+    ) -> Result<(), XsError> {
         let arg = onearg(payload)?;
         let do_commit = match arg {
             "T" => true,
@@ -408,7 +427,10 @@ impl Xenstored {
     }
 
     fn caller(&self, key: ConnKey) -> Result<Caller, XsError> {
-        self.conns.get(&key).map(|c| c.caller).ok_or(XsError::EINVAL)
+        self.conns
+            .get(&key)
+            .map(|c| c.caller)
+            .ok_or(XsError::EINVAL)
     }
 
     // ---------------------------------------------------------------- watch delivery
@@ -442,7 +464,13 @@ impl Xenstored {
             let matching: Vec<(String, String)> = conn
                 .watches
                 .iter()
-                .filter(|w| if exact { w.path == path } else { is_child(path, &w.path) })
+                .filter(|w| {
+                    if exact {
+                        w.path == path
+                    } else {
+                        is_child(path, &w.path)
+                    }
+                })
                 .map(|w| (event_path(w, conn.caller.domid, path), w.token.clone()))
                 .collect();
             for (p, token) in matching {
@@ -482,8 +510,7 @@ impl Xenstored {
                 payload.extend_from_slice(token.as_bytes());
                 payload.push(0);
                 if !special
-                    && r
-                        .out
+                    && r.out
                         .iter()
                         .any(|o| o.is_event && o.written == 0 && o.payload == payload)
                 {
@@ -598,7 +625,9 @@ impl Xenstored {
         self.conns
             .iter()
             .filter_map(|(k, c)| match (k, &c.channel) {
-                (ConnKey::Domain(d), Channel::Ring(r)) if r.cut_off.is_none() && !r.out.is_empty() => {
+                (ConnKey::Domain(d), Channel::Ring(r))
+                    if r.cut_off.is_none() && !r.out.is_empty() =>
+                {
                     Some(*d)
                 }
                 _ => None,
@@ -872,9 +901,11 @@ impl Xenstored {
         if !self.conns.contains_key(&key) {
             return Err(XsError::EINVAL);
         }
-        if parts.iter().enumerate().any(|(i, p)| {
-            (!last_raw || i + 1 < parts.len()) && p.contains(&0)
-        }) {
+        if parts
+            .iter()
+            .enumerate()
+            .any(|(i, p)| (!last_raw || i + 1 < parts.len()) && p.contains(&0))
+        {
             return Err(XsError::EINVAL);
         }
         let msg = XsMessage::build(kind, 0, tx_id, parts, last_raw).map_err(|_| XsError::E2BIG)?;
@@ -897,7 +928,11 @@ impl Xenstored {
 
     /// Events dropped for an in-process client because its queue was full.
     pub fn lost_events(&self, client: LocalClient) -> u64 {
-        match self.conns.get(&ConnKey::Local(client.0)).map(|c| &c.channel) {
+        match self
+            .conns
+            .get(&ConnKey::Local(client.0))
+            .map(|c| &c.channel)
+        {
             Some(Channel::Local(l)) => l.lost_events,
             _ => 0,
         }
@@ -933,7 +968,12 @@ fn domid_arg(s: &str) -> Result<u16, XsError> {
 
 /// The reply to a request: its own type with the result, or `XS_ERROR` with the errno name.
 /// A result too large for the wire becomes E2BIG (Xen's `send_reply`).
-pub(crate) fn reply(kind: XsType, req_id: u32, tx_id: u32, result: Result<Vec<u8>, XsError>) -> XsMessage {
+pub(crate) fn reply(
+    kind: XsType,
+    req_id: u32,
+    tx_id: u32,
+    result: Result<Vec<u8>, XsError>,
+) -> XsMessage {
     let (kind, payload) = match result {
         Ok(p) if p.len() <= XENSTORE_PAYLOAD_MAX => (kind, p),
         Ok(_) => (XsType::Error, nul_terminated(XsError::E2BIG.as_str())),

@@ -10,9 +10,11 @@ extern crate alloc;
 mod args;
 mod connection;
 mod daemon;
+mod local;
 pub mod path;
 pub mod perms;
 pub mod quota;
+pub mod ring;
 mod transaction;
 pub mod tree;
 mod view;
@@ -25,3 +27,4 @@ pub use daemon::{
 pub use keel_xen::xenstore_wire::XsError;
 pub use perms::{Access, Caller, Perm, Perms, Rights};
 pub use quota::Quotas;
+pub use ring::{prepare, RingActivity, RingPage};

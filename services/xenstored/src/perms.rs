@@ -253,7 +253,10 @@ mod tests {
         .unwrap();
         assert!(perms.grants(5));
         perms.forget_domain(5);
-        assert_eq!(perms.entries(), &[Perm::new(3, Access::None), Perm::new(3, Access::Read)]);
+        assert_eq!(
+            perms.entries(),
+            &[Perm::new(3, Access::None), Perm::new(3, Access::Read)]
+        );
         perms.forget_domain(3);
         assert_eq!(perms.entries(), &[Perm::new(3, Access::None)]);
     }
