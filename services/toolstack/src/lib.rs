@@ -23,6 +23,7 @@ pub mod toolstack;
 pub use builder::{Builder, BuiltDomain, ConsoleBackend};
 pub use control::{DestroyProgress, DomainControl, XenControl};
 pub use domain::{Domain, ExitReason, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts};
+pub use skeleton::XenstoreDataError;
 pub use store::{Access, Perm, Store, StoreError};
 pub use toolstack::{
     CleanupProblem, Env, Event, EventKind, LifecycleError, StartError, StartRequest, Toolstack,

@@ -49,13 +49,53 @@ pub struct SkeletonNode {
     pub perms: Option<Vec<Perm>>,
 }
 
-/// The identity the toolstack knows before building.
+/// What the skeleton needs beyond the built domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity<'a> {
     pub uuid: &'a [u8; 16],
     pub name: &'a str,
     /// Wall-clock start time, nanoseconds since the Unix epoch (`/vm/<uuid>/start_time`).
     pub start_time_unix_ns: u64,
+    /// vCPUs `0..vcpus_online` are `online`, the rest up to the built count `offline`.
+    pub vcpus_online: u32,
+    /// Extra `(relative key, value)` nodes under `/local/domain/<id>` (XenAPI
+    /// `VM.xenstore_data`), checked with [`check_xenstore_data_key`].
+    pub xenstore_data: &'a [(String, String)],
+}
+
+/// First path components the toolstack writes itself; `xenstore_data` may not use them.
+pub const RESERVED_COMPONENTS: [&str; 9] = [
+    "vm", "name", "domid", "memory", "cpu", "store", "control", "console", "device",
+];
+
+/// Why an `xenstore_data` key was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XenstoreDataError {
+    /// Empty, absolute, with empty, `.` or `..` components, or characters xenstore refuses
+    /// (it allows `A-Za-z0-9-/_@`).
+    Malformed(String),
+    /// It would replace a node the toolstack writes.
+    Reserved(String),
+}
+
+/// Checks one `xenstore_data` key (a path relative to `/local/domain/<id>`).
+pub fn check_xenstore_data_key(key: &str) -> Result<(), XenstoreDataError> {
+    let well_formed = !key.is_empty()
+        && key.len() <= 1024
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'@'))
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if !well_formed {
+        return Err(XenstoreDataError::Malformed(key.into()));
+    }
+    let first = key.split('/').next().unwrap_or(key);
+    if RESERVED_COMPONENTS.contains(&first) {
+        return Err(XenstoreDataError::Reserved(key.into()));
+    }
+    Ok(())
 }
 
 /// Nodes for `built`, in creation order (parents first).
@@ -112,7 +152,7 @@ pub fn skeleton(built: &BuiltDomain, id: &Identity<'_>) -> Vec<SkeletonNode> {
     for cpu in 0..built.vcpus {
         value(
             format!("{dom}/cpu/{cpu}/availability"),
-            "online".into(),
+            cpu_availability(cpu < id.vcpus_online).into(),
             None,
         );
     }
@@ -168,7 +208,19 @@ pub fn skeleton(built: &BuiltDomain, id: &Identity<'_>) -> Vec<SkeletonNode> {
         format!("{secs}.{centis:02}"),
         None,
     );
+    for (key, v) in id.xenstore_data {
+        value(format!("{dom}/{key}"), v.clone(), None);
+    }
     nodes
+}
+
+/// `cpu/<n>/availability`.
+pub fn cpu_availability(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
 }
 
 #[cfg(test)]
@@ -207,10 +259,13 @@ mod tests {
 
     #[test]
     fn values_match_libxl() {
+        let data = [("vm-data/role".into(), "db".into())];
         let id = Identity {
             uuid: &UUID,
             name: "web",
             start_time_unix_ns: 1_700_000_000_123_456_789,
+            vcpus_online: 1,
+            xenstore_data: &data,
         };
         let nodes = skeleton(&built(), &id);
         let v = |p: &str| find(&nodes, p).value.clone().unwrap();
@@ -221,7 +276,8 @@ mod tests {
         assert_eq!(v("/local/domain/7/memory/static-max"), "262144");
         assert_eq!(v("/local/domain/7/memory/target"), "262144");
         assert_eq!(v("/local/domain/7/cpu/0/availability"), "online");
-        assert_eq!(v("/local/domain/7/cpu/1/availability"), "online");
+        assert_eq!(v("/local/domain/7/cpu/1/availability"), "offline");
+        assert_eq!(v("/local/domain/7/vm-data/role"), "db");
         assert!(nodes.iter().all(|n| !n.path.contains("/cpu/2")));
         assert_eq!(v("/local/domain/7/store/port"), "3");
         assert_eq!(v("/local/domain/7/store/ring-ref"), "1044476");
@@ -250,6 +306,8 @@ mod tests {
             uuid: &UUID,
             name: "web",
             start_time_unix_ns: 0,
+            vcpus_online: 2,
+            xenstore_data: &[],
         };
         let nodes = skeleton(&built(), &id);
         let ro = Some(vec![Perm::new(0, Access::None), Perm::new(7, Access::Read)]);
@@ -288,6 +346,36 @@ mod tests {
             if let Some(j) = nodes.iter().position(|m| m.path == parent) {
                 assert!(j < i, "{} before its parent", n.path);
             }
+        }
+    }
+
+    #[test]
+    fn xenstore_data_keys_are_checked() {
+        for ok in ["vm-data/role", "x", "vm-data/a_b/@c-1", "data2"] {
+            assert_eq!(check_xenstore_data_key(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "", "/abs", "a//b", "a/", "a/../b", ".", "sp ace", "nul\0", "é",
+        ] {
+            assert!(
+                matches!(
+                    check_xenstore_data_key(bad),
+                    Err(XenstoreDataError::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(check_xenstore_data_key(&"a".repeat(1025)).is_err());
+        for reserved in [
+            "name",
+            "control/shutdown",
+            "console/ring-ref",
+            "cpu/0/availability",
+        ] {
+            assert_eq!(
+                check_xenstore_data_key(reserved),
+                Err(XenstoreDataError::Reserved(reserved.into()))
+            );
         }
     }
 }

@@ -57,6 +57,9 @@ pub trait Store {
     fn set_perms(&mut self, path: &str, perms: &[Perm]) -> Result<(), StoreError>;
     fn introduce(&mut self, domid: u16, store_gfn: u64, store_port: u32) -> Result<(), StoreError>;
     fn release(&mut self, domid: u16) -> Result<(), StoreError>;
+    /// Xen reports the domain shut down: xenstored fires `@releaseDomain` (the C daemon
+    /// finds this out itself on `VIRQ_DOM_EXC`; in Keel the toolstack owns that scan).
+    fn domain_exited(&mut self, domid: u16);
     fn watch(&mut self, path: &str, token: &str) -> Result<(), StoreError>;
     fn unwatch(&mut self, path: &str, token: &str) -> Result<(), StoreError>;
 }

@@ -19,7 +19,10 @@ use crate::control::{DestroyProgress, DomainControl};
 use crate::domain::{
     Domain, ExitReason, Observation, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts,
 };
-use crate::skeleton::{domain_path, shutdown_path, skeleton, vm_path, Identity};
+use crate::skeleton::{
+    check_xenstore_data_key, cpu_availability, domain_path, shutdown_path, skeleton, vm_path,
+    Identity, XenstoreDataError,
+};
 use crate::store::{Store, StoreError};
 
 /// Token of every watch the toolstack registers; the glue routes watch events carrying it
@@ -44,12 +47,24 @@ pub struct StartRequest<'a, Spec> {
     pub start_paused: bool,
     /// Wall-clock time for `/vm/<uuid>/start_time`, nanoseconds since the Unix epoch.
     pub start_time_unix_ns: u64,
+    /// vCPUs online at boot (XenAPI `VCPUs_at_startup`), 1 up to the built count.
+    pub vcpus_at_startup: u32,
+    /// Extra nodes under `/local/domain/<id>` (XenAPI `VM.xenstore_data`): relative keys,
+    /// not under the toolstack's own nodes (see `skeleton::check_xenstore_data_key`).
+    pub xenstore_data: &'a [(String, String)],
 }
 
 /// Why `start` failed. After a `Build` failure no domain exists; after the others the
 /// domain is being torn down and a `Destroyed` event follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartError<BE, CE> {
+    /// Refused before building: an `xenstore_data` key.
+    InvalidXenstoreData(XenstoreDataError),
+    /// `vcpus_at_startup` is 0 (refused before building) or above the vCPUs built.
+    InvalidVcpusAtStartup {
+        requested: u32,
+        built: u32,
+    },
     Build(BE),
     /// The builder returned a domain id the toolstack already manages (a builder bug);
     /// nothing was done to either domain.
@@ -76,6 +91,16 @@ pub enum StartError<BE, CE> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleError {
     NoSuchDomain(u16),
+    /// A memory target above `memory/static-max` (KiB).
+    MemoryTargetTooHigh {
+        requested_kib: u64,
+        static_max_kib: u64,
+    },
+    /// A vCPU count of 0 or above the vCPUs the domain was built with.
+    VcpusOutOfRange {
+        requested: u32,
+        max: u32,
+    },
     State(StateError),
     Store(StoreError),
     Control(ControlError),
@@ -126,6 +151,7 @@ pub enum EventKind {
 #[derive(Debug)]
 struct Managed {
     domain: Domain,
+    built: BuiltDomain,
     problems: Vec<CleanupProblem>,
     /// A `destroydomain` error was already recorded (recorded once, retried always).
     destroy_error_seen: bool,
@@ -204,6 +230,15 @@ impl Toolstack {
         D: DomainControl,
         B: Builder,
     {
+        for (key, _) in request.xenstore_data {
+            check_xenstore_data_key(key).map_err(StartError::InvalidXenstoreData)?;
+        }
+        if request.vcpus_at_startup == 0 {
+            return Err(StartError::InvalidVcpusAtStartup {
+                requested: 0,
+                built: 0,
+            });
+        }
         let built = builder.build(request.spec).map_err(StartError::Build)?;
         let domid = built.domid;
         if self.domains.contains_key(&domid) {
@@ -213,6 +248,7 @@ impl Toolstack {
             domid,
             Managed {
                 domain: Domain::new(domid, request.uuid, String::from(request.name)),
+                built,
                 problems: Vec::new(),
                 destroy_error_seen: false,
             },
@@ -242,11 +278,19 @@ impl Toolstack {
         D: DomainControl,
     {
         let domid = built.domid;
+        if request.vcpus_at_startup > built.vcpus {
+            return Err(StartError::InvalidVcpusAtStartup {
+                requested: request.vcpus_at_startup,
+                built: built.vcpus,
+            });
+        }
         let store_error = |error| StartError::Store { domid, error };
         let identity = Identity {
             uuid: &request.uuid,
             name: request.name,
             start_time_unix_ns: request.start_time_unix_ns,
+            vcpus_online: request.vcpus_at_startup,
+            xenstore_data: request.xenstore_data,
         };
         // Leftovers of an earlier domain with this id or this VM must not leak into this one.
         env.store.rm(&domain_path(domid)).map_err(store_error)?;
@@ -302,6 +346,58 @@ impl Toolstack {
             .unpause(domid)
             .map_err(LifecycleError::Control)?;
         m.domain.set_paused(false);
+        Ok(())
+    }
+
+    /// Sets the balloon target (`memory/target`, KiB) of a live domain.
+    pub fn set_memory_target<S: Store, C, D>(
+        &mut self,
+        env: &mut Env<'_, S, C, D>,
+        domid: u16,
+        target_kib: u64,
+    ) -> Result<(), LifecycleError> {
+        let m = self.managed(domid)?;
+        m.domain.check_can_pause()?;
+        let static_max_kib = m.built.memory_static_max_kib;
+        if target_kib > static_max_kib {
+            return Err(LifecycleError::MemoryTargetTooHigh {
+                requested_kib: target_kib,
+                static_max_kib,
+            });
+        }
+        env.store
+            .write(
+                &alloc::format!("{}/memory/target", domain_path(domid)),
+                alloc::format!("{target_kib}").as_bytes(),
+            )
+            .map_err(LifecycleError::Store)
+    }
+
+    /// Brings vCPUs `0..count` online and the rest offline (`cpu/<n>/availability`; the
+    /// guest's vCPU hotplug driver acts on it).
+    pub fn set_vcpus_online<S: Store, C, D>(
+        &mut self,
+        env: &mut Env<'_, S, C, D>,
+        domid: u16,
+        count: u32,
+    ) -> Result<(), LifecycleError> {
+        let m = self.managed(domid)?;
+        m.domain.check_can_pause()?;
+        let max = m.built.vcpus;
+        if count == 0 || count > max {
+            return Err(LifecycleError::VcpusOutOfRange {
+                requested: count,
+                max,
+            });
+        }
+        for cpu in 0..max {
+            env.store
+                .write(
+                    &alloc::format!("{}/cpu/{cpu}/availability", domain_path(domid)),
+                    cpu_availability(cpu < count).as_bytes(),
+                )
+                .map_err(LifecycleError::Store)?;
+        }
         Ok(())
     }
 
@@ -477,6 +573,7 @@ impl Toolstack {
             let was_requested = matches!(m.domain.phase(), Phase::ShutdownRequested { .. });
             match m.domain.observe(info.as_ref()) {
                 Observation::Exited(reason) => {
+                    env.store.domain_exited(domid);
                     if was_requested {
                         let _ = env.store.unwatch(&shutdown_path(domid), WATCH_TOKEN);
                     }

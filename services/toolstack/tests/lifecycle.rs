@@ -25,6 +25,7 @@ struct FakeStore {
     perms: BTreeMap<String, Vec<Perm>>,
     introduced: BTreeMap<u16, (u64, u32)>,
     released: Vec<u16>,
+    exited: Vec<u16>,
     watches: BTreeSet<(String, String)>,
     /// Operation name → error for its next call.
     fail: BTreeMap<&'static str, StoreError>,
@@ -98,6 +99,9 @@ impl Store for FakeStore {
         }
         self.introduced.insert(domid, (gfn, port));
         Ok(())
+    }
+    fn domain_exited(&mut self, domid: u16) {
+        self.exited.push(domid);
     }
     fn release(&mut self, domid: u16) -> Result<(), StoreError> {
         self.check("release")?;
@@ -188,6 +192,8 @@ struct Rig {
     store: FakeStore,
     consoles: FakeConsoles,
     toolstack: Toolstack,
+    vcpus_at_startup: u32,
+    xenstore_data: Vec<(String, String)>,
 }
 
 const UUID: [u8; 16] = [0xab; 16];
@@ -202,6 +208,8 @@ impl Rig {
             store: FakeStore::default(),
             consoles: FakeConsoles::default(),
             toolstack: Toolstack::new(Timeouts::default()),
+            vcpus_at_startup: 2,
+            xenstore_data: Vec::new(),
         }
     }
 
@@ -241,6 +249,8 @@ impl Rig {
             spec: &spec,
             start_paused: paused,
             start_time_unix_ns: 1_700_000_000 * SEC,
+            vcpus_at_startup: self.vcpus_at_startup,
+            xenstore_data: &self.xenstore_data,
         };
         let control = XenControl(xen);
         let mut env = Env {
@@ -676,4 +686,94 @@ fn a_restart_gets_fresh_nodes() {
     assert_eq!(second, first, "the fake builder reuses ids per rig");
     assert_eq!(rig.store.value(&format!("{VM}/stale")), None);
     assert_eq!(rig.store.value(&format!("{VM}/name")), Some("web"));
+}
+
+#[test]
+fn xenstore_data_and_vcpus_at_startup_are_written() {
+    let mut rig = Rig::new();
+    rig.vcpus_at_startup = 1;
+    rig.xenstore_data = vec![("vm-data/role".into(), "db".into())];
+    let d = rig.start();
+    assert_eq!(rig.store.value("/local/domain/5/vm-data/role"), Some("db"));
+    assert_eq!(
+        rig.store.value("/local/domain/5/cpu/0/availability"),
+        Some("online")
+    );
+    assert_eq!(
+        rig.store.value("/local/domain/5/cpu/1/availability"),
+        Some("offline")
+    );
+    rig.with(|t, env| t.set_vcpus_online(env, d, 2)).unwrap();
+    assert_eq!(
+        rig.store.value("/local/domain/5/cpu/1/availability"),
+        Some("online")
+    );
+    assert_eq!(
+        rig.with(|t, env| t.set_vcpus_online(env, d, 3)),
+        Err(LifecycleError::VcpusOutOfRange {
+            requested: 3,
+            max: 2
+        })
+    );
+    assert!(rig.with(|t, env| t.set_vcpus_online(env, d, 0)).is_err());
+    rig.with(|t, env| t.set_memory_target(env, d, 131_072))
+        .unwrap();
+    assert_eq!(
+        rig.store.value("/local/domain/5/memory/target"),
+        Some("131072")
+    );
+    assert_eq!(
+        rig.with(|t, env| t.set_memory_target(env, d, 262_145)),
+        Err(LifecycleError::MemoryTargetTooHigh {
+            requested_kib: 262_145,
+            static_max_kib: 262_144
+        })
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_before_building() {
+    let mut rig = Rig::new();
+    rig.xenstore_data = vec![("control/shutdown".into(), "poweroff".into())];
+    assert!(matches!(
+        rig.start_with(false, false),
+        Err(StartError::InvalidXenstoreData(_))
+    ));
+    rig.xenstore_data = vec![("../../0/evil".into(), "x".into())];
+    assert!(matches!(
+        rig.start_with(false, false),
+        Err(StartError::InvalidXenstoreData(_))
+    ));
+    rig.xenstore_data.clear();
+    rig.vcpus_at_startup = 0;
+    assert!(matches!(
+        rig.start_with(false, false),
+        Err(StartError::InvalidVcpusAtStartup { .. })
+    ));
+    assert!(rig.store.nodes.is_empty());
+    assert_eq!(rig.flags(5), None, "nothing was built");
+    // More vCPUs online than built is found after building, and torn down.
+    rig.vcpus_at_startup = 3;
+    assert_eq!(
+        rig.start_with(false, false),
+        Err(StartError::InvalidVcpusAtStartup {
+            requested: 3,
+            built: 2
+        })
+    );
+    assert_eq!(rig.flags(5), None);
+    assert_eq!(
+        rig.events(),
+        [event(5, EventKind::Destroyed { problems: vec![] })]
+    );
+}
+
+#[test]
+fn xenstored_hears_about_exits() {
+    let mut rig = Rig::new();
+    let d = rig.start();
+    rig.guest_shuts_down(d, 3);
+    rig.with(|t, env| t.on_dom_exc(env, 0)).unwrap();
+    rig.with(|t, env| t.on_dom_exc(env, 1)).unwrap();
+    assert_eq!(rig.store.exited, [d], "once per exit");
 }
