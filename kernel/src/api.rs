@@ -125,16 +125,51 @@ pub fn start_server(
     let entropy = Entropy::seed(crate::arch::rdtsc() ^ rtc::now().unix_ms);
     match XenApi::new(api_config, Box::new(entropy), rtc::now()) {
         Ok(api) => {
-            let server_config = ServerConfig::default();
+            let server_config = server_config(largest_allocation());
             log::info!(
                 "api: XenAPI on TCP port {} (XML-RPC at / and /RPC2, JSON-RPC at /jsonrpc)",
                 server_config.port
             );
-            Some(ManagementServer::new(sockets, api, server_config))
+            let server = ManagementServer::new(sockets, api, server_config);
+            log::info!(
+                "api: up to {} connections, {} KiB of client memory ({} bytes per idle connection)",
+                server.max_connections(),
+                server.budget().limit() >> 10,
+                server.idle_connection_bytes()
+            );
+            Some(server)
         }
         Err(e) => {
             log::error!("api: cannot start: {e:?}");
             None
         }
     }
+}
+
+/// The server's shape for a heap whose largest free block is `free_heap` bytes: a third of it
+/// for what clients make the server hold (socket buffers, request bodies), the rest for
+/// everything else (the XenAPI's objects, storage, guests). Connections beyond what that third
+/// pays for are refused, not allowed to run the heap dry.
+fn server_config(free_heap: usize) -> ServerConfig {
+    ServerConfig {
+        memory_budget_bytes: free_heap / 3,
+        ..ServerConfig::default()
+    }
+}
+
+/// The largest allocation the heap can make right now (to within 64 KiB), found by trying:
+/// `try_reserve` fails cleanly, so probing is harmless, and it measures what is actually left
+/// after start-up rather than the arena's size.
+fn largest_allocation() -> usize {
+    let (mut fits, mut fails) = (0usize, 1usize << 40);
+    while fails - fits > 64 * 1024 {
+        let mid = fits + (fails - fits) / 2;
+        let mut probe: Vec<u8> = Vec::new();
+        if probe.try_reserve_exact(mid).is_ok() {
+            fits = mid;
+        } else {
+            fails = mid;
+        }
+    }
+    fits
 }

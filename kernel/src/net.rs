@@ -92,7 +92,14 @@ async fn drive(
     let mut next_wait_report_ms = 10_000;
     loop {
         let now_ms = handle.now_ns() / 1_000_000;
-        let mut busy = stack.poll(now_ms);
+        let mut busy = match server.as_mut() {
+            // The listener is refilled before every frame: a burst of connects all find a
+            // listening socket instead of a reset (keel-net's TcpListener).
+            Some(server) => stack.poll_with(now_ms, |sockets| {
+                server.accept(sockets);
+            }),
+            None => stack.poll(now_ms),
+        };
         if let Some(server) = server.as_mut() {
             if server.poll(stack.sockets(), now_ms, crate::rtc::now()) {
                 // Send what the server just queued without waiting for the next round.

@@ -47,13 +47,17 @@ impl ByteQueue {
     }
 
     /// Appends as much of `data` as keeps the unconsumed length within `limit`; returns how much.
-    /// The allocation is made once at `limit`, so it never grows past it.
+    /// The allocation is made once at `limit`, so it never grows past it. When the heap cannot
+    /// give that allocation it appends nothing (returns 0): the bytes stay with the caller,
+    /// which is backpressure, not a failure.
     pub(crate) fn append_bounded(&mut self, data: &[u8], limit: usize) -> usize {
         let count = data.len().min(limit.saturating_sub(self.len()));
         if count == 0 {
             return 0;
         }
-        self.make_room(count, limit);
+        if self.try_make_room(count, limit).is_err() {
+            return 0;
+        }
         self.bytes
             .extend_from_slice(data.get(..count).unwrap_or(&[]));
         count
@@ -79,6 +83,19 @@ impl ByteQueue {
     /// Ensures `count` more bytes fit without moving the consumed prefix out more than needed;
     /// a fresh allocation reserves `reserve` bytes at once.
     fn make_room(&mut self, count: usize, reserve: usize) {
+        if self.try_make_room(count, reserve).is_err() {
+            // Output: the caller bounds it (a response head, a window of body); running out
+            // of heap here is the allocator's failure, as for any infallible allocation.
+            self.bytes.reserve_exact(count);
+        }
+    }
+
+    /// [`ByteQueue::make_room`] that reports a failed allocation instead of aborting.
+    fn try_make_room(
+        &mut self,
+        count: usize,
+        reserve: usize,
+    ) -> Result<(), alloc::collections::TryReserveError> {
         if self.start > 0 && self.start == self.bytes.len() {
             self.bytes.clear();
             self.start = 0;
@@ -88,10 +105,11 @@ impl ByteQueue {
             self.start = 0;
         }
         if self.bytes.capacity() == 0 {
-            self.bytes.reserve_exact(reserve.max(count));
+            self.bytes.try_reserve_exact(reserve.max(count))?;
         } else if self.bytes.len() + count > self.bytes.capacity() {
-            self.bytes.reserve_exact(count);
+            self.bytes.try_reserve_exact(count)?;
         }
+        Ok(())
     }
 
     /// Frees the allocation when nothing is queued (idle connections hold no buffers).
@@ -123,6 +141,17 @@ mod tests {
         assert_eq!(queue.append_bounded(b"xyz", 4), 3);
         assert_eq!(queue.data(), b"dxyz");
         assert_eq!(queue.capacity(), 4);
+    }
+
+    #[test]
+    fn an_allocation_the_heap_refuses_is_backpressure_not_an_abort() {
+        let mut queue = ByteQueue::default();
+        // A limit no heap can reserve: the append takes nothing and the queue stays usable.
+        assert_eq!(queue.append_bounded(b"abc", usize::MAX), 0);
+        assert!(queue.is_empty());
+        assert_eq!(queue.capacity(), 0);
+        assert_eq!(queue.append_bounded(b"abc", 8), 3);
+        assert_eq!(queue.data(), b"abc");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use keel_net::smoltcp::iface::{SocketHandle, SocketSet};
 use keel_net::smoltcp::socket::tcp;
 use keel_xenapi::{ApiError, Direction, Endpoint, Handled, PendingCall, Timestamp, XenApi};
 
-use crate::{ServerConfig, ServerStats};
+use crate::{ServerConfig, Shared};
 
 mod transfer;
 
@@ -17,7 +17,7 @@ mod transfer;
 enum State {
     /// Between requests.
     Idle,
-    /// Collecting an XML-RPC or JSON-RPC body.
+    /// Collecting an XML-RPC or JSON-RPC body; its capacity is charged to the budget.
     ApiBody { endpoint: Endpoint, body: Vec<u8> },
     /// A call waiting for an event or a deadline; `seen_event` is the event id it last saw.
     Parked { call: PendingCall, seen_event: u64 },
@@ -37,6 +37,11 @@ enum State {
         body: Vec<u8>,
     },
 }
+
+const UNAVAILABLE_HEADERS: &[(&str, &str)] =
+    &[("Content-Type", "text/plain"), ("Retry-After", "1")];
+const UNAVAILABLE_BODY: &[u8] =
+    b"Keel has no memory for this request now (too many requests in flight); retry later\n";
 
 /// What an HTTP event asks of the connection, detached from the event's borrow.
 enum Action {
@@ -106,7 +111,7 @@ impl Conn {
         sockets: &mut SocketSet<'static>,
         api: &mut XenApi,
         config: &ServerConfig,
-        stats: &mut ServerStats,
+        shared: &mut Shared<'_>,
         mono_ms: u64,
         now: Timestamp,
     ) -> bool {
@@ -132,11 +137,11 @@ impl Conn {
             }
 
             // Requests.
-            while let Some(action) = self.next_action(api, now) {
+            while let Some(action) = self.next_action(api, shared, now) {
                 progressed = true;
                 match action {
-                    Action::Head(request) => self.on_head(&request, config, stats, api, now),
-                    Action::End => self.on_end(api, stats, now),
+                    Action::Head(request) => self.on_head(&request, config, shared, api, now),
+                    Action::End => self.on_end(api, shared, now),
                     // A transfer cut off by a bad or incomplete body fails its task.
                     Action::Error => self.abandon(api, now),
                 }
@@ -183,12 +188,28 @@ impl Conn {
     }
 
     /// The next HTTP event as an owned action; body chunks are consumed here.
-    fn next_action(&mut self, api: &mut XenApi, now: Timestamp) -> Option<Action> {
+    fn next_action(
+        &mut self,
+        api: &mut XenApi,
+        shared: &mut Shared<'_>,
+        now: Timestamp,
+    ) -> Option<Action> {
         loop {
             match self.http.poll_event()? {
                 Event::RequestHead(request) => return Some(Action::Head(request)),
                 Event::BodyChunk(bytes) => match &mut self.state {
-                    State::ApiBody { body, .. } => body.extend_from_slice(bytes),
+                    State::ApiBody { body, .. } => {
+                        if shared.budget.grow(body, bytes.len()).is_ok() {
+                            body.extend_from_slice(bytes);
+                        } else {
+                            // Out of memory for this body: answer 503 and close; the body's
+                            // memory goes back at once and Keel carries on.
+                            shared.budget.release(body.capacity());
+                            shared.stats.refused_for_memory += 1;
+                            self.state = State::Answered;
+                            self.respond_unavailable();
+                        }
+                    }
                     state @ State::Transfer { .. } => {
                         Self::on_transfer_chunk(state, bytes, api, now)
                     }
@@ -204,11 +225,11 @@ impl Conn {
         &mut self,
         request: &Request,
         config: &ServerConfig,
-        stats: &mut ServerStats,
+        shared: &mut Shared<'_>,
         api: &mut XenApi,
         now: Timestamp,
     ) {
-        stats.requests += 1;
+        shared.stats.requests += 1;
         if let Some(direction) = Direction::from_path(&request.path) {
             self.on_transfer_head(direction, request, api, now);
             return;
@@ -217,11 +238,27 @@ impl Conn {
         let (status, headers, body): (u16, &'static [(&'static str, &'static str)], Vec<u8>) =
             match (&request.method, endpoint) {
                 (Method::Post, Some(endpoint)) => {
-                    self.http.set_body_limit(config.max_api_body_bytes);
-                    self.state = State::ApiBody {
-                        endpoint,
-                        body: Vec::new(),
+                    // A declared length is reserved up front, so a body that cannot fit is
+                    // refused before any of it is read.
+                    let mut body = Vec::new();
+                    let declared = match request.body {
+                        BodyKind::Length(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                        _ => 0,
                     };
+                    if declared as u64 <= config.max_api_body_bytes
+                        && shared.budget.grow(&mut body, declared).is_err()
+                    {
+                        shared.stats.refused_for_memory += 1;
+                        self.answer_ignoring_body(
+                            request,
+                            503,
+                            UNAVAILABLE_HEADERS,
+                            UNAVAILABLE_BODY.to_vec(),
+                        );
+                        return;
+                    }
+                    self.http.set_body_limit(config.max_api_body_bytes);
+                    self.state = State::ApiBody { endpoint, body };
                     return;
                 }
                 (Method::Get | Method::Head, Some(Endpoint::XmlRpc)) if request.path == "/" => {
@@ -270,11 +307,13 @@ impl Conn {
         }
     }
 
-    fn on_end(&mut self, api: &mut XenApi, stats: &mut ServerStats, now: Timestamp) {
+    fn on_end(&mut self, api: &mut XenApi, shared: &mut Shared<'_>, now: Timestamp) {
         match core::mem::replace(&mut self.state, State::Idle) {
             State::ApiBody { endpoint, body } => {
-                stats.api_calls += 1;
+                shared.stats.api_calls += 1;
                 let handled = api.handle(endpoint, &body, now);
+                shared.budget.release(body.capacity());
+                drop(body);
                 self.deliver(handled, api);
             }
             State::Reply {
@@ -324,6 +363,20 @@ impl Conn {
                 };
             }
         }
+    }
+
+    /// Gives back what this connection holds of the budget (a body being received).
+    pub(crate) fn release_memory(&mut self, budget: &mut keel_net::MemoryBudget) {
+        if let State::ApiBody { body, .. } = &mut self.state {
+            budget.release(body.capacity());
+            *body = Vec::new();
+        }
+    }
+
+    /// `503` for a request the memory budget cannot hold; the connection closes after it.
+    fn respond_unavailable(&mut self) {
+        self.respond(503, UNAVAILABLE_HEADERS, UNAVAILABLE_BODY.to_vec());
+        self.http.close_after_response();
     }
 
     fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: Vec<u8>) {

@@ -27,35 +27,47 @@ use alloc::vec::Vec;
 use connection::Conn;
 use keel_http::Limits;
 use keel_net::smoltcp::iface::SocketSet;
-use keel_net::TcpListener;
+use keel_net::{ListenerConfig, MemoryBudget, TcpListener};
 use keel_xenapi::{Timestamp, XenApi};
 
 /// Tunables of the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub port: u16,
-    /// Sockets kept listening for new connections.
+    /// Sockets kept listening; refilled before every received frame (see
+    /// [`ManagementServer::accept`]), so a small number takes any burst of connects.
     pub backlog: usize,
     /// Most simultaneous connections (listening sockets included).
     pub max_connections: usize,
-    /// Receive and send buffer of each TCP socket.
-    pub socket_buffer_bytes: usize,
+    /// Receive buffer of each TCP socket (its largest window).
+    pub socket_rx_bytes: usize,
+    /// Send buffer of each TCP socket.
+    pub socket_tx_bytes: usize,
+    /// A peer that acknowledges nothing for this long is dropped.
+    pub peer_timeout_ms: u64,
     pub http: Limits,
     /// Largest XML-RPC or JSON-RPC request body.
     pub max_api_body_bytes: u64,
+    /// Heap the server may hold for clients: socket buffers of open connections and request
+    /// bodies being received. Past it, new connections are refused and new requests answered
+    /// `503`; the kernel sizes it from the heap (docs/architecture.md, "Memory").
+    pub memory_budget_bytes: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             port: 80,
-            // smoltcp has no SYN queue: a SYN finds a listening socket or gets a reset, so
-            // the backlog is the largest burst of simultaneous connects that all succeed.
-            backlog: 64,
-            max_connections: 128,
-            socket_buffer_bytes: 32 * 1024,
+            backlog: 4,
+            // Xen Orchestra-style clients hold an `event.from` long-poll beside their calls;
+            // 1024 clients plus the listening sockets.
+            max_connections: 1024 + 4,
+            socket_rx_bytes: 8 * 1024,
+            socket_tx_bytes: 16 * 1024,
+            peer_timeout_ms: 60_000,
             http: Limits::default(),
             max_api_body_bytes: 4 * 1024 * 1024,
+            memory_budget_bytes: 48 * 1024 * 1024,
         }
     }
 }
@@ -66,6 +78,8 @@ pub struct ServerStats {
     pub connections_accepted: u64,
     pub requests: u64,
     pub api_calls: u64,
+    /// Requests answered `503` because the memory budget could not hold them.
+    pub refused_for_memory: u64,
 }
 
 /// The management server.
@@ -75,24 +89,37 @@ pub struct ManagementServer {
     api: XenApi,
     config: ServerConfig,
     stats: ServerStats,
+    budget: MemoryBudget,
 }
 
 impl ManagementServer {
     /// Starts listening on `config.port` of the stack owning `sockets`.
     pub fn new(sockets: &mut SocketSet<'static>, api: XenApi, config: ServerConfig) -> Self {
+        let mut budget = MemoryBudget::new(config.memory_budget_bytes);
         let listener = TcpListener::new(
             sockets,
-            config.port,
-            config.backlog,
-            config.max_connections,
-            config.socket_buffer_bytes,
+            ListenerConfig {
+                port: config.port,
+                backlog: config.backlog,
+                max_connections: config.max_connections,
+                rx_buffer_bytes: config.socket_rx_bytes,
+                tx_buffer_bytes: config.socket_tx_bytes,
+                peer_timeout_ms: config.peer_timeout_ms,
+            },
+            &mut budget,
         );
+        // The connection table is made once at its largest, so accepting never reallocates.
+        let mut conns = Vec::new();
+        if conns.try_reserve_exact(config.max_connections).is_err() {
+            log::warn!("management: no memory for the connection table; it grows on demand");
+        }
         ManagementServer {
             listener,
-            conns: Vec::new(),
+            conns,
             api,
             config,
             stats: ServerStats::default(),
+            budget,
         }
     }
 
@@ -109,16 +136,41 @@ impl ManagementServer {
         self.conns.len()
     }
 
+    /// Most connections the listener opens (listening sockets included); the memory budget
+    /// may refuse earlier.
+    pub fn max_connections(&self) -> usize {
+        self.listener.config().max_connections
+    }
+
+    /// The memory budget, for the console and tests.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Memory one idle keep-alive connection holds: its socket (buffers and slot) and its
+    /// connection record; its HTTP buffers are released between requests.
+    pub fn idle_connection_bytes(&self) -> usize {
+        self.listener.connection_bytes() + core::mem::size_of::<Conn>()
+    }
+
+    /// Takes the connections clients have opened and keeps sockets listening. Call it before
+    /// every received frame ([`keel_net::NetStack::poll_with`]) so that a burst of connects
+    /// all find a listening socket; [`ManagementServer::poll`] calls it too.
+    pub fn accept(&mut self, sockets: &mut SocketSet<'static>) -> bool {
+        let mut accepted = false;
+        while let Some(handle) = self.listener.accept(sockets, &mut self.budget) {
+            self.conns.push(Conn::new(handle, self.config.http));
+            self.stats.connections_accepted += 1;
+            accepted = true;
+        }
+        accepted
+    }
+
     /// Accepts new connections and services every open one: input, requests, parked calls,
     /// output, timeouts and closing. `mono_ms` is monotonic time (HTTP timeouts), `now` the
     /// wall clock (the XenAPI's timestamps). Returns true when anything happened.
     pub fn poll(&mut self, sockets: &mut SocketSet<'static>, mono_ms: u64, now: Timestamp) -> bool {
-        let mut activity = false;
-        while let Some(handle) = self.listener.accept(sockets) {
-            self.conns.push(Conn::new(handle, self.config.http));
-            self.stats.connections_accepted += 1;
-            activity = true;
-        }
+        let mut activity = self.accept(sockets);
         if self.api.has_running_tasks() {
             self.api.run_tasks(now);
         }
@@ -129,14 +181,19 @@ impl ManagementServer {
                 sockets,
                 &mut self.api,
                 &self.config,
-                &mut self.stats,
+                &mut Shared {
+                    stats: &mut self.stats,
+                    budget: &mut self.budget,
+                },
                 mono_ms,
                 now,
             );
             if conn.is_finished(sockets) {
                 let mut conn = self.conns.swap_remove(i);
                 conn.abandon(&mut self.api, now);
-                self.listener.release(sockets, conn.socket());
+                conn.release_memory(&mut self.budget);
+                self.listener
+                    .release(sockets, conn.socket(), &mut self.budget);
                 activity = true;
             } else {
                 i += 1;
@@ -165,6 +222,12 @@ impl ManagementServer {
         }
         next
     }
+}
+
+/// What every connection updates: the counters and the memory budget.
+pub(crate) struct Shared<'a> {
+    pub(crate) stats: &'a mut ServerStats,
+    pub(crate) budget: &'a mut MemoryBudget,
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(ServerConfig::default())
+}
+
+fn world_with(config: ServerConfig) -> World {
     let (a, b) = Wire::pair([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
     let st = |ip| Addressing::Static {
         address: ip,
@@ -55,7 +59,7 @@ fn world() -> World {
         now(0),
     )
     .unwrap();
-    let server = ManagementServer::new(server_stack.sockets(), api, ServerConfig::default());
+    let server = ManagementServer::new(server_stack.sockets(), api, config);
     World {
         server_stack,
         client_stack,
@@ -69,9 +73,14 @@ fn now(mono_ms: u64) -> Timestamp {
 }
 
 impl World {
+    /// One round as the kernel drives it: frames in (with the listener refilled before each),
+    /// the server, frames out.
     fn step(&mut self) {
         self.mono_ms += 1;
-        self.server_stack.poll(self.mono_ms);
+        let server = &mut self.server;
+        self.server_stack.poll_with(self.mono_ms, |sockets| {
+            server.accept(sockets);
+        });
         self.server
             .poll(self.server_stack.sockets(), self.mono_ms, now(self.mono_ms));
         self.server_stack.poll(self.mono_ms);
@@ -79,9 +88,17 @@ impl World {
     }
 
     fn connect(&mut self, port: u16) -> keel_net::smoltcp::iface::SocketHandle {
+        self.connect_with_buffers(port, 65536)
+    }
+
+    fn connect_with_buffers(
+        &mut self,
+        port: u16,
+        buffer: usize,
+    ) -> keel_net::smoltcp::iface::SocketHandle {
         let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; 65536]),
-            tcp::SocketBuffer::new(vec![0; 65536]),
+            tcp::SocketBuffer::new(vec![0; buffer]),
+            tcp::SocketBuffer::new(vec![0; buffer]),
         );
         s.connect(
             self.client_stack.iface_context(),
@@ -145,6 +162,10 @@ fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
 }
 
 fn xml_call(method: &str, params: &[&str]) -> Vec<u8> {
+    post("/RPC2", "text/xml", &xml_body(method, params))
+}
+
+fn xml_body(method: &str, params: &[&str]) -> String {
     let mut body = format!(
         "<?xml version='1.0'?>\n<methodCall>\n<methodName>{method}</methodName>\n<params>\n"
     );
@@ -154,7 +175,7 @@ fn xml_call(method: &str, params: &[&str]) -> Vec<u8> {
         ));
     }
     body.push_str("</params>\n</methodCall>\n");
-    post("/RPC2", "text/xml", &body)
+    body
 }
 
 fn post(path: &str, content_type: &str, body: &str) -> Vec<u8> {
@@ -247,27 +268,124 @@ fn routes_answer_pages_404_and_405() {
 }
 
 #[test]
-fn sixty_four_clients_at_once_all_get_answers() {
+fn a_thousand_and_twenty_four_clients_connect_at_once_and_all_get_answers() {
     let mut w = world();
-    let clients: Vec<_> = (0..64).map(|i| w.connect(41000 + i)).collect();
-    let request = xml_call("session.login_with_password", &["root", PASSWORD]);
-    for _ in 0..50 {
+    // Every SYN reaches the server in the same round; the backlog is 4.
+    let clients: Vec<_> = (0..1024)
+        .map(|i| w.connect_with_buffers(30000 + i, 2048))
+        .collect();
+    for _ in 0..20 {
         w.step();
     }
+    assert_eq!(w.server.connections(), 1024);
+    // Idle, they cost what the documentation says (docs/architecture.md, "Memory").
+    let idle = w.server.idle_connection_bytes();
+    assert!(idle <= 26 * 1024, "{idle} bytes per idle connection");
+    assert!(w.server.budget().used() <= (1024 + 4) * idle);
+    let request = post("/", "text/xml", &xml_body("system.listMethods", &[]));
     for &c in &clients {
         let s = w.client_stack.sockets().get_mut::<tcp::Socket>(c);
-        assert!(s.may_send(), "client connected");
-        s.send_slice(&request).unwrap();
+        assert_eq!(s.state(), tcp::State::Established, "no client was reset");
+        assert_eq!(s.send_slice(&request).unwrap(), request.len());
     }
     let mut answered = 0;
     for &c in &clients {
         let (status, body) = w.response(c, 2000).expect("every client is answered");
         assert_eq!(status, 200);
-        assert!(body.contains("Success"));
+        assert!(body.contains("session.login_with_password"));
         answered += 1;
     }
-    assert_eq!(answered, 64);
-    assert_eq!(w.server.connections(), 64);
+    assert_eq!(answered, 1024);
+    assert_eq!(w.server.connections(), 1024, "keep-alive: all still open");
+}
+
+#[test]
+fn a_full_server_refuses_new_clients_and_keeps_serving_its_own() {
+    let mut w = world_with(ServerConfig {
+        max_connections: 10,
+        backlog: 2,
+        ..ServerConfig::default()
+    });
+    let clients: Vec<_> = (0..14)
+        .map(|i| w.connect_with_buffers(31000 + i, 4096))
+        .collect();
+    for _ in 0..30 {
+        w.step();
+    }
+    let state = |w: &mut World, c| w.client_stack.sockets().get::<tcp::Socket>(c).state();
+    let established: Vec<_> = clients
+        .iter()
+        .copied()
+        .filter(|&c| state(&mut w, c) == tcp::State::Established)
+        .collect();
+    let refused = clients
+        .iter()
+        .filter(|&&c| state(&mut w, c) == tcp::State::Closed)
+        .count();
+    assert_eq!((established.len(), refused), (10, 4));
+    let request = post("/", "text/xml", &xml_body("system.listMethods", &[]));
+    for &c in &established {
+        w.send(c, &request);
+        assert_eq!(w.response(c, 500).expect("served").0, 200);
+        assert_eq!(state(&mut w, c), tcp::State::Established);
+    }
+}
+
+#[test]
+fn an_exhausted_budget_answers_503_and_the_server_recovers() {
+    let mut w = world_with(ServerConfig {
+        // Room for the sockets of a few connections and a little more.
+        memory_budget_bytes: 8 * 26 * 1024 + 64 * 1024,
+        ..ServerConfig::default()
+    });
+    let hog = w.connect_with_buffers(32000, 8192);
+    let victim = w.connect_with_buffers(32001, 8192);
+    for _ in 0..10 {
+        w.step();
+    }
+    // The hog announces a body bigger than what is left and sends it slowly: refused at once.
+    let big = 200 * 1024;
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: keel\r\nContent-Type: text/xml\r\nContent-Length: {big}\r\n\r\n<?xml"
+    );
+    w.send(hog, head.as_bytes());
+    let (status, body) = w.response(hog, 200).expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no memory"), "{body}");
+    assert_eq!(w.server.stats().refused_for_memory, 1);
+    // Nothing of it is held, and others are served.
+    w.send(
+        victim,
+        &xml_call("session.login_with_password", &["root", PASSWORD]),
+    );
+    assert!(w.response(victim, 500).unwrap().1.contains("Success"));
+    // Chunked bodies (no declared length) are cut off when they outgrow the budget.
+    let hog2 = w.connect_with_buffers(32002, 8192);
+    w.send(
+        hog2,
+        b"POST / HTTP/1.1\r\nHost: keel\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    let chunk = format!("{:x}\r\n{}\r\n", 4000, "x".repeat(4000));
+    let mut status = None;
+    for _ in 0..100 {
+        let s = w.client_stack.sockets().get_mut::<tcp::Socket>(hog2);
+        if s.can_send() && s.send_capacity() - s.send_queue() >= chunk.len() {
+            s.send_slice(chunk.as_bytes()).unwrap();
+        }
+        if let Some((code, _)) = w.response(hog2, 5) {
+            status = Some(code);
+            break;
+        }
+    }
+    assert_eq!(status, Some(503));
+    for _ in 0..200 {
+        w.step();
+    }
+    let before = w.server.budget().used();
+    assert!(before <= 3 * w.server.idle_connection_bytes() + 4 * 26 * 1024);
+    // Load gone: a new request with a body is served.
+    w.send(victim, &xml_call("system.listMethods", &[]));
+    assert_eq!(w.response(victim, 500).unwrap().0, 200);
 }
 
 #[test]

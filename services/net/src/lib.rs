@@ -10,16 +10,20 @@
 
 extern crate alloc;
 
+mod budget;
 mod device;
 mod listener;
 
 use core::net::Ipv4Addr;
 
+pub use budget::{try_zeroed, BudgetError, MemoryBudget};
 pub use device::DeviceAdapter;
 pub use keel_netdev::{Counters, NetDevice};
-pub use listener::TcpListener;
+pub use listener::{ListenerConfig, TcpListener};
 pub use smoltcp;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{
+    Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
+};
 use smoltcp::socket::dhcpv4;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Cidr};
@@ -101,10 +105,39 @@ impl<D: NetDevice> NetStack<D> {
     /// Moves frames and runs protocol timers. Returns true when anything happened, in which
     /// case the caller should poll again soon.
     pub fn poll(&mut self, now_ms: u64) -> bool {
-        let changed = self
+        self.poll_with(now_ms, |_| {})
+    }
+
+    /// [`NetStack::poll`] that calls `before_frame` with the sockets before each received
+    /// frame is processed. A server refills its listening sockets there
+    /// ([`TcpListener::accept`]), which gives smoltcp's listener pool the SYN queue it lacks:
+    /// every SYN of a burst finds a listening socket, not only the first `backlog`.
+    pub fn poll_with(
+        &mut self,
+        now_ms: u64,
+        mut before_frame: impl FnMut(&mut SocketSet<'static>),
+    ) -> bool {
+        let now = instant(now_ms);
+        let mut activity = false;
+        self.iface.poll_maintenance(now);
+        loop {
+            before_frame(&mut self.sockets);
+            match self
+                .iface
+                .poll_ingress_single(now, &mut self.device, &mut self.sockets)
+            {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed
+                | PollIngressSingleResult::SocketStateChanged => activity = true,
+            }
+        }
+        while self
             .iface
-            .poll(instant(now_ms), &mut self.device, &mut self.sockets);
-        let activity = changed != smoltcp::iface::PollResult::None;
+            .poll_egress(now, &mut self.device, &mut self.sockets)
+            != PollResult::None
+        {
+            activity = true;
+        }
         if let Some(handle) = self.dhcp {
             // The event borrows the socket: copy out what we keep before reconfiguring.
             let change = match self.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {

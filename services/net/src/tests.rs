@@ -2,7 +2,9 @@
 
 use super::*;
 use alloc::vec;
+use alloc::vec::Vec;
 use keel_netdev::fake::{FakeNic, Wire};
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
 
@@ -49,7 +51,8 @@ fn static_configuration_is_applied_and_reported_once() {
 #[test]
 fn tcp_connection_through_listener_pool_carries_data_both_ways() {
     let (mut server, mut client) = pair();
-    let mut listener = TcpListener::new(server.sockets(), 80, 2, 64, 4096);
+    let mut budget = MemoryBudget::new(usize::MAX);
+    let mut listener = TcpListener::new(server.sockets(), config(2, 64, 4096), &mut budget);
     let mut sock = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; 4096]),
         tcp::SocketBuffer::new(vec![0; 4096]),
@@ -62,11 +65,11 @@ fn tcp_connection_through_listener_pool_carries_data_both_ways() {
     let mut now = 0;
     run(&mut server, &mut client, &mut now, 20);
     let conn = listener
-        .accept(server.sockets())
+        .accept(server.sockets(), &mut budget)
         .expect("connection accepted");
     assert_eq!(listener.connections(), 1);
     assert!(
-        listener.accept(server.sockets()).is_none(),
+        listener.accept(server.sockets(), &mut budget).is_none(),
         "only one client connected"
     );
 
@@ -98,14 +101,20 @@ fn tcp_connection_through_listener_pool_carries_data_both_ways() {
         .unwrap();
     assert_eq!(&buf[..n], b"hello client");
 
-    listener.release(server.sockets(), conn);
+    listener.release(server.sockets(), conn, &mut budget);
     assert_eq!(listener.connections(), 0);
+    assert_eq!(
+        budget.used(),
+        2 * listener.connection_bytes(),
+        "two listening"
+    );
 }
 
 #[test]
 fn listener_pool_never_exceeds_its_connection_limit() {
     let (mut server, mut client) = pair();
-    let mut listener = TcpListener::new(server.sockets(), 80, 4, 3, 1024);
+    let mut budget = MemoryBudget::new(usize::MAX);
+    let mut listener = TcpListener::new(server.sockets(), config(4, 3, 1024), &mut budget);
     let mut handles = vec![];
     for port in 0..5u16 {
         let mut s = tcp::Socket::new(
@@ -121,7 +130,7 @@ fn listener_pool_never_exceeds_its_connection_limit() {
     let mut accepted = vec![];
     for _ in 0..50 {
         run(&mut server, &mut client, &mut now, 1);
-        while let Some(h) = listener.accept(server.sockets()) {
+        while let Some(h) = listener.accept(server.sockets(), &mut budget) {
             accepted.push(h);
         }
     }
@@ -134,7 +143,7 @@ fn listener_pool_never_exceeds_its_connection_limit() {
         .count();
     assert_eq!(refused, 2);
     // A freed slot takes the next client.
-    listener.release(server.sockets(), accepted[0]);
+    listener.release(server.sockets(), accepted[0], &mut budget);
     let mut s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; 1024]),
         tcp::SocketBuffer::new(vec![0; 1024]),
@@ -143,8 +152,158 @@ fn listener_pool_never_exceeds_its_connection_limit() {
     s.connect(cx, (IpAddress::Ipv4(SERVER), 80), 51000).unwrap();
     client.sockets().add(s);
     run(&mut server, &mut client, &mut now, 20);
-    assert!(listener.accept(server.sockets()).is_some());
+    assert!(listener.accept(server.sockets(), &mut budget).is_some());
     assert_eq!(listener.connections(), 3);
+}
+
+fn config(backlog: usize, max_connections: usize, buffer: usize) -> ListenerConfig {
+    ListenerConfig {
+        port: 80,
+        backlog,
+        max_connections,
+        rx_buffer_bytes: buffer,
+        tx_buffer_bytes: buffer,
+        peer_timeout_ms: 60_000,
+    }
+}
+
+/// `count` client sockets connecting to the server at once.
+fn connect_many(client: &mut NetStack<FakeNic>, count: u16, first_port: u16) -> Vec<SocketHandle> {
+    (0..count)
+        .map(|i| {
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 256]),
+                tcp::SocketBuffer::new(vec![0; 256]),
+            );
+            let cx = client.iface.context();
+            s.connect(cx, (IpAddress::Ipv4(SERVER), 80), first_port + i)
+                .unwrap();
+            client.sockets().add(s)
+        })
+        .collect()
+}
+
+fn state_counts(client: &mut NetStack<FakeNic>, handles: &[SocketHandle]) -> (usize, usize) {
+    let established = handles
+        .iter()
+        .filter(|&&h| client.sockets().get::<tcp::Socket>(h).state() == tcp::State::Established)
+        .count();
+    let refused = handles
+        .iter()
+        .filter(|&&h| client.sockets().get::<tcp::Socket>(h).state() == tcp::State::Closed)
+        .count();
+    (established, refused)
+}
+
+#[test]
+fn a_burst_of_syns_larger_than_the_backlog_is_accepted_when_refilled_per_frame() {
+    let (mut server, mut client) = pair();
+    let mut budget = MemoryBudget::new(usize::MAX);
+    let mut listener = TcpListener::new(server.sockets(), config(2, 2000, 512), &mut budget);
+    // 300 SYNs reach the server in one poll; only 2 sockets listen beforehand.
+    let clients = connect_many(&mut client, 300, 20000);
+    let mut accepted = Vec::new();
+    for now in 0..30 {
+        client.poll(now);
+        server.poll_with(now, |sockets| {
+            while let Some(h) = listener.accept(sockets, &mut budget) {
+                accepted.push(h);
+            }
+        });
+    }
+    assert_eq!(state_counts(&mut client, &clients), (300, 0));
+    assert_eq!(accepted.len(), 300);
+    // Memory follows the connections: 300 connected and the backlog listening.
+    assert_eq!(budget.used(), 302 * listener.connection_bytes());
+}
+
+#[test]
+fn without_per_frame_refills_the_backlog_bounds_a_burst() {
+    // The failure the per-frame refill fixes: a plain poll resets SYNs beyond the backlog.
+    let (mut server, mut client) = pair();
+    let mut budget = MemoryBudget::new(usize::MAX);
+    let mut listener = TcpListener::new(server.sockets(), config(4, 2000, 512), &mut budget);
+    let clients = connect_many(&mut client, 20, 21000);
+    for now in 0..30 {
+        client.poll(now);
+        server.poll(now);
+        while listener.accept(server.sockets(), &mut budget).is_some() {}
+    }
+    // The 4 listening sockets take 4 SYNs; the other 16 of the same poll are reset.
+    assert_eq!(state_counts(&mut client, &clients), (4, 16));
+}
+
+#[test]
+fn an_exhausted_budget_refuses_new_clients_and_keeps_the_connected_ones() {
+    let per_socket = {
+        let mut b = MemoryBudget::new(usize::MAX);
+        let l = TcpListener::new(pair().0.sockets(), config(1, 1, 1024), &mut b);
+        l.connection_bytes()
+    };
+    let (mut server, mut client) = pair();
+    // Room for exactly 5 sockets.
+    let mut budget = MemoryBudget::new(5 * per_socket);
+    let mut listener = TcpListener::new(server.sockets(), config(1, 100, 1024), &mut budget);
+    let first = connect_many(&mut client, 8, 22000);
+    let mut accepted = Vec::new();
+    let mut now = 0;
+    let mut drive = |server: &mut NetStack<FakeNic>,
+                     client: &mut NetStack<FakeNic>,
+                     listener: &mut TcpListener,
+                     budget: &mut MemoryBudget,
+                     accepted: &mut Vec<SocketHandle>| {
+        for _ in 0..30 {
+            client.poll(now);
+            server.poll_with(now, |sockets| {
+                while let Some(h) = listener.accept(sockets, budget) {
+                    accepted.push(h);
+                }
+            });
+            now += 1;
+        }
+    };
+    drive(
+        &mut server,
+        &mut client,
+        &mut listener,
+        &mut budget,
+        &mut accepted,
+    );
+    assert_eq!(state_counts(&mut client, &first), (5, 3));
+    assert_eq!(budget.used(), 5 * per_socket);
+    assert_eq!(listener.listening(), 0);
+    // The connected ones still carry data.
+    client
+        .sockets()
+        .get_mut::<tcp::Socket>(first[0])
+        .send_slice(b"still here")
+        .unwrap();
+    drive(
+        &mut server,
+        &mut client,
+        &mut listener,
+        &mut budget,
+        &mut accepted,
+    );
+    let mut buf = [0u8; 32];
+    let n = server
+        .sockets()
+        .get_mut::<tcp::Socket>(accepted[0])
+        .recv_slice(&mut buf)
+        .unwrap();
+    assert_eq!(&buf[..n], b"still here");
+    // Releasing a connection lets the next client in.
+    let gone = accepted.remove(1);
+    listener.release(server.sockets(), gone, &mut budget);
+    let late = connect_many(&mut client, 1, 23000);
+    drive(
+        &mut server,
+        &mut client,
+        &mut listener,
+        &mut budget,
+        &mut accepted,
+    );
+    assert_eq!(state_counts(&mut client, &late), (1, 0));
 }
 
 #[test]
