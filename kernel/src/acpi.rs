@@ -2,16 +2,21 @@
 //!
 //! The RSDP comes from the boot protocol (PVH start info) or, failing that, from the BIOS
 //! area scan. From the tables we take: the local APIC address and CPU count (MADT), the PCI
-//! ECAM window (MCFG), and the power registers (FADT, plus `\_S5` from the DSDT).
+//! ECAM window (MCFG), and the power registers (FADT, plus `\_S5` from the DSDT). The
+//! registers the FADT names are checked and mapped by [`register`] before anything uses them.
+
+mod register;
 
 use acpi::sdt::fadt::Fadt;
 use acpi::sdt::madt::{Madt, MadtEntry};
 use acpi::sdt::mcfg::Mcfg;
 use acpi::{AcpiTables, Handler, PciAddress, PhysicalMapping, RawPhysicalMapping};
+use keel_acpi::register::Width;
 use keel_acpi::SleepType;
 use x86_64::instructions::port::Port;
 
 use crate::memory;
+pub use register::MappedRegister;
 
 /// The PCI Express enhanced configuration window for segment 0.
 #[derive(Debug, Clone, Copy)]
@@ -21,14 +26,22 @@ pub struct Ecam {
     pub bus_end: u8,
 }
 
-/// How to power off and reset this machine.
+/// How to power off and reset this machine: the FADT's registers that passed the checks
+/// (and, in memory, were mapped).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PowerControl {
-    pub pm1a_control_port: Option<u16>,
-    pub pm1b_control_port: Option<u16>,
+    pub pm1a_control: Option<MappedRegister>,
+    pub pm1b_control: Option<MappedRegister>,
     pub s5: Option<SleepType>,
-    /// I/O port and value of the FADT reset register, when it is in I/O space.
-    pub reset: Option<(u16, u8)>,
+    /// The FADT reset register and the value to write to it.
+    pub reset: Option<(MappedRegister, u8)>,
+}
+
+impl PowerControl {
+    /// Whether ACPI S5 can be entered: a PM1a control register and the `\_S5` values.
+    pub fn can_power_off(&self) -> bool {
+        self.pm1a_control.is_some() && self.s5.is_some()
+    }
 }
 
 /// What the kernel learned from ACPI.
@@ -104,11 +117,17 @@ pub fn discover(rsdp_hint: Option<u64>) -> Result<Platform, AcpiSetupError> {
     Ok(platform)
 }
 
-fn io_port(gas: &acpi::address::GenericAddress) -> Option<u16> {
-    matches!(gas.address_space, acpi::address::AddressSpace::SystemIo)
-        .then(|| u16::try_from(gas.address).ok())
-        .flatten()
-        .filter(|&p| p != 0)
+/// The register `gas` names, checked and mapped; `None` (with the reason logged) otherwise.
+fn usable_register(
+    name: &str,
+    gas: Result<acpi::address::GenericAddress, acpi::AcpiError>,
+) -> Option<MappedRegister> {
+    let gas = gas
+        .inspect_err(|e| log::warn!("acpi: unreadable {name} register: {e:?}"))
+        .ok()?;
+    MappedRegister::new(&gas)
+        .inspect_err(|e| log::warn!("acpi: not using the {name} register ({gas:x?}): {e}"))
+        .ok()
 }
 
 fn power_control(
@@ -116,20 +135,19 @@ fn power_control(
     tables: &AcpiTables<KeelAcpi>,
 ) -> PowerControl {
     let mut power = PowerControl {
-        pm1a_control_port: fadt.pm1a_control_block().ok().as_ref().and_then(io_port),
-        pm1b_control_port: fadt
-            .pm1b_control_block()
-            .ok()
-            .flatten()
-            .as_ref()
-            .and_then(io_port),
+        pm1a_control: usable_register("PM1a control", fadt.pm1a_control_block()),
         ..PowerControl::default()
     };
+    // PM1b is optional: absent is normal, present-but-refused is logged.
+    match fadt.pm1b_control_block() {
+        Ok(None) => {}
+        Ok(Some(gas)) => power.pm1b_control = usable_register("PM1b control", Ok(gas)),
+        Err(e) => log::warn!("acpi: unreadable PM1b control register: {e:?}"),
+    }
     // The reset register is optional before ACPI 2.0 (flag bit 10 says it is supported).
     if { fadt.flags }.supports_system_reset_via_fadt() {
-        if let Ok(reg) = fadt.reset_register() {
-            power.reset = io_port(&reg).map(|p| (p, fadt.reset_value));
-        }
+        power.reset =
+            usable_register("reset", fadt.reset_register()).map(|r| (r, fadt.reset_value));
     }
     match tables.dsdt() {
         Ok(dsdt) => {
@@ -167,8 +185,8 @@ fn scan_bios_for_rsdp() -> Option<u64> {
 }
 
 /// The `acpi` crate's view of the machine. Table parsing uses only the mapping functions;
-/// the register accessors exist for the crate's register helpers and are implemented
-/// plainly rather than left as panics.
+/// the register accessors exist for the crate's AML interpreter (not built) and register
+/// helpers: a system-memory access is checked and mapped uncached first, or refused.
 #[derive(Clone, Copy)]
 pub struct KeelAcpi;
 
@@ -189,36 +207,31 @@ impl Handler for KeelAcpi {
         // Identity mappings stay: other tables may share the pages.
     }
     fn read_u8(&self, a: usize) -> u8 {
-        // SAFETY: AML asked for this system-memory address.
-        unsafe { core::ptr::read_volatile(a as *const u8) }
+        // Truncation is exact: the value was read at this width.
+        register::read_system_memory(a, Width::Byte) as u8
     }
     fn read_u16(&self, a: usize) -> u16 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_volatile(a as *const u16) }
+        // Truncation is exact: the value was read at this width.
+        register::read_system_memory(a, Width::Word) as u16
     }
     fn read_u32(&self, a: usize) -> u32 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_volatile(a as *const u32) }
+        // Truncation is exact: the value was read at this width.
+        register::read_system_memory(a, Width::DWord) as u32
     }
     fn read_u64(&self, a: usize) -> u64 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_volatile(a as *const u64) }
+        register::read_system_memory(a, Width::QWord)
     }
     fn write_u8(&self, a: usize, v: u8) {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(a as *mut u8, v) }
+        register::write_system_memory(a, u64::from(v), Width::Byte);
     }
     fn write_u16(&self, a: usize, v: u16) {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(a as *mut u16, v) }
+        register::write_system_memory(a, u64::from(v), Width::Word);
     }
     fn write_u32(&self, a: usize, v: u32) {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(a as *mut u32, v) }
+        register::write_system_memory(a, u64::from(v), Width::DWord);
     }
     fn write_u64(&self, a: usize, v: u64) {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(a as *mut u64, v) }
+        register::write_system_memory(a, v, Width::QWord);
     }
     fn read_io_u8(&self, port: u16) -> u8 {
         // SAFETY: AML asked for this port.

@@ -88,18 +88,16 @@ impl core::fmt::Display for ApicError {
 /// Xen's one-shot timer (falling back to the APIC's if Xen refuses), else the APIC's,
 /// calibrated.
 pub fn init(base: u64) -> Result<Timer, ApicError> {
-    // SAFETY: masking all lines of both PICs; nothing in Keel uses them.
-    unsafe {
-        Port::<u8>::new(0x21).write(0xff);
-        Port::<u8>::new(0xa1).write(0xff);
-    }
+    // SAFETY: masking all lines of the primary PIC; nothing in Keel uses it.
+    unsafe { Port::<u8>::new(0x21).write(0xff) };
+    // SAFETY: the same for the secondary PIC.
+    unsafe { Port::<u8>::new(0xa1).write(0xff) };
     memory::map_mmio(base, 0x1000).map_err(ApicError::Map)?;
+    let mut msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; reading it changes nothing.
+    let v = unsafe { msr.read() };
     // SAFETY: setting the global-enable bit of our own APIC at its current base.
-    unsafe {
-        let mut msr = Msr::new(IA32_APIC_BASE);
-        let v = msr.read();
-        msr.write(v | (1 << 11));
-    }
+    unsafe { msr.write(v | (1 << 11)) };
     BASE.store(base, Ordering::Relaxed);
     write(REG_SPURIOUS, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(REG_TIMER_DIVIDE, 0x3); // divide by 16

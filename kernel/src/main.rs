@@ -102,7 +102,10 @@ mod kernel {
             in_use.push(*r);
         }
         // SAFETY: called once, interrupts off, with every range the boot still uses.
-        let mem = unsafe { memory::init(info.ram.as_slice(), in_use.as_slice()) };
+        let mem = match unsafe { memory::init(info.ram.as_slice(), in_use.as_slice()) } {
+            Ok(mem) => mem,
+            Err(e) => panic!("memory: {e}"),
+        };
         log::info!(
             "memory: {} MiB RAM, heap {} MiB, {} MiB free for DMA",
             mem.ram_bytes >> 20,
@@ -139,7 +142,7 @@ mod kernel {
                 e.bus_start,
                 e.bus_end
             )),
-            if platform.power.s5.is_some() && platform.power.pm1a_control_port.is_some() {
+            if platform.power.can_power_off() {
                 "ACPI S5"
             } else {
                 "unavailable"

@@ -22,6 +22,10 @@ use x86_64::{PhysAddr, VirtAddr};
 const TWO_MIB: u64 = 2 << 20;
 const FOUR_GIB: u64 = 4 << 30;
 
+/// Physical addresses [`map_mmio`] and [`map_firmware`] can map: virtual = physical, so a
+/// mapping must stay in the lower canonical half of the address space.
+pub const MAPPABLE_BELOW: u64 = 1 << 47;
+
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
 static PAGE_TABLES: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
 
@@ -43,6 +47,8 @@ pub enum MapError {
     OutOfFrames,
     /// Part of the range is already mapped differently (inside a RAM huge page, say).
     Conflict { phys: u64 },
+    /// The range reaches [`MAPPABLE_BELOW`] or beyond.
+    OutOfReach { phys: u64, size: u64 },
 }
 
 impl core::fmt::Display for MapError {
@@ -50,6 +56,41 @@ impl core::fmt::Display for MapError {
         match self {
             MapError::OutOfFrames => write!(f, "no free memory for page tables"),
             MapError::Conflict { phys } => write!(f, "{phys:#x} is already mapped differently"),
+            MapError::OutOfReach { phys, size } => write!(
+                f,
+                "{size:#x} bytes at {phys:#x} reach past the identity map's end {MAPPABLE_BELOW:#x}"
+            ),
+        }
+    }
+}
+
+/// Why memory could not be set up (the boot cannot continue).
+#[derive(Debug)]
+pub enum InitError {
+    /// No free frame for the top-level page table.
+    NoPageTable,
+    /// RAM could not be identity-mapped.
+    MapRam { addr: u64 },
+    /// No contiguous run of frames for the heap, not even a quarter of the wanted size.
+    NoHeap { frames: u64 },
+    /// The allocator refused the heap arena.
+    HeapTooSmall { bytes: u64 },
+}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InitError::NoPageTable => write!(f, "no memory for the top-level page table"),
+            InitError::MapRam { addr } => write!(f, "cannot map RAM at {addr:#x}"),
+            InitError::NoHeap { frames } => {
+                write!(
+                    f,
+                    "not enough contiguous memory for a heap of {frames} frames"
+                )
+            }
+            InitError::HeapTooSmall { bytes } => {
+                write!(f, "heap arena of {bytes:#x} bytes too small")
+            }
         }
     }
 }
@@ -79,7 +120,7 @@ unsafe impl PagingFrameAllocator<Size4KiB> for Frames {
 /// # Safety
 /// Call once, early, with interrupts off; `ram` must describe real RAM and `in_use` every
 /// range the boot still needs (image, boot structures, command line, modules).
-pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> MemoryReport {
+pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> Result<MemoryReport, InitError> {
     let mut frames = FRAMES.lock();
     for r in ram {
         if let Err(e) = frames.add_ram(*r) {
@@ -101,11 +142,10 @@ pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> MemoryReport {
     }
     drop(frames);
 
-    // SAFETY (for the block): identity mapping, frames are fresh and exclusively ours.
-    let l4_phys = Frames
-        .allocate_frame()
-        .expect("no memory for the top-level page table");
+    let l4_phys = Frames.allocate_frame().ok_or(InitError::NoPageTable)?;
+    // SAFETY: identity mapping; the frame is fresh, zeroed and exclusively ours.
     let l4 = unsafe { &mut *(l4_phys.start_address().as_u64() as *mut PageTable) };
+    // SAFETY: virtual = physical (offset 0) for every frame the tables will use.
     let mut table = unsafe { OffsetPageTable::new(l4, VirtAddr::new(0)) };
     let rw = Flags::PRESENT | Flags::WRITABLE;
     let mut ram_bytes = 0;
@@ -127,7 +167,7 @@ pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> MemoryReport {
                 match unsafe { table.map_to(page, frame, rw | Flags::HUGE_PAGE, &mut Frames) } {
                     Ok(flush) => flush.ignore(),
                     Err(MapToError::PageAlreadyMapped(_)) => {}
-                    Err(e) => panic!("cannot map RAM at {addr:#x}: {e:?}"),
+                    Err(_) => return Err(InitError::MapRam { addr }),
                 }
             }
             addr += TWO_MIB;
@@ -149,19 +189,18 @@ pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> MemoryReport {
     };
     let (heap_base, heap_frames) = allocate(heap_frames)
         .or_else(|| allocate(heap_frames / 4))
-        .expect("not enough memory for a heap");
+        .ok_or(InitError::NoHeap {
+            frames: heap_frames / 4,
+        })?;
     let heap_bytes = heap_frames * FRAME_SIZE;
     // SAFETY: the range is RAM, mapped, and now owned by the heap alone.
-    unsafe {
-        HEAP.lock()
-            .claim(heap_base as *mut u8, heap_bytes as usize)
-            .expect("heap arena too small");
-    }
-    MemoryReport {
+    unsafe { HEAP.lock().claim(heap_base as *mut u8, heap_bytes as usize) }
+        .ok_or(InitError::HeapTooSmall { bytes: heap_bytes })?;
+    Ok(MemoryReport {
         ram_bytes,
         heap_bytes,
         free_frame_bytes: FRAMES.lock().free_bytes(),
-    }
+    })
 }
 
 fn map_4k(table: &mut OffsetPageTable<'static>, phys: u64, flags: Flags) -> Result<(), MapError> {
@@ -184,9 +223,13 @@ fn map_range(phys: u64, size: u64, cache: Cache) -> Result<NonNull<u8>, MapError
     if let Cache::Uncached = cache {
         flags |= Flags::NO_CACHE | Flags::WRITE_THROUGH;
     }
+    // Checked before any address is built: `VirtAddr::new` panics on a non-canonical one.
+    let end = phys
+        .checked_add(size)
+        .filter(|&end| end <= MAPPABLE_BELOW)
+        .ok_or(MapError::OutOfReach { phys, size })?;
     let mut guard = PAGE_TABLES.lock();
     let table = guard.as_mut().ok_or(MapError::Conflict { phys })?;
-    let end = phys.checked_add(size).ok_or(MapError::Conflict { phys })?;
     let mut addr = align_down(phys, FRAME_SIZE);
     while addr < end {
         let aligned_2m = addr.is_multiple_of(TWO_MIB) && end - addr >= TWO_MIB;

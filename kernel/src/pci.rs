@@ -20,22 +20,20 @@ impl ConfigSpace for PortConfig {
             return u32::MAX;
         }
         let _guard = PORT_LOCK.lock();
-        // SAFETY: the PCI configuration ports, used under their lock.
-        unsafe {
-            Port::<u32>::new(0xcf8).write(port_address(a, offset));
-            Port::<u32>::new(0xcfc).read()
-        }
+        // SAFETY: the PCI configuration address port, used under its lock.
+        unsafe { Port::<u32>::new(0xcf8).write(port_address(a, offset)) };
+        // SAFETY: the data port of the address just selected, under the same lock.
+        unsafe { Port::<u32>::new(0xcfc).read() }
     }
     fn write32(&self, a: Address, offset: u16, value: u32) {
         if offset >= 256 {
             return;
         }
         let _guard = PORT_LOCK.lock();
-        // SAFETY: as above.
-        unsafe {
-            Port::<u32>::new(0xcf8).write(port_address(a, offset));
-            Port::<u32>::new(0xcfc).write(value);
-        }
+        // SAFETY: as in `read32`.
+        unsafe { Port::<u32>::new(0xcf8).write(port_address(a, offset)) };
+        // SAFETY: as in `read32`.
+        unsafe { Port::<u32>::new(0xcfc).write(value) };
     }
 }
 

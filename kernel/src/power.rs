@@ -27,13 +27,16 @@ pub fn set_control(power: PowerControl) {
 pub fn power_off() -> ! {
     x86_64::instructions::interrupts::disable();
     if let Some(p) = POWER.get() {
-        if let (Some(port), Some(s5)) = (p.pm1a_control_port, p.s5) {
-            // SAFETY: the PM1 control registers named by the FADT.
-            unsafe {
-                Port::<u16>::new(port).write(s5.pm1a_control());
-                if let Some(b) = p.pm1b_control_port {
-                    Port::<u16>::new(b).write(s5.pm1b_control());
-                }
+        if let (Some(pm1a), Some(s5)) = (p.pm1a_control, p.s5) {
+            // The registers were checked and mapped at discovery; a write can only be refused
+            // for a value wider than the register (a PM1 control register narrower than 16
+            // bits), and then the fallbacks below run.
+            let written = pm1a.write(u64::from(s5.pm1a_control())).and_then(|()| {
+                p.pm1b_control
+                    .map_or(Ok(()), |pm1b| pm1b.write(u64::from(s5.pm1b_control())))
+            });
+            if let Err(e) = written {
+                crate::console::emergency_write(format_args!("keel: ACPI S5 refused: {e}\n"));
             }
         }
     }
@@ -54,20 +57,21 @@ pub fn power_off() -> ! {
 pub fn reboot() -> ! {
     x86_64::instructions::interrupts::disable();
     crate::platform::shutdown(true);
-    // SAFETY: reset mechanisms; each either resets the machine or does nothing.
-    unsafe {
-        if let Some((port, value)) = POWER.get().and_then(|p| p.reset) {
-            Port::<u8>::new(port).write(value);
-        }
-        Port::<u8>::new(0x64).write(0xfe);
-        // An empty IDT makes the next exception a triple fault.
-        let empty = x86_64::structures::DescriptorTablePointer {
-            limit: 0,
-            base: x86_64::VirtAddr::new(0),
-        };
-        x86_64::instructions::tables::lidt(&empty);
-        core::arch::asm!("int3");
+    if let Some((register, value)) = POWER.get().and_then(|p| p.reset) {
+        // Checked and mapped at discovery; if refused, the next mechanism runs.
+        let _ = register.write(u64::from(value));
     }
+    // SAFETY: the keyboard controller's reset line; it resets the machine or does nothing.
+    unsafe { Port::<u8>::new(0x64).write(0xfe) };
+    // An empty IDT makes the next exception a triple fault.
+    let empty = x86_64::structures::DescriptorTablePointer {
+        limit: 0,
+        base: x86_64::VirtAddr::new(0),
+    };
+    // SAFETY: nothing runs after this but the `int3` below, which is meant to fault.
+    unsafe { x86_64::instructions::tables::lidt(&empty) };
+    // SAFETY: with no IDT, the breakpoint becomes a triple fault: a reset.
+    unsafe { core::arch::asm!("int3") };
     halt_forever()
 }
 

@@ -39,11 +39,10 @@ pub struct RtcTime {
 }
 
 fn read_register(reg: u8) -> u8 {
-    // SAFETY: CMOS index/data ports; bit 7 of the index (NMI disable) is left clear.
-    unsafe {
-        Port::<u8>::new(0x70).write(reg & 0x7f);
-        Port::<u8>::new(0x71).read()
-    }
+    // SAFETY: the CMOS index port; bit 7 of the index (NMI disable) is left clear.
+    unsafe { Port::<u8>::new(0x70).write(reg & 0x7f) };
+    // SAFETY: the CMOS data port, reading the register just selected.
+    unsafe { Port::<u8>::new(0x71).read() }
 }
 
 fn raw_reading() -> Option<[u8; 7]> {

@@ -140,39 +140,51 @@ pub fn ns_to_tsc(ns: u64) -> u64 {
     (u128::from(ns) * u128::from(tsc_hz()) / 1_000_000_000) as u64
 }
 
+/// Port 0x61: PIT channel 2's gate (bit 0), the speaker (bit 1), OUT2 (bit 5).
+const PIT_GATE: u16 = 0x61;
+const PIT_COMMAND: u16 = 0x43;
+const PIT_CHANNEL2: u16 = 0x42;
+
+/// Reads one of the PIT ports above.
+fn pit_port(port: u16) -> u8 {
+    // SAFETY: the PIT and port 0x61 are legacy platform devices nobody else uses here; a
+    // port read touches no memory.
+    unsafe { Port::<u8>::new(port).read() }
+}
+
+/// Writes one of the PIT ports above.
+fn set_pit_port(port: u16, value: u8) {
+    // SAFETY: as in `pit_port`.
+    unsafe { Port::<u8>::new(port).write(value) }
+}
+
 /// Calibrates the TSC against PIT channel 2.
 pub fn calibrate_with_pit() -> Result<u64, CalibrationError> {
-    let mut gate: Port<u8> = Port::new(0x61);
-    let mut command: Port<u8> = Port::new(0x43);
-    let mut channel2: Port<u8> = Port::new(0x42);
     let count = PIT_HZ * CALIBRATION_MS / 1000;
-    // SAFETY: the PIT and port 0x61 are legacy platform devices nobody else uses here.
-    let ticks = unsafe {
-        let saved = gate.read();
-        // Gate on, speaker off.
-        gate.write((saved & !0x02) | 0x01);
-        // Channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count), binary.
-        command.write(0b1011_0000);
-        channel2.write(count as u8);
-        channel2.write((count >> 8) as u8);
-        // Restart counting with a rising edge on the gate.
-        let g = gate.read();
-        gate.write(g & !0x01);
-        gate.write(g | 0x01);
-        let start = rdtsc();
-        let mut spins: u64 = 0;
-        // OUT2 (bit 5) rises at terminal count. Bound the wait: 10 ms is far below 100M polls.
-        while gate.read() & 0x20 == 0 {
-            spins += 1;
-            if spins > 100_000_000 {
-                gate.write(saved);
-                return Err(CalibrationError::PitSilent);
-            }
+    let saved = pit_port(PIT_GATE);
+    // Gate on, speaker off.
+    set_pit_port(PIT_GATE, (saved & !0x02) | 0x01);
+    // Channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count), binary.
+    set_pit_port(PIT_COMMAND, 0b1011_0000);
+    set_pit_port(PIT_CHANNEL2, count as u8);
+    set_pit_port(PIT_CHANNEL2, (count >> 8) as u8);
+    // Restart counting with a rising edge on the gate.
+    let g = pit_port(PIT_GATE);
+    set_pit_port(PIT_GATE, g & !0x01);
+    set_pit_port(PIT_GATE, g | 0x01);
+    let start = rdtsc();
+    let mut spins: u64 = 0;
+    // OUT2 (bit 5) rises at terminal count. Bound the wait: 10 ms is far below 100M polls.
+    while pit_port(PIT_GATE) & 0x20 == 0 {
+        spins += 1;
+        if spins > 100_000_000 {
+            set_pit_port(PIT_GATE, saved);
+            return Err(CalibrationError::PitSilent);
         }
-        let end = rdtsc();
-        gate.write(saved);
-        end - start
-    };
+    }
+    let end = rdtsc();
+    set_pit_port(PIT_GATE, saved);
+    let ticks = end - start;
     let hz = ticks * 1000 / CALIBRATION_MS;
     if hz == 0 {
         return Err(CalibrationError::PitSilent);

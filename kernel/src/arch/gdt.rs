@@ -44,12 +44,15 @@ pub fn init() {
         (gdt, code, data, tss_sel)
     });
     gdt.load();
-    // SAFETY: the selectors index the GDT just loaded.
-    unsafe {
-        CS::set_reg(*code);
-        DS::set_reg(*data);
-        ES::set_reg(*data);
-        SS::set_reg(*data);
-        load_tss(*tss_sel);
-    }
+    // SAFETY: the selectors index the GDT just loaded: `code` a 64-bit code segment, `data`
+    // a data segment (for this and the next three), `tss_sel` the TSS.
+    unsafe { CS::set_reg(*code) };
+    // SAFETY: as above.
+    unsafe { DS::set_reg(*data) };
+    // SAFETY: as above.
+    unsafe { ES::set_reg(*data) };
+    // SAFETY: as above.
+    unsafe { SS::set_reg(*data) };
+    // SAFETY: as above.
+    unsafe { load_tss(*tss_sel) };
 }

@@ -12,8 +12,8 @@
 use core::arch::global_asm;
 
 use keel_memory::Range;
-
 use keel_multiboot::{MultibootInfo, PhysMemory, MEMORY_AVAILABLE};
+
 use super::{BootError, BootInfo, BootModule};
 
 /// The header's magic number.

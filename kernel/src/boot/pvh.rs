@@ -4,9 +4,9 @@
 use core::ffi::CStr;
 
 use keel_memory::Range;
+use keel_multiboot::module_name;
 use pvh::start_info::reader::StartInfoReader;
 
-use keel_multiboot::module_name;
 use super::{BootError, BootInfo, BootModule};
 
 /// E820 type of usable RAM.

@@ -256,21 +256,23 @@ fn map_through(me: u16, gref: GrantRef) -> Result<(), GrantTestError> {
             return Err(e);
         }
     };
-    let page = host_addr as *mut u8;
-    // SAFETY: Xen maps the granted frame at `host_addr`, which our tables map, until the
-    // unmap below; volatile, because Xen changed what the address shows.
-    let checked = unsafe {
-        if (0..PAGE_SIZE).all(|i| core::ptr::read_volatile(page.add(i)) == pattern(i)) {
-            let last = page.add(PAGE_SIZE - 1);
-            core::ptr::write_volatile(last, !pattern(PAGE_SIZE - 1));
-            if core::ptr::read_volatile(last) == !pattern(PAGE_SIZE - 1) {
-                Ok(())
-            } else {
-                Err(GrantTestError::WriteThroughMappingLost)
-            }
+    // Xen maps the granted frame at `host_addr`, which our tables map, until the unmap
+    // below; volatile, because Xen changed what the address shows. The pointers are safe
+    // to compute (`wrapping_add`) and only dereferenced inside the page.
+    let byte = |i: usize| (host_addr as *mut u8).wrapping_add(i);
+    // SAFETY: `i < PAGE_SIZE`, inside the mapped page (see above).
+    let read = |i: usize| unsafe { core::ptr::read_volatile(byte(i)) };
+    let last = PAGE_SIZE - 1;
+    let checked = if (0..PAGE_SIZE).all(|i| read(i) == pattern(i)) {
+        // SAFETY: the page's last byte, inside the mapped page (see above).
+        unsafe { core::ptr::write_volatile(byte(last), !pattern(last)) };
+        if read(last) == !pattern(last) {
+            Ok(())
         } else {
-            Err(GrantTestError::MappedContentDiffers)
+            Err(GrantTestError::WriteThroughMappingLost)
         }
+    } else {
+        Err(GrantTestError::MappedContentDiffers)
     };
     let unmapped = unmap_grant(&Xen, &mapping).map_err(GrantTestError::UnmapGrant);
     if unmapped.is_ok() {
