@@ -173,7 +173,10 @@ mod tests {
             assert_eq!(record["power_state"], FieldValue::String("Halted".into()));
             assert_eq!(record["resident_on"], FieldValue::Ref(NULL_REF.into()));
             assert_eq!(record["domid"], FieldValue::Int(-1));
-            assert_eq!(record["current_operations"], FieldValue::Map(BTreeMap::new()));
+            assert_eq!(
+                record["current_operations"],
+                FieldValue::Map(BTreeMap::new())
+            );
             // Fields the record lacked are not invented.
             assert!(!record.contains_key("scheduled_to_be_resident_on"));
         }
@@ -255,7 +258,10 @@ mod tests {
                 reference,
                 [
                     ("currently_attached".into(), FieldValue::Bool(attached)),
-                    ("current_operations".into(), FieldValue::Map(BTreeMap::new())),
+                    (
+                        "current_operations".into(),
+                        FieldValue::Map(BTreeMap::new()),
+                    ),
                 ]
                 .into(),
             );

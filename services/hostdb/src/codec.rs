@@ -391,9 +391,7 @@ impl Reader<'_> {
                 let mut items = Vec::new();
                 for _ in 0..count {
                     let item = self.value(depth + 1)?;
-                    items
-                        .try_reserve(1)
-                        .map_err(|_| DecodeError::OutOfMemory)?;
+                    items.try_reserve(1).map_err(|_| DecodeError::OutOfMemory)?;
                     items.push(item);
                 }
                 FieldValue::Set(items)
@@ -471,7 +469,9 @@ mod tests {
         database.insert("VM", "OpaqueRef:vm1", vm);
         database.insert("VM", "OpaqueRef:vm0", Record::new());
         database.insert("network", "OpaqueRef:n", Record::new());
-        database.classes.insert("empty_class".into(), BTreeMap::new());
+        database
+            .classes
+            .insert("empty_class".into(), BTreeMap::new());
         database
     }
 
@@ -480,7 +480,10 @@ mod tests {
         let database = sample();
         let bytes = encode(&database).unwrap();
         assert_eq!(decode(&bytes), Ok(database));
-        assert_eq!(decode(&encode(&Database::new()).unwrap()), Ok(Database::new()));
+        assert_eq!(
+            decode(&encode(&Database::new()).unwrap()),
+            Ok(Database::new())
+        );
     }
 
     #[test]
@@ -513,9 +516,7 @@ mod tests {
         );
         assert_eq!(
             encode(&database).unwrap(),
-            [
-                1, 2, b'V', b'M', 1, 1, b'r', 2, 1, b'b', TAG_BOOL, 1, 1, b'i', TAG_INT, 3
-            ]
+            [1, 2, b'V', b'M', 1, 1, b'r', 2, 1, b'b', TAG_BOOL, 1, 1, b'i', TAG_INT, 3]
         );
     }
 

@@ -207,10 +207,7 @@ mod tests {
     #[test]
     fn blank_foreign_and_flipped_headers_are_told_apart() {
         let layout = layout();
-        assert_eq!(
-            Header::parse(&[0u8; BLOCK], &layout),
-            Err(SlotState::Blank)
-        );
+        assert_eq!(Header::parse(&[0u8; BLOCK], &layout), Err(SlotState::Blank));
         let mut foreign = vec![0u8; BLOCK];
         foreign[100] = 1;
         assert_eq!(

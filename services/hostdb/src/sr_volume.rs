@@ -30,7 +30,9 @@ pub enum LocateError {
     Sr(SrError),
     /// More than one VDI qualifies ([`is_host_database`]); which one is the database is
     /// unknowable, so none is used.
-    Ambiguous { candidates: Vec<Uuid> },
+    Ambiguous {
+        candidates: Vec<Uuid>,
+    },
 }
 
 impl From<SrError> for LocateError {
