@@ -54,10 +54,16 @@ impl EcamConfig {
     /// Maps the window (uncached).
     pub fn new(window: Ecam) -> Result<Self, memory::MapError> {
         let buses = u64::from(window.bus_end.saturating_sub(window.bus_start)) + 1;
-        memory::map_mmio(
-            window.base + (u64::from(window.bus_start) << 20),
-            buses << 20,
-        )?;
+        // The MCFG's base is the firmware's claim: a base so high that the window wraps is
+        // refused like one past the identity map (which `map_mmio` refuses).
+        let start = window
+            .base
+            .checked_add(u64::from(window.bus_start) << 20)
+            .ok_or(memory::MapError::OutOfReach {
+                phys: window.base,
+                size: buses << 20,
+            })?;
+        memory::map_mmio(start, buses << 20)?;
         Ok(EcamConfig { window })
     }
 
