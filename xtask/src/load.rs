@@ -51,6 +51,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Reads one response (head and Content-Length body); returns the status code.
 pub fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
+    read_response_closing(stream).map(|(status, body, _)| (status, body))
+}
+
+/// Reads one response; returns the status code, the body, and whether the server closes
+/// the connection after it (`Connection: close`).
+pub fn read_response_closing(stream: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>, bool)> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     let head_end = loop {
@@ -89,7 +95,11 @@ pub fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> 
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    Ok((status, buf[head_end..head_end + length].to_vec()))
+    let closes = head.lines().any(|l| {
+        l.strip_prefix("connection:")
+            .is_some_and(|v| v.split(',').any(|token| token.trim() == "close"))
+    });
+    Ok((status, buf[head_end..head_end + length].to_vec(), closes))
 }
 
 /// Sends `request` and reads the answer on a fresh connection.

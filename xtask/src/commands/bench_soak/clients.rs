@@ -108,6 +108,14 @@ pub struct Target {
     pub transfer_bytes: usize,
     /// Longest `event.from` wait asked for.
     pub event_wait: Duration,
+    /// When the soak started: errors say when they happened.
+    pub started: Instant,
+}
+
+impl Target {
+    fn when(&self, error: String) -> String {
+        format!("{:.1} s: {error}", self.started.elapsed().as_secs_f64())
+    }
 }
 
 /// A keep-alive connection that reconnects after an error.
@@ -128,7 +136,7 @@ impl Connection {
 
     /// Sends one request and reads the answer; `Err` describes the failure.
     fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
-        let result = (|| -> std::io::Result<(u16, Vec<u8>)> {
+        let result = (|| -> std::io::Result<(u16, Vec<u8>, bool)> {
             if self.stream.is_none() {
                 let s = TcpStream::connect(("127.0.0.1", self.port))?;
                 s.set_read_timeout(Some(self.read_timeout))?;
@@ -140,11 +148,17 @@ impl Connection {
                 .as_mut()
                 .ok_or_else(|| std::io::Error::other("no stream"))?;
             s.write_all(request)?;
-            load::read_response(s)
+            load::read_response_closing(s)
         })();
         match result {
-            Ok((200, body)) => Ok(body),
-            Ok((status, _)) => {
+            Ok((200, body, closes)) => {
+                // The server said it closes: the next request goes on a new connection.
+                if closes {
+                    self.stream = None;
+                }
+                Ok(body)
+            }
+            Ok((status, _, _)) => {
                 self.stream = None;
                 Err(format!("HTTP {status}"))
             }
@@ -205,7 +219,7 @@ pub fn run_client(role: Role, index: usize, target: &Target, deadline: Instant) 
                 let started = Instant::now();
                 match conn.rpc(request, method) {
                     Ok(_) => tally.ok(started),
-                    Err(e) => tally.error(e),
+                    Err(e) => tally.error(target.when(e)),
                 }
             }
         }
@@ -216,7 +230,7 @@ pub fn run_client(role: Role, index: usize, target: &Target, deadline: Instant) 
                 let started = Instant::now();
                 match transfer_once(target, index as u64, round) {
                     Ok(()) => tally.ok(started),
-                    Err(e) => tally.error(e),
+                    Err(e) => tally.error(target.when(e)),
                 }
                 round += 1;
             }
@@ -252,10 +266,10 @@ fn watch_events(target: &Target, deadline: Instant, tally: &mut Tally) {
                     token = next;
                     tally.ok(started);
                 }
-                None => tally.error("event.from: an answer without a token".into()),
+                None => tally.error(target.when("event.from: an answer without a token".into())),
             },
             Err(e) => {
-                tally.error(e);
+                tally.error(target.when(e));
                 // A lost token (EVENTS_LOST) starts over from a snapshot.
                 token.clear();
             }
@@ -397,11 +411,13 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             use std::io::Read;
-            for stream in listener.incoming().take(4) {
+            for stream in listener.incoming() {
                 let mut s = stream.unwrap();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut buf) {
+                    // Every connection closes after its third answer, saying so.
+                    for answered in 1.. {
+                        let n = s.read(&mut buf).unwrap_or(0);
                         if n == 0 {
                             break;
                         }
@@ -411,11 +427,19 @@ mod tests {
                         } else {
                             "<value>Success</value>"
                         };
+                        let close = if answered == 3 {
+                            "Connection: close\r\n"
+                        } else {
+                            ""
+                        };
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 200 OK\r\n{close}Content-Length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         let _ = s.write_all(answer.as_bytes());
+                        if answered == 3 {
+                            break;
+                        }
                     }
                 });
             }
@@ -428,6 +452,7 @@ mod tests {
             sr: "OpaqueRef:sr".into(),
             transfer_bytes: 16,
             event_wait: Duration::from_secs(1),
+            started: Instant::now(),
         };
         let tally = run_client(
             Role::Calls,
@@ -441,9 +466,13 @@ mod tests {
             tally.errors >= tally.operations / 8 - 1 && tally.errors <= tally.operations / 8 + 1,
             "{tally:?}"
         );
-        assert!(tally
-            .first_errors
-            .iter()
-            .all(|e| e.starts_with("pool.get_all_records")));
+        // Connections the server closed (saying so) were replaced without an error.
+        assert!(
+            tally
+                .first_errors
+                .iter()
+                .all(|e| e.contains(" s: pool.get_all_records: ")),
+            "{tally:?}"
+        );
     }
 }

@@ -114,6 +114,7 @@ fn discover(port: u16, session: String) -> Result<Target, XtaskError> {
         sr: String::new(),
         transfer_bytes: TRANSFER_BYTES,
         event_wait: EVENT_WAIT,
+        started: Instant::now(),
     };
     let mut why = String::from("no SR");
     for sr in all_refs(&body) {
@@ -211,6 +212,7 @@ pub fn run(options: &SoakOptions) -> Result<(), XtaskError> {
         vm.log_path().display()
     ));
     let started = Instant::now();
+    let target = Target { started, ..target };
     let deadline = started + run_for;
     let stop = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(Mutex::new(Vec::new()));
