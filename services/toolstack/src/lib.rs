@@ -19,6 +19,7 @@ pub mod domain;
 pub mod skeleton;
 pub mod store;
 pub mod toolstack;
+pub mod xenstored;
 
 pub use builder::{Builder, BuiltDomain, ConsoleBackend};
 pub use control::{DestroyProgress, DomainControl, XenControl};
@@ -29,3 +30,4 @@ pub use toolstack::{
     CleanupProblem, Env, Event, EventKind, LifecycleError, StartError, StartRequest, Toolstack,
     WATCH_TOKEN,
 };
+pub use xenstored::{LocalStore, StoreRings};

@@ -9,6 +9,9 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
+mod common;
+
+use common::*;
 use keel_toolstack::skeleton::{domain_path, shutdown_path, vm_path};
 use keel_toolstack::*;
 use keel_xen::control::ControlError;
@@ -119,71 +122,6 @@ impl Store for FakeStore {
             .remove(&(path.to_string(), token.to_string()))
             .then_some(())
             .ok_or(StoreError::NotFound)
-    }
-}
-
-#[derive(Default)]
-struct FakeConsoles {
-    attached: BTreeMap<u16, (u32, u64)>,
-    detached: Vec<u16>,
-    fail: bool,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct ConsoleMapFailed;
-
-impl ConsoleBackend for FakeConsoles {
-    type Error = ConsoleMapFailed;
-    fn attach(&mut self, domid: u16, port: u32, gfn: u64) -> Result<(), ConsoleMapFailed> {
-        if self.fail {
-            return Err(ConsoleMapFailed);
-        }
-        self.attached.insert(domid, (port, gfn));
-        Ok(())
-    }
-    fn detach(&mut self, domid: u16) {
-        if self.attached.remove(&domid).is_some() {
-            self.detached.push(domid);
-        }
-    }
-}
-
-/// Creates paused PVH domains in `FakeXen`, with ids from 1 up.
-struct FakeBuilder<'x> {
-    xen: &'x FakeXen,
-    next: RefCell<u16>,
-    fail: bool,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct OutOfGuestMemory;
-
-struct Spec {
-    vcpus: u32,
-    mib: u64,
-}
-
-impl Builder for FakeBuilder<'_> {
-    type Spec = Spec;
-    type Error = OutOfGuestMemory;
-    fn build(&mut self, spec: &Spec) -> Result<BuiltDomain, OutOfGuestMemory> {
-        if self.fail {
-            return Err(OutOfGuestMemory);
-        }
-        let domid = *self.next.borrow();
-        *self.next.borrow_mut() += 1;
-        self.xen
-            .add_domain(domid, dominf::PAUSED | dominf::HVM_GUEST | dominf::HAP);
-        Ok(BuiltDomain {
-            domid,
-            vcpus: spec.vcpus,
-            memory_static_max_kib: spec.mib * 1024,
-            memory_target_kib: spec.mib * 1024,
-            store_port: 10 + u32::from(domid),
-            store_gfn: 0xfeffc,
-            console_port: 20 + u32::from(domid),
-            console_gfn: 0xfefff,
-        })
     }
 }
 
