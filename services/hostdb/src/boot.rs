@@ -24,6 +24,8 @@ pub struct BootPlan {
     pub auto_start: Vec<String>,
     /// VBDs and VIFs whose `currently_attached` went from true to false, in ref order.
     pub detached: Vec<String>,
+    /// The pool's `other_config:auto_poweron` is `false`, so no VM is auto-started.
+    pub auto_start_disabled_by_pool: bool,
 }
 
 /// Resets the database to what is true right after a host boot and lists the VMs to start.
@@ -35,9 +37,17 @@ pub struct BootPlan {
 /// - Every VM's, VBD's and VIF's `current_operations` is emptied: no operation survives a
 ///   reboot. VBDs and VIFs are no longer `currently_attached`.
 /// - A VM is auto-started if it is now `Halted`, is not a template, a snapshot or the control
-///   domain, and its `other_config` maps `auto_poweron` to `true` (case-insensitive).
+///   domain, and its `other_config` maps `auto_poweron` to `true` (case-insensitive), unless
+///   the pool's `other_config` maps `auto_poweron` to `false`. (xapi's autostart script
+///   requires the pool's flag to be `true`; Keel, one host per pool, needs only the VM's flag
+///   but honours a pool-wide opt-out.)
 pub fn apply_host_boot(database: &mut Database) -> BootPlan {
-    let mut plan = BootPlan::default();
+    let mut plan = BootPlan {
+        auto_start_disabled_by_pool: database
+            .objects("pool")
+            .any(|(_, pool)| config_flag(pool) == Some(false)),
+        ..BootPlan::default()
+    };
     let mut starts: Vec<(i64, String)> = Vec::new();
     if let Some(vms) = database.classes.get_mut("VM") {
         for (reference, vm) in vms.iter_mut() {
@@ -58,9 +68,10 @@ pub fn apply_host_boot(database: &mut Database) -> BootPlan {
             }
             let halted = text(vm, "power_state").is_some_and(|s| s.eq_ignore_ascii_case("Halted"));
             if halted
+                && !plan.auto_start_disabled_by_pool
                 && !flag(vm, "is_a_template")
                 && !flag(vm, "is_a_snapshot")
-                && auto_poweron(vm)
+                && config_flag(vm) == Some(true)
             {
                 let order = match vm.get("order") {
                     Some(FieldValue::Int(order)) => *order,
@@ -102,13 +113,16 @@ fn flag(record: &Record, field: &str) -> bool {
     matches!(record.get(field), Some(FieldValue::Bool(true)))
 }
 
-fn auto_poweron(vm: &Record) -> bool {
-    match vm.get("other_config") {
-        Some(FieldValue::Map(config)) => matches!(
-            config.get(AUTO_POWERON_KEY),
-            Some(FieldValue::String(value)) if value.eq_ignore_ascii_case("true")
-        ),
-        _ => false,
+/// `other_config:auto_poweron` as a boolean: `Some` only for the texts `true` and `false`
+/// (case-insensitive).
+fn config_flag(record: &Record) -> Option<bool> {
+    let Some(FieldValue::Map(config)) = record.get("other_config") else {
+        return None;
+    };
+    match config.get(AUTO_POWERON_KEY) {
+        Some(FieldValue::String(value)) if value.eq_ignore_ascii_case("true") => Some(true),
+        Some(FieldValue::String(value)) if value.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
     }
 }
 
@@ -227,8 +241,33 @@ mod tests {
                 )],
             ),
         );
+        let mut with_pool_opt_out = database.clone();
         let plan = apply_host_boot(&mut database);
         assert_eq!(plan.auto_start, ["OpaqueRef:b", "OpaqueRef:a"]);
+        assert_eq!(plan.halted, ["OpaqueRef:a"]);
+        assert!(!plan.auto_start_disabled_by_pool);
+        // A pool whose flag is `true` changes nothing; `false` stops every auto-start.
+        let mut with_pool_opt_in = with_pool_opt_out.clone();
+        with_pool_opt_in.insert(
+            "pool",
+            "OpaqueRef:pool",
+            [auto("true")]
+                .into_iter()
+                .map(|(k, v)| (k.into(), v))
+                .collect(),
+        );
+        assert_eq!(apply_host_boot(&mut with_pool_opt_in), plan);
+        with_pool_opt_out.insert(
+            "pool",
+            "OpaqueRef:pool",
+            [auto("false")]
+                .into_iter()
+                .map(|(k, v)| (k.into(), v))
+                .collect(),
+        );
+        let plan = apply_host_boot(&mut with_pool_opt_out);
+        assert!(plan.auto_start.is_empty());
+        assert!(plan.auto_start_disabled_by_pool);
         assert_eq!(plan.halted, ["OpaqueRef:a"]);
     }
 

@@ -448,6 +448,7 @@ fn a_realistic_database_survives_a_reboot() {
     let big = database(40, 1000);
     let report = store.save(&mut volume(&mut sr, vdi), &big).unwrap();
     assert!(report.payload_bytes > 256 * 1024, "{report:?}");
+    eprintln!("1000 VMs: {} payload bytes", report.payload_bytes);
     drop(sr);
     disk.power_cycle(CacheLoss::DropAll);
     let (_, found) = load_after_reboot(&disk, "realistic");
