@@ -79,6 +79,21 @@ impl<P: ConsolePage + ?Sized> ConsolePage for &P {
     }
 }
 
+impl<P: ConsolePage + ?Sized> ConsolePage for alloc::boxed::Box<P> {
+    fn load_index(&self, index: Index) -> u32 {
+        (**self).load_index(index)
+    }
+    fn store_index(&self, index: Index, value: u32) {
+        (**self).store_index(index, value)
+    }
+    fn out_byte(&self, slot: usize) -> u8 {
+        (**self).out_byte(slot)
+    }
+    fn set_in_byte(&self, slot: usize, byte: u8) {
+        (**self).set_in_byte(slot, byte)
+    }
+}
+
 /// `struct xencons_interface`, made of atomics because the guest writes it concurrently.
 /// The kernel views the mapped console frame as this type; tests make one with
 /// [`XenconsInterface::zeroed`].

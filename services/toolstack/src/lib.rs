@@ -14,6 +14,7 @@
 extern crate alloc;
 
 pub mod builder;
+pub mod console;
 pub mod control;
 pub mod domain;
 pub mod skeleton;
@@ -22,6 +23,7 @@ pub mod toolstack;
 pub mod xenstored;
 
 pub use builder::{Builder, BuiltDomain, ConsoleBackend};
+pub use console::{ConsoleAttachError, ConsolePages, Consoles};
 pub use control::{DestroyProgress, DomainControl, XenControl};
 pub use domain::{Domain, ExitReason, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts};
 pub use skeleton::XenstoreDataError;
