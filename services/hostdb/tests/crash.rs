@@ -454,3 +454,86 @@ fn a_realistic_database_survives_a_reboot() {
     let (_, found) = load_after_reboot(&disk, "realistic");
     assert!(found == Some(big));
 }
+
+#[test]
+fn a_save_that_fails_on_a_device_error_is_retried_by_the_same_handle() {
+    // Not a power cut: one device write or flush fails, the host keeps running, and the same
+    // handle saves again (after re-attaching the SR if the failure poisoned it). The retry
+    // must not overwrite the acknowledged slot, and must itself survive a reboot.
+    let history = [database(1, 20), database(2, 10)];
+    let scenario = Scenario {
+        name: "device error",
+        extent_size: 4096,
+        history: Some(&history),
+        attempts: &[],
+        snapshot: false,
+    };
+    let (writes, flushes) = {
+        let mut world = prepare(&scenario);
+        let (vdi, mut store) = world.store.take().unwrap();
+        let before = world.disk.stats();
+        store
+            .save(&mut volume(&mut world.sr, vdi), &database(3, 30))
+            .unwrap();
+        let after = world.disk.stats();
+        (after.writes - before.writes, after.flushes - before.flushes)
+    };
+    assert!(writes > 0 && flushes > 0);
+    let failures = (0..writes)
+        .map(|n| (n, true))
+        .chain((0..flushes).map(|n| (n, false)));
+    for (n, is_write) in failures {
+        let what = format!("failing {} {n}", if is_write { "write" } else { "flush" });
+        let mut world = prepare(&scenario);
+        let (vdi, mut store) = world.store.take().unwrap();
+        if is_write {
+            world.disk.fail_write(n, 1);
+        } else {
+            world.disk.fail_flush(n);
+        }
+        assert!(
+            store
+                .save(&mut volume(&mut world.sr, vdi), &database(3, 30))
+                .is_err(),
+            "{what}: the failure was not reported"
+        );
+        let retried = database(4, 25);
+        let result = store.save(&mut volume(&mut world.sr, vdi), &retried);
+        let mut sr = match result {
+            Ok(_) => world.sr,
+            Err(error) => {
+                // The SR refuses work until re-attached; the database handle carries on.
+                assert!(
+                    format!("{error:?}").contains("NeedsReattach"),
+                    "{what}: {error:?}"
+                );
+                drop(world.sr);
+                let mut sr = Sr::attach(world.disk.clone()).unwrap();
+                store
+                    .save(&mut volume(&mut sr, vdi), &retried)
+                    .unwrap_or_else(|e| panic!("{what}: retry after re-attach: {e:?}"));
+                sr
+            }
+        };
+        let mut data = vec![0; GUEST_BYTES];
+        sr.read(world.guest, 0, &mut data).unwrap();
+        assert!(data == guest_data(), "{what}: guest VDI changed");
+        drop(sr);
+        world.disk.power_cycle(CacheLoss::DropAll);
+        let (mut sr, found) = load_after_reboot(&world.disk, &what);
+        assert!(found == Some(retried), "{what}: the retried save was lost");
+        // The retry went where the failed attempt went: the slot beside it still holds the
+        // database acknowledged before (generation 2), and the failed attempt's generation
+        // was not reused.
+        let loaded = HostDb::open(&mut volume(&mut sr, vdi))
+            .unwrap()
+            .loaded
+            .unwrap();
+        assert_eq!(loaded.generation, 4, "{what}");
+        assert_eq!(
+            loaded.other_slot,
+            SlotState::Valid { generation: 2 },
+            "{what}"
+        );
+    }
+}
