@@ -5,8 +5,10 @@
 //!
 //! Sans-I/O: the kernel maps the guest's console frame and binds its event channel, then
 //! calls [`ConsoleSet::attach`] with the page and [`ConsoleSet::service`] on every event,
-//! notifying the guest when told to. The management server's console route reads through
-//! [`ConsoleStream`]s and writes with [`ConsoleSet::write_input`].
+//! notifying the guest when told to. The management server's console route opens a
+//! [`ConsoleSession`] per client ([`ConsoleSet::open_session`]) and moves bytes with
+//! [`ConsoleSet::session_output`] and [`ConsoleSet::session_input`]; [`target`] parses the
+//! console location's request target.
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ pub mod page;
 pub mod ring;
 pub mod set;
 pub mod stream;
+pub mod target;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
@@ -27,5 +30,9 @@ pub use console::{Console, ConsoleError, ConsoleState, Serviced, INPUT_QUEUE_BYT
 pub use history::{History, HistoryRead, DEFAULT_HISTORY_BYTES};
 pub use page::{ConsolePage, Index, XenconsInterface, IN_RING_SIZE, OUT_RING_SIZE};
 pub use ring::{ConsoleRing, Ring, RingError};
-pub use set::{AttachError, ConsoleSet};
+pub use set::{AttachError, ConsoleSession, ConsoleSet};
 pub use stream::{ConsoleStream, SKIP_MARKER_MAX};
+pub use target::{
+    location, parse_target, ConsoleSelector, ConsoleTarget, TargetError, CONNECT_ACCEPTED,
+    CONSOLE_PATH,
+};

@@ -21,8 +21,10 @@ pub enum AttachError {
 /// Consoles by domain id.
 #[derive(Debug)]
 pub struct ConsoleSet<P> {
-    consoles: BTreeMap<u16, Console<P>>,
+    /// Each console with the generation of its attachment.
+    consoles: BTreeMap<u16, (Console<P>, u64)>,
     history_bytes: usize,
+    next_generation: u64,
 }
 
 impl<P: ConsolePage> Default for ConsoleSet<P> {
@@ -37,6 +39,7 @@ impl<P: ConsolePage> ConsoleSet<P> {
         ConsoleSet {
             consoles: BTreeMap::new(),
             history_bytes,
+            next_generation: 0,
         }
     }
 
@@ -48,17 +51,18 @@ impl<P: ConsolePage> ConsoleSet<P> {
         }
         let console = Console::new(page, self.history_bytes)
             .map_err(|(_, page)| (AttachError::OutOfMemory, page))?;
-        self.consoles.insert(domid, console);
+        self.consoles.insert(domid, (console, self.next_generation));
+        self.next_generation += 1;
         Ok(())
     }
 
     /// Stops serving `domid`'s console and returns its page for unmapping.
     pub fn detach(&mut self, domid: u16) -> Option<P> {
-        self.consoles.remove(&domid).map(Console::into_page)
+        self.consoles.remove(&domid).map(|(c, _)| c.into_page())
     }
 
     pub fn get(&self, domid: u16) -> Option<&Console<P>> {
-        self.consoles.get(&domid)
+        self.consoles.get(&domid).map(|(c, _)| c)
     }
 
     pub fn is_attached(&self, domid: u16) -> bool {
@@ -75,6 +79,7 @@ impl<P: ConsolePage> ConsoleSet<P> {
         self.consoles
             .get_mut(&domid)
             .ok_or(ConsoleError::NoSuchConsole)?
+            .0
             .service()
     }
 
@@ -85,7 +90,7 @@ impl<P: ConsolePage> ConsoleSet<P> {
         domid: u16,
         bytes: &[u8],
     ) -> Result<(usize, Serviced), ConsoleError> {
-        let console = self
+        let (console, _) = self
             .consoles
             .get_mut(&domid)
             .ok_or(ConsoleError::NoSuchConsole)?;
@@ -93,23 +98,73 @@ impl<P: ConsolePage> ConsoleSet<P> {
         Ok((accepted, console.service()?))
     }
 
-    /// A new reader of `domid`'s console, from the oldest retained byte.
-    pub fn open_stream(&self, domid: u16) -> Result<ConsoleStream, ConsoleError> {
-        self.get(domid)
-            .map(Console::stream_from_oldest)
-            .ok_or(ConsoleError::NoSuchConsole)
+    /// A client session on `domid`'s console: its reader starts at the oldest retained
+    /// byte. The session is bound to this attachment: if the domain is destroyed and its id
+    /// reused, the session sees `NoSuchConsole`, never the new guest's console.
+    pub fn open_session(&self, domid: u16) -> Result<ConsoleSession, ConsoleError> {
+        let (console, generation) = self
+            .consoles
+            .get(&domid)
+            .ok_or(ConsoleError::NoSuchConsole)?;
+        Ok(ConsoleSession {
+            domid,
+            generation: *generation,
+            stream: console.stream_from_oldest(),
+        })
     }
 
-    /// Advances `stream` over `domid`'s output; see [`ConsoleStream::fill`].
-    /// `NoSuchConsole` once the console is detached: the connection should close.
-    pub fn fill(
+    fn session_console(&self, session: &ConsoleSession) -> Result<&Console<P>, ConsoleError> {
+        match self.consoles.get(&session.domid) {
+            Some((console, generation)) if *generation == session.generation => Ok(console),
+            _ => Err(ConsoleError::NoSuchConsole),
+        }
+    }
+
+    /// The next output for `session` into `out` (see [`ConsoleStream::fill`]); 0 when it is
+    /// up to date. `NoSuchConsole` once the console is detached: close the connection.
+    pub fn session_output(
         &self,
-        domid: u16,
-        stream: &mut ConsoleStream,
+        session: &mut ConsoleSession,
         out: &mut [u8],
     ) -> Result<usize, ConsoleError> {
-        let console = self.get(domid).ok_or(ConsoleError::NoSuchConsole)?;
-        Ok(stream.fill(console.history(), out))
+        let console = self.session_console(session)?;
+        Ok(session.stream.fill(console.history(), out))
+    }
+
+    /// Whether `session` has output waiting (or its console is gone, which the next
+    /// [`ConsoleSet::session_output`] reports).
+    pub fn session_has_output(&self, session: &ConsoleSession) -> bool {
+        self.session_console(session)
+            .map_or(true, |c| session.stream.has_pending(c.history()))
+    }
+
+    /// Input typed by `session`'s client; see [`ConsoleSet::write_input`].
+    pub fn session_input(
+        &mut self,
+        session: &ConsoleSession,
+        bytes: &[u8],
+    ) -> Result<(usize, Serviced), ConsoleError> {
+        self.session_console(session)?;
+        self.write_input(session.domid, bytes)
+    }
+}
+
+/// One client connection to one console attachment (the raw phase after `CONNECT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    domid: u16,
+    generation: u64,
+    stream: ConsoleStream,
+}
+
+impl ConsoleSession {
+    pub fn domid(&self) -> u16 {
+        self.domid
+    }
+
+    /// Sequence number of the next output byte this client gets.
+    pub fn position(&self) -> u64 {
+        self.stream.position()
     }
 }
 
@@ -128,14 +183,17 @@ mod tests {
         set.attach(7, &page).unwrap();
         assert!(set.is_attached(7));
         assert_eq!(set.service(7).unwrap().output_bytes, 6);
-        let mut reader = set.open_stream(7).unwrap();
+        let mut session = set.open_session(7).unwrap();
+        assert!(set.session_has_output(&session));
         page.guest_write_output(b"late").unwrap();
         set.service(7).unwrap();
         let mut buf = [0u8; 128];
-        let n = set.fill(7, &mut reader, &mut buf).unwrap();
+        let n = set.session_output(&mut session, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"early late");
+        assert!(!set.session_has_output(&session));
+        assert_eq!(session.position(), 10);
 
-        let (accepted, serviced) = set.write_input(7, b"ls\n").unwrap();
+        let (accepted, serviced) = set.session_input(&session, b"ls\n").unwrap();
         assert_eq!(accepted, 3);
         assert!(serviced.notify);
         assert_eq!(page.guest_read_input(10).unwrap(), b"ls\n");
@@ -143,8 +201,12 @@ mod tests {
         assert_eq!(set.domains().collect::<alloc::vec::Vec<_>>(), [7]);
         assert!(set.detach(7).is_some());
         assert_eq!(
-            set.fill(7, &mut reader, &mut buf),
+            set.session_output(&mut session, &mut buf),
             Err(ConsoleError::NoSuchConsole)
+        );
+        assert!(
+            set.session_has_output(&session),
+            "so that the glue looks and closes"
         );
         assert_eq!(set.service(7), Err(ConsoleError::NoSuchConsole));
         assert!(set.detach(7).is_none());
@@ -189,5 +251,32 @@ mod tests {
             set.write_input(2, b"x"),
             Err(ConsoleError::Disconnected(_))
         ));
+    }
+
+    #[test]
+    fn a_session_never_follows_a_reused_domain_id() {
+        let old = BytePage::new();
+        let new = BytePage::new();
+        let mut set = ConsoleSet::new(64);
+        set.attach(4, &old).unwrap();
+        let mut session = set.open_session(4).unwrap();
+        set.detach(4);
+        set.attach(4, &new).unwrap();
+        new.guest_write_output(b"secret").unwrap();
+        set.service(4).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            set.session_output(&mut session, &mut buf),
+            Err(ConsoleError::NoSuchConsole)
+        );
+        assert_eq!(
+            set.session_input(&session, b"rm -rf /\n"),
+            Err(ConsoleError::NoSuchConsole)
+        );
+        assert_eq!(new.guest_read_input(64).unwrap(), b"");
+        // A new session sees the new console.
+        let mut fresh = set.open_session(4).unwrap();
+        let n = set.session_output(&mut fresh, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"secret");
     }
 }
