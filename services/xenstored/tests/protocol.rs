@@ -284,11 +284,10 @@ fn directory_too_large_is_e2big_and_directory_part_pages_it() {
 }
 
 #[test]
-fn control_is_refused_for_dom0_too() {
+fn control_is_refused() {
     let mut xs = Xenstored::new();
     xs.introduce_domain(3, 5).unwrap();
-    // A control request from a privileged wire client does not exist in Keel; the local
-    // API has none. The request type is understood, not implemented.
+    // Keel's xenstored has no control commands; a guest is refused as unprivileged.
     let mut g = Guest::new(3);
     assert_eq!(
         g.call(&mut xs, XsType::Control, 0, &[b"check"], false),

@@ -179,13 +179,26 @@ fn hard_memory_limit_refuses_growth_and_stops_reading() {
         }
     };
     assert_eq!(err, XsError::ENOMEM);
-    assert!(stored >= 10 && stored < 16, "{stored}");
+    assert!((10..16).contains(&stored), "{stored}");
     assert!(xs.usage(1).memory <= 16 * 1024);
     // Watches and transactions count too.
     assert_eq!(
         g.watch(&mut xs, "data", &"t".repeat(2000)),
         Err(XsError::ENOMEM)
     );
+    // Replies still count: reading big values takes it to the quota, and then its
+    // requests are not taken until it reads (before its 20 outstanding are reached).
+    let mut sent = 0;
+    let refused = loop {
+        match xs.handle(1, &request::read(sent, 0, &spread(0)).unwrap()) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused, HandleError::Busy);
+    assert!(sent < 20, "{sent}");
+    assert!(xs.usage(1).memory >= 16 * 1024);
+    while xs.take_message(1).is_some() {}
     // Shrinking is always allowed.
     g.rm(&mut xs, &spread(0)).unwrap();
     g.write(&mut xs, &spread(0), b"small").unwrap();
