@@ -264,4 +264,24 @@ mod tests {
         ));
         assert_eq!(console.input_queued(), 0);
     }
+
+    #[test]
+    fn the_kernel_page_type_serves_a_guest() {
+        use crate::page::XenconsInterface;
+        use core::sync::atomic::Ordering;
+        let page = XenconsInterface::zeroed();
+        // The guest (hvc_xen) writes "ok\r\n" and publishes it.
+        for (i, b) in b"ok\r\n".iter().enumerate() {
+            page.output[i].store(*b, Ordering::Relaxed);
+        }
+        page.out_prod.store(4, Ordering::Release);
+        let mut console = Console::new(&page, 64).ok().unwrap();
+        console.queue_input(b"y").unwrap();
+        let s = console.service().unwrap();
+        assert_eq!((s.output_bytes, s.input_bytes), (4, 1));
+        assert_eq!(console.history().snapshot().unwrap(), b"ok\r\n");
+        assert_eq!(page.out_cons.load(Ordering::Acquire), 4);
+        assert_eq!(page.in_prod.load(Ordering::Acquire), 1);
+        assert_eq!(page.input[0].load(Ordering::Relaxed), b'y');
+    }
 }
