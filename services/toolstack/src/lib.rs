@@ -32,4 +32,4 @@ pub use toolstack::{
     CleanupProblem, Env, Event, EventKind, LifecycleError, StartError, StartRequest, Toolstack,
     WATCH_TOKEN,
 };
-pub use xenstored::{LocalStore, StoreRings};
+pub use xenstored::{deliver_watch_events, LocalStore, StoreRings};

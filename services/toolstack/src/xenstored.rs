@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use keel_xenstored::{Access as XsAccess, LocalClient, Perm as XsPerm, Xenstored, XsError};
 
 use crate::store::{Access, Perm, Store, StoreError};
+use crate::toolstack::{Env, Toolstack, WATCH_TOKEN};
 
 /// The kernel's part of introducing a guest to xenstored: map its store page (grant 1, or
 /// the store gfn), reset it with `keel_xenstored::prepare`, remember it for
@@ -104,4 +105,22 @@ impl<R: StoreRings> Store for LocalStore<'_, R> {
     fn unwatch(&mut self, path: &str, token: &str) -> Result<(), StoreError> {
         Ok(self.xenstored.unwatch(self.client, path, token)?)
     }
+}
+
+/// Hands the toolstack's pending xenstored watch events (on its own local client) to
+/// [`Toolstack::on_watch`]; returns how many were delivered. Call it after anything that
+/// may have changed the store (the guest rings' service, the toolstack's own calls).
+pub fn deliver_watch_events<R: StoreRings, C, D>(
+    toolstack: &mut Toolstack,
+    env: &mut Env<'_, LocalStore<'_, R>, C, D>,
+    now: u64,
+) -> usize {
+    let mut delivered = 0;
+    while let Some(event) = env.store.xenstored.poll_event(env.store.client) {
+        if event.token == WATCH_TOKEN {
+            toolstack.on_watch(env, &event.path, now);
+            delivered += 1;
+        }
+    }
+    delivered
 }

@@ -128,16 +128,14 @@ impl Host {
             .rights_for(&guest)
     }
 
-    /// Delivers the local client's watch events with the toolstack's token to it.
-    fn deliver_watches(&mut self, now: u64) -> Vec<String> {
-        let mut seen = Vec::new();
-        while let Some(ev) = self.xs.poll_event(self.client) {
-            seen.push(ev.path.clone());
-            if ev.token == WATCH_TOKEN {
-                self.with(|t, env| t.on_watch(env, &ev.path, now));
-            }
-        }
-        seen
+    /// Delivers the toolstack's watch events; returns how many.
+    fn deliver_watches(&mut self, now: u64) -> usize {
+        self.with(|t, env| deliver_watch_events(t, env, now))
+    }
+
+    /// Other watch events of the local client `client` (paths).
+    fn events_of(&mut self, client: LocalClient) -> Vec<String> {
+        std::iter::from_fn(|| self.xs.poll_event(client).map(|e| e.path)).collect()
     }
 }
 
@@ -192,7 +190,7 @@ fn the_guest_acknowledges_over_its_own_connection_and_destroy_cleans_up() {
     host.with(|t, env| t.request_shutdown(env, d, ShutdownKind::Poweroff, 0))
         .unwrap();
     // The watch fires once at registration: still "poweroff", no acknowledgement.
-    assert_eq!(host.deliver_watches(1), [shutdown_path(d)]);
+    assert_eq!(host.deliver_watches(1), 1);
     assert_eq!(host.toolstack.pop_event(), None);
 
     // Linux reads the request and writes "" back, as the guest, through xenstored.
@@ -213,11 +211,14 @@ fn the_guest_acknowledges_over_its_own_connection_and_destroy_cleans_up() {
         Some(EventKind::ShutdownAcknowledged(ShutdownKind::Poweroff))
     );
 
-    // Xen reports it off; xenstored fires @releaseDomain for watchers.
-    host.xs
-        .watch(host.client, RELEASE_DOMAIN, "release")
-        .unwrap();
-    host.deliver_watches(3);
+    // Xen reports it off; xenstored fires @releaseDomain for watchers (another service).
+    let other = host.xs.open_local();
+    host.xs.watch(other, RELEASE_DOMAIN, "release").unwrap();
+    assert_eq!(
+        host.events_of(other),
+        [RELEASE_DOMAIN],
+        "fires once at registration"
+    );
     host.xen
         .add_domain(d, dominf::SHUTDOWN | (0 << dominf::SHUTDOWN_SHIFT));
     host.with(|t, env| t.on_dom_exc(env, 4)).unwrap();
@@ -225,7 +226,8 @@ fn the_guest_acknowledges_over_its_own_connection_and_destroy_cleans_up() {
         host.toolstack.pop_event().map(|e| e.kind),
         Some(EventKind::Exited(ExitReason::Poweroff))
     );
-    assert_eq!(host.deliver_watches(5), [RELEASE_DOMAIN]);
+    assert_eq!(host.events_of(other), [RELEASE_DOMAIN]);
+    assert_eq!(host.deliver_watches(5), 0);
 
     host.with(|t, env| t.destroy(env, d, 6)).unwrap();
     assert_eq!(
