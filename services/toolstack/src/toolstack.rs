@@ -58,6 +58,9 @@ pub struct StartRequest<'a, Spec> {
 /// domain is being torn down and a `Destroyed` event follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartError<BE, CE> {
+    /// Refused before building: the VM (by UUID) already has domain `0`, whose
+    /// `/vm/<uuid>` a second domain would take over.
+    AlreadyRunning(u16),
     /// Refused before building: an `xenstore_data` key.
     InvalidXenstoreData(XenstoreDataError),
     /// `vcpus_at_startup` is 0 (refused before building) or above the vCPUs built.
@@ -230,6 +233,9 @@ impl Toolstack {
         D: DomainControl,
         B: Builder,
     {
+        if let Some(domid) = self.find_by_uuid(&request.uuid) {
+            return Err(StartError::AlreadyRunning(domid));
+        }
         for (key, _) in request.xenstore_data {
             check_xenstore_data_key(key).map_err(StartError::InvalidXenstoreData)?;
         }

@@ -715,3 +715,15 @@ fn xenstored_hears_about_exits() {
     rig.with(|t, env| t.on_dom_exc(env, 1)).unwrap();
     assert_eq!(rig.store.exited, [d], "once per exit");
 }
+
+#[test]
+fn a_vm_runs_at_most_once() {
+    let mut rig = Rig::new();
+    let d = rig.start();
+    assert_eq!(
+        rig.start_with(false, false),
+        Err(StartError::AlreadyRunning(d))
+    );
+    assert_eq!(rig.flags(d + 1), None, "nothing was built");
+    assert_eq!(rig.store.value(&format!("{VM}/name")), Some("web"));
+}
