@@ -358,7 +358,7 @@ impl Xenstored {
             token,
             relative,
         };
-        if !caller.privileged && tree_bytes + conn.memory() + watch.memory() > quotas.memory_hard {
+        if !caller.privileged && tree_bytes + conn.memory() + watch.memory() >= quotas.memory_hard {
             return Err(XsError::ENOMEM);
         }
         conn.watch_bytes += watch.memory();
@@ -516,7 +516,7 @@ impl Xenstored {
                 {
                     return;
                 }
-                if !privileged && memory + len + 16 > hard {
+                if !privileged && memory + len + 16 >= hard {
                     r.lost_events += 1;
                     return;
                 }

@@ -91,11 +91,13 @@ impl View<'_> {
         self.tree.usage(self.caller.domid).bytes + self.other_memory + tx
     }
 
-    /// Refuses growth past the hard memory quota (ENOMEM, as Xen's `domain_memory_add_chk`).
+    /// Refuses growth to the hard memory quota (ENOMEM, as Xen's `domain_memory_add_chk`):
+    /// what a domain holds besides queued output stays below it, so reading its replies
+    /// always lets it send again.
     fn check_growth(&mut self, growth: usize) -> Result<(), XsError> {
         if self.limited()
             && growth > 0
-            && self.caller_memory().saturating_add(growth) > self.quotas.memory_hard
+            && self.caller_memory().saturating_add(growth) >= self.quotas.memory_hard
         {
             if let Some(tx) = self.tx.as_deref_mut() {
                 tx.failed = true;
