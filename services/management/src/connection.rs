@@ -21,6 +21,12 @@ enum State {
     ApiBody { endpoint: Endpoint, body: Vec<u8> },
     /// A call waiting for an event or a deadline; `seen_event` is the event id it last saw.
     Parked { call: PendingCall, seen_event: u64 },
+    /// An answer that may not go out before `until`: a failed login's delay (the XenAPI's
+    /// throttle). The connection takes no further request meanwhile.
+    Held {
+        response: keel_xenapi::Response,
+        until: Timestamp,
+    },
     /// Answered at the head (an error for a request with a body, which is not read; the
     /// connection closes after the answer).
     Answered,
@@ -101,6 +107,7 @@ impl Conn {
     pub(crate) fn wall_wake(&self, now: Timestamp) -> Option<u64> {
         match &self.state {
             State::Parked { call, .. } => call.wake_at().map(|t| t.ms_since(now)),
+            State::Held { until, .. } => Some(until.ms_since(now)),
             _ => None,
         }
     }
@@ -136,8 +143,9 @@ impl Conn {
                 progressed = true;
             }
 
-            // Requests.
-            while let Some(action) = self.next_action(api, shared, now) {
+            // Requests (none while an answer is held back).
+            progressed |= self.release_held(now);
+            while let Some(action) = self.next_action_unless_held(api, shared, now) {
                 progressed = true;
                 match action {
                     Action::Head(request) => self.on_head(&request, config, shared, api, now),
@@ -185,6 +193,35 @@ impl Conn {
             }
         }
         activity
+    }
+
+    fn next_action_unless_held(
+        &mut self,
+        api: &mut XenApi,
+        shared: &mut Shared<'_>,
+        now: Timestamp,
+    ) -> Option<Action> {
+        if matches!(self.state, State::Held { .. }) {
+            return None;
+        }
+        self.next_action(api, shared, now)
+    }
+
+    /// Sends a held answer once its time has come.
+    fn release_held(&mut self, now: Timestamp) -> bool {
+        match &self.state {
+            State::Held { until, .. } if *until <= now => {}
+            _ => return false,
+        }
+        let State::Held { response, .. } = core::mem::replace(&mut self.state, State::Idle) else {
+            return false;
+        };
+        self.respond(
+            200,
+            &[("Content-Type", response.content_type)],
+            response.body,
+        );
+        true
     }
 
     /// The next HTTP event as an owned action; body chunks are consumed here.
@@ -314,7 +351,7 @@ impl Conn {
                 let handled = api.handle(endpoint, &body, now);
                 shared.budget.release(body.capacity());
                 drop(body);
-                self.deliver(handled, api);
+                self.deliver(handled, api, now);
             }
             State::Reply {
                 status,
@@ -322,8 +359,8 @@ impl Conn {
                 body,
             } => self.respond(status, headers, body),
             State::Transfer { transfer, error } => self.on_transfer_end(transfer, error, api, now),
-            // Bodies of answered requests are dropped; Idle/Parked cannot see a body end.
-            other @ (State::Idle | State::Parked { .. }) => self.state = other,
+            // Bodies of answered requests are dropped; Idle/Parked/Held cannot see a body end.
+            other @ (State::Idle | State::Parked { .. } | State::Held { .. }) => self.state = other,
             State::Answered => {}
         }
     }
@@ -342,20 +379,23 @@ impl Conn {
         };
         let handled = api.poll(call, now);
         let progressed = matches!(handled, Handled::Ready(_)) || api.last_event_id() != seen_event;
-        self.deliver(handled, api);
+        self.deliver(handled, api, now);
         progressed
     }
 
-    fn deliver(&mut self, handled: Handled, api: &XenApi) {
+    fn deliver(&mut self, handled: Handled, api: &mut XenApi, now: Timestamp) {
         match handled {
-            Handled::Ready(response) => {
-                self.respond(
-                    200,
-                    &[("Content-Type", response.content_type)],
-                    response.body,
-                );
-                self.state = State::Idle;
-            }
+            Handled::Ready(response) => match api.take_reply_hold() {
+                Some(until) if until > now => self.state = State::Held { response, until },
+                _ => {
+                    self.respond(
+                        200,
+                        &[("Content-Type", response.content_type)],
+                        response.body,
+                    );
+                    self.state = State::Idle;
+                }
+            },
             Handled::Pending(call) => {
                 self.state = State::Parked {
                     call,

@@ -481,3 +481,50 @@ fn closed_connections_are_released() {
     }
     assert_eq!(w.server.connections(), 0);
 }
+
+#[test]
+fn a_wrong_password_storm_delays_the_guesser_and_root_still_logs_in() {
+    let mut w = world();
+    // Twenty connections from the same address and originator guess at once.
+    let guessers: Vec<_> = (0..20).map(|i| w.connect(45000 + i)).collect();
+    let guess = xml_call(
+        "session.login_with_password",
+        &["root", "wrong", "1.0", "same-client"],
+    );
+    for &g in &guessers {
+        w.send(g, &guess);
+    }
+    let started = w.mono_ms;
+    // The administrator, same address and originator, right password, in the middle of it.
+    let admin = w.connect(45100);
+    w.send(
+        admin,
+        &xml_call(
+            "session.login_with_password",
+            &["root", PASSWORD, "1.0", "same-client"],
+        ),
+    );
+    let (status, body) = w.response(admin, 200).expect("root is answered at once");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<name>Status</name><value>Success</value>"),
+        "{body}"
+    );
+    assert!(w.mono_ms - started < 200, "not held behind the guessers");
+    // Every guesser gets SESSION_AUTHENTICATION_FAILED; the later ones only after a delay.
+    let mut delayed = 0;
+    for &g in &guessers {
+        let (status, body) = w.response(g, 20_000).expect("every guess is answered");
+        assert_eq!(status, 200);
+        assert!(body.contains("SESSION_AUTHENTICATION_FAILED"), "{body}");
+        if body.contains("delay") {
+            delayed += 1;
+        }
+    }
+    assert!(delayed >= 15, "{delayed} of 20 guesses were delayed");
+    assert!(
+        w.mono_ms - started >= 4_000,
+        "the storm took {} ms",
+        w.mono_ms - started
+    );
+}

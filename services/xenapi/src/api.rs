@@ -15,7 +15,7 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::auth::{check_phc, LoginPolicy, LoginThrottle, PasswordHashError};
+use crate::auth::{check_phc, LoginPolicy, LoginThrottle, PasswordHashError, VerifierState};
 use crate::classes;
 use crate::dispatch::{self, CallContext, CallOutcome, Job};
 use crate::error::ApiError;
@@ -229,9 +229,14 @@ impl XenApi {
         }
         let mut db = Db::new(config.schema, entropy, config.limits.event_history);
         let (host_metrics, host, pool) = classes::create_singletons(&mut db, &config.facts, now);
+        // The password's verification memory is reserved now, once (auth.rs, "Memory").
+        let mut throttle = LoginThrottle::new(config.login_policy);
+        if let Some(phc) = &config.root_password_phc {
+            throttle.reserve_verifier(phc);
+        }
         let state = State {
             db,
-            throttle: LoginThrottle::new(config.login_policy),
+            throttle,
             root_phc: config.root_password_phc,
             host,
             pool,
@@ -250,7 +255,9 @@ impl XenApi {
     }
 
     /// Decode a request body, run it, and encode the answer (or hand back a pending call).
+    /// A ready answer may have to wait before it is sent: see [`XenApi::take_reply_hold`].
     pub fn handle(&mut self, endpoint: Endpoint, body: &[u8], now: Timestamp) -> Handled {
+        self.state.throttle.take_hold();
         let (call, codec) = match endpoint {
             Endpoint::XmlRpc => match xmlrpc::decode_call(body) {
                 Ok(call) => (call, ReplyCodec::XmlRpc),
@@ -308,6 +315,18 @@ impl XenApi {
             session: None,
         };
         tasks::run(&mut ctx)
+    }
+
+    /// When the answer of the call [`XenApi::handle`] just made may be sent, if it must wait:
+    /// a failed login is answered only after the throttle's delay (auth.rs). The server holds
+    /// the answer (and the connection's next request) until then. Cleared by reading.
+    pub fn take_reply_hold(&mut self) -> Option<Timestamp> {
+        self.state.throttle.take_hold()
+    }
+
+    /// Whether root's password can be verified: the slot reserved at start-up, or why not.
+    pub fn login_verifier(&self) -> VerifierState {
+        self.state.throttle.verifier_state()
     }
 
     pub fn has_running_tasks(&self) -> bool {

@@ -31,8 +31,9 @@ pub enum ApiError {
     /// `SESSION_AUTHENTICATION_FAILED [user, reason]`: wrong user or password.
     SessionAuthenticationFailed { user: String },
     /// Also `SESSION_AUTHENTICATION_FAILED [user, reason]` on the wire, so unmodified clients
-    /// treat it as a failed login; kept distinct here so the server can also delay its reply.
-    /// The reason text carries the hint: `retry after <ms> ms`.
+    /// treat it as a failed login: a wrong password whose answer the failed-login throttle
+    /// held back for `retry_after_ms` (the delay is its effect; correct passwords are never
+    /// refused). The reason text names the delay.
     LoginThrottled { user: String, retry_after_ms: u64 },
     /// `MAP_DUPLICATE_KEY [class, field, ref, key]`
     MapDuplicateKey {
@@ -127,7 +128,10 @@ impl ApiError {
                 retry_after_ms,
             } => vec![
                 user.clone(),
-                format!("Too many failed logins; retry after {retry_after_ms} ms"),
+                format!(
+                    "Authentication failure (answered after a {retry_after_ms} ms delay: \
+                     repeated failed logins)"
+                ),
             ],
             ApiError::MapDuplicateKey {
                 class,

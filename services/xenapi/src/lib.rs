@@ -37,7 +37,9 @@ pub use api::{
     Config, Endpoint, Handled, HostFacts, Limits, PendingCall, Response, Wait, XenApi,
     API_VERSION_MAJOR, API_VERSION_MINOR,
 };
-pub use auth::{hash_password, HashCost, LoginPolicy, PasswordHashError};
+pub use auth::{
+    hash_password, verification_bytes, HashCost, LoginPolicy, PasswordHashError, VerifierState,
+};
 pub use dispatch::{Args, CallContext, CallOutcome, Job, JobStep, Outcome};
 pub use error::ApiError;
 pub use storage::{SrFacts, StorageBackend, StorageError, VdiFacts};

@@ -98,7 +98,7 @@ fn without_a_configured_password_every_login_fails() {
 }
 
 #[test]
-fn failed_logins_are_throttled_per_originator_with_backoff() {
+fn failed_logins_are_delayed_and_a_correct_password_is_never_refused() {
     let mut cfg = config();
     cfg.login_policy = LoginPolicy {
         free_failures: 2,
@@ -108,43 +108,46 @@ fn failed_logins_are_throttled_per_originator_with_backoff() {
     };
     let mut api = api_with(cfg);
     let attempt = |api: &mut XenApi, pw: &str, originator: &str, at: Timestamp| {
-        call_at(
+        let outcome = call_at(
             api,
             "session.login_with_password",
             vec![s("root"), s(pw), s("1"), s(originator)],
             at,
-        )
+        );
+        (outcome, api.take_reply_hold())
     };
-    assert!(attempt(&mut api, "bad", "xo", T0).is_err());
-    assert!(matches!(
-        attempt(&mut api, "bad", "xo", T0),
-        Err(ApiError::SessionAuthenticationFailed { .. })
-    ));
-    // Two failures used the free allowance: the right password is refused for 1 s now.
-    match attempt(&mut api, PASSWORD, "xo", T0.plus_ms(10)) {
-        Err(ApiError::LoginThrottled { retry_after_ms, .. }) => assert_eq!(retry_after_ms, 990),
-        other => panic!("expected throttle, got {other:?}"),
+    // The free allowance: answered at once.
+    for _ in 0..2 {
+        let (outcome, hold) = attempt(&mut api, "bad", "xo", T0);
+        assert!(matches!(
+            outcome,
+            Err(ApiError::SessionAuthenticationFailed { .. })
+        ));
+        assert_eq!(hold, None);
     }
-    // Another client is unaffected.
-    assert!(attempt(&mut api, PASSWORD, "python", T0.plus_ms(10)).is_ok());
-    // After the delay, another failure doubles it.
+    // Then each failure is answered after a delay that doubles, with the same error code.
+    let (outcome, hold) = attempt(&mut api, "bad", "xo", T0.plus_ms(10));
+    match outcome {
+        Err(e @ ApiError::LoginThrottled { .. }) => {
+            assert_eq!(e.code(), "SESSION_AUTHENTICATION_FAILED");
+            assert!(e.params()[1].contains("1000 ms"), "{:?}", e.params());
+        }
+        other => panic!("expected a delayed failure, got {other:?}"),
+    }
+    assert_eq!(hold, Some(T0.plus_ms(1_010)));
+    let (_, hold) = attempt(&mut api, "bad", "xo", T0.plus_ms(20));
+    assert_eq!(hold, Some(T0.plus_ms(2_020)));
+    // The right password from the same originator, at once: verified, accepted, not held.
+    let (outcome, hold) = attempt(&mut api, PASSWORD, "xo", T0.plus_ms(30));
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(hold, None);
+    // Success cleared that originator's count.
+    let (outcome, hold) = attempt(&mut api, "bad", "xo", T0.plus_ms(40));
     assert!(matches!(
-        attempt(&mut api, "bad", "xo", T0.plus_ms(1_000)),
+        outcome,
         Err(ApiError::SessionAuthenticationFailed { .. })
     ));
-    assert!(matches!(
-        attempt(&mut api, PASSWORD, "xo", T0.plus_ms(2_000)),
-        Err(ApiError::LoginThrottled {
-            retry_after_ms: 1_000,
-            ..
-        })
-    ));
-    assert!(attempt(&mut api, PASSWORD, "xo", T0.plus_ms(3_000)).is_ok());
-    // Success cleared the count.
-    assert!(matches!(
-        attempt(&mut api, "bad", "xo", T0.plus_ms(3_001)),
-        Err(ApiError::SessionAuthenticationFailed { .. })
-    ));
+    assert_eq!(hold, None);
 }
 
 #[test]

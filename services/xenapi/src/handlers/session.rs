@@ -6,7 +6,6 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::{session_of, value};
-use crate::auth::verify_password;
 use crate::dispatch::{Args, CallContext, Outcome};
 use crate::error::ApiError;
 use crate::value::{Value, NULL_REF};
@@ -17,22 +16,28 @@ pub fn login_with_password(ctx: &mut CallContext<'_>, args: &Args) -> Result<Out
     let password = args.str(1)?;
     let originator = args.opt_str(3).unwrap_or("").to_string();
     let now = ctx.now;
-    if let Err(retry_after_ms) = ctx.state.throttle.check(&originator, now) {
-        return Err(ApiError::LoginThrottled {
-            user,
-            retry_after_ms,
-        });
-    }
-    // Verify even for an unknown user so both failures take the same time. Without a
-    // configured password nothing verifies.
-    let password_ok = ctx
-        .state
-        .root_phc
-        .as_deref()
-        .is_some_and(|phc| verify_password(phc, password.as_bytes()));
+    // Every login is verified, in the one reserved slot (auth.rs): failures delay their own
+    // answer but never refuse a correct password. Verify even for an unknown user so both
+    // failures take the same time. Without a configured password nothing verifies.
+    let password_ok = match ctx.state.root_phc.as_deref() {
+        Some(phc) => ctx
+            .state
+            .throttle
+            .verify(phc, password.as_bytes())
+            .map_err(|e| ApiError::InternalError {
+                message: e.to_string(),
+            })?,
+        None => false,
+    };
     if !(password_ok && user == "root") {
-        ctx.state.throttle.record_failure(&originator, now);
-        return Err(ApiError::SessionAuthenticationFailed { user });
+        let delay_ms = ctx.state.throttle.record_failure(&originator, now);
+        return Err(match delay_ms {
+            0 => ApiError::SessionAuthenticationFailed { user },
+            delay_ms => ApiError::LoginThrottled {
+                user,
+                retry_after_ms: delay_ms,
+            },
+        });
     }
     ctx.state.throttle.record_success(&originator);
     evict_idle_sessions(ctx)?;
