@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use keel_cmdline::Config;
 use keel_management::{ManagementServer, ServerConfig};
 use keel_net::smoltcp::iface::SocketSet;
-use keel_xenapi::{Config as ApiConfig, HostFacts, XenApi};
+use keel_xenapi::{Config as ApiConfig, HostFacts, VerifierState, XenApi};
 
 use crate::entropy::Entropy;
 use crate::rtc;
@@ -125,6 +125,7 @@ pub fn start_server(
     let entropy = Entropy::seed(crate::arch::rdtsc() ^ rtc::now().unix_ms);
     match XenApi::new(api_config, Box::new(entropy), rtc::now()) {
         Ok(api) => {
+            report_verifier(api.login_verifier());
             let server_config = server_config(largest_allocation());
             log::info!(
                 "api: XenAPI on TCP port {} (XML-RPC at / and /RPC2, JSON-RPC at /jsonrpc)",
@@ -143,6 +144,36 @@ pub fn start_server(
             log::error!("api: cannot start: {e:?}");
             None
         }
+    }
+}
+
+/// One line on whether root's password can be verified in the memory Keel has.
+fn report_verifier(state: VerifierState) {
+    match state {
+        VerifierState::Ready { bytes, cost } => log::info!(
+            "api: password verifier ready: {} KiB reserved for argon2 (m={} KiB, t={}, p={}); \
+             logins are verified one at a time",
+            bytes >> 10,
+            cost.memory_kib,
+            cost.iterations,
+            cost.parallelism
+        ),
+        VerifierState::NoMemory { bytes, cost } => {
+            let free = largest_allocation();
+            log::error!(
+                "api: root's password hash needs {} MiB to verify (argon2 m={} KiB) but the heap \
+                 can give only {} MiB: every login will fail; boot with at least {} MiB more \
+                 memory or remake the hash with m <= {} KiB",
+                bytes.div_ceil(1 << 20),
+                cost.memory_kib,
+                free >> 20,
+                // The heap is about half of RAM (kernel/src/memory.rs).
+                (bytes.saturating_sub(free) * 2).div_ceil(1 << 20),
+                free / 2 / 1024
+            )
+        }
+        // XenApi::new refuses an unparsable hash; without one there is nothing to reserve.
+        VerifierState::BadHash | VerifierState::NoPassword => {}
     }
 }
 
