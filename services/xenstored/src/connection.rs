@@ -331,3 +331,85 @@ impl Connection {
         o.to_message()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_xen::xenstore_wire::{request, XsType};
+
+    #[test]
+    fn decoder_reassembles_byte_by_byte_and_keeps_unknown_types() {
+        let mut d = RequestDecoder::default();
+        let mut bytes = request::write(3, 7, "/a", b"v").unwrap().encode();
+        bytes[0..4].copy_from_slice(&77u32.to_ne_bytes());
+        let mut got = None;
+        for (i, b) in bytes.iter().enumerate() {
+            assert!(d.wanted() > 0);
+            let r = d.push(&[*b]).unwrap();
+            if i + 1 < bytes.len() {
+                assert!(r.is_none());
+            } else {
+                got = r;
+            }
+        }
+        let req = got.unwrap();
+        assert_eq!((req.kind, req.req_id, req.tx_id), (77, 3, 7));
+        assert_eq!(req.payload, b"/a\0v");
+        assert_eq!(d.wanted(), XS_HEADER_LEN);
+    }
+
+    #[test]
+    fn decoder_refuses_long_payloads_before_buffering() {
+        let mut d = RequestDecoder::default();
+        let h = XsHeader {
+            kind: XsType::Write,
+            req_id: 1,
+            tx_id: 0,
+            len: XENSTORE_PAYLOAD_MAX as u32 + 1,
+        }
+        .encode();
+        assert_eq!(d.push(&h), Err(DecodeError::TooLong));
+        let mut d = RequestDecoder::default();
+        let h = XsHeader {
+            kind: XsType::Write,
+            req_id: 1,
+            tx_id: 0,
+            len: XENSTORE_PAYLOAD_MAX as u32,
+        }
+        .encode();
+        assert_eq!(d.push(&h), Ok(None));
+        assert_eq!(d.wanted(), XENSTORE_PAYLOAD_MAX);
+    }
+
+    #[test]
+    fn empty_payload_completes_with_the_header() {
+        let mut d = RequestDecoder::default();
+        let h = XsHeader {
+            kind: XsType::TransactionStart,
+            req_id: 1,
+            tx_id: 0,
+            len: 0,
+        }
+        .encode();
+        let req = d.push(&h).unwrap().unwrap();
+        assert!(req.payload.is_empty());
+    }
+
+    #[test]
+    fn outgoing_is_written_header_first() {
+        let msg = XsMessage {
+            kind: XsType::Read,
+            req_id: 2,
+            tx_id: 0,
+            payload: b"abc".to_vec(),
+        };
+        let mut o = Outgoing::new(msg.clone(), false, 0);
+        assert_eq!(o.len(), 19);
+        assert_eq!(o.pending().len(), 16);
+        o.written = 10;
+        assert_eq!(o.pending().len(), 6);
+        o.written = 17;
+        assert_eq!(o.pending(), b"bc");
+        assert_eq!(o.to_message(), Some(msg));
+    }
+}

@@ -307,10 +307,10 @@ impl View<'_> {
     pub fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
         match self.get_node(path, Rights::WRITE) {
             Ok(mut node) => {
-                node.value = value.to_vec();
+                node.value = copy(value)?;
                 self.update(path, node)?;
             }
-            Err(XsError::ENOENT) => self.create(path, value.to_vec())?,
+            Err(XsError::ENOENT) => self.create(path, copy(value)?)?,
             Err(e) => return Err(e),
         }
         self.fire(path, false, None);
@@ -428,6 +428,15 @@ impl View<'_> {
         self.fire(path, false, Some(old));
         Ok(())
     }
+}
+
+/// A guest-sized copy, allocated fallibly.
+fn copy(bytes: &[u8]) -> Result<Vec<u8>, XsError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len())
+        .map_err(|_| XsError::ENOMEM)?;
+    v.extend_from_slice(bytes);
+    Ok(v)
 }
 
 /// Commits `tx` into `tree`, returning the changes for watchers.
