@@ -19,11 +19,14 @@ use crate::auth::{check_phc, LoginPolicy, LoginThrottle, PasswordHashError, Veri
 use crate::classes;
 use crate::dispatch::{self, CallContext, CallOutcome, Job};
 use crate::error::ApiError;
+use crate::guest::{DomId, GuestBackend};
+use crate::handlers::vm;
+use crate::handlers::vm_power::PendingShutdown;
 use crate::handlers::{self, LegacySubscription, Subscription};
 use crate::jsonrpc::{self, JsonReplyTo};
 use crate::schema::Schema;
 use crate::storage::StorageBackend;
-use crate::store::{Db, Entropy};
+use crate::store::{consistent, Db, Entropy};
 use crate::tasks;
 use crate::time::Timestamp;
 use crate::value::Value;
@@ -58,6 +61,8 @@ pub struct HostFacts {
     pub product_version: String,
     /// Further `software_version` entries (build date, commit, ...).
     pub extra_software_version: Vec<(String, String)>,
+    /// Memory of the control domain (Keel itself), for its VM record; 0 when unknown.
+    pub control_domain_memory_bytes: u64,
 }
 
 /// Bounds on what clients can make the service hold.
@@ -98,6 +103,9 @@ pub struct Config {
     pub schema: Schema,
     /// The storage manager behind the SR, PBD and VDI classes; `None` = no storage.
     pub storage: Option<Box<dyn StorageBackend>>,
+    /// The toolstack behind the VM power operations; `None` = this host runs no guests
+    /// (they fail with `OPERATION_NOT_ALLOWED`).
+    pub guests: Option<Box<dyn GuestBackend>>,
 }
 
 impl Config {
@@ -109,6 +117,7 @@ impl Config {
             login_policy: LoginPolicy::default(),
             schema: classes::ALL,
             storage: None,
+            guests: None,
         }
     }
 }
@@ -154,6 +163,9 @@ pub struct State {
     pub(crate) sync_results: BTreeMap<String, Result<Value, ApiError>>,
     pub(crate) legacy: BTreeMap<String, LegacySubscription>,
     pub(crate) storage: Option<Box<dyn StorageBackend>>,
+    pub(crate) guests: Option<Box<dyn GuestBackend>>,
+    /// Clean shutdowns and reboots waiting for their guest, by domid.
+    pub(crate) shutdowns: BTreeMap<DomId, PendingShutdown>,
 }
 
 /// Which codec a request came in on.
@@ -248,9 +260,17 @@ impl XenApi {
             sync_results: BTreeMap::new(),
             legacy: BTreeMap::new(),
             storage: config.storage,
+            guests: config.guests,
+            shutdowns: BTreeMap::new(),
         };
         let mut api = XenApi { state };
         api.refresh_storage(now);
+        // Only with the VM classes declared (a test's own schema may leave them out).
+        if api.state.db.class("VM").is_some() {
+            let state = &mut api.state;
+            consistent(vm::create_control_domain(state, &config.facts, now));
+            consistent(vm::create_templates(&mut state.db, now));
+        }
         Ok(api)
     }
 

@@ -32,6 +32,10 @@ pub static ALL: &[&ClassDecl] = &[
     &crate::classes_storage::SR,
     &crate::classes_storage::PBD,
     &crate::classes_storage::VDI,
+    &crate::classes_vm::VM,
+    &crate::classes_vm::VM_METRICS,
+    &crate::classes_vm::VM_GUEST_METRICS,
+    &crate::classes_vm::CONSOLE,
 ];
 
 const STRING_MAP: FieldType = Map(&String, &String);

@@ -37,6 +37,12 @@ pub enum Outcome {
 
 /// A long-running action, advanced in steps so it never blocks the caller.
 pub trait Job {
+    /// The task running this job exists now (called once, before the first step, in the
+    /// same call that created the job): the place to mark objects busy under the task's
+    /// reference (`current_operations`). An error fails the task before any step.
+    fn bind(&mut self, _ctx: &mut CallContext<'_>, _task: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// Do a bounded amount of work.
     fn step(&mut self, ctx: &mut CallContext<'_>) -> JobStep;
     /// `task.cancel` was called. Return true if the job stopped (the task becomes
@@ -528,7 +534,7 @@ fn current_map(db: &Db, r: &str, f: &FieldDecl) -> Result<BTreeMap<String, Value
 }
 
 /// Refs written into fields must name existing objects of the right class (or be NULL).
-fn check_refs_exist(db: &Db, ty: &FieldType, value: &Value) -> Result<(), ApiError> {
+pub(crate) fn check_refs_exist(db: &Db, ty: &FieldType, value: &Value) -> Result<(), ApiError> {
     match (ty, value) {
         (FieldType::Ref(c), Value::String(r)) => {
             if r != NULL_REF && !db.is_a(r, c) {

@@ -74,6 +74,36 @@ pub enum ApiError {
     },
     /// `SR_BACKEND_FAILURE [code, stdout, stderr]`: the disk or the SR failed.
     SrBackendFailure { code: String, message: String },
+    /// `VM_BAD_POWER_STATE [vm, expected, actual]`; states in lower case, as xapi writes them.
+    VmBadPowerState {
+        vm: String,
+        expected: String,
+        actual: String,
+    },
+    /// `VM_IS_TEMPLATE [vm, operation]`: templates are cloned, never started.
+    VmIsTemplate { vm: String, operation: String },
+    /// `OPERATION_BLOCKED [ref, code]`: the VM's `blocked_operations` names the operation.
+    OperationBlocked { reference: String, code: String },
+    /// `OTHER_OPERATION_IN_PROGRESS [class, ref, operation]`.
+    OtherOperationInProgress {
+        class: String,
+        reference: String,
+        operation: String,
+    },
+    /// `HOST_NOT_ENOUGH_FREE_MEMORY [needed, available]` (bytes).
+    HostNotEnoughFreeMemory { needed: u64, available: u64 },
+    /// `MEMORY_CONSTRAINT_VIOLATION [constraint]`: static_min <= dynamic_min <= dynamic_max
+    /// <= static_max does not hold (or a size is zero).
+    MemoryConstraintViolation { constraint: String },
+    /// `VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT [vm]`: the guest did not acknowledge a clean
+    /// shutdown or reboot request in time; it is left running.
+    VmFailedShutdownAcknowledgment { vm: String },
+    /// `VM_SHUTDOWN_TIMEOUT [vm, timeout]`: the guest acknowledged but did not stop in time
+    /// (seconds); it is left running.
+    VmShutdownTimeout { vm: String, timeout_secs: u64 },
+    /// `BOOTLOADER_FAILED [vm, reason]`: xapi's code for a kernel or ramdisk that cannot be
+    /// found or loaded; the reason names the field (`PV_kernel`, `PV_ramdisk`) and why.
+    BootloaderFailed { vm: String, reason: String },
 }
 
 impl ApiError {
@@ -104,6 +134,15 @@ impl ApiError {
             ApiError::VdiReadOnly { .. } => "VDI_READ_ONLY",
             ApiError::ValueNotSupported { .. } => "VALUE_NOT_SUPPORTED",
             ApiError::SrBackendFailure { .. } => "SR_BACKEND_FAILURE",
+            ApiError::VmBadPowerState { .. } => "VM_BAD_POWER_STATE",
+            ApiError::VmIsTemplate { .. } => "VM_IS_TEMPLATE",
+            ApiError::OperationBlocked { .. } => "OPERATION_BLOCKED",
+            ApiError::OtherOperationInProgress { .. } => "OTHER_OPERATION_IN_PROGRESS",
+            ApiError::HostNotEnoughFreeMemory { .. } => "HOST_NOT_ENOUGH_FREE_MEMORY",
+            ApiError::MemoryConstraintViolation { .. } => "MEMORY_CONSTRAINT_VIOLATION",
+            ApiError::VmFailedShutdownAcknowledgment { .. } => "VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT",
+            ApiError::VmShutdownTimeout { .. } => "VM_SHUTDOWN_TIMEOUT",
+            ApiError::BootloaderFailed { .. } => "BOOTLOADER_FAILED",
         }
     }
 
@@ -162,6 +201,29 @@ impl ApiError {
             ApiError::SrBackendFailure { code, message } => {
                 vec![code.clone(), String::new(), message.clone()]
             }
+            ApiError::VmBadPowerState {
+                vm,
+                expected,
+                actual,
+            } => vec![vm.clone(), expected.clone(), actual.clone()],
+            ApiError::VmIsTemplate { vm, operation } => vec![vm.clone(), operation.clone()],
+            ApiError::OperationBlocked { reference, code } => {
+                vec![reference.clone(), code.clone()]
+            }
+            ApiError::OtherOperationInProgress {
+                class,
+                reference,
+                operation,
+            } => vec![class.clone(), reference.clone(), operation.clone()],
+            ApiError::HostNotEnoughFreeMemory { needed, available } => {
+                vec![needed.to_string(), available.to_string()]
+            }
+            ApiError::MemoryConstraintViolation { constraint } => vec![constraint.clone()],
+            ApiError::VmFailedShutdownAcknowledgment { vm } => vec![vm.clone()],
+            ApiError::VmShutdownTimeout { vm, timeout_secs } => {
+                vec![vm.clone(), timeout_secs.to_string()]
+            }
+            ApiError::BootloaderFailed { vm, reason } => vec![vm.clone(), reason.clone()],
         }
     }
 

@@ -6,8 +6,10 @@
 //! `api.rs` for the poll model). [`XenApi::call`] is the same without the codecs.
 //!
 //! Module map: `value` (wire values), `codec`/`xmlrpc`/`jsonrpc` (wire formats), `schema`
-//! (declaration vocabulary), `classes` (the declared model), `dispatch` (routing and the
-//! generated messages), `handlers` (custom messages, one module per class or concern), `store` (objects), `events`, `tasks`,
+//! (declaration vocabulary), `classes`, `classes_storage`, `classes_vm` (the declared
+//! model), `dispatch` (routing and the generated messages), `handlers` (custom messages, one
+//! module per class or concern), `store` (objects), `events`, `tasks`, `storage` and `guest`
+//! (the seams to the storage manager and the toolstack), `transfer` (VDI data over HTTP),
 //! `auth` (password hash and login throttle), `time`, `error`.
 
 #![cfg_attr(not(test), no_std)]
@@ -18,10 +20,12 @@ pub mod api;
 pub mod auth;
 pub mod classes;
 pub mod classes_storage;
+pub mod classes_vm;
 pub mod codec;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+pub mod guest;
 pub mod handlers;
 pub mod jsonrpc;
 pub mod schema;
@@ -42,6 +46,7 @@ pub use auth::{
 };
 pub use dispatch::{Args, CallContext, CallOutcome, Job, JobStep, Outcome};
 pub use error::ApiError;
+pub use guest::{BootSpec, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest};
 pub use storage::{SrFacts, StorageBackend, StorageError, VdiFacts};
 pub use store::Entropy;
 pub use time::Timestamp;

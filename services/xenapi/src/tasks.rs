@@ -138,9 +138,12 @@ pub fn start_async(
     match outcome {
         Ok(Outcome::Value(v)) => complete(ctx, &task, Ok(v))?,
         Err(e) => complete(ctx, &task, Err(e))?,
-        Ok(Outcome::Job(job)) => {
-            ctx.state.jobs.insert(task.clone(), job);
-        }
+        Ok(Outcome::Job(mut job)) => match job.bind(ctx, &task) {
+            Ok(()) => {
+                ctx.state.jobs.insert(task.clone(), job);
+            }
+            Err(e) => complete(ctx, &task, Err(e))?,
+        },
         Ok(Outcome::Wait(_)) => complete(
             ctx,
             &task,
@@ -156,9 +159,13 @@ pub fn start_async(
 pub fn start_sync_job(
     ctx: &mut CallContext<'_>,
     label: &str,
-    job: Box<dyn Job>,
+    mut job: Box<dyn Job>,
 ) -> Result<String, ApiError> {
     let task = create(ctx, label, "")?;
+    if let Err(e) = job.bind(ctx, &task) {
+        ctx.state.db.destroy(&task, ctx.now)?;
+        return Err(e);
+    }
     ctx.state.sync_tasks.insert(task.clone());
     ctx.state.jobs.insert(task.clone(), job);
     Ok(task)

@@ -259,7 +259,7 @@ fn unknown_methods_are_reported_with_their_name() {
     let session = login(&mut api);
     for method in [
         "nope",
-        "VM.get_all",
+        "VBD.get_all",
         "pool.frobnicate",
         "Async.pool.get_all",
         "Async.session.logout",
@@ -419,7 +419,11 @@ fn pool_and_host_records_look_like_xapi() {
     }
     assert_eq!(field(&record, "name_label"), &s("keel-test"));
     assert_eq!(field(&record, "address"), &s("192.0.2.10"));
-    assert_eq!(field(&record, "resident_VMs"), &Value::Array(vec![]));
+    // The control domain (Keel itself) is the one VM resident from the start.
+    assert_eq!(
+        field(&record, "resident_VMs"),
+        &Value::Array(vec![field(&record, "control_domain").clone()])
+    );
     assert_eq!(
         field(field(&record, "software_version"), "product_brand"),
         &s("Keel")

@@ -13,6 +13,8 @@
 //! | `sr` | `SR.*`, `PBD.*` |
 //! | `vdi` | `VDI.*` |
 //! | `vdi_copy` | the job moving a VDI's data across SRs |
+//! | `vm` | `VM` records: create, clone, copy, provision, destroy, memory and vCPU settings, the operation rules behind `allowed_operations`, the control domain and templates |
+//! | `vm_power` | `VM` power operations over the toolstack, and domain exits it reports |
 
 pub mod event;
 pub mod host;
@@ -23,6 +25,8 @@ pub mod storage_mirror;
 pub mod task;
 pub mod vdi;
 pub mod vdi_copy;
+pub mod vm;
+pub mod vm_power;
 pub mod wait;
 
 pub use event::{LegacySubscription, Subscription};

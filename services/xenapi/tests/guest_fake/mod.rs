@@ -1,0 +1,175 @@
+//! A toolstack behind the `GuestBackend` trait, in memory: domains with the spec they were
+//! built from, a host memory pool they draw on, shutdown requests waiting for the test to
+//! play the guest (acknowledge, exit), and planned failures. Handles share one state, so a
+//! test can look inside while the service owns the backend.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use keel_xenapi::{BootSpec, DomId, GuestBackend, GuestError, ShutdownRequest};
+
+#[derive(Clone, Debug)]
+pub struct FakeDomain {
+    pub spec: BootSpec,
+    pub paused: bool,
+    /// What `control/shutdown` holds, until the test acknowledges for the guest.
+    pub shutdown_request: Option<ShutdownRequest>,
+    pub memory_target: u64,
+    pub vcpus_online: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub free_memory: u64,
+    pub domains: BTreeMap<DomId, FakeDomain>,
+    pub next_domid: DomId,
+    /// Every call, in order (`start 1`, `destroy 1`, ...).
+    pub calls: Vec<String>,
+    /// The next start fails with this.
+    pub fail_next_start: Option<GuestError>,
+}
+
+#[derive(Clone)]
+pub struct FakeGuests(pub Rc<RefCell<State>>);
+
+impl FakeGuests {
+    pub fn with_memory(bytes: u64) -> Self {
+        FakeGuests(Rc::new(RefCell::new(State {
+            free_memory: bytes,
+            next_domid: 1,
+            ..State::default()
+        })))
+    }
+
+    pub fn domain(&self, domid: DomId) -> Option<FakeDomain> {
+        self.0.borrow().domains.get(&domid).cloned()
+    }
+
+    pub fn domids(&self) -> Vec<DomId> {
+        self.0.borrow().domains.keys().copied().collect()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.0.borrow().calls.clone()
+    }
+
+    pub fn free_memory_now(&self) -> u64 {
+        self.0.borrow().free_memory
+    }
+
+    fn log(&self, call: String) {
+        self.0.borrow_mut().calls.push(call);
+    }
+}
+
+impl GuestBackend for FakeGuests {
+    fn free_memory(&self) -> u64 {
+        self.0.borrow().free_memory
+    }
+
+    fn start(&mut self, spec: BootSpec) -> Result<DomId, GuestError> {
+        let mut state = self.0.borrow_mut();
+        if let Some(e) = state.fail_next_start.take() {
+            return Err(e);
+        }
+        if spec.max_memory_bytes > state.free_memory {
+            return Err(GuestError::NotEnoughMemory {
+                needed: spec.max_memory_bytes,
+                available: state.free_memory,
+            });
+        }
+        if !spec.kernel.starts_with(b"\x7fELF") {
+            return Err(GuestError::InvalidImage {
+                reason: "PV_kernel is not an ELF image".into(),
+            });
+        }
+        let domid = state.next_domid;
+        state.next_domid += 1;
+        state.free_memory -= spec.max_memory_bytes;
+        state.calls.push(format!("start {domid}"));
+        let domain = FakeDomain {
+            paused: spec.paused,
+            shutdown_request: None,
+            memory_target: spec.target_memory_bytes,
+            vcpus_online: spec.vcpus_at_startup,
+            spec,
+        };
+        state.domains.insert(domid, domain);
+        Ok(domid)
+    }
+
+    fn request_shutdown(
+        &mut self,
+        domid: DomId,
+        request: ShutdownRequest,
+    ) -> Result<(), GuestError> {
+        self.log(format!(
+            "request_shutdown {domid} {}",
+            request.control_value()
+        ));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .get_mut(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        domain.shutdown_request = Some(request);
+        Ok(())
+    }
+
+    fn destroy(&mut self, domid: DomId) -> Result<(), GuestError> {
+        self.log(format!("destroy {domid}"));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .remove(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        state.free_memory += domain.spec.max_memory_bytes;
+        Ok(())
+    }
+
+    fn pause(&mut self, domid: DomId) -> Result<(), GuestError> {
+        self.log(format!("pause {domid}"));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .get_mut(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        domain.paused = true;
+        Ok(())
+    }
+
+    fn unpause(&mut self, domid: DomId) -> Result<(), GuestError> {
+        self.log(format!("unpause {domid}"));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .get_mut(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        domain.paused = false;
+        Ok(())
+    }
+
+    fn set_memory_target(&mut self, domid: DomId, bytes: u64) -> Result<(), GuestError> {
+        self.log(format!("set_memory_target {domid} {bytes}"));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .get_mut(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        domain.memory_target = bytes;
+        Ok(())
+    }
+
+    fn set_vcpus_online(&mut self, domid: DomId, count: u32) -> Result<(), GuestError> {
+        self.log(format!("set_vcpus_online {domid} {count}"));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .get_mut(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        domain.vcpus_online = count;
+        Ok(())
+    }
+}
