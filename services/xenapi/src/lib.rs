@@ -47,6 +47,7 @@ pub use auth::{
 pub use dispatch::{Args, CallContext, CallOutcome, Job, JobStep, Outcome};
 pub use error::ApiError;
 pub use guest::{BootSpec, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest};
+pub use handlers::vm_power::ShutdownFailure;
 pub use storage::{SrFacts, StorageBackend, StorageError, VdiFacts};
 pub use store::Entropy;
 pub use time::Timestamp;

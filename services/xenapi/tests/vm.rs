@@ -12,7 +12,8 @@ use guest_fake::FakeGuests;
 use keel_xenapi::classes_vm::VM_OPERATIONS;
 use keel_xenapi::handlers::vm::PVH_TEMPLATE_NAME;
 use keel_xenapi::{
-    ApiError, CallOutcome, ExitReason, GuestError, StorageBackend, Timestamp, Value, XenApi,
+    ApiError, CallOutcome, ExitReason, GuestError, ShutdownFailure, StorageBackend, Timestamp,
+    Value, XenApi,
 };
 use storage_fake::FakeStorage;
 
@@ -353,7 +354,10 @@ fn a_template_clone_starts_and_shuts_down_cleanly() {
     let consoles = strings(&h.get("VM", &vm, "consoles"));
     assert_eq!(consoles.len(), 1);
     assert_eq!(h.get("console", &consoles[0], "protocol"), s("vt100"));
-    assert!(text(&h.get("console", &consoles[0], "location")).contains("/console?uuid="));
+    assert_eq!(
+        text(&h.get("console", &consoles[0], "location")),
+        format!("http://192.0.2.10/console?ref={}", consoles[0])
+    );
     let metrics = text(&h.get("VM", &vm, "metrics")).to_string();
     assert_eq!(h.get("VM_metrics", &metrics, "VCPUs_number"), Value::Int(1));
 
@@ -606,11 +610,25 @@ fn an_unacknowledged_clean_shutdown_fails_and_leaves_the_guest_running() {
     h.run();
     h.api.shutdown_acknowledged(domid, h.now);
     h.run();
-    h.now = h.now.plus_ms(1_200_001);
+    h.now = h.now.plus_ms(600_001);
     h.run();
     let info = strings(&h.get("task", &task, "error_info"));
-    assert_eq!(info[0], "VM_SHUTDOWN_TIMEOUT");
+    assert_eq!(
+        info,
+        vec!["VM_SHUTDOWN_TIMEOUT".to_string(), vm.clone(), "600".into()]
+    );
     assert_eq!(h.power(&vm), "Running");
+    // The toolstack may give up first; the task fails at once, the guest keeps running.
+    let task = h.start_async("VM.clean_reboot", &vm);
+    h.run();
+    assert!(h
+        .api
+        .shutdown_failed(domid, ShutdownFailure::NotAcknowledged, h.now));
+    h.run();
+    let info = strings(&h.get("task", &task, "error_info"));
+    assert_eq!(info[0], "VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT");
+    assert_eq!(h.power(&vm), "Running");
+    assert!(h.allowed(&vm).contains(&"clean_shutdown".to_string()));
 }
 
 #[test]

@@ -894,7 +894,8 @@ pub(crate) fn create_templates(db: &mut Db, now: Timestamp) -> Result<Vec<String
 }
 
 /// Creates the console object of a VM that just started. Its `location` is where the
-/// management service serves the console (`/console?uuid=`), as xapi's is.
+/// management service serves the console: `http://<address>/console?ref=<console ref>`,
+/// xapi's form on the management port (docs/guests.md, "Console").
 pub(crate) fn create_console(
     db: &mut Db,
     vm: &str,
@@ -906,8 +907,7 @@ pub(crate) fn create_console(
         vec![("protocol", Value::str("vt100")), ("VM", Value::str(vm))],
         now,
     );
-    let uuid = text(db, &console, "uuid");
-    let location = format!("https://{host_address}/console?uuid={uuid}");
+    let location = format!("http://{host_address}/console?ref={console}");
     db.set(&console, vec![("location", Value::String(location))], now)?;
     Ok(console)
 }

@@ -49,8 +49,9 @@ use crate::value::{Value, NULL_REF};
 
 /// How long a guest has to acknowledge `control/shutdown` (libxl waits as long).
 pub const ACK_TIMEOUT_MS: u64 = 60_000;
-/// How long an acknowledged shutdown or reboot may take before it is reported as failed.
-pub const SHUTDOWN_TIMEOUT_MS: u64 = 1_200_000;
+/// How long an acknowledged shutdown or reboot may take before it is reported as failed
+/// (the toolstack's own deadline is the same).
+pub const SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
 /// Largest kernel image loaded.
 pub const MAX_KERNEL_BYTES: u64 = 64 << 20;
 /// Largest initial ramdisk loaded.
@@ -67,6 +68,17 @@ pub(crate) struct PendingShutdown {
     pub request: ShutdownRequest,
     pub acknowledged: bool,
     pub exited: Option<ExitReason>,
+    /// The toolstack gave up waiting (its deadlines match ours; whichever comes first).
+    pub failed: Option<ShutdownFailure>,
+}
+
+/// Why a clean shutdown or reboot request failed, as the toolstack reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownFailure {
+    /// The guest never cleared `control/shutdown`.
+    NotAcknowledged,
+    /// It acknowledged but the domain did not shut down.
+    NotCompleted,
 }
 
 fn no_guests() -> ApiError {
@@ -505,6 +517,7 @@ impl PowerJob {
                     request,
                     acknowledged: false,
                     exited: None,
+                    failed: None,
                 };
                 state.shutdowns.insert(domid, pending);
                 Phase::AwaitAck {
@@ -516,6 +529,10 @@ impl PowerJob {
                 let Some(pending) = state.shutdowns.get(&domid) else {
                     return Err(ApiError::VmFailedShutdownAcknowledgment { vm });
                 };
+                if pending.exited.is_none() && pending.failed.is_some() {
+                    state.shutdowns.remove(&domid);
+                    return Err(ApiError::VmFailedShutdownAcknowledgment { vm });
+                }
                 if pending.acknowledged || pending.exited.is_some() {
                     Phase::AwaitExit {
                         domid,
@@ -529,14 +546,24 @@ impl PowerJob {
                 }
             }
             Phase::AwaitExit { domid, deadline } => {
-                let request = state.shutdowns.get(&domid).map(|p| (p.request, p.exited));
+                let request = state
+                    .shutdowns
+                    .get(&domid)
+                    .map(|p| (p.request, p.exited, p.failed));
                 match request {
-                    Some((request, Some(_))) => {
+                    Some((request, Some(_), _)) => {
                         state.shutdowns.remove(&domid);
                         if request == ShutdownRequest::PowerOff {
                             return Ok(true);
                         }
                         Phase::Plan
+                    }
+                    Some((_, None, Some(_))) | None => {
+                        state.shutdowns.remove(&domid);
+                        return Err(ApiError::VmShutdownTimeout {
+                            vm,
+                            timeout_secs: SHUTDOWN_TIMEOUT_MS / 1000,
+                        });
                     }
                     _ if now >= deadline => {
                         state.shutdowns.remove(&domid);
@@ -784,6 +811,25 @@ impl XenApi {
         match self.state.shutdowns.get_mut(&domid) {
             Some(pending) => {
                 pending.acknowledged = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The toolstack gave up on a clean shutdown or reboot of `domid` (its deadlines match the
+    /// XenAPI's, so this only makes the failure arrive at the same moment). The waiting task
+    /// fails (`VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT` or `VM_SHUTDOWN_TIMEOUT`) and the guest is
+    /// left running. Returns whether a request was waiting.
+    pub fn shutdown_failed(
+        &mut self,
+        domid: DomId,
+        failure: ShutdownFailure,
+        _now: Timestamp,
+    ) -> bool {
+        match self.state.shutdowns.get_mut(&domid) {
+            Some(pending) => {
+                pending.failed = Some(failure);
                 true
             }
             None => false,
