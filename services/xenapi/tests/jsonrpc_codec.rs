@@ -1,5 +1,8 @@
 //! JSON-RPC codec: both dialects, round trips, errors, limits and hostile input.
 
+// Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use keel_xenapi::codec::DecodeError;

@@ -1,6 +1,9 @@
 //! SR, PBD and VDI through the API against an in-memory storage manager: mirroring, VDI
 //! lifecycle operations, their errors, and SR.scan.
 
+// Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod storage_fake;
 

@@ -1,6 +1,9 @@
 //! Raw VDI import and export (the meaning behind `PUT /import_raw_vdi` and
 //! `GET /export_raw_vdi`): checks, streaming, progress as acknowledgement, VDI_IN_USE.
 
+// Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod storage_fake;
 

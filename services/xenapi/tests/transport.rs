@@ -1,6 +1,9 @@
 //! End to end through `XenApi::handle`/`poll`: request bytes in, response bytes out, for both
 //! codecs, including a blocked call and undecodable bodies.
 
+// Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

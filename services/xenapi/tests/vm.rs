@@ -3,6 +3,9 @@
 //! `allowed_operations`, `Async.` tasks, events, guest exits and their `actions_after_*`,
 //! and boot images named `vdi:<uuid>`.
 
+// Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod guest_fake;
 mod storage_fake;

@@ -1,5 +1,8 @@
 //! XML-RPC codec: real client requests, round trips, escaping, limits and hostile input.
 
+// Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
