@@ -284,7 +284,7 @@ impl Connection {
             Channel::Ring(r) => r.out_bytes,
             Channel::Local(_) => 0,
         };
-        let tx: usize = self.transactions.values().map(|t| t.overlay_bytes).sum();
+        let tx: usize = self.transactions.values().map(|t| t.held_bytes).sum();
         self.watch_bytes + out + tx
     }
 

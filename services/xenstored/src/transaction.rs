@@ -28,8 +28,8 @@ pub(crate) struct Transaction {
     pub accessed: BTreeMap<String, Accessed>,
     /// Watch events to fire at commit: path → exact match only.
     pub fires: BTreeMap<String, bool>,
-    /// Memory the overlay holds (charged to the transaction's connection).
-    pub overlay_bytes: usize,
+    /// Memory the overlay and the access records hold (charged to the caller).
+    pub held_bytes: usize,
     /// Change in the number of nodes the transaction's caller owns, so far.
     pub node_delta: i64,
     /// Nodes were created (the node quota is checked again at commit).
@@ -44,7 +44,7 @@ impl Transaction {
             overlay: BTreeMap::new(),
             accessed: BTreeMap::new(),
             fires: BTreeMap::new(),
-            overlay_bytes: 0,
+            held_bytes: 0,
             node_delta: 0,
             node_created: false,
             failed: false,

@@ -38,6 +38,9 @@ impl Fire {
     }
 }
 
+/// Bytes charged for one node a transaction touched, besides its path and permissions.
+const ACCESS_RECORD: usize = 32;
+
 pub(crate) struct View<'a> {
     pub tree: &'a mut Tree,
     pub tx: Option<&'a mut Transaction>,
@@ -55,24 +58,36 @@ impl View<'_> {
         !self.caller.privileged
     }
 
-    /// Notes the first access to `path` in a transaction (Xen's `access_node`).
+    /// Notes the first access to `path` in a transaction (Xen's `access_node`). The record
+    /// is charged to the caller's memory like the overlay: a guest's open transactions
+    /// together stay within its memory quota.
     fn touch(&mut self, path: &str) -> Result<(), XsError> {
-        let Some(tx) = self.tx.as_deref_mut() else {
-            return Ok(());
-        };
-        if tx.accessed.contains_key(path) {
-            return Ok(());
+        match self.tx.as_deref() {
+            None => return Ok(()),
+            Some(tx) if tx.accessed.contains_key(path) => return Ok(()),
+            Some(_) => {}
         }
-        if !self.caller.privileged && tx.accessed.len() >= self.quotas.transaction_nodes {
-            tx.failed = true;
-            return Err(XsError::ENOSPC);
-        }
+        let limited = self.limited();
+        let memory = self.caller_memory();
         let committed = self.tree.get(path);
+        let cost = ACCESS_RECORD + path.len() + committed.map_or(0, |n| 8 * n.perms.count());
         let seen = Accessed {
             generation: committed.map(|n| n.generation),
             old_perms: committed.map(|n| n.perms.clone()),
         };
+        let Some(tx) = self.tx.as_deref_mut() else {
+            return Ok(());
+        };
+        if limited && tx.accessed.len() >= self.quotas.transaction_nodes {
+            tx.failed = true;
+            return Err(XsError::ENOSPC);
+        }
+        if limited && memory.saturating_add(cost) >= self.quotas.memory_hard {
+            tx.failed = true;
+            return Err(XsError::ENOMEM);
+        }
         tx.accessed.insert(String::from(path), seen);
+        tx.held_bytes += cost;
         Ok(())
     }
 
@@ -87,7 +102,7 @@ impl View<'_> {
 
     /// Memory the caller holds now.
     fn caller_memory(&self) -> usize {
-        let tx = self.tx.as_deref().map_or(0, |t| t.overlay_bytes);
+        let tx = self.tx.as_deref().map_or(0, |t| t.held_bytes);
         self.tree.usage(self.caller.domid).bytes + self.other_memory + tx
     }
 
@@ -149,9 +164,9 @@ impl View<'_> {
                 }
                 let new_bytes = node.memory(path);
                 if let Some(Some(old)) = tx.overlay.insert(String::from(path), Some(node)) {
-                    tx.overlay_bytes = tx.overlay_bytes.saturating_sub(old.memory(path));
+                    tx.held_bytes = tx.held_bytes.saturating_sub(old.memory(path));
                 }
-                tx.overlay_bytes += new_bytes;
+                tx.held_bytes += new_bytes;
             }
         }
     }
@@ -167,7 +182,7 @@ impl View<'_> {
                     tx.node_delta -= 1;
                 }
                 if let Some(Some(old)) = tx.overlay.insert(String::from(path), None) {
-                    tx.overlay_bytes = tx.overlay_bytes.saturating_sub(old.memory(path));
+                    tx.held_bytes = tx.held_bytes.saturating_sub(old.memory(path));
                 }
             }
         }

@@ -424,3 +424,37 @@ fn paths_outside_the_guests_tree() {
         Vec::<String>::new()
     );
 }
+
+/// CVE-2022-42314..42318, the read side: transactions remember every node they touch.
+/// Ten transactions each touching a thousand long paths would hold ~20 MB; the records are
+/// charged to the guest, so they stop at its memory quota.
+#[test]
+fn cve_2022_42314_transaction_access_records_are_charged() {
+    let (mut xs, _) = store_with_guests(1);
+    let mut g = Guest::new(1);
+    let long = "x".repeat(1900);
+    let txs: Vec<u32> = (0..10).map(|_| g.tx_start(&mut xs).unwrap()).collect();
+    let mut refused = 0;
+    for &tx in &txs {
+        for i in 0..1000 {
+            match g.read_tx(&mut xs, tx, &format!("data/{long}{i}")) {
+                Err(XsError::ENOENT) => {}
+                Err(XsError::ENOMEM) => {
+                    refused += 1;
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(refused > 0);
+    assert!(
+        xs.usage(1).memory < xs.quotas().memory_hard,
+        "{:?}",
+        xs.usage(1)
+    );
+    for &tx in &txs {
+        let _ = g.tx_end(&mut xs, tx, false);
+    }
+    assert_eq!(xs.usage(1).memory, xs.tree().usage(1).bytes);
+}
