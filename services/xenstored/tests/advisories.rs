@@ -38,27 +38,50 @@ fn assert_consistent(xs: &Xenstored) {
     }
 }
 
-/// XSA-233: a double free when a domain was cleaned up. Releasing and destroying a domain
-/// with watches, transactions and queued output, repeatedly and in any order, is safe.
+/// XSA-233 (CVE-2017-14317): a domain's connection had two parents when a stub domain
+/// targeted it, and destroying both at once unlinked it twice. Here a target is a plain
+/// reference that dies with either side; destroying a domain and its device-model domain,
+/// in either order, repeatedly, with watches, transactions and queued output, is safe.
 #[test]
-fn xsa_233_domain_cleanup_is_idempotent() {
-    let (mut xs, tool) = store_with_guests(1);
-    let mut g = Guest::new(1);
-    g.watch(&mut xs, "data", "t").unwrap();
-    let tx = g.tx_start(&mut xs).unwrap();
-    g.write_tx(&mut xs, tx, "data/x", b"1").unwrap();
-    xs.handle(1, &request::read(99, 0, "name").unwrap())
-        .unwrap();
-    xs.release_domain(1).unwrap();
-    assert_eq!(xs.release_domain(1), Err(XsError::ENOENT));
-    xs.domain_destroyed(1);
-    xs.domain_destroyed(1);
-    assert!(xs.take_message(1).is_none());
-    // The id can be used again, from scratch.
-    common::add_guest(&mut xs, tool, 1);
-    assert_eq!(xs.usage(1).watches, 0);
-    assert_eq!(xs.usage(1).transactions, 0);
-    assert_consistent(&xs);
+fn xsa_233_domain_and_its_stubdom_destroyed_together() {
+    for order in [[1u16, 2], [2, 1]] {
+        let (mut xs, tool) = store_with_guests(2);
+        xs.set_target(2, 1).unwrap();
+        let mut g = Guest::new(1);
+        let mut dm = Guest::new(2);
+        g.watch(&mut xs, "data", "t").unwrap();
+        dm.watch(&mut xs, "/local/domain/1/data", "dm").unwrap();
+        let tx = g.tx_start(&mut xs).unwrap();
+        g.write_tx(&mut xs, tx, "data/x", b"1").unwrap();
+        dm.write(&mut xs, "/local/domain/1/data/from-dm", b"1")
+            .unwrap();
+        xs.handle(1, &request::read(99, 0, "name").unwrap())
+            .unwrap();
+        xs.handle(2, &request::read(99, 0, "name").unwrap())
+            .unwrap();
+        for d in order {
+            xs.domain_destroyed(d);
+        }
+        for d in order {
+            xs.domain_destroyed(d);
+            assert_eq!(xs.release_domain(d), Err(XsError::ENOENT));
+            assert!(xs.take_message(d).is_none());
+        }
+        assert_consistent(&xs);
+        // The ids can be used again, from scratch, without the old target.
+        common::add_guest(&mut xs, tool, 1);
+        common::add_guest(&mut xs, tool, 2);
+        assert_eq!(xs.usage(1).watches, 0);
+        assert_eq!(xs.usage(1).transactions, 0);
+        let mut g1 = Guest::new(1);
+        g1.write(&mut xs, "data/mine", b"").unwrap();
+        let mut dm2 = Guest::new(2);
+        assert_eq!(
+            dm2.read(&mut xs, "/local/domain/1/data/mine"),
+            Err(XsError::EACCES)
+        );
+        assert_consistent(&xs);
+    }
 }
 
 /// CVE-2022-42311 (XSA-326): a guest sends requests and never reads the replies, making
