@@ -377,9 +377,9 @@ fn a_template_clone_starts_and_shuts_down_cleanly() {
         current.as_struct().unwrap().get(&task),
         Some(&s("clean_shutdown"))
     );
-    assert!(h.allowed(&vm).is_empty());
+    assert_eq!(h.allowed(&vm), vec!["hard_reboot", "hard_shutdown"]);
     assert_eq!(
-        code(&h.err("VM.hard_shutdown", vec![s(&vm)])),
+        code(&h.err("VM.clean_reboot", vec![s(&vm)])),
         "OTHER_OPERATION_IN_PROGRESS"
     );
 
@@ -632,6 +632,54 @@ fn an_unacknowledged_clean_shutdown_fails_and_leaves_the_guest_running() {
     assert_eq!(info[0], "VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT");
     assert_eq!(h.power(&vm), "Running");
     assert!(h.allowed(&vm).contains(&"clean_shutdown".to_string()));
+}
+
+#[test]
+fn a_hard_shutdown_takes_over_from_a_clean_one_and_host_memory_follows() {
+    let mut h = host();
+    let host_ref = h.api.host_ref().to_string();
+    let metrics = text(&h.get("host", &host_ref, "metrics")).to_string();
+    let (vm, domid) = h.running_guest("stubborn");
+    assert_eq!(
+        h.get("host_metrics", &metrics, "memory_free"),
+        Value::Int((4096 * MIB - 256 * MIB) as i64)
+    );
+    let task = h.start_async("VM.clean_shutdown", &vm);
+    h.run();
+    h.ok("VM.hard_shutdown", vec![s(&vm)]);
+    assert_eq!(h.power(&vm), "Halted");
+    assert!(h.guests.domain(domid).is_none());
+    h.run();
+    assert_eq!(h.task_status(&task), "cancelled");
+    assert_eq!(
+        h.get("VM", &vm, "current_operations"),
+        Value::empty_struct()
+    );
+    assert!(h.allowed(&vm).contains(&"start".to_string()));
+    assert_eq!(
+        h.get("host_metrics", &metrics, "memory_free"),
+        Value::Int((4096 * MIB) as i64)
+    );
+    // The guest stopping late changes nothing any more.
+    h.api
+        .domain_exited(domid, ExitReason::PowerOff, h.now)
+        .unwrap();
+    assert_eq!(h.power(&vm), "Halted");
+
+    // hard_reboot takes over from clean_reboot the same way.
+    h.ok(
+        "VM.start",
+        vec![s(&vm), Value::Bool(false), Value::Bool(false)],
+    );
+    let second = h.domid(&vm);
+    let task = h.start_async("VM.clean_reboot", &vm);
+    h.run();
+    h.ok("VM.hard_reboot", vec![s(&vm)]);
+    h.run();
+    assert_eq!(h.task_status(&task), "cancelled");
+    assert_eq!(h.power(&vm), "Running");
+    assert_ne!(h.domid(&vm), second);
+    assert_eq!(h.guests.domids().len(), 1);
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! An operation is refused, in this order, when: the VM is the control domain
 //! (`OPERATION_NOT_ALLOWED`); its `blocked_operations` names it (`OPERATION_BLOCKED`); it is a
 //! template and the operation runs a guest (`VM_IS_TEMPLATE`); another operation is in
-//! `current_operations` (`OTHER_OPERATION_IN_PROGRESS`); the power state is wrong
+//! `current_operations` (`OTHER_OPERATION_IN_PROGRESS`; except that `hard_shutdown` and
+//! `hard_reboot` take over from a `clean_shutdown` or `clean_reboot`); the power state is wrong
 //! (`VM_BAD_POWER_STATE`). `allowed_operations` is exactly the set of operations these rules
 //! let through, recomputed in the same write as every change it depends on.
 
@@ -118,7 +119,8 @@ struct VmView {
     template: bool,
     default_template: bool,
     control_domain: bool,
-    busy_with: Option<String>,
+    /// The operations in `current_operations`.
+    busy_with: Vec<String>,
     /// Operation -> the code its refusal carries.
     blocked: BTreeMap<String, String>,
 }
@@ -163,7 +165,8 @@ fn view(db: &Db, vm: &str, changes: &[(&'static str, Value)]) -> VmView {
         control_domain: as_bool(pending("is_control_domain")),
         busy_with: keys(pending("current_operations"))
             .into_iter()
-            .find_map(|(_, op)| op.as_str().map(String::from)),
+            .filter_map(|(_, op)| op.as_str().map(String::from))
+            .collect(),
         blocked: keys(pending("blocked_operations"))
             .into_iter()
             .map(|(op, code)| (op, code.as_str().unwrap_or("").to_string()))
@@ -199,7 +202,12 @@ fn check(view: &VmView, vm: &str, op: &str) -> Result<(), ApiError> {
             reason: "built-in templates cannot be destroyed".to_string(),
         });
     }
-    if let Some(running) = &view.busy_with {
+    // A hard shutdown or reboot takes over from clean ones waiting for their guest, as in
+    // xapi (the clean one's task is cancelled); anything else waits its turn.
+    let clean = |running: &String| matches!(running.as_str(), "clean_shutdown" | "clean_reboot");
+    let takes_over =
+        matches!(op, "hard_shutdown" | "hard_reboot") && view.busy_with.iter().all(clean);
+    if let Some(running) = view.busy_with.first().filter(|_| !takes_over) {
         return Err(ApiError::OtherOperationInProgress {
             class: "VM".to_string(),
             reference: vm.to_string(),

@@ -70,6 +70,8 @@ pub(crate) struct PendingShutdown {
     pub exited: Option<ExitReason>,
     /// The toolstack gave up waiting (its deadlines match ours; whichever comes first).
     pub failed: Option<ShutdownFailure>,
+    /// A hard shutdown or reboot took over: the clean operation's task is cancelled.
+    pub superseded: bool,
 }
 
 /// Why a clean shutdown or reboot request failed, as the toolstack reports it.
@@ -439,6 +441,35 @@ fn record_halted(db: &mut Db, vm: &str, now: Timestamp) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// Destroys a VM's domain at once and records it Halted; a clean shutdown or reboot waiting
+/// for the guest is superseded (its task ends cancelled).
+fn hard_stop(state: &mut State, vm: &str, now: Timestamp) -> Result<(), ApiError> {
+    let domid = domid_of(&state.db, vm)?;
+    if let Some(pending) = state.shutdowns.get_mut(&domid) {
+        pending.superseded = true;
+    }
+    destroy_domain(state, vm, domid)?;
+    record_halted(&mut state.db, vm, now)?;
+    refresh_host_memory(state, now)
+}
+
+/// `host_metrics.memory_free` follows what starting and stopping guests did to it.
+fn refresh_host_memory(state: &mut State, now: Timestamp) -> Result<(), ApiError> {
+    let Some(guests) = state.guests.as_deref() else {
+        return Ok(());
+    };
+    let free = i64::try_from(guests.free_memory()).unwrap_or(i64::MAX);
+    let metrics = state.host_metrics.clone();
+    if state
+        .db
+        .update(&metrics, vec![("memory_free", Value::Int(free))], now)?
+    {
+        let stamp = Value::DateTime(now.to_xapi_datetime());
+        state.db.set(&metrics, vec![("last_updated", stamp)], now)?;
+    }
+    Ok(())
+}
+
 /// Destroys a VM's domain; one already gone is fine (that is the goal).
 fn destroy_domain(state: &mut State, vm: &str, domid: DomId) -> Result<(), ApiError> {
     match guests(state)?.destroy(domid) {
@@ -518,12 +549,21 @@ impl PowerJob {
                     acknowledged: false,
                     exited: None,
                     failed: None,
+                    superseded: false,
                 };
                 state.shutdowns.insert(domid, pending);
                 Phase::AwaitAck {
                     domid,
                     deadline: now.plus_ms(ACK_TIMEOUT_MS),
                 }
+            }
+            Phase::AwaitAck { domid, .. } | Phase::AwaitExit { domid, .. }
+                if state.shutdowns.get(&domid).is_some_and(|p| p.superseded) =>
+            {
+                state.shutdowns.remove(&domid);
+                return Err(ApiError::TaskCancelled {
+                    task: self.key.clone(),
+                });
             }
             Phase::AwaitAck { domid, deadline } => {
                 let Some(pending) = state.shutdowns.get(&domid) else {
@@ -576,9 +616,7 @@ impl PowerJob {
                 }
             }
             Phase::HardStop => {
-                let domid = domid_of(&state.db, &vm)?;
-                destroy_domain(state, &vm, domid)?;
-                record_halted(&mut state.db, &vm, now)?;
+                hard_stop(state, &vm, now)?;
                 Phase::Plan
             }
             Phase::Plan => {
@@ -596,6 +634,7 @@ impl PowerJob {
                     .start(spec)
                     .map_err(|e| e.to_api_error(&vm))?;
                 record_started(state, &vm, domid, paused, vcpus, now)?;
+                refresh_host_memory(state, now)?;
                 return Ok(true);
             }
         };
@@ -718,10 +757,8 @@ pub fn hard_reboot(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, Ap
 pub fn hard_shutdown(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vm = args.str(0)?.to_string();
     check_operation(&ctx.state.db, &vm, "hard_shutdown")?;
-    let domid = domid_of(&ctx.state.db, &vm)?;
-    destroy_domain(ctx.state, &vm, domid)?;
     let now = ctx.now;
-    record_halted(&mut ctx.state.db, &vm, now)?;
+    hard_stop(ctx.state, &vm, now)?;
     value(Value::void())
 }
 
@@ -873,6 +910,7 @@ impl XenApi {
             destroy_domain(state, &vm, domid)?;
         }
         record_halted(&mut state.db, &vm, now)?;
+        refresh_host_memory(state, now)?;
         if action == ExitAction::Restart {
             let job = PowerJob::new(&vm, "start", Phase::Plan, false);
             let mut ctx = CallContext {
