@@ -268,6 +268,11 @@ pub static VM: ClassDecl = ClassDecl {
         )
         .asyncable(),
         msg("hard_reboot", &[param("vm", VM_REF)], vm_power::hard_reboot).asyncable(),
+        msg(
+            "set_domain_type",
+            &[param("self", VM_REF), param("value", Enum(DOMAIN_TYPES))],
+            vm::set_domain_type,
+        ),
         // Replace the generated setters: they change `allowed_operations`.
         msg(
             "set_is_a_template",

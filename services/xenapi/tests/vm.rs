@@ -922,6 +922,15 @@ fn vms_are_created_copied_and_destroyed_with_their_metrics() {
     );
     assert_eq!(h.get("VM", &vm, "actions_after_crash"), s("preserve"));
     assert_eq!(h.get("VM", &vm, "VCPUs_max"), Value::Int(2));
+    assert_eq!(h.get("VM", &vm, "domain_type"), s("pvh"));
+    h.ok("VM.set_domain_type", vec![s(&vm), s("hvm")]);
+    h.ok("VM.set_PV_kernel", vec![s(&vm), s("vdi:whatever")]);
+    let e = h.err(
+        "VM.start",
+        vec![s(&vm), Value::Bool(false), Value::Bool(false)],
+    );
+    assert_eq!(e.params()[0], "domain_type");
+    h.ok("VM.set_domain_type", vec![s(&vm), s("pvh")]);
     let bad = Value::Struct(
         [
             ("memory_static_max".to_string(), s("1")),

@@ -123,7 +123,13 @@ struct VmView {
     busy_with: Vec<String>,
     /// Operation -> the code its refusal carries.
     blocked: BTreeMap<String, String>,
+    /// The domain has shut down and is kept (`actions_after_crash = preserve`): only a hard
+    /// shutdown or reboot makes sense.
+    preserved: bool,
 }
+
+/// `VM_metrics.state` of a domain that shut down and is kept for inspection.
+pub(crate) const PRESERVED_STATE: &str = "shutdown";
 
 pub(crate) fn text(db: &Db, r: &str, field: &str) -> String {
     db.get(r, field)
@@ -167,6 +173,12 @@ fn view(db: &Db, vm: &str, changes: &[(&'static str, Value)]) -> VmView {
             .into_iter()
             .filter_map(|(_, op)| op.as_str().map(String::from))
             .collect(),
+        preserved: match db.get(&text(db, vm, "metrics"), "state") {
+            Some(Value::Array(states)) => {
+                states.iter().any(|v| v.as_str() == Some(PRESERVED_STATE))
+            }
+            _ => false,
+        },
         blocked: keys(pending("blocked_operations"))
             .into_iter()
             .map(|(op, code)| (op, code.as_str().unwrap_or("").to_string()))
@@ -212,6 +224,12 @@ fn check(view: &VmView, vm: &str, op: &str) -> Result<(), ApiError> {
             class: "VM".to_string(),
             reference: vm.to_string(),
             operation: running.clone(),
+        });
+    }
+    if view.preserved && !matches!(op, "hard_shutdown" | "hard_reboot") {
+        return Err(ApiError::OperationNotAllowed {
+            reason: "the domain has shut down and is preserved: hard_shutdown or hard_reboot it"
+                .to_string(),
         });
     }
     if !rule.states.contains(&view.power) {
@@ -550,6 +568,17 @@ pub fn set_is_a_template(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outco
     }
     let now = ctx.now;
     write_vm(&mut ctx.state.db, &vm, changes, now)?;
+    value(Value::void())
+}
+
+/// `VM.set_domain_type(self, value)`: only while halted; Keel runs `pvh` guests only, which
+/// `start` checks.
+pub fn set_domain_type(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
+    let vm = args.str(0)?.to_string();
+    check_operation(&ctx.state.db, &vm, "changing_static_range")?;
+    let now = ctx.now;
+    let value_ = args.value(1).clone();
+    write_vm(&mut ctx.state.db, &vm, vec![("domain_type", value_)], now)?;
     value(Value::void())
 }
 

@@ -36,7 +36,7 @@ use super::storage_mirror::{locate, VdiLocation};
 use super::value;
 use super::vm::{
     check_memory, check_operation, create_console, int_field, mark_operation, power_state, text,
-    write_vm, PowerState,
+    write_vm, PowerState, PRESERVED_STATE,
 };
 use crate::api::{State, XenApi};
 use crate::dispatch::{Args, CallContext, Job, JobStep, Outcome};
@@ -433,6 +433,7 @@ fn record_halted(db: &mut Db, vm: &str, now: Timestamp) -> Result<(), ApiError> 
             vec![
                 ("memory_actual", Value::Int(0)),
                 ("VCPUs_number", Value::Int(0)),
+                ("state", Value::Array(Vec::new())),
                 ("last_updated", Value::DateTime(now.to_xapi_datetime())),
             ],
             now,
@@ -898,6 +899,12 @@ impl XenApi {
             exit_action(&state.db, &vm, reason)
         };
         if action == ExitAction::Preserve {
+            // Mark the metrics first: the VM's allowed_operations are computed from them.
+            let metrics = text(&state.db, &vm, "metrics");
+            if state.db.object(&metrics).is_some() {
+                let shut_down = Value::string_array([PRESERVED_STATE]);
+                state.db.update(&metrics, vec![("state", shut_down)], now)?;
+            }
             write_vm(
                 &mut state.db,
                 &vm,
