@@ -1022,3 +1022,56 @@ fn a_failing_builder_leaves_the_vm_halted_with_its_reason() {
     assert_eq!(h.power(&vm), "Halted");
     assert!(h.allowed(&vm).contains(&"start".to_string()));
 }
+
+/// Xen Orchestra lives on `event.from(["*"], token, 60)`: a guest stopping by itself wakes
+/// a pending call with the VM's new record, its console's deletion and its metrics.
+#[test]
+fn a_pending_event_from_wakes_when_a_guest_stops_by_itself() {
+    let mut h = host();
+    let (vm, domid) = h.running_guest("watched");
+    let console = strings(&h.get("VM", &vm, "consoles")).remove(0);
+    let snapshot = h.ok(
+        "event.from",
+        vec![Value::string_array(["*"]), s(""), Value::Float(0.0)],
+    );
+    let token = text(field(&snapshot, "token")).to_string();
+    let params = vec![
+        s(&h.session),
+        Value::string_array(["*"]),
+        s(&token),
+        Value::Float(60.0),
+    ];
+    let wait = match h.api.call("event.from", params, h.now) {
+        CallOutcome::Pending(w) => w,
+        CallOutcome::Done(r) => panic!("answered at once: {r:?}"),
+    };
+    let before = h.api.last_event_id();
+    h.api
+        .domain_exited(domid, ExitReason::PowerOff, h.now)
+        .unwrap();
+    assert!(h.api.last_event_id() > before, "the server knows to poll");
+    let found = match h.api.resume(wait, h.now) {
+        CallOutcome::Done(r) => r.unwrap(),
+        CallOutcome::Pending(_) => panic!("still pending after the guest stopped"),
+    };
+    let events = field(&found, "events").as_array().unwrap();
+    let of = |class: &str, r: &str, op: &str| {
+        events.iter().any(|e| {
+            text(field(e, "class")) == class
+                && text(field(e, "ref")) == r
+                && text(field(e, "operation")) == op
+        })
+    };
+    assert!(of("console", &console, "del"));
+    let last_vm = events
+        .iter()
+        .rev()
+        .find(|e| text(field(e, "ref")) == vm)
+        .unwrap();
+    let record = field(last_vm, "snapshot");
+    assert_eq!(field(record, "power_state"), &s("Halted"));
+    assert_eq!(field(record, "domid"), &Value::Int(-1));
+    assert!(strings(field(record, "allowed_operations")).contains(&"start".to_string()));
+    let metrics = text(&h.get("VM", &vm, "metrics")).to_string();
+    assert!(of("vm_metrics", &metrics, "mod"));
+}
