@@ -577,8 +577,13 @@ pub fn set_domain_type(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome
     let vm = args.str(0)?.to_string();
     check_operation(&ctx.state.db, &vm, "changing_static_range")?;
     let now = ctx.now;
-    let value_ = args.value(1).clone();
-    write_vm(&mut ctx.state.db, &vm, vec![("domain_type", value_)], now)?;
+    let domain_type = args.value(1).clone();
+    write_vm(
+        &mut ctx.state.db,
+        &vm,
+        vec![("domain_type", domain_type)],
+        now,
+    )?;
     value(Value::void())
 }
 
@@ -690,7 +695,9 @@ fn write_memory(
     value(Value::void())
 }
 
-fn with_vm<F: FnOnce(&mut Memory, i64, i64)>(
+/// Applies `f(memory, first argument, second argument)` to a VM's memory settings and
+/// writes them as `op`.
+fn change_memory<F: FnOnce(&mut Memory, i64, i64)>(
     ctx: &mut CallContext<'_>,
     args: &Args,
     op: &str,
@@ -706,28 +713,28 @@ fn with_vm<F: FnOnce(&mut Memory, i64, i64)>(
 
 /// `VM.set_memory_static_max(self, value)` (halted only).
 pub fn set_memory_static_max(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
-    with_vm(ctx, args, "changing_static_range", |m, v, _| {
+    change_memory(ctx, args, "changing_static_range", |m, v, _| {
         m.static_max = v
     })
 }
 
 /// `VM.set_memory_static_min(self, value)` (halted only).
 pub fn set_memory_static_min(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
-    with_vm(ctx, args, "changing_static_range", |m, v, _| {
+    change_memory(ctx, args, "changing_static_range", |m, v, _| {
         m.static_min = v
     })
 }
 
 /// `VM.set_memory_dynamic_max(self, value)`.
 pub fn set_memory_dynamic_max(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
-    with_vm(ctx, args, "changing_dynamic_range", |m, v, _| {
+    change_memory(ctx, args, "changing_dynamic_range", |m, v, _| {
         m.dynamic_max = v
     })
 }
 
 /// `VM.set_memory_dynamic_min(self, value)`.
 pub fn set_memory_dynamic_min(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
-    with_vm(ctx, args, "changing_dynamic_range", |m, v, _| {
+    change_memory(ctx, args, "changing_dynamic_range", |m, v, _| {
         m.dynamic_min = v
     })
 }
@@ -737,7 +744,7 @@ pub fn set_memory_dynamic_range(
     ctx: &mut CallContext<'_>,
     args: &Args,
 ) -> Result<Outcome, ApiError> {
-    with_vm(ctx, args, "changing_dynamic_range", |m, min, max| {
+    change_memory(ctx, args, "changing_dynamic_range", |m, min, max| {
         m.dynamic_min = min;
         m.dynamic_max = max;
     })
@@ -748,7 +755,7 @@ pub fn set_memory_static_range(
     ctx: &mut CallContext<'_>,
     args: &Args,
 ) -> Result<Outcome, ApiError> {
-    with_vm(ctx, args, "changing_static_range", |m, min, max| {
+    change_memory(ctx, args, "changing_static_range", |m, min, max| {
         m.static_min = min;
         m.static_max = max;
     })
@@ -769,7 +776,7 @@ pub fn set_memory_limits(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outco
 /// `VM.set_memory(self, value)`: static_max, dynamic_min and dynamic_max all become `value`
 /// (static_min stays), as in xapi.
 pub fn set_memory(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
-    with_vm(ctx, args, "changing_memory_limits", |m, v, _| {
+    change_memory(ctx, args, "changing_memory_limits", |m, v, _| {
         m.static_max = v;
         m.dynamic_min = v;
         m.dynamic_max = v;

@@ -138,24 +138,15 @@ fn boot_failed(vm: &str, reason: String) -> ApiError {
     }
 }
 
-/// Resolves `PV_kernel` / `PV_ramdisk` (`vdi:<uuid>`); `None` for an empty optional one.
+/// Resolves `PV_kernel` / `PV_ramdisk` (`vdi:<uuid>`); `None` when the field is empty.
 fn image_source(
     db: &Db,
     vm: &str,
     field: &'static str,
     max: u64,
-    required: bool,
 ) -> Result<Option<ImageSource>, ApiError> {
     let named = text(db, vm, field);
     if named.is_empty() {
-        if required {
-            return Err(boot_failed(
-                vm,
-                format!(
-                    "{field} is empty: set it to {VDI_PREFIX}<uuid> of a VDI holding the image"
-                ),
-            ));
-        }
         return Ok(None);
     }
     let Some(uuid) = named.strip_prefix(VDI_PREFIX) else {
@@ -230,10 +221,13 @@ fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<BootPlan, ApiE
             reason: "need 1 <= VCPUs_at_startup <= VCPUs_max <= 128".to_string(),
         });
     }
-    let Some(kernel) = image_source(db, vm, "PV_kernel", MAX_KERNEL_BYTES, true)? else {
-        return Err(no_guests());
-    };
-    let ramdisk = image_source(db, vm, "PV_ramdisk", MAX_RAMDISK_BYTES, false)?;
+    let kernel = image_source(db, vm, "PV_kernel", MAX_KERNEL_BYTES)?.ok_or_else(|| {
+        boot_failed(
+            vm,
+            format!("PV_kernel is empty: set it to {VDI_PREFIX}<uuid> of a VDI holding the kernel"),
+        )
+    })?;
+    let ramdisk = image_source(db, vm, "PV_ramdisk", MAX_RAMDISK_BYTES)?;
     let spec = BootSpec {
         vm_uuid: text(db, vm, "uuid"),
         name: text(db, vm, "name_label"),
