@@ -1075,3 +1075,43 @@ fn a_pending_event_from_wakes_when_a_guest_stops_by_itself() {
     let metrics = text(&h.get("VM", &vm, "metrics")).to_string();
     assert!(of("vm_metrics", &metrics, "mod"));
 }
+
+/// Images are read a few MiB per step with the task's progress moving; `task.cancel` stops
+/// the start at its next step and leaves the VM halted and free.
+#[test]
+fn a_start_reads_its_images_in_steps_and_can_be_cancelled() {
+    let mut h = host();
+    let vm = h.guest("big-kernel");
+    let mut kernel = KERNEL.to_vec();
+    kernel.resize(9 << 20, 0x90);
+    let uuid = h.image_vdi("big vmlinuz", &kernel);
+    h.ok("VM.set_PV_kernel", vec![s(&vm), s(&format!("vdi:{uuid}"))]);
+    let start = |h: &mut Host| {
+        text(&h.ok(
+            "Async.VM.start",
+            vec![s(&vm), Value::Bool(false), Value::Bool(false)],
+        ))
+        .to_string()
+    };
+    let task = start(&mut h);
+    h.api.run_tasks(h.now);
+    let progress = h.get("task", &task, "progress").as_float().unwrap();
+    assert!(progress > 0.0 && progress < 1.0, "{progress}");
+    assert_eq!(h.task_status(&task), "pending");
+    h.ok("task.cancel", vec![s(&task)]);
+    h.run();
+    assert_eq!(h.task_status(&task), "cancelled");
+    assert_eq!(h.power(&vm), "Halted");
+    assert_eq!(
+        h.get("VM", &vm, "current_operations"),
+        Value::empty_struct()
+    );
+    assert!(h.guests.domids().is_empty());
+
+    let task = start(&mut h);
+    h.run();
+    assert_eq!(h.task_status(&task), "success");
+    let domid = h.domid(&vm);
+    let domain = h.guests.domain(domid).unwrap();
+    assert_eq!(domain.spec.kernel, kernel, "the whole image, in order");
+}
