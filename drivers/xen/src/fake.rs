@@ -74,6 +74,8 @@ struct State {
     fail_next: Vec<(u32, XenError)>,
     /// `(call index, error)`: fail the hypercall with that index.
     fail_at: Vec<(u32, XenError)>,
+    /// `(op, first argument)` of every hypercall: the sub-command for most ops.
+    call_log: Vec<(u32, u64)>,
     version: (u16, u16),
     control_version: Option<u32>,
     console: Vec<u8>,
@@ -135,6 +137,7 @@ impl FakeXen {
                 calls: 0,
                 fail_next: Vec::new(),
                 fail_at: Vec::new(),
+                call_log: Vec::new(),
                 version: (4, 17),
                 control_version: None,
                 console: Vec::new(),
@@ -179,6 +182,11 @@ impl FakeXen {
     /// Hypercalls issued so far.
     pub fn hypercall_count(&self) -> u32 {
         self.state.borrow().calls
+    }
+
+    /// `(op, first argument)` of every hypercall so far (for most ops, the sub-command).
+    pub fn call_log(&self) -> Vec<(u32, u64)> {
+        self.state.borrow().call_log.clone()
     }
 
     /// Makes the next hypercall `op` fail with `error`.
@@ -416,6 +424,7 @@ impl Hypervisor for FakeXen {
             let mut s = self.state.borrow_mut();
             let index = s.calls;
             s.calls += 1;
+            s.call_log.push((op, a[0]));
             if let Some(i) = s.fail_at.iter().position(|(at, _)| *at == index) {
                 return s.fail_at.remove(i).1.as_ret();
             }

@@ -51,20 +51,14 @@ impl core::fmt::Display for FrameSpaceError {
     }
 }
 
-/// A frame range `[start, end)` in guest frame numbers, with a bump pointer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    next: u64,
-    end: u64,
-}
-
-/// Allocator of guest frames inside the memory map's unusable ranges.
+/// Allocator of guest frames inside the memory map's unusable ranges: first fit over
+/// free ranges, coalesced on free, so windows mapped and unmapped over and over (the
+/// domain builder's) never fragment it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameSpace {
-    spans: Vec<Span>,
-    /// Single frames given back, reused first by single-frame requests.
-    returned: Vec<u64>,
-    /// Every frame currently handed out, to refuse bad returns.
+    /// Free `[start, end)` frame ranges, sorted, never touching each other.
+    free: Vec<(u64, u64)>,
+    /// Every range currently handed out, `(start, count)`, to refuse bad returns.
     allocated: Vec<(u64, u64)>,
 }
 
@@ -72,7 +66,7 @@ impl FrameSpace {
     /// The unusable ranges of `map`, shrunk to whole pages, above 1 MiB.
     pub fn from_e820(map: &[E820Entry]) -> Result<Self, FrameSpaceError> {
         let page = PAGE_SIZE as u64;
-        let mut spans: Vec<Span> = map
+        let mut ranges: Vec<(u64, u64)> = map
             .iter()
             .filter(|e| e.kind() == E820Kind::Unusable)
             .filter_map(|e| {
@@ -80,23 +74,26 @@ impl FrameSpace {
                 let start = addr.checked_add(page - 1)? / page;
                 let end = addr.checked_add(size)? / page;
                 let start = start.max(LOWEST_FRAME);
-                (start < end).then_some(Span { next: start, end })
+                (start < end).then_some((start, end))
             })
             .collect();
-        if spans.is_empty() {
+        if ranges.is_empty() {
             return Err(FrameSpaceError::NoUnusableRange);
         }
-        spans.sort_by_key(|s| s.next);
-        Ok(FrameSpace {
-            spans,
-            returned: Vec::new(),
+        ranges.sort_unstable();
+        let mut space = FrameSpace {
+            free: Vec::new(),
             allocated: Vec::new(),
-        })
+        };
+        for (start, end) in ranges {
+            space.insert_free(start, end);
+        }
+        Ok(space)
     }
 
-    /// Frames not yet handed out.
+    /// Frames not handed out.
     pub fn free_frames(&self) -> u64 {
-        self.spans.iter().map(|s| s.end - s.next).sum::<u64>() + self.returned.len() as u64
+        self.free.iter().map(|(s, e)| e - s).sum()
     }
 
     /// `count` contiguous frames; returns the first guest frame number.
@@ -104,21 +101,19 @@ impl FrameSpace {
         if count == 0 {
             return Err(FrameSpaceError::ZeroFrames);
         }
-        if count == 1 {
-            if let Some(gfn) = self.returned.pop() {
-                self.allocated.push((gfn, 1));
-                return Ok(gfn);
-            }
-        }
-        let span = self
-            .spans
-            .iter_mut()
-            .find(|s| s.end - s.next >= count)
+        let index = self
+            .free
+            .iter()
+            .position(|(s, e)| e - s >= count)
             .ok_or(FrameSpaceError::Exhausted { requested: count })?;
-        let gfn = span.next;
-        span.next += count;
-        self.allocated.push((gfn, count));
-        Ok(gfn)
+        let (start, end) = self.free[index];
+        if end - start == count {
+            self.free.remove(index);
+        } else {
+            self.free[index].0 = start + count;
+        }
+        self.allocated.push((start, count));
+        Ok(start)
     }
 
     /// Gives back frames from [`FrameSpace::allocate`] (after Xen's page was removed).
@@ -129,8 +124,25 @@ impl FrameSpace {
             .position(|&(start, _)| start == gfn)
             .ok_or(FrameSpaceError::NotAllocated(gfn))?;
         let (start, count) = self.allocated.swap_remove(index);
-        self.returned.extend(start..start + count);
+        self.insert_free(start, start + count);
         Ok(())
+    }
+
+    /// Adds `[start, end)` to the free ranges, merging with neighbours.
+    fn insert_free(&mut self, mut start: u64, mut end: u64) {
+        let at = self.free.partition_point(|&(s, _)| s < start);
+        if at < self.free.len() && self.free[at].0 <= end {
+            end = end.max(self.free[at].1);
+            self.free.remove(at);
+        }
+        if at > 0 && self.free[at - 1].1 >= start {
+            start = self.free[at - 1].0;
+            end = end.max(self.free[at - 1].1);
+            self.free.remove(at - 1);
+            self.free.insert(at - 1, (start, end));
+        } else {
+            self.free.insert(at, (start, end));
+        }
     }
 }
 
@@ -223,5 +235,27 @@ mod tests {
         assert_eq!(space.free_frames(), 2);
         let again = [space.allocate(1).unwrap(), space.allocate(1).unwrap()];
         assert!(again.contains(&0x200) && again.contains(&0x201));
+    }
+
+    #[test]
+    fn freed_ranges_coalesce_for_large_requests_again() {
+        let map = [e820(0x20_0000, 0x10_0000, 5)]; // 256 frames at 0x200
+        let mut space = FrameSpace::from_e820(&map).unwrap();
+        for _ in 0..100 {
+            let a = space.allocate(100).unwrap();
+            let b = space.allocate(100).unwrap();
+            let c = space.allocate(50).unwrap();
+            space.free(b).unwrap();
+            space.free(a).unwrap();
+            space.free(c).unwrap();
+            assert_eq!(space.free_frames(), 256);
+        }
+        assert_eq!(space.allocate(256), Ok(0x200));
+        space.free(0x200).unwrap();
+        // Overlapping unusable entries merge too.
+        let map = [e820(0x20_0000, 0x2000, 5), e820(0x20_1000, 0x2000, 5)];
+        let mut space = FrameSpace::from_e820(&map).unwrap();
+        assert_eq!(space.free_frames(), 3);
+        assert_eq!(space.allocate(3), Ok(0x200));
     }
 }

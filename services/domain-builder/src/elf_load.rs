@@ -58,7 +58,10 @@ pub enum ElfError {
 pub enum LoadError {
     Elf(ElfError),
     /// A segment ends at `end`, beyond `limit`, the end of the room the guest has for it.
-    TooBig { end: u64, limit: u64 },
+    TooBig {
+        end: u64,
+        limit: u64,
+    },
     /// Guest memory could not be reached.
     Map(MapError),
 }
@@ -173,7 +176,8 @@ impl ElfStream {
         if p.len() < 16 {
             return more(16);
         }
-        let ident = elf::file::parse_ident::<AnyEndian>(&p[..16]).map_err(|_| ElfError::BadHeader)?;
+        let ident =
+            elf::file::parse_ident::<AnyEndian>(&p[..16]).map_err(|_| ElfError::BadHeader)?;
         if ident.0 != AnyEndian::Little {
             return Err(ElfError::WrongKind {
                 machine: 0,
@@ -288,7 +292,8 @@ impl ElfStream {
             if s < e {
                 let at = (s - note.offset) as usize;
                 let n = (e - s) as usize;
-                note.data[at..at + n].copy_from_slice(&bytes[(s - pos) as usize..(e - pos) as usize]);
+                note.data[at..at + n]
+                    .copy_from_slice(&bytes[(s - pos) as usize..(e - pos) as usize]);
                 note.filled += n;
             }
         }
@@ -414,7 +419,13 @@ pub mod testimage {
         f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
         f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
         f[56..58].copy_from_slice(&2u16.to_le_bytes()); // e_phnum
-        let ph = |f: &mut Vec<u8>, i: usize, kind: u32, off: u64, paddr: u64, filesz: u64, memsz: u64| {
+        let ph = |f: &mut Vec<u8>,
+                  i: usize,
+                  kind: u32,
+                  off: u64,
+                  paddr: u64,
+                  filesz: u64,
+                  memsz: u64| {
             let at = 64 + i * 56;
             f[at..at + 4].copy_from_slice(&kind.to_le_bytes());
             f[at + 4..at + 8].copy_from_slice(&7u32.to_le_bytes());
@@ -427,7 +438,15 @@ pub mod testimage {
         };
         let len = code.len() as u64;
         ph(&mut f, 0, 1, code_off, paddr, len, len + bss);
-        ph(&mut f, 1, 4, note_off, 0, note.len() as u64, note.len() as u64);
+        ph(
+            &mut f,
+            1,
+            4,
+            note_off,
+            0,
+            note.len() as u64,
+            note.len() as u64,
+        );
         f[code_off as usize..note_off as usize].copy_from_slice(code);
         f[note_off as usize..].copy_from_slice(&note);
         f
@@ -501,7 +520,9 @@ mod tests {
         let image = pvh_elf64(0x100_0000, &[0x90; 16], 0, Some(0x200_0000));
         assert_eq!(
             load(&image, 4096, 0x800_0000).0,
-            Err(LoadError::Elf(ElfError::EntryOutsideImage { entry: 0x200_0000 }))
+            Err(LoadError::Elf(ElfError::EntryOutsideImage {
+                entry: 0x200_0000
+            }))
         );
     }
 
@@ -525,8 +546,14 @@ mod tests {
     #[test]
     fn not_a_kernel_is_refused_cleanly() {
         let text = b"#!/bin/sh\necho this is not a kernel\n";
-        assert_eq!(load(text, 5, 1 << 30).0, Err(LoadError::Elf(ElfError::NotElf)));
-        assert_eq!(load(&[], 5, 1 << 30).0, Err(LoadError::Elf(ElfError::Truncated)));
+        assert_eq!(
+            load(text, 5, 1 << 30).0,
+            Err(LoadError::Elf(ElfError::NotElf))
+        );
+        assert_eq!(
+            load(&[], 5, 1 << 30).0,
+            Err(LoadError::Elf(ElfError::Truncated))
+        );
         let mut image = pvh_elf64(0x100_0000, &[0x90; 16], 0, Some(0x100_0000));
         // A shared object, not an executable.
         image[16] = 3;

@@ -10,8 +10,10 @@
 use core::cell::{Cell, RefCell};
 use core::ops::Range;
 
-use keel_xen::memory::{map_foreign_frames, remove_from_physmap, ForeignMapError};
 use keel_xen::hypercall::PAGE_SIZE;
+use keel_xen::memory::{
+    acquire_resource, map_foreign_frames, remove_from_physmap, ForeignMapError, ResourceType,
+};
 use keel_xen::{Hypervisor, XenError};
 
 /// Frames per `add_to_physmap_batch` call.
@@ -71,6 +73,10 @@ impl<'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestMemory<'a, H, F> {
         self.domid
     }
 
+    pub fn hypervisor(&self) -> &'a H {
+        self.hv
+    }
+
     /// Dom0 frames still mapping guest pages because unmapping failed.
     pub fn leaked_frames(&self) -> u64 {
         self.leaked.get()
@@ -115,6 +121,33 @@ impl<'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestMemory<'a, H, F> {
                 }
             }
         }
+        Ok(window)
+    }
+
+    /// Maps the guest's grant-table frame 0 (`XENMEM_acquire_resource`), to seed it.
+    pub fn map_grant_frame(&self) -> Result<Window<'_, 'a, H, F>, MapError> {
+        let local = self
+            .holes
+            .borrow_mut()
+            .allocate(1)
+            .ok_or(MapError::NoHoles { frames: 1 })?;
+        let mut window = Window {
+            memory: self,
+            local,
+            gfn: 0,
+            frames: 0,
+        };
+        let mut frames = [local];
+        acquire_resource(
+            self.hv,
+            self.domid,
+            ResourceType::GrantTable,
+            0,
+            0,
+            &mut frames,
+        )
+        .map_err(MapError::Xen)?;
+        window.frames = 1;
         Ok(window)
     }
 
@@ -182,12 +215,17 @@ pub struct GuestWriter<'m, 'a, H: Hypervisor + ?Sized, F: HoleFrames> {
 }
 
 impl<'m, 'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestWriter<'m, 'a, H, F> {
-    pub fn new(memory: &'m GuestMemory<'a, H, F>, populated: &'m [Range<u64>]) -> Self {
+    /// A writer whose windows are at most `window_frames` frames.
+    pub fn new(
+        memory: &'m GuestMemory<'a, H, F>,
+        populated: &'m [Range<u64>],
+        window_frames: u64,
+    ) -> Self {
         GuestWriter {
             memory,
             populated,
             window: None,
-            window_frames: WRITE_WINDOW_FRAMES,
+            window_frames: window_frames.max(1),
         }
     }
 
@@ -205,8 +243,9 @@ impl<'m, 'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestWriter<'m, 'a, H, F> {
                 .iter()
                 .find(|r| r.contains(&gfn))
                 .ok_or(MapError::NotPopulated { gfn })?;
-            let start = (gfn - gfn % self.window_frames).max(range.start);
-            let end = (start + self.window_frames).min(range.end);
+            // Windows start where the write does: streams map forward a window at a time.
+            let end = (gfn + self.window_frames).min(range.end);
+            let start = gfn;
             self.window = Some(self.memory.map(start, end - start)?);
         }
         self.window.as_mut().ok_or(MapError::NotPopulated { gfn })

@@ -17,10 +17,10 @@
 //! on map and back on unmap, so the same foreign page may not be mapped twice at once
 //! (`EBUSY`; real Xen allows it, a builder never needs it).
 
-use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
+use core::alloc::Layout;
+use core::ptr::NonNull;
 
 use super::{arg, args, new_page, FakeXen, Page, State};
 use crate::domctl::{cdf, dominf, x86_emu, CreateDomain, HvmContextArg, XenDomctl};
@@ -137,23 +137,39 @@ impl MapSource {
     }
 }
 
-/// Dom0's hole frames `[base, base + bytes/4096)`, backed by contiguous memory.
+/// Dom0's hole frames `[base, base + frames)`, backed by contiguous zeroed memory that
+/// Xen's mappings (the fake) and dom0's windows (the builder, through raw pointers) share.
 pub(super) struct HoleRegion {
     base_gfn: u64,
-    bytes: Box<[UnsafeCell<u8>]>,
+    memory: NonNull<u8>,
+    len: usize,
 }
 
+// SAFETY: the region owns its allocation; moving it to another thread moves ownership.
+unsafe impl Send for HoleRegion {}
+
 impl HoleRegion {
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len.max(PAGE_SIZE), PAGE_SIZE).unwrap_or_else(|_| {
+            panic!("hole region of {len} bytes is not allocatable");
+        })
+    }
+
     pub(super) fn new(base_gfn: u64, frames: u64) -> Self {
         let len = frames as usize * PAGE_SIZE;
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let memory = NonNull::new(ptr).unwrap_or_else(|| alloc::alloc::handle_alloc_error(layout));
         HoleRegion {
             base_gfn,
-            bytes: (0..len).map(|_| UnsafeCell::new(0)).collect(),
+            memory,
+            len,
         }
     }
 
     fn frames(&self) -> u64 {
-        (self.bytes.len() / PAGE_SIZE) as u64
+        (self.len / PAGE_SIZE) as u64
     }
 
     fn contains(&self, gfn: u64) -> bool {
@@ -163,7 +179,8 @@ impl HoleRegion {
     pub(super) fn address(&self, gfn: u64) -> Option<*mut u8> {
         self.contains(gfn).then(|| {
             let offset = (gfn - self.base_gfn) as usize * PAGE_SIZE;
-            UnsafeCell::raw_get(&self.bytes[offset])
+            // SAFETY: `offset` is inside the allocation (`contains`).
+            unsafe { self.memory.as_ptr().add(offset) }
         })
     }
 
@@ -174,8 +191,8 @@ impl HoleRegion {
     /// when by the hypercall contract the caller holds no reference to it.
     unsafe fn fill(&self, gfn: u64, page: &[u8; PAGE_SIZE]) -> Option<()> {
         let ptr = self.address(gfn)?;
-        // SAFETY: the frame is `PAGE_SIZE` bytes of the region (`UnsafeCell<u8>` is laid out
-        // as `u8`); exclusivity is the caller's promise.
+        // SAFETY: the frame is `PAGE_SIZE` bytes of the region; exclusivity is the caller's
+        // promise.
         unsafe { core::ptr::copy_nonoverlapping(page.as_ptr(), ptr, PAGE_SIZE) };
         Some(())
     }
@@ -189,6 +206,13 @@ impl HoleRegion {
         // SAFETY: as in `fill`.
         unsafe { core::ptr::copy_nonoverlapping(ptr, page.as_mut_ptr(), PAGE_SIZE) };
         Some(())
+    }
+}
+
+impl Drop for HoleRegion {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { alloc::alloc::dealloc(self.memory.as_ptr(), Self::layout(self.len)) };
     }
 }
 

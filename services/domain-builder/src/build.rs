@@ -1,0 +1,619 @@
+//! The build sequence (`libxl__domain_make` → `libxl__build_pre` → `libxl__build_hvm` →
+//! `libxl__build_post`, minus xenstore and devices, which are the toolstack's): create the
+//! domain, give it memory from Xen's heap, load the kernel and initrd, write the ACPI
+//! tables, start info and memory map, set up the xenstore and console pages, event channels
+//! and grant entries, and load vCPU 0's registers. The domain is left paused.
+//!
+//! Any failure after the domain exists destroys it: every window into its memory is
+//! unmapped first (windows unmap on drop), so Xen really frees it and its free memory
+//! returns to what it was before the attempt.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use keel_xen::control::ControlError;
+use keel_xen::domctl::{
+    create_domain, destroy_domain, get_hvm_context, hvm_context_size, set_hvm_context, set_max_mem,
+    set_max_vcpus, set_paging_mempool_size, CreateDomain,
+};
+use keel_xen::evtchn::{alloc_unbound, Port};
+use keel_xen::hvm::{set_param, HvmParam};
+use keel_xen::hvm_save::{self, ContextWriter, HvmHwCpu, SaveFormatError};
+use keel_xen::hypercall::PAGE_SIZE;
+use keel_xen::memory::{populate_physmap, set_memory_map};
+use keel_xen::{Hypervisor, XenError};
+
+use crate::acpi::{self, AcpiError};
+use crate::elf_load::{LoadError, LoadedKernel};
+use crate::guest_memory::{GuestMemory, GuestWriter, HoleFrames, MapError, WRITE_WINDOW_FRAMES};
+use crate::kernel_image::{self, KernelError, KernelFormat, CHUNK};
+use crate::layout::{self, MemoryLayout};
+use crate::source::{ImageSource, SourceError};
+use crate::start_info::{Module, StartInfo};
+
+/// Longest command line accepted (Linux's x86 `COMMAND_LINE_SIZE`).
+pub const MAX_CMDLINE: usize = 2048;
+/// Extents per `populate_physmap` call.
+const POPULATE_BATCH: usize = 512;
+/// Order of a 2 MiB extent.
+const ORDER_2M: u32 = 9;
+/// `GTF_permit_access`.
+const GTF_PERMIT_ACCESS: u16 = 1;
+/// Grant references Xen reserves for the toolstack (`GNTTAB_RESERVED_*`).
+const GNTTAB_RESERVED_CONSOLE: usize = 0;
+const GNTTAB_RESERVED_XENSTORE: usize = 1;
+/// How often `destroydomain` is asked again while Xen answers "still tearing down".
+const DESTROY_ATTEMPTS: u32 = 1000;
+
+/// What to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainConfig<'a> {
+    /// The domain's UUID (Xen's handle).
+    pub uuid: [u8; 16],
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// The kernel command line, without NUL.
+    pub cmdline: &'a [u8],
+    /// Domain serving the console and xenstore rings (dom0: 0).
+    pub console_domid: u16,
+    pub store_domid: u16,
+}
+
+/// Tuning that does not change the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Frames mapped at a time while streaming the kernel and initrd into the guest.
+    pub window_frames: u64,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            window_frames: WRITE_WINDOW_FRAMES,
+        }
+    }
+}
+
+/// A built, still paused domain: what the toolstack needs to introduce it to xenstored,
+/// serve its console and unpause it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltDomain {
+    pub domid: u16,
+    /// Unbound ports in the guest for `store_domid` / `console_domid` to bind.
+    pub store_port: Port,
+    pub console_port: Port,
+    /// Guest frames of the rings (granted to the backends as grant refs 1 and 0).
+    pub store_gfn: u64,
+    pub console_gfn: u64,
+    /// Where vCPU 0 starts, and the start info it finds in `%ebx`.
+    pub entry: u64,
+    pub start_info_paddr: u64,
+    /// The kernel's loaded range, and the initrd's, if any.
+    pub kernel: Range<u64>,
+    pub initrd: Option<Range<u64>>,
+    /// `memory/static-max` for xenstore, in KiB (`XEN_DOMCTL_max_mem`).
+    pub max_memory_kib: u64,
+}
+
+/// A configuration the builder refuses before asking Xen for anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    VcpuCount(u32),
+    /// Below [`layout::MIN_MEMORY_MIB`], or absurdly large.
+    Memory(u64),
+    CmdlineTooLong(usize),
+    CmdlineHasNul,
+}
+
+/// The step a hypercall failed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    CreateDomain,
+    MaxVcpus,
+    MaxMem,
+    EventChannels,
+    HvmParams,
+    PagingPool,
+    PopulateMemory,
+    LoadKernel,
+    LoadInitrd,
+    Acpi,
+    MemoryMap,
+    StartInfo,
+    SpecialPages,
+    GrantTable,
+    VcpuContext,
+}
+
+/// Why a domain could not be built. The half-built domain, if any, has been destroyed
+/// (except for [`BuildError::DestroyFailed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    Config(ConfigError),
+    /// The kernel is not a PVH kernel, is corrupt, or does not fit (`KernelError::Load(
+    /// LoadError::TooBig)`: kernel too big).
+    Kernel(KernelError),
+    /// Reading the initrd failed.
+    Initrd(SourceError),
+    /// The initrd, then the start info, end beyond the guest's low RAM.
+    TooBig {
+        what: Step,
+        end: u64,
+        limit: u64,
+    },
+    /// Xen had not enough free memory.
+    XenOutOfMemory {
+        step: Step,
+    },
+    /// A hypercall failed.
+    Xen {
+        step: Step,
+        error: ControlError,
+    },
+    /// The guest's memory could not be mapped into dom0.
+    Map {
+        step: Step,
+        error: MapError,
+    },
+    Acpi(AcpiError),
+    /// Xen's HVM context did not parse.
+    HvmContext(SaveFormatError),
+    /// Dom0 frames could not be unmapped from the guest.
+    LeakedMappings(u64),
+    /// The build failed with `cause` and destroying domain `domid` failed with `error`.
+    DestroyFailed {
+        domid: u16,
+        cause: Box<BuildError>,
+        error: ControlError,
+    },
+}
+
+fn xen(step: Step) -> impl Fn(XenError) -> BuildError {
+    move |error| match error {
+        XenError::ENOMEM => BuildError::XenOutOfMemory { step },
+        error => BuildError::Xen {
+            step,
+            error: ControlError::Xen(error),
+        },
+    }
+}
+
+fn domctl(step: Step) -> impl Fn(ControlError) -> BuildError {
+    move |error| match error {
+        ControlError::Xen(XenError::ENOMEM) => BuildError::XenOutOfMemory { step },
+        error => BuildError::Xen { step, error },
+    }
+}
+
+fn map(step: Step) -> impl Fn(MapError) -> BuildError {
+    move |error| BuildError::Map { step, error }
+}
+
+impl DomainConfig<'_> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > acpi::MAX_VCPUS {
+            return Err(ConfigError::VcpuCount(self.vcpus));
+        }
+        // 1 TiB: far beyond anything this builder is meant for, and no overflow below.
+        if self.memory_mib < layout::MIN_MEMORY_MIB || self.memory_mib > 1 << 20 {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        if self.cmdline.len() >= MAX_CMDLINE {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if self.cmdline.contains(&0) {
+            return Err(ConfigError::CmdlineHasNul);
+        }
+        Ok(())
+    }
+
+    /// `XEN_DOMCTL_max_mem`: the memory plus libxl's 1 MiB of slack (special pages, ACPI).
+    pub fn max_memory_kib(&self) -> u64 {
+        (self.memory_mib << 10) + 1024
+    }
+
+    /// libxl's default paging pool for HAP PVH: 4 × (256 × vCPUs + MiB) KiB.
+    pub fn paging_pool_bytes(&self) -> u64 {
+        (4 * (256 * u64::from(self.vcpus) + self.memory_mib)) << 10
+    }
+}
+
+/// Builds a PVH domain from `kernel` (a PVH ELF or an xz bzImage) and `initrd`, mapping its
+/// memory through `holes`. On success the domain is paused; unpause it with
+/// `keel_xen::domctl::unpause_domain` once xenstore and the console are set up.
+pub fn build_pvh<H: Hypervisor + ?Sized, F: HoleFrames>(
+    hv: &H,
+    holes: &mut F,
+    config: &DomainConfig<'_>,
+    kernel: &mut dyn ImageSource,
+    initrd: Option<&mut dyn ImageSource>,
+    options: &BuildOptions,
+) -> Result<BuiltDomain, BuildError> {
+    config.validate().map_err(BuildError::Config)?;
+    // Refuse what is not a kernel before creating anything.
+    let format = kernel_image::probe(kernel).map_err(BuildError::Kernel)?;
+    let domid = create_domain(hv, 0, &CreateDomain::pvh(config.uuid, config.vcpus))
+        .map_err(domctl(Step::CreateDomain))?;
+    let result = {
+        let memory = GuestMemory::new(hv, holes, domid);
+        let built = populate_and_load(&memory, config, format, kernel, initrd, options);
+        // Every window is gone by now; a frame that would not unmap pins the guest.
+        match (built, memory.leaked_frames()) {
+            (Ok(_), leaked) if leaked > 0 => Err(BuildError::LeakedMappings(leaked)),
+            (result, _) => result,
+        }
+    };
+    result.map_err(|cause| destroy_after_failure(hv, domid, cause))
+}
+
+/// Destroys a half-built domain, returning the error to report.
+fn destroy_after_failure<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    cause: BuildError,
+) -> BuildError {
+    let mut other_failures = 0;
+    for _ in 0..DESTROY_ATTEMPTS {
+        match destroy_domain(hv, domid) {
+            Ok(()) => return cause,
+            // Teardown still in progress (Xen's continuation): ask again.
+            Err(ControlError::Xen(XenError::EAGAIN)) => continue,
+            Err(error) => {
+                other_failures += 1;
+                if other_failures > 1 {
+                    return BuildError::DestroyFailed {
+                        domid,
+                        cause: Box::new(cause),
+                        error,
+                    };
+                }
+            }
+        }
+    }
+    BuildError::DestroyFailed {
+        domid,
+        cause: Box::new(cause),
+        error: ControlError::Xen(XenError::EAGAIN),
+    }
+}
+
+/// Populates guest frames `range`, 2 MiB extents where aligned, 4 KiB elsewhere.
+fn populate_range<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    range: Range<u64>,
+) -> Result<(), XenError> {
+    let big = 1u64 << ORDER_2M;
+    let superpage_at = |gfn: u64| gfn.is_multiple_of(big) && gfn + big <= range.end;
+    let mut gfn = range.start;
+    let mut batch = Vec::with_capacity(POPULATE_BATCH);
+    while gfn < range.end {
+        // A run of extents of one order.
+        let superpages = superpage_at(gfn);
+        let order = if superpages { ORDER_2M } else { 0 };
+        batch.clear();
+        while gfn < range.end && batch.len() < POPULATE_BATCH && superpage_at(gfn) == superpages {
+            batch.push(gfn);
+            gfn += 1 << order;
+        }
+        populate_physmap(hv, domid, order, &batch)?;
+    }
+    Ok(())
+}
+
+fn populate_and_load<H: Hypervisor + ?Sized, F: HoleFrames>(
+    memory: &GuestMemory<'_, H, F>,
+    config: &DomainConfig<'_>,
+    format: KernelFormat,
+    kernel: &mut dyn ImageSource,
+    initrd: Option<&mut dyn ImageSource>,
+    options: &BuildOptions,
+) -> Result<BuiltDomain, BuildError> {
+    let hv = memory.hypervisor();
+    let domid = memory.domid();
+    let page = PAGE_SIZE as u64;
+
+    // build_pre.
+    set_max_vcpus(hv, domid, config.vcpus).map_err(domctl(Step::MaxVcpus))?;
+    set_max_mem(hv, domid, config.max_memory_kib()).map_err(domctl(Step::MaxMem))?;
+    let store_port =
+        alloc_unbound(hv, domid, config.store_domid).map_err(xen(Step::EventChannels))?;
+    let console_port =
+        alloc_unbound(hv, domid, config.console_domid).map_err(xen(Step::EventChannels))?;
+    set_param(hv, domid, HvmParam::TimerMode, 1).map_err(xen(Step::HvmParams))?;
+    set_param(hv, domid, HvmParam::Altp2m, 0).map_err(xen(Step::HvmParams))?;
+    // Before any memory (XSA-409).
+    set_paging_mempool_size(hv, domid, config.paging_pool_bytes())
+        .map_err(domctl(Step::PagingPool))?;
+
+    // Memory.
+    let layout = MemoryLayout::new(config.memory_mib);
+    let mut populated: Vec<Range<u64>> = layout.ram_frames().collect();
+    populated.push(layout::ACPI_BASE / page..layout::ACPI_BASE / page + layout::ACPI_PAGES);
+    populated.push(layout::SPECIAL_FIRST_GFN..layout::SPECIAL_FIRST_GFN + layout::SPECIAL_PAGES);
+    for range in &populated {
+        populate_range(hv, domid, range.clone()).map_err(xen(Step::PopulateMemory))?;
+    }
+
+    // Kernel.
+    let mut writer = GuestWriter::new(memory, &populated, options.window_frames);
+    let loaded: LoadedKernel = match format {
+        KernelFormat::Elf => kernel_image::load_elf(kernel, layout.low_end, &mut writer)
+            .map_err(BuildError::Kernel)?,
+        KernelFormat::BzImageXz { payload, dict_size } => {
+            // The dictionary lives at the top of low RAM; the kernel must load below it.
+            let dict_frames = layout::page_align(dict_size) / page;
+            let scratch =
+                (layout.low_end / page)
+                    .checked_sub(dict_frames)
+                    .ok_or(BuildError::Kernel(KernelError::Load(LoadError::TooBig {
+                        end: dict_size,
+                        limit: layout.low_end,
+                    })))?;
+            let mut dictionary = memory
+                .map(scratch, dict_frames)
+                .map_err(map(Step::LoadKernel))?;
+            let loaded = kernel_image::load_xz(
+                kernel,
+                payload,
+                dictionary.bytes(),
+                scratch * page,
+                &mut writer,
+            )
+            .map_err(BuildError::Kernel)?;
+            // Leave no decompressor state behind in the guest's RAM.
+            dictionary.bytes().fill(0);
+            loaded
+        }
+    };
+
+    // Initrd, page-aligned after the kernel.
+    let mut next = layout::page_align(loaded.end);
+    let initrd_range = match initrd {
+        None => None,
+        Some(image) => {
+            let size = image.size();
+            let end = next.saturating_add(size);
+            if end > layout.low_end {
+                return Err(BuildError::TooBig {
+                    what: Step::LoadInitrd,
+                    end,
+                    limit: layout.low_end,
+                });
+            }
+            let mut buf = alloc::vec![0u8; CHUNK];
+            let mut offset = 0u64;
+            while offset < size {
+                let n = (size - offset).min(CHUNK as u64) as usize;
+                image
+                    .read_at(offset, &mut buf[..n])
+                    .map_err(BuildError::Initrd)?;
+                writer
+                    .write(next + offset, &buf[..n])
+                    .map_err(map(Step::LoadInitrd))?;
+                offset += n as u64;
+            }
+            let range = next..end;
+            next = layout::page_align(end);
+            Some(range)
+        }
+    };
+
+    // ACPI tables and the memory map.
+    let tables = acpi::build(layout::ACPI_BASE, config.vcpus).map_err(BuildError::Acpi)?;
+    if tables.bytes.len() as u64 > layout::ACPI_PAGES * page {
+        return Err(BuildError::TooBig {
+            what: Step::Acpi,
+            end: layout::ACPI_BASE + tables.bytes.len() as u64,
+            limit: layout::ACPI_BASE + layout::ACPI_PAGES * page,
+        });
+    }
+    writer
+        .write(tables.base, &tables.bytes)
+        .map_err(map(Step::Acpi))?;
+    let e820 = layout.e820();
+    set_memory_map(hv, domid, &e820).map_err(xen(Step::MemoryMap))?;
+
+    // Start info.
+    let start_info = StartInfo {
+        cmdline: config.cmdline,
+        initrd: initrd_range.as_ref().map(|r| Module {
+            paddr: r.start,
+            size: r.end - r.start,
+        }),
+        rsdp_paddr: tables.rsdp_paddr,
+        memmap: &e820,
+    };
+    let start_info_paddr = next;
+    let start_info_end = start_info_paddr + start_info.len() as u64;
+    if start_info_end > layout.low_end {
+        return Err(BuildError::TooBig {
+            what: Step::StartInfo,
+            end: start_info_end,
+            limit: layout.low_end,
+        });
+    }
+    writer
+        .write(start_info_paddr, &start_info.encode(start_info_paddr))
+        .map_err(map(Step::StartInfo))?;
+
+    // Special pages: clean rings, the identity page table, and the params naming them.
+    writer
+        .zero(
+            layout::SPECIAL_FIRST_GFN * page,
+            layout::SPECIAL_PAGES * page,
+        )
+        .map_err(map(Step::SpecialPages))?;
+    writer
+        .write(layout::IDENT_PT_GFN * page, &layout::ident_page_table())
+        .map_err(map(Step::SpecialPages))?;
+    drop(writer);
+    for (param, value) in [
+        (HvmParam::StorePfn, layout::STORE_GFN),
+        (HvmParam::ConsolePfn, layout::CONSOLE_GFN),
+        (HvmParam::IdentPt, layout::IDENT_PT_GFN * page),
+        (HvmParam::StoreEvtchn, u64::from(store_port.0)),
+        (HvmParam::ConsoleEvtchn, u64::from(console_port.0)),
+    ] {
+        set_param(hv, domid, param, value).map_err(xen(Step::SpecialPages))?;
+    }
+
+    // Grant entries the backends map the rings by (`xc_dom_gnttab_seed`).
+    {
+        let mut frame = memory.map_grant_frame().map_err(map(Step::GrantTable))?;
+        let bytes = frame.bytes();
+        for (gref, domid, gfn) in [
+            (
+                GNTTAB_RESERVED_CONSOLE,
+                config.console_domid,
+                layout::CONSOLE_GFN,
+            ),
+            (
+                GNTTAB_RESERVED_XENSTORE,
+                config.store_domid,
+                layout::STORE_GFN,
+            ),
+        ] {
+            let entry = &mut bytes[gref * 8..gref * 8 + 8];
+            entry[..2].copy_from_slice(&GTF_PERMIT_ACCESS.to_le_bytes());
+            entry[2..4].copy_from_slice(&domid.to_le_bytes());
+            entry[4..8].copy_from_slice(&(gfn as u32).to_le_bytes());
+        }
+    }
+
+    set_vcpu_state(hv, domid, config.vcpus, loaded.entry, start_info_paddr)?;
+
+    Ok(BuiltDomain {
+        domid,
+        store_port,
+        console_port,
+        store_gfn: layout::STORE_GFN,
+        console_gfn: layout::CONSOLE_GFN,
+        entry: loaded.entry,
+        start_info_paddr,
+        kernel: loaded.start..loaded.end,
+        initrd: initrd_range,
+        max_memory_kib: config.max_memory_kib(),
+    })
+}
+
+/// vCPU 0's registers at the PVH entry (`docs/misc/pvh.pandoc`): 32-bit protected mode,
+/// flat segments, paging off, `%ebx` = start info.
+pub fn pvh_boot_cpu(entry: u64, start_info_paddr: u64) -> HvmHwCpu {
+    let mut cpu = HvmHwCpu::zeroed();
+    cpu.cs_limit = u32::MAX;
+    cpu.ds_limit = u32::MAX;
+    cpu.es_limit = u32::MAX;
+    cpu.ss_limit = u32::MAX;
+    cpu.tr_limit = 0x67;
+    cpu.cs_arbytes = 0xc9b;
+    cpu.ds_arbytes = 0xc93;
+    cpu.es_arbytes = 0xc93;
+    cpu.ss_arbytes = 0xc93;
+    cpu.tr_arbytes = 0x8b;
+    cpu.cr0 = 0x11; // PE | ET
+    cpu.rip = entry;
+    cpu.rbx = start_info_paddr;
+    cpu.dr6 = 0xffff_0ff0;
+    cpu.dr7 = 0x400;
+    cpu
+}
+
+/// `vcpu_hvm`: MTRRs on (write-back) for every vCPU, then vCPU 0's registers, last,
+/// because each load resets the vCPUs.
+fn set_vcpu_state<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    vcpus: u32,
+    entry: u64,
+    start_info_paddr: u64,
+) -> Result<(), BuildError> {
+    let err = domctl(Step::VcpuContext);
+    let size = hvm_context_size(hv, domid).map_err(&err)?;
+    let mut full = alloc::vec![0u8; size];
+    let len = get_hvm_context(hv, domid, &mut full).map_err(&err)?;
+    full.truncate(len);
+    let header = hvm_save::header_record(&full).map_err(BuildError::HvmContext)?;
+    let mut mtrr: [u8; hvm_save::MTRR_LEN] = hvm_save::find_record(&full, hvm_save::TYPE_MTRR, 0)
+        .and_then(|r| r.try_into().ok())
+        .ok_or(BuildError::HvmContext(SaveFormatError::BadLength {
+            typecode: hvm_save::TYPE_MTRR,
+            length: 0,
+        }))?;
+    let at = hvm_save::MTRR_DEF_TYPE_OFFSET;
+    mtrr[at..at + 8].copy_from_slice(&hvm_save::MTRR_DEF_TYPE_WB_ENABLED.to_le_bytes());
+    for vcpu in 0..vcpus {
+        let mut w = ContextWriter::new(header);
+        w.record(hvm_save::TYPE_MTRR, vcpu as u16, &mtrr);
+        set_hvm_context(hv, domid, &w.finish()).map_err(&err)?;
+    }
+    let mut w = ContextWriter::new(header);
+    w.record(
+        hvm_save::TYPE_CPU,
+        0,
+        &pvh_boot_cpu(entry, start_info_paddr).to_bytes(),
+    );
+    set_hvm_context(hv, domid, &w.finish()).map_err(&err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> DomainConfig<'static> {
+        DomainConfig {
+            uuid: [1; 16],
+            vcpus: 2,
+            memory_mib: 64,
+            cmdline: b"console=hvc0",
+            console_domid: 0,
+            store_domid: 0,
+        }
+    }
+
+    #[test]
+    fn configs_are_checked() {
+        assert_eq!(config().validate(), Ok(()));
+        let c = DomainConfig {
+            vcpus: 0,
+            ..config()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::VcpuCount(0)));
+        let c = DomainConfig {
+            memory_mib: 8,
+            ..config()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Memory(8)));
+        let long = [b'a'; MAX_CMDLINE];
+        let c = DomainConfig {
+            cmdline: &long,
+            ..config()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::CmdlineTooLong(MAX_CMDLINE)));
+        let c = DomainConfig {
+            cmdline: b"a\0b",
+            ..config()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::CmdlineHasNul));
+    }
+
+    #[test]
+    fn limits_follow_libxl() {
+        assert_eq!(config().max_memory_kib(), 64 * 1024 + 1024);
+        // 4 × (256 × 2 + 64) KiB.
+        assert_eq!(config().paging_pool_bytes(), 4 * 576 * 1024);
+    }
+
+    #[test]
+    fn boot_cpu_matches_the_pvh_abi() {
+        let cpu = pvh_boot_cpu(0x100_0000, 0x200_0000);
+        let b = cpu.to_bytes();
+        assert_eq!(b[640..648], 0x100_0000u64.to_le_bytes());
+        assert_eq!(b[520..528], 0x200_0000u64.to_le_bytes());
+        assert_eq!(b[656..664], 0x11u64.to_le_bytes());
+        assert_eq!(cpu.msr_efer, 0);
+        assert_eq!(cpu.cr4, 0);
+        assert_eq!(cpu.cs_base, 0);
+    }
+}
