@@ -20,6 +20,7 @@ pub mod domain;
 pub mod skeleton;
 pub mod store;
 pub mod toolstack;
+pub mod xenapi;
 pub mod xenstored;
 
 pub use builder::{Builder, BuiltDomain, ConsoleBackend};
@@ -32,4 +33,5 @@ pub use toolstack::{
     CleanupProblem, Env, Event, EventKind, LifecycleError, StartError, StartRequest, Toolstack,
     WATCH_TOKEN,
 };
+pub use xenapi::{report, take_reports, GuestHost, Guests, Report};
 pub use xenstored::{deliver_watch_events, LocalStore, StoreRings};

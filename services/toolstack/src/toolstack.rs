@@ -30,7 +30,7 @@ use crate::store::{Store, StoreError};
 pub const WATCH_TOKEN: &str = "keel-toolstack";
 
 /// What the toolstack acts through, lent for the duration of one call.
-pub struct Env<'a, S, C, D> {
+pub struct Env<'a, S: ?Sized, C: ?Sized, D: ?Sized> {
     pub store: &'a mut S,
     pub consoles: &'a mut C,
     pub control: &'a D,
@@ -228,10 +228,10 @@ impl Toolstack {
         now: u64,
     ) -> Result<u16, StartError<B::Error, C::Error>>
     where
-        S: Store,
-        C: ConsoleBackend,
-        D: DomainControl,
-        B: Builder,
+        S: Store + ?Sized,
+        C: ConsoleBackend + ?Sized,
+        D: DomainControl + ?Sized,
+        B: Builder + ?Sized,
     {
         if let Some(domid) = self.find_by_uuid(&request.uuid) {
             return Err(StartError::AlreadyRunning(domid));
@@ -279,9 +279,9 @@ impl Toolstack {
         request: &StartRequest<'_, Spec>,
     ) -> Result<(), StartError<BE, C::Error>>
     where
-        S: Store,
-        C: ConsoleBackend,
-        D: DomainControl,
+        S: Store + ?Sized,
+        C: ConsoleBackend + ?Sized,
+        D: DomainControl + ?Sized,
     {
         let domid = built.domid;
         if request.vcpus_at_startup > built.vcpus {
@@ -328,7 +328,7 @@ impl Toolstack {
     }
 
     /// `XEN_DOMCTL_pausedomain`.
-    pub fn pause<S, C, D: DomainControl>(
+    pub fn pause<S: ?Sized, C: ?Sized, D: DomainControl + ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -341,7 +341,7 @@ impl Toolstack {
     }
 
     /// `XEN_DOMCTL_unpausedomain`.
-    pub fn unpause<S, C, D: DomainControl>(
+    pub fn unpause<S: ?Sized, C: ?Sized, D: DomainControl + ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -356,7 +356,7 @@ impl Toolstack {
     }
 
     /// Sets the balloon target (`memory/target`, KiB) of a live domain.
-    pub fn set_memory_target<S: Store, C, D>(
+    pub fn set_memory_target<S: Store + ?Sized, C: ?Sized, D: ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -381,7 +381,7 @@ impl Toolstack {
 
     /// Brings vCPUs `0..count` online and the rest offline (`cpu/<n>/availability`; the
     /// guest's vCPU hotplug driver acts on it).
-    pub fn set_vcpus_online<S: Store, C, D>(
+    pub fn set_vcpus_online<S: Store + ?Sized, C: ?Sized, D: ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -409,7 +409,7 @@ impl Toolstack {
 
     /// Clean shutdown: asks the guest through `control/shutdown`. The outcome comes later:
     /// `ShutdownAcknowledged` then `Exited`, or `ShutdownFailed`.
-    pub fn request_shutdown<S: Store, C, D>(
+    pub fn request_shutdown<S: Store + ?Sized, C: ?Sized, D: ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -431,7 +431,7 @@ impl Toolstack {
 
     /// Hard shutdown: tears the domain down now. `Destroyed` follows once Xen has let go
     /// of it. Destroying a domain already being destroyed does nothing.
-    pub fn destroy<S: Store, C: ConsoleBackend, D: DomainControl>(
+    pub fn destroy<S: Store + ?Sized, C: ConsoleBackend + ?Sized, D: DomainControl + ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -447,7 +447,7 @@ impl Toolstack {
 
     /// Removes everything of `domid` but the Xen domain, asks Xen to destroy it when
     /// `requested`, and finishes at once if it is already gone.
-    fn tear_down<S: Store, C: ConsoleBackend, D: DomainControl>(
+    fn tear_down<S: Store + ?Sized, C: ConsoleBackend + ?Sized, D: DomainControl + ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -489,7 +489,7 @@ impl Toolstack {
     }
 
     /// One `destroydomain` attempt (if ours) and a check whether the domain is gone.
-    fn advance_destroy<S, C, D: DomainControl>(
+    fn advance_destroy<S: ?Sized, C: ?Sized, D: DomainControl + ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -554,7 +554,7 @@ impl Toolstack {
 
     /// `VIRQ_DOM_EXC` fired: looks at every domain. Returns the first `getdomaininfo`
     /// failure (the other domains are still looked at; the failed ones on the next event).
-    pub fn on_dom_exc<S: Store, C: ConsoleBackend, D: DomainControl>(
+    pub fn on_dom_exc<S: Store + ?Sized, C: ConsoleBackend + ?Sized, D: DomainControl + ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         now: u64,
@@ -594,7 +594,12 @@ impl Toolstack {
     }
 
     /// A watch with [`WATCH_TOKEN`] fired on `path`.
-    pub fn on_watch<S: Store, C, D>(&mut self, env: &mut Env<'_, S, C, D>, path: &str, now: u64) {
+    pub fn on_watch<S: Store + ?Sized, C: ?Sized, D: ?Sized>(
+        &mut self,
+        env: &mut Env<'_, S, C, D>,
+        path: &str,
+        now: u64,
+    ) {
         let target = self
             .domains
             .values()
@@ -608,7 +613,7 @@ impl Toolstack {
         }
     }
 
-    fn check_acknowledgement<S: Store, C, D>(
+    fn check_acknowledgement<S: Store + ?Sized, C: ?Sized, D: ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         domid: u16,
@@ -635,7 +640,7 @@ impl Toolstack {
 
     /// Timers: pending acknowledgements are re-read, shutdown deadlines reported, dying
     /// domains retried. Call at [`Toolstack::next_deadline`] (earlier calls are harmless).
-    pub fn poll<S: Store, C: ConsoleBackend, D: DomainControl>(
+    pub fn poll<S: Store + ?Sized, C: ConsoleBackend + ?Sized, D: DomainControl + ?Sized>(
         &mut self,
         env: &mut Env<'_, S, C, D>,
         now: u64,

@@ -110,7 +110,7 @@ impl<R: StoreRings> Store for LocalStore<'_, R> {
 /// Hands the toolstack's pending xenstored watch events (on its own local client) to
 /// [`Toolstack::on_watch`]; returns how many were delivered. Call it after anything that
 /// may have changed the store (the guest rings' service, the toolstack's own calls).
-pub fn deliver_watch_events<R: StoreRings, C, D>(
+pub fn deliver_watch_events<R: StoreRings, C: ?Sized, D: ?Sized>(
     toolstack: &mut Toolstack,
     env: &mut Env<'_, LocalStore<'_, R>, C, D>,
     now: u64,
