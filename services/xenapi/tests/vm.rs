@@ -187,6 +187,12 @@ impl Host {
         text(&self.get("task", task, "status")).to_string()
     }
 
+    fn run_steps(&mut self, steps: usize) {
+        for _ in 0..steps {
+            self.api.run_tasks(self.now);
+        }
+    }
+
     fn run(&mut self) {
         for _ in 0..100 {
             if self.api.run_tasks(self.now) == 0 {
@@ -1114,4 +1120,44 @@ fn a_start_reads_its_images_in_steps_and_can_be_cancelled() {
     let domid = h.domid(&vm);
     let domain = h.guests.domain(domid).unwrap();
     assert_eq!(domain.spec.kernel, kernel, "the whole image, in order");
+}
+
+/// A restart on a full host waits for Xen to return the old domain's memory (it does so
+/// shortly after the destroy), and gives up with `HOST_NOT_ENOUGH_FREE_MEMORY` if it never
+/// comes back.
+#[test]
+fn a_restart_waits_for_the_old_domains_memory() {
+    let mut h = host_with_memory(256 * MIB);
+    let (vm, domid) = h.running_guest("tight");
+    h.guests.hold_returned_memory();
+    h.api
+        .domain_exited(domid, ExitReason::Crash, h.now)
+        .unwrap();
+    h.run_steps(3);
+    assert_eq!(h.power(&vm), "Halted", "waiting for memory");
+    h.guests.release_returned_memory();
+    h.run();
+    assert_eq!(h.power(&vm), "Running");
+
+    let domid = h.domid(&vm);
+    h.guests.hold_returned_memory();
+    h.ok("VM.set_actions_after_reboot", vec![s(&vm), s("restart")]);
+    h.api
+        .domain_exited(domid, ExitReason::Reboot, h.now)
+        .unwrap();
+    h.run_steps(3);
+    h.now = h.now.plus_ms(30_000);
+    h.run();
+    assert_eq!(h.power(&vm), "Halted");
+    let restarts = h.ok("task.get_by_name_label", vec![s("VM.restart")]);
+    let last = strings(&restarts)
+        .into_iter()
+        .find(|t| h.task_status(t) == "failure")
+        .expect("a failed restart");
+    let info = strings(&h.get("task", &last, "error_info"));
+    assert_eq!(info[0], "HOST_NOT_ENOUGH_FREE_MEMORY");
+    assert_eq!(
+        h.get("VM", &vm, "current_operations"),
+        Value::empty_struct()
+    );
 }

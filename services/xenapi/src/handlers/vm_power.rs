@@ -56,6 +56,8 @@ pub const SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
 pub const MAX_KERNEL_BYTES: u64 = 64 << 20;
 /// Largest initial ramdisk loaded.
 pub const MAX_RAMDISK_BYTES: u64 = 512 << 20;
+/// How long a reboot or restart waits for the old domain's memory to come back.
+pub const MEMORY_RETURN_MS: u64 = 30_000;
 /// Image bytes read from the storage manager per job step.
 const LOAD_PER_STEP: u64 = 4 << 20;
 /// Prefix of `PV_kernel` / `PV_ramdisk` values naming a VDI.
@@ -485,8 +487,10 @@ enum Phase {
     AwaitExit { domid: DomId, deadline: Timestamp },
     /// Destroy the domain at once (`hard_reboot`).
     HardStop,
-    /// Check the VM and plan its boot.
-    Plan,
+    /// Check the VM and plan its boot (a reboot or restart: the old domain was just
+    /// destroyed, and Xen returns its memory a little later, so a shortage is retried until
+    /// [`MEMORY_RETURN_MS`] after the first attempt).
+    Plan { first_try: Option<Timestamp> },
     /// Read the images, then build the domain.
     Load(Box<Loading>),
 }
@@ -517,7 +521,7 @@ impl PowerJob {
     /// One phase. `Ok(true)` when the operation is complete.
     fn advance(&mut self, state: &mut State, now: Timestamp) -> Result<bool, ApiError> {
         let vm = self.vm.clone();
-        let phase = core::mem::replace(&mut self.phase, Phase::Plan);
+        let phase = core::mem::replace(&mut self.phase, Phase::Plan { first_try: None });
         if self.cancelled && !matches!(phase, Phase::Ask(_)) {
             if let Phase::AwaitAck { domid, .. } | Phase::AwaitExit { domid, .. } = phase {
                 // The guest may still stop; its actions_after_* then apply as usual.
@@ -591,7 +595,7 @@ impl PowerJob {
                         if request == ShutdownRequest::PowerOff {
                             return Ok(true);
                         }
-                        Phase::Plan
+                        Phase::Plan { first_try: None }
                     }
                     Some((_, None, Some(_))) | None => {
                         state.shutdowns.remove(&domid);
@@ -612,11 +616,21 @@ impl PowerJob {
             }
             Phase::HardStop => {
                 hard_stop(state, &vm, now)?;
-                Phase::Plan
+                Phase::Plan { first_try: None }
             }
-            Phase::Plan => {
-                let plan = plan_boot(state, &vm, self.paused)?;
-                Phase::Load(Box::new(Loading::new(&vm, plan)?))
+            Phase::Plan { first_try } => {
+                let first_try = first_try.unwrap_or(now);
+                match plan_boot(state, &vm, self.paused) {
+                    Ok(plan) => Phase::Load(Box::new(Loading::new(&vm, plan)?)),
+                    Err(ApiError::HostNotEnoughFreeMemory { .. })
+                        if now.ms_since(first_try) < MEMORY_RETURN_MS =>
+                    {
+                        Phase::Plan {
+                            first_try: Some(first_try),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Phase::Load(mut loading) => {
                 if !loading.load_some(state, &vm)? {
@@ -638,7 +652,7 @@ impl PowerJob {
 
     fn progress(&self) -> f64 {
         match &self.phase {
-            Phase::Ask(_) | Phase::HardStop | Phase::Plan => 0.0,
+            Phase::Ask(_) | Phase::HardStop | Phase::Plan { .. } => 0.0,
             Phase::AwaitAck { .. } => 0.1,
             Phase::AwaitExit { .. } => 0.2,
             Phase::Load(l) => 0.3 + 0.6 * (l.loaded() as f64 / l.total().max(1) as f64),
@@ -913,7 +927,7 @@ impl XenApi {
         record_halted(&mut state.db, &vm, now)?;
         refresh_host_memory(state, now)?;
         if action == ExitAction::Restart {
-            let job = PowerJob::new(&vm, "start", Phase::Plan, false);
+            let job = PowerJob::new(&vm, "start", Phase::Plan { first_try: None }, false);
             let mut ctx = CallContext {
                 state,
                 now,

@@ -29,6 +29,9 @@ pub struct State {
     pub calls: Vec<String>,
     /// The next start fails with this.
     pub fail_next_start: Option<GuestError>,
+    /// Destroyed domains' memory goes to `held_memory` instead of `free_memory`.
+    pub hold_returned_memory: bool,
+    pub held_memory: u64,
 }
 
 #[derive(Clone)]
@@ -125,7 +128,11 @@ impl GuestBackend for FakeGuests {
             .domains
             .remove(&domid)
             .ok_or(GuestError::NoSuchDomain(domid))?;
-        state.free_memory += domain.spec.max_memory_bytes;
+        if state.hold_returned_memory {
+            state.held_memory += domain.spec.max_memory_bytes;
+        } else {
+            state.free_memory += domain.spec.max_memory_bytes;
+        }
         Ok(())
     }
 
@@ -171,5 +178,21 @@ impl GuestBackend for FakeGuests {
             .ok_or(GuestError::NoSuchDomain(domid))?;
         domain.vcpus_online = count;
         Ok(())
+    }
+}
+
+impl FakeGuests {
+    /// Memory of destroyed domains comes back only when the test says so (as Xen returns
+    /// it once the domain is finally gone).
+    pub fn hold_returned_memory(&self) {
+        self.0.borrow_mut().hold_returned_memory = true;
+    }
+
+    /// Returns the memory held back since [`FakeGuests::hold_returned_memory`].
+    pub fn release_returned_memory(&self) {
+        let mut state = self.0.borrow_mut();
+        state.free_memory += state.held_memory;
+        state.held_memory = 0;
+        state.hold_returned_memory = false;
     }
 }
