@@ -134,9 +134,25 @@ impl Connection {
         }
     }
 
-    /// Sends one request and reads the answer; `Err` describes the failure.
+    /// Sends one request and reads the answer; `Err` describes the failure. A kept-alive
+    /// connection the server closed while it sat idle is replaced and the request sent once
+    /// more, as Python's `xmlrpc.client` does; a new connection that fails is an error.
     fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
-        let result = (|| -> std::io::Result<(u16, Vec<u8>, bool)> {
+        let reused = self.stream.is_some();
+        match self.exchange(request) {
+            Err(error) if reused && closed_while_idle(&error) => self
+                .exchange(request)
+                .map_err(|error| format!("{error} (on a new connection)")),
+            result => result.map_err(|error| error.to_string()),
+        }
+        .and_then(|(status, body)| match status {
+            200 => Ok(body),
+            _ => Err(format!("HTTP {status}")),
+        })
+    }
+
+    fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        let result = (|| {
             if self.stream.is_none() {
                 let s = TcpStream::connect(("127.0.0.1", self.port))?;
                 s.set_read_timeout(Some(self.read_timeout))?;
@@ -151,20 +167,16 @@ impl Connection {
             load::read_response_closing(s)
         })();
         match result {
-            Ok((200, body, closes)) => {
-                // The server said it closes: the next request goes on a new connection.
-                if closes {
+            // The server said it closes: the next request goes on a new connection.
+            Ok((status, body, closes)) => {
+                if closes || status != 200 {
                     self.stream = None;
                 }
-                Ok(body)
-            }
-            Ok((status, _, _)) => {
-                self.stream = None;
-                Err(format!("HTTP {status}"))
+                Ok((status, body))
             }
             Err(error) => {
                 self.stream = None;
-                Err(error.to_string())
+                Err(error)
             }
         }
     }
@@ -182,6 +194,16 @@ impl Connection {
             ))
         }
     }
+}
+
+/// Whether an error on a kept-alive connection means the server had closed it (its idle
+/// timeout) before the request arrived.
+fn closed_while_idle(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+    )
 }
 
 /// The read calls the `Calls` clients cycle through.
@@ -230,7 +252,11 @@ pub fn run_client(role: Role, index: usize, target: &Target, deadline: Instant) 
                 let started = Instant::now();
                 match transfer_once(target, index as u64, round) {
                     Ok(()) => tally.ok(started),
-                    Err(e) => tally.error(target.when(e)),
+                    Err(e) => {
+                        tally.error(target.when(e));
+                        // One error is enough to fail the soak; hammering adds nothing.
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
                 }
                 round += 1;
             }
@@ -474,5 +500,41 @@ mod tests {
                 .all(|e| e.contains(" s: pool.get_all_records: ")),
             "{tally:?}"
         );
+    }
+
+    #[test]
+    fn a_connection_closed_while_idle_is_replaced_but_a_new_one_failing_is_an_error() {
+        use std::io::Read;
+        // Answers one request per connection, then closes without saying so (an idle timeout).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut s = stream.unwrap();
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).unwrap_or(0) > 0 {
+                    let body = "<value>Success</value>";
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes());
+                }
+            }
+        });
+        let mut conn = Connection::new(port, Duration::from_secs(5));
+        for _ in 0..5 {
+            assert_eq!(
+                conn.rpc(b"POST / HTTP/1.1\r\n\r\n", "call").map(|_| ()),
+                Ok(())
+            );
+        }
+
+        // Nothing listens: the first attempt fails and is not retried.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut conn = Connection::new(dead_port, Duration::from_secs(5));
+        assert!(conn.rpc(b"POST / HTTP/1.1\r\n\r\n", "call").is_err());
     }
 }
