@@ -17,6 +17,7 @@ pub mod builder;
 pub mod console;
 pub mod control;
 pub mod domain;
+pub mod pvh;
 pub mod skeleton;
 pub mod store;
 pub mod toolstack;
@@ -27,6 +28,7 @@ pub use builder::{Builder, BuiltDomain, ConsoleBackend};
 pub use console::{ConsoleAttachError, ConsolePages, Consoles};
 pub use control::{DestroyProgress, DomainControl, XenControl};
 pub use domain::{Domain, ExitReason, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts};
+pub use pvh::{PvhBuilder, PvhError};
 pub use skeleton::XenstoreDataError;
 pub use store::{Access, Perm, Store, StoreError};
 pub use toolstack::{
