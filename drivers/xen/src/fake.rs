@@ -432,23 +432,24 @@ impl Hypervisor for FakeXen {
                 return s.fail_next.remove(i).1.as_ret();
             }
         }
-        // SAFETY: the caller upholds the hypercall contract for every pointer decoded below.
-        unsafe {
-            ret(match op {
-                x if x == HypercallOp::XenVersion as u32 => self.xen_version(a),
-                x if x == HypercallOp::ConsoleIo as u32 => self.console_io(a),
-                x if x == HypercallOp::SchedOp as u32 => self.sched_op(a),
-                x if x == HypercallOp::MemoryOp as u32 => self.memory_op(a),
-                x if x == HypercallOp::HvmOp as u32 => self.hvm_op(a),
-                x if x == HypercallOp::VcpuOp as u32 => self.vcpu_op(a),
-                x if x == HypercallOp::PhysdevOp as u32 => self.physdev_op(a),
-                x if x == HypercallOp::Sysctl as u32 => self.sysctl(a),
-                x if x == HypercallOp::Domctl as u32 => self.domctl(a),
-                x if x == HypercallOp::EventChannelOp as u32 => self.event_channel_op(a),
-                x if x == HypercallOp::GrantTableOp as u32 => self.grant_table_op(a),
-                _ => Err(XenError::ENOSYS),
-            })
-        }
+        type Handler = unsafe fn(&FakeXen, [u64; 5]) -> Result<i64, XenError>;
+        let handler: Handler = match op {
+            x if x == HypercallOp::XenVersion as u32 => Self::xen_version,
+            x if x == HypercallOp::ConsoleIo as u32 => Self::console_io,
+            x if x == HypercallOp::SchedOp as u32 => Self::sched_op,
+            x if x == HypercallOp::MemoryOp as u32 => Self::memory_op,
+            x if x == HypercallOp::HvmOp as u32 => Self::hvm_op,
+            x if x == HypercallOp::VcpuOp as u32 => Self::vcpu_op,
+            x if x == HypercallOp::PhysdevOp as u32 => Self::physdev_op,
+            x if x == HypercallOp::Sysctl as u32 => Self::sysctl,
+            x if x == HypercallOp::Domctl as u32 => Self::domctl,
+            x if x == HypercallOp::EventChannelOp as u32 => Self::event_channel_op,
+            x if x == HypercallOp::GrantTableOp as u32 => Self::grant_table_op,
+            _ => return XenError::ENOSYS.as_ret(),
+        };
+        // SAFETY: the caller upholds the hypercall contract for every pointer the handler
+        // decodes.
+        ret(unsafe { handler(self, a) })
     }
 }
 

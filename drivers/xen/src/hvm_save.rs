@@ -260,12 +260,14 @@ impl HvmHwCpu {
             return None;
         }
         let mut cpu = core::mem::MaybeUninit::<HvmHwCpu>::uninit();
-        // SAFETY: `data` has exactly `size_of::<HvmHwCpu>()` bytes and every bit pattern is a
-        // valid `HvmHwCpu` (integers and byte arrays only, no padding).
+        // SAFETY: `data` has exactly `size_of::<HvmHwCpu>()` bytes, `cpu` is that big, and
+        // they do not overlap.
         unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), cpu.as_mut_ptr() as *mut u8, CPU_LEN);
-            Some(cpu.assume_init())
-        }
+            core::ptr::copy_nonoverlapping(data.as_ptr(), cpu.as_mut_ptr() as *mut u8, CPU_LEN)
+        };
+        // SAFETY: every byte was written above and every bit pattern is a valid `HvmHwCpu`
+        // (integers and byte arrays only, no padding).
+        Some(unsafe { cpu.assume_init() })
     }
 }
 

@@ -134,8 +134,11 @@ impl<'a, Req: RingEntry, Rsp: RingEntry> SharedRing<'a, Req, Rsp> {
         }
         // SAFETY: the caller guarantees the memory; alignment was checked.
         let header = unsafe { &*(page as *const SringHeader) };
-        // SAFETY: the header fits inside `len` because `size > 0`.
-        let entries = unsafe { NonNull::new_unchecked(base.as_ptr().add(SRING_HEADER_SIZE)) };
+        // SAFETY: the header fits inside `len` because `size > 0`, so the entries start
+        // inside the same allocation.
+        let first_entry = unsafe { base.as_ptr().add(SRING_HEADER_SIZE) };
+        // SAFETY: an offset from the non-null `base` inside its allocation is non-null.
+        let entries = unsafe { NonNull::new_unchecked(first_entry) };
         Ok(SharedRing {
             header,
             entries,
@@ -410,12 +413,9 @@ mod tests {
     fn pair(page: &mut Page) -> (FrontRing<'_, BlkReq, BlkRsp>, BackRing<'_, BlkReq, BlkRsp>) {
         let p = page.0.as_mut_ptr();
         // SAFETY: the page outlives both views and only ring code touches it.
-        let (a, b) = unsafe {
-            (
-                SharedRing::from_raw(p, 4096).unwrap(),
-                SharedRing::from_raw(p, 4096).unwrap(),
-            )
-        };
+        let a = unsafe { SharedRing::from_raw(p, 4096) }.unwrap();
+        // SAFETY: as above.
+        let b = unsafe { SharedRing::from_raw(p, 4096) }.unwrap();
         (FrontRing::new(a), BackRing::new(b))
     }
 
@@ -571,20 +571,16 @@ mod tests {
     #[test]
     fn bad_pages_are_refused() {
         let mut page = Box::new(Page([0; 4096]));
-        // SAFETY: the pointers are into a live page.
-        unsafe {
-            assert!(matches!(
-                SharedRing::<BlkReq, BlkRsp>::from_raw(page.0.as_mut_ptr(), 100),
-                Err(RingError::BadPage)
-            ));
-            assert!(matches!(
-                SharedRing::<BlkReq, BlkRsp>::from_raw(page.0.as_mut_ptr().add(4), 4000),
-                Err(RingError::BadPage)
-            ));
-            assert!(matches!(
-                SharedRing::<BlkReq, BlkRsp>::from_raw(core::ptr::null_mut(), 4096),
-                Err(RingError::BadPage)
-            ));
-        }
+        let p = page.0.as_mut_ptr();
+        // SAFETY: the pointer is into a live page.
+        let too_small = unsafe { SharedRing::<BlkReq, BlkRsp>::from_raw(p, 100) };
+        assert!(matches!(too_small, Err(RingError::BadPage)));
+        let misaligned = p.wrapping_add(4);
+        // SAFETY: the pointer is into a live page (and refused for its alignment).
+        let unaligned = unsafe { SharedRing::<BlkReq, BlkRsp>::from_raw(misaligned, 4000) };
+        assert!(matches!(unaligned, Err(RingError::BadPage)));
+        // SAFETY: null is refused before any access.
+        let null = unsafe { SharedRing::<BlkReq, BlkRsp>::from_raw(core::ptr::null_mut(), 4096) };
+        assert!(matches!(null, Err(RingError::BadPage)));
     }
 }

@@ -2,6 +2,9 @@
 //! can fail leaves nothing behind (the domain destroyed, Xen's free memory back to its
 //! value before the attempt, every dom0 window unmapped and its hole frames returned).
 
+// Test helpers outside `#[test]` functions unwrap too: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use keel_domain_builder::build::{pvh_boot_cpu, Step};
 use keel_domain_builder::elf_load::testimage::pvh_elf64;
 use keel_domain_builder::elf_load::{ElfError, LoadError};

@@ -660,13 +660,11 @@ impl FakeXen {
         }
         let size = u64::from(b.size);
         // SAFETY: the wrapper passes `size` entries in each array.
-        let (idxs, gpfns, errs) = unsafe {
-            (
-                args::<u64>(b.idxs, size).ok_or(XenError::EFAULT)?,
-                args::<u64>(b.gpfns, size).ok_or(XenError::EFAULT)?,
-                args::<i32>(b.errs, size).ok_or(XenError::EFAULT)?,
-            )
-        };
+        let idxs = unsafe { args::<u64>(b.idxs, size) }.ok_or(XenError::EFAULT)?;
+        // SAFETY: as above.
+        let gpfns = unsafe { args::<u64>(b.gpfns, size) }.ok_or(XenError::EFAULT)?;
+        // SAFETY: as above.
+        let errs = unsafe { args::<i32>(b.errs, size) }.ok_or(XenError::EFAULT)?;
         if !s
             .domains
             .get(&b.foreign_domid)
@@ -820,7 +818,7 @@ mod tests {
         map_foreign_frames(&xen, dom, &[3, 4], &[HOLES + 1, HOLES + 2]).unwrap();
         let p = xen.hole_address(HOLES + 2).unwrap();
         // SAFETY: the frame is mapped and nothing else refers to it.
-        unsafe { p.add(5).write(0xab) };
+        unsafe { p.wrapping_add(5).write(0xab) };
         remove_from_physmap(&xen, HOLES + 1).unwrap();
         remove_from_physmap(&xen, HOLES + 2).unwrap();
         assert_eq!(
@@ -829,9 +827,10 @@ mod tests {
         );
         // Mapping again shows the page's content.
         map_foreign_frames(&xen, dom, &[4], &[HOLES]).unwrap();
-        // SAFETY: as above.
+        let p = xen.hole_address(HOLES).unwrap().wrapping_add(5);
         assert_eq!(
-            unsafe { xen.hole_address(HOLES).unwrap().add(5).read() },
+            // SAFETY: as above.
+            unsafe { p.read() },
             0xab
         );
         remove_from_physmap(&xen, HOLES).unwrap();
