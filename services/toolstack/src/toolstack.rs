@@ -185,11 +185,14 @@ impl Toolstack {
         self.domains.values().map(|m| &m.domain)
     }
 
-    /// The domain running the VM with this UUID, if any.
+    /// The domain of the VM with this UUID, if any, not counting one being torn down
+    /// (its store nodes are already gone; a new domain may start for the VM meanwhile).
     pub fn find_by_uuid(&self, uuid: &[u8; 16]) -> Option<u16> {
         self.domains
             .values()
-            .find(|m| m.domain.uuid() == uuid)
+            .find(|m| {
+                m.domain.uuid() == uuid && !matches!(m.domain.phase(), Phase::Destroying { .. })
+            })
             .map(|m| m.domain.domid())
     }
 

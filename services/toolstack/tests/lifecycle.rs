@@ -727,3 +727,53 @@ fn a_vm_runs_at_most_once() {
     assert_eq!(rig.flags(d + 1), None, "nothing was built");
     assert_eq!(rig.store.value(&format!("{VM}/name")), Some("web"));
 }
+
+#[test]
+fn a_restart_need_not_wait_for_xen_to_finish_the_old_domain() {
+    let mut rig = Rig::new();
+    let old = rig.start();
+    rig.xen.fail_next(HypercallOp::Domctl, XenError::EAGAIN);
+    rig.with(|t, env| t.destroy(env, old, 0)).unwrap();
+    assert!(rig.flags(old).is_some(), "still being torn down");
+    // Xen gives the new domain another id.
+    let new = {
+        let xen = &rig.xen;
+        let mut builder = FakeBuilder {
+            xen,
+            next: std::cell::RefCell::new(old + 1),
+            fail: false,
+        };
+        let spec = Spec { vcpus: 1, mib: 64 };
+        let request = StartRequest {
+            uuid: UUID,
+            name: "web",
+            spec: &spec,
+            start_paused: false,
+            start_time_unix_ns: 0,
+            vcpus_at_startup: 1,
+            xenstore_data: &[],
+        };
+        let control = XenControl(xen);
+        let mut env = Env {
+            store: &mut rig.store,
+            consoles: &mut rig.consoles,
+            control: &control,
+        };
+        rig.toolstack
+            .start(&mut env, &mut builder, &request, 1)
+            .unwrap()
+    };
+    assert_eq!(rig.toolstack.find_by_uuid(&UUID), Some(new));
+    // The old domain finishing does not disturb the new one's nodes.
+    let retry = rig.toolstack.next_deadline().unwrap();
+    rig.with(|t, env| t.poll(env, retry));
+    assert_eq!(
+        rig.events(),
+        [event(old, EventKind::Destroyed { problems: vec![] })]
+    );
+    assert_eq!(rig.store.value(&format!("{VM}/name")), Some("web"));
+    assert_eq!(
+        rig.store.value(&format!("/local/domain/{new}/vm")),
+        Some(VM)
+    );
+}
