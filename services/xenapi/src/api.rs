@@ -20,7 +20,7 @@ use crate::classes;
 use crate::dispatch::{self, CallContext, CallOutcome, Job};
 use crate::error::ApiError;
 use crate::guest::{DomId, GuestBackend};
-use crate::handlers::vm;
+use crate::handlers::vm_builtin;
 use crate::handlers::vm_power::PendingShutdown;
 use crate::handlers::{self, LegacySubscription, Subscription};
 use crate::jsonrpc::{self, JsonReplyTo};
@@ -268,8 +268,8 @@ impl XenApi {
         // Only with the VM classes declared (a test's own schema may leave them out).
         if api.state.db.class("VM").is_some() {
             let state = &mut api.state;
-            consistent(vm::create_control_domain(state, &config.facts, now));
-            consistent(vm::create_templates(&mut state.db, now));
+            consistent(vm_builtin::create_control_domain(state, &config.facts, now));
+            consistent(vm_builtin::create_templates(&mut state.db, now));
         }
         Ok(api)
     }

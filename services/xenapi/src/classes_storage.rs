@@ -1,6 +1,6 @@
 //! The storage classes of the data model: SR, PBD and VDI (declarations only; the handlers
-//! are in `handlers/sr.rs` and `handlers/vdi.rs`). Objects mirror the storage manager's SRs and VDIs (see
-//! `storage.rs`); UUIDs are the storage manager's, so they survive reboots.
+//! are in `handlers/sr.rs` and `handlers/vdi.rs`). Objects mirror the storage manager's SRs
+//! and VDIs (see `storage.rs`); UUIDs are the storage manager's, so they survive reboots.
 
 use crate::handlers::{sr, vdi};
 use crate::schema::FieldType::{self, *};

@@ -1,11 +1,11 @@
 //! The guest classes of the data model: `VM`, `VM_metrics`, `VM_guest_metrics` and `console`
-//! (declarations only; the handlers are in `handlers/vm.rs` and `handlers/vm_power.rs`).
+//! (declarations only; the handlers are in `handlers/vm*.rs`).
 //!
 //! Every field of xapi's records is present so clients that read them find them; a feature
 //! Keel does not have keeps the value xapi shows when it is off (`OpaqueRef:NULL`, empty maps,
 //! `false`), never a made-up one.
 
-use crate::handlers::{vm, vm_power};
+use crate::handlers::{vm, vm_power, vm_resources};
 use crate::schema::FieldType::{self, *};
 use crate::schema::{inverse, msg, param, ro, rw, ClassDecl, FieldDecl, OBJECTS};
 
@@ -310,33 +310,33 @@ pub static VM: ClassDecl = ClassDecl {
         msg(
             "set_memory_static_max",
             &[param("self", VM_REF), param("value", Int)],
-            vm::set_memory_static_max,
+            vm_resources::set_memory_static_max,
         ),
         msg(
             "set_memory_static_min",
             &[param("self", VM_REF), param("value", Int)],
-            vm::set_memory_static_min,
+            vm_resources::set_memory_static_min,
         ),
         msg(
             "set_memory_dynamic_max",
             &[param("self", VM_REF), param("value", Int)],
-            vm::set_memory_dynamic_max,
+            vm_resources::set_memory_dynamic_max,
         ),
         msg(
             "set_memory_dynamic_min",
             &[param("self", VM_REF), param("value", Int)],
-            vm::set_memory_dynamic_min,
+            vm_resources::set_memory_dynamic_min,
         ),
         msg(
             "set_memory_dynamic_range",
             &[param("self", VM_REF), param("min", Int), param("max", Int)],
-            vm::set_memory_dynamic_range,
+            vm_resources::set_memory_dynamic_range,
         )
         .asyncable(),
         msg(
             "set_memory_static_range",
             &[param("self", VM_REF), param("min", Int), param("max", Int)],
-            vm::set_memory_static_range,
+            vm_resources::set_memory_static_range,
         )
         .asyncable(),
         msg(
@@ -348,29 +348,29 @@ pub static VM: ClassDecl = ClassDecl {
                 param("dynamic_min", Int),
                 param("dynamic_max", Int),
             ],
-            vm::set_memory_limits,
+            vm_resources::set_memory_limits,
         )
         .asyncable(),
         msg(
             "set_memory",
             &[param("self", VM_REF), param("value", Int)],
-            vm::set_memory,
+            vm_resources::set_memory,
         )
         .asyncable(),
         msg(
             "set_VCPUs_max",
             &[param("self", VM_REF), param("value", Int)],
-            vm::set_vcpus_max,
+            vm_resources::set_vcpus_max,
         ),
         msg(
             "set_VCPUs_at_startup",
             &[param("self", VM_REF), param("value", Int)],
-            vm::set_vcpus_at_startup,
+            vm_resources::set_vcpus_at_startup,
         ),
         msg(
             "set_VCPUs_number_live",
             &[param("self", VM_REF), param("nvcpu", Int)],
-            vm::set_vcpus_number_live,
+            vm_resources::set_vcpus_number_live,
         )
         .asyncable(),
     ],

@@ -13,7 +13,7 @@ mod storage_fake;
 use common::*;
 use guest_fake::FakeGuests;
 use keel_xenapi::classes_vm::VM_OPERATIONS;
-use keel_xenapi::handlers::vm::PVH_TEMPLATE_NAME;
+use keel_xenapi::handlers::vm_builtin::PVH_TEMPLATE_NAME;
 use keel_xenapi::{
     ApiError, CallOutcome, ExitReason, GuestError, ShutdownFailure, StorageBackend, Timestamp,
     Value, XenApi,

@@ -13,9 +13,17 @@
 //! | `sr` | `SR.*`, `PBD.*` |
 //! | `vdi` | `VDI.*` |
 //! | `vdi_copy` | the job moving a VDI's data across SRs |
-//! | `vm` | `VM` records: create, clone, copy, provision, destroy, memory and vCPU settings, the operation rules behind `allowed_operations`, the control domain and templates |
-//! | `vm_power` | `VM` power operations over the toolstack, and domain exits it reports |
+//! | `vm_rules` | the rules VM operations are checked against; `allowed_operations` |
+//! | `vm` | `VM` records: create, clone, copy, provision, destroy, templates, `blocked_operations` |
+//! | `vm_resources` | memory and vCPU settings |
+//! | `vm_builtin` | the control domain's VM and the built-in templates |
+//! | `vm_boot` | boot images (`vdi:<uuid>`) and start plans |
+//! | `vm_domain` | a VM's domain recorded started or halted; destroying it |
+//! | `vm_power` | the power operations and the job behind the long ones |
+//! | `vm_exits` | what the toolstack reports: acknowledgements, failures, domain exits |
+//! | `console` | `console` objects of running VMs |
 
+pub mod console;
 pub mod event;
 pub mod host;
 pub mod message;
@@ -26,7 +34,13 @@ pub mod task;
 pub mod vdi;
 pub mod vdi_copy;
 pub mod vm;
+pub mod vm_boot;
+pub mod vm_builtin;
+pub mod vm_domain;
+pub mod vm_exits;
 pub mod vm_power;
+pub mod vm_resources;
+pub mod vm_rules;
 pub mod wait;
 
 pub use event::{LegacySubscription, Subscription};

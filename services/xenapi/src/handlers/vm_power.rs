@@ -1,5 +1,6 @@
 //! VM power operations (`start`, `clean_shutdown`, `hard_reboot`, `pause`, ...) over the
-//! toolstack ([`GuestBackend`]), and what happens when a domain stops by itself.
+//! toolstack ([`GuestBackend`](crate::guest::GuestBackend)); what happens when a domain stops
+//! by itself is in `vm_exits`.
 //!
 //! # Power state machine
 //! ```text
@@ -11,57 +12,47 @@
 //! ```
 //! `clean_reboot` and `hard_reboot` go through Halted and back to Running; so does a guest
 //! that exits when its `actions_after_*` say restart (a task `VM.restart` boots it again).
-//! `preserve` after a crash keeps the domain and shows the VM Paused until `hard_shutdown`.
+//! `preserve` after a crash keeps the domain and shows the VM Paused until a hard shutdown
+//! or reboot.
 //!
 //! # Clean shutdown and reboot
-//! The guest is asked through `control/shutdown` ([`GuestBackend::request_shutdown`]); it
+//! The guest is asked through `control/shutdown`
+//! ([`GuestBackend::request_shutdown`](crate::guest::GuestBackend::request_shutdown)); it
 //! must acknowledge within [`ACK_TIMEOUT_MS`] (`VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT`) and stop
 //! within [`SHUTDOWN_TIMEOUT_MS`] (`VM_SHUTDOWN_TIMEOUT`). Either way the VM is left running:
-//! there is no silent hard stop; the client decides whether to `hard_shutdown`.
+//! there is no silent hard stop; the client decides whether to `hard_shutdown`, which then
+//! takes over (the clean task ends cancelled).
 //!
 //! # Starting
 //! `PV_kernel` and `PV_ramdisk` are `vdi:<VDI uuid>`; the images are read from the storage
-//! manager a few MiB per job step into memory reserved fallibly, then handed to
-//! [`GuestBackend::start`]. Everything that can be checked before (power state, template,
-//! memory and vCPU settings, the images' VDIs, free host memory) is checked when the call
-//! arrives, so a bad start fails at once with its proper error.
+//! manager a few MiB per job step into memory reserved fallibly (`vm_boot`), then handed to
+//! [`GuestBackend::start`](crate::guest::GuestBackend::start). Everything that can be checked
+//! before (power state, template, memory and vCPU settings, the images' VDIs, free host
+//! memory) is checked when the call arrives, so a bad start fails at once with its proper
+//! error.
 
 use alloc::boxed::Box;
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
-use alloc::vec::Vec;
 
-use super::storage_mirror::{locate, VdiLocation};
 use super::value;
-use super::vm::{
-    check_memory, check_operation, create_console, int_field, mark_operation, power_state, text,
-    write_vm, PowerState, PRESERVED_STATE,
-};
-use crate::api::{State, XenApi};
+use super::vm_boot::{plan_boot, Loading};
+use super::vm_domain::{domid_of, guests, hard_stop, record_started, refresh_host_memory};
+use super::vm_rules::{check_operation, mark_operation, write_vm};
+use crate::api::State;
 use crate::dispatch::{Args, CallContext, Job, JobStep, Outcome};
 use crate::error::ApiError;
-use crate::guest::{BootSpec, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest};
-use crate::store::Db;
-use crate::tasks;
+use crate::guest::{DomId, ExitReason, ShutdownRequest};
 use crate::time::Timestamp;
-use crate::value::{Value, NULL_REF};
+use crate::value::Value;
 
 /// How long a guest has to acknowledge `control/shutdown` (libxl waits as long).
 pub const ACK_TIMEOUT_MS: u64 = 60_000;
 /// How long an acknowledged shutdown or reboot may take before it is reported as failed
 /// (the toolstack's own deadline is the same).
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
-/// Largest kernel image loaded.
-pub const MAX_KERNEL_BYTES: u64 = 64 << 20;
-/// Largest initial ramdisk loaded.
-pub const MAX_RAMDISK_BYTES: u64 = 512 << 20;
 /// How long a reboot or restart waits for the old domain's memory to come back.
 pub const MEMORY_RETURN_MS: u64 = 30_000;
-/// Image bytes read from the storage manager per job step.
-const LOAD_PER_STEP: u64 = 4 << 20;
-/// Prefix of `PV_kernel` / `PV_ramdisk` values naming a VDI.
-pub const VDI_PREFIX: &str = "vdi:";
 
 /// A clean shutdown or reboot a client is waiting for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,400 +76,10 @@ pub enum ShutdownFailure {
     NotCompleted,
 }
 
-fn no_guests() -> ApiError {
-    ApiError::OperationNotAllowed {
-        reason: "this host runs no guests (no toolstack)".to_string(),
-    }
-}
-
-/// The toolstack, or `OPERATION_NOT_ALLOWED` on a host without one.
-pub(crate) fn guests(state: &mut State) -> Result<&mut dyn GuestBackend, ApiError> {
-    match state.guests.as_deref_mut() {
-        Some(g) => Ok(g),
-        None => Err(no_guests()),
-    }
-}
-
-/// The domid of a VM that has a domain.
-pub(crate) fn domid_of(db: &Db, vm: &str) -> Result<DomId, ApiError> {
-    let domid = int_field(db, vm, "domid");
-    DomId::try_from(domid).map_err(|_| ApiError::VmBadPowerState {
-        vm: vm.to_string(),
-        expected: "running".to_string(),
-        actual: "halted".to_string(),
-    })
-}
-
-fn domid_value(domid: DomId) -> Value {
-    Value::Int(i64::from(domid))
-}
-
-// ---------------------------------------------------------------------------------------
-// Boot images and plans
-
-/// Where one boot image comes from.
-#[derive(Clone, Debug)]
-struct ImageSource {
-    /// `PV_kernel` or `PV_ramdisk`.
-    field: &'static str,
-    at: VdiLocation,
-    size: u64,
-}
-
-/// A checked start: the spec without its images, and where the images are.
-#[derive(Clone, Debug)]
-struct BootPlan {
-    spec: BootSpec,
-    kernel: ImageSource,
-    ramdisk: Option<ImageSource>,
-}
-
-fn boot_failed(vm: &str, reason: String) -> ApiError {
-    ApiError::BootloaderFailed {
-        vm: vm.to_string(),
-        reason,
-    }
-}
-
-/// Resolves `PV_kernel` / `PV_ramdisk` (`vdi:<uuid>`); `None` when the field is empty.
-fn image_source(
-    db: &Db,
-    vm: &str,
-    field: &'static str,
-    max: u64,
-) -> Result<Option<ImageSource>, ApiError> {
-    let named = text(db, vm, field);
-    if named.is_empty() {
-        return Ok(None);
-    }
-    let Some(uuid) = named.strip_prefix(VDI_PREFIX) else {
-        return Err(boot_failed(
-            vm,
-            format!(
-                "{field} is {:?}: Keel boots images from VDIs, named {VDI_PREFIX}<VDI uuid>",
-                crate::codec::truncate(named.clone(), 64)
-            ),
-        ));
-    };
-    let Some(vdi) = db.find_by_uuid("VDI", uuid) else {
-        return Err(boot_failed(
-            vm,
-            format!("{field} names VDI {uuid}, which does not exist"),
-        ));
-    };
-    let at = locate(db, &vdi)?;
-    let size = u64::try_from(int_field(db, &vdi, "virtual_size")).unwrap_or(0);
-    if size == 0 || size > max {
-        return Err(boot_failed(
-            vm,
-            format!("{field} names VDI {uuid} of {size} bytes; images are 1 to {max} bytes"),
-        ));
-    }
-    Ok(Some(ImageSource { field, at, size }))
-}
-
-fn string_pairs(db: &Db, r: &str, field: &str) -> Vec<(String, String)> {
-    match db.get(r, field) {
-        Some(Value::Struct(m)) => m
-            .into_iter()
-            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Checks everything a start needs except the image data, and plans it.
-fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<BootPlan, ApiError> {
-    let db = &state.db;
-    let domain_type = text(db, vm, "domain_type");
-    if domain_type != "pvh" {
-        return Err(ApiError::ValueNotSupported {
-            field: "domain_type".to_string(),
-            value: domain_type,
-            reason: "Keel runs PVH guests only".to_string(),
-        });
-    }
-    let mem = |f| int_field(db, vm, f);
-    let static_max = mem("memory_static_max");
-    let dynamic_max = mem("memory_dynamic_max");
-    check_memory(
-        mem("memory_static_min"),
-        mem("memory_dynamic_min"),
-        dynamic_max,
-        static_max,
-    )?;
-    if dynamic_max <= 0 {
-        return Err(ApiError::MemoryConstraintViolation {
-            constraint: "memory_dynamic_max must be positive to start".to_string(),
-        });
-    }
-    let vcpus_max = int_field(db, vm, "VCPUs_max");
-    let vcpus_at_startup = int_field(db, vm, "VCPUs_at_startup");
-    if !(1..=super::vm::MAX_VCPUS).contains(&vcpus_max)
-        || !(1..=vcpus_max).contains(&vcpus_at_startup)
-    {
-        return Err(ApiError::ValueNotSupported {
-            field: "VCPUs_at_startup".to_string(),
-            value: vcpus_at_startup.to_string(),
-            reason: "need 1 <= VCPUs_at_startup <= VCPUs_max <= 128".to_string(),
-        });
-    }
-    let kernel = image_source(db, vm, "PV_kernel", MAX_KERNEL_BYTES)?.ok_or_else(|| {
-        boot_failed(
-            vm,
-            format!("PV_kernel is empty: set it to {VDI_PREFIX}<uuid> of a VDI holding the kernel"),
-        )
-    })?;
-    let ramdisk = image_source(db, vm, "PV_ramdisk", MAX_RAMDISK_BYTES)?;
-    let spec = BootSpec {
-        vm_uuid: text(db, vm, "uuid"),
-        name: text(db, vm, "name_label"),
-        max_memory_bytes: static_max as u64,
-        target_memory_bytes: dynamic_max as u64,
-        max_vcpus: vcpus_max as u32,
-        vcpus_at_startup: vcpus_at_startup as u32,
-        kernel: Vec::new(),
-        ramdisk: None,
-        cmdline: text(db, vm, "PV_args"),
-        paused,
-        platform: string_pairs(db, vm, "platform"),
-        xenstore_data: string_pairs(db, vm, "xenstore_data"),
-    };
-    let needed = spec.max_memory_bytes;
-    let available = guests(state)?.free_memory();
-    if needed > available {
-        return Err(ApiError::HostNotEnoughFreeMemory { needed, available });
-    }
-    Ok(BootPlan {
-        spec,
-        kernel,
-        ramdisk,
-    })
-}
-
-/// Image data being read.
-struct Loading {
-    plan: BootPlan,
-    kernel: Vec<u8>,
-    ramdisk: Vec<u8>,
-}
-
-impl Loading {
-    fn new(vm: &str, plan: BootPlan) -> Result<Loading, ApiError> {
-        let reserve = |source: &ImageSource| {
-            let mut buffer = Vec::new();
-            buffer
-                .try_reserve_exact(source.size as usize)
-                .map_err(|_| {
-                    boot_failed(
-                        vm,
-                        format!(
-                            "not enough memory in the control domain to load {} ({} bytes)",
-                            source.field, source.size
-                        ),
-                    )
-                })?;
-            Ok::<_, ApiError>(buffer)
-        };
-        let kernel = reserve(&plan.kernel)?;
-        let ramdisk = match &plan.ramdisk {
-            Some(source) => reserve(source)?,
-            None => Vec::new(),
-        };
-        Ok(Loading {
-            plan,
-            kernel,
-            ramdisk,
-        })
-    }
-
-    fn total(&self) -> u64 {
-        self.plan.kernel.size + self.plan.ramdisk.as_ref().map_or(0, |r| r.size)
-    }
-
-    fn loaded(&self) -> u64 {
-        (self.kernel.len() + self.ramdisk.len()) as u64
-    }
-
-    /// Reads up to [`LOAD_PER_STEP`] more bytes; true once both images are in memory.
-    fn load_some(&mut self, state: &mut State, vm: &str) -> Result<bool, ApiError> {
-        let (source, buffer) = if (self.kernel.len() as u64) < self.plan.kernel.size {
-            (&self.plan.kernel, &mut self.kernel)
-        } else if let Some(r) = self
-            .plan
-            .ramdisk
-            .as_ref()
-            .filter(|r| (self.ramdisk.len() as u64) < r.size)
-        {
-            (r, &mut self.ramdisk)
-        } else {
-            return Ok(true);
-        };
-        let offset = buffer.len() as u64;
-        let n = (source.size - offset).min(LOAD_PER_STEP) as usize;
-        buffer.resize(buffer.len() + n, 0);
-        let storage = state.storage.as_deref_mut().ok_or_else(|| {
-            boot_failed(
-                vm,
-                format!("{}: this host has no storage to read it from", source.field),
-            )
-        })?;
-        let piece = buffer.get_mut(offset as usize..).unwrap_or_default();
-        storage
-            .read(&source.at.sr_uuid, &source.at.vdi_uuid, offset, piece)
-            .map_err(|e| {
-                boot_failed(
-                    vm,
-                    format!(
-                        "{}: reading VDI {} failed: {e:?}",
-                        source.field, source.at.vdi_uuid
-                    ),
-                )
-            })?;
-        Ok(false)
-    }
-
-    fn into_spec(self) -> BootSpec {
-        let mut spec = self.plan.spec;
-        spec.kernel = self.kernel;
-        spec.ramdisk = self.plan.ramdisk.is_some().then_some(self.ramdisk);
-        spec
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Recording domains
-
-/// The VM now runs (or is paused) as `domid` on this host.
-fn record_started(
-    state: &mut State,
-    vm: &str,
-    domid: DomId,
-    paused: bool,
-    spec_vcpus: u32,
-    now: Timestamp,
-) -> Result<(), ApiError> {
-    let host = state.host.clone();
-    let address = text(&state.db, &host, "address");
-    let db = &mut state.db;
-    let target = int_field(db, vm, "memory_dynamic_max");
-    let power = if paused {
-        PowerState::Paused
-    } else {
-        PowerState::Running
-    };
-    write_vm(
-        db,
-        vm,
-        vec![
-            ("power_state", Value::str(power.name())),
-            ("domid", domid_value(domid)),
-            ("resident_on", Value::String(host)),
-            ("memory_target", Value::Int(target)),
-        ],
-        now,
-    )?;
-    let metrics = text(db, vm, "metrics");
-    if db.object(&metrics).is_some() {
-        let stamp = Value::DateTime(now.to_xapi_datetime());
-        db.update(
-            &metrics,
-            vec![
-                ("memory_actual", Value::Int(target)),
-                ("VCPUs_number", Value::Int(i64::from(spec_vcpus))),
-                ("start_time", stamp.clone()),
-                ("last_updated", stamp),
-                ("current_domain_type", Value::str("pvh")),
-            ],
-            now,
-        )?;
-    }
-    create_console(db, vm, &address, now)?;
-    Ok(())
-}
-
-/// The VM's domain is gone: Halted, no domid, not resident, no consoles or guest metrics.
-fn record_halted(db: &mut Db, vm: &str, now: Timestamp) -> Result<(), ApiError> {
-    let consoles = match db.get(vm, "consoles") {
-        Some(Value::Array(items)) => items,
-        _ => Vec::new(),
-    };
-    for console in consoles.iter().filter_map(Value::as_str) {
-        db.destroy(console, now)?;
-    }
-    let guest_metrics = text(db, vm, "guest_metrics");
-    if db.object(&guest_metrics).is_some() {
-        db.destroy(&guest_metrics, now)?;
-    }
-    write_vm(
-        db,
-        vm,
-        vec![
-            ("power_state", Value::str("Halted")),
-            ("domid", Value::Int(-1)),
-            ("resident_on", Value::str(NULL_REF)),
-            ("memory_target", Value::Int(0)),
-            ("guest_metrics", Value::str(NULL_REF)),
-        ],
-        now,
-    )?;
-    let metrics = text(db, vm, "metrics");
-    if db.object(&metrics).is_some() {
-        db.update(
-            &metrics,
-            vec![
-                ("memory_actual", Value::Int(0)),
-                ("VCPUs_number", Value::Int(0)),
-                ("state", Value::Array(Vec::new())),
-                ("last_updated", Value::DateTime(now.to_xapi_datetime())),
-            ],
-            now,
-        )?;
-    }
-    Ok(())
-}
-
-/// Destroys a VM's domain at once and records it Halted; a clean shutdown or reboot waiting
-/// for the guest is superseded (its task ends cancelled).
-fn hard_stop(state: &mut State, vm: &str, now: Timestamp) -> Result<(), ApiError> {
-    let domid = domid_of(&state.db, vm)?;
-    if let Some(pending) = state.shutdowns.get_mut(&domid) {
-        pending.superseded = true;
-    }
-    destroy_domain(state, vm, domid)?;
-    record_halted(&mut state.db, vm, now)?;
-    refresh_host_memory(state, now)
-}
-
-/// `host_metrics.memory_free` follows what starting and stopping guests did to it.
-fn refresh_host_memory(state: &mut State, now: Timestamp) -> Result<(), ApiError> {
-    let Some(guests) = state.guests.as_deref() else {
-        return Ok(());
-    };
-    let free = i64::try_from(guests.free_memory()).unwrap_or(i64::MAX);
-    let metrics = state.host_metrics.clone();
-    if state
-        .db
-        .update(&metrics, vec![("memory_free", Value::Int(free))], now)?
-    {
-        let stamp = Value::DateTime(now.to_xapi_datetime());
-        state.db.set(&metrics, vec![("last_updated", stamp)], now)?;
-    }
-    Ok(())
-}
-
-/// Destroys a VM's domain; one already gone is fine (that is the goal).
-fn destroy_domain(state: &mut State, vm: &str, domid: DomId) -> Result<(), ApiError> {
-    match guests(state)?.destroy(domid) {
-        Ok(()) | Err(GuestError::NoSuchDomain(_)) => Ok(()),
-        Err(e) => Err(e.to_api_error(vm)),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The job behind every long power operation
 
-enum Phase {
+pub(crate) enum Phase {
     /// Ask the guest through `control/shutdown`.
     Ask(ShutdownRequest),
     /// Wait for the guest to clear `control/shutdown`.
@@ -507,7 +108,7 @@ pub(crate) struct PowerJob {
 }
 
 impl PowerJob {
-    fn new(vm: &str, operation: &'static str, phase: Phase, paused: bool) -> PowerJob {
+    pub(crate) fn new(vm: &str, operation: &'static str, phase: Phase, paused: bool) -> PowerJob {
         PowerJob {
             vm: vm.to_string(),
             operation,
@@ -805,144 +406,4 @@ pub fn unpause(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErr
         now,
     )?;
     value(Value::void())
-}
-
-// ---------------------------------------------------------------------------------------
-// Reports from the toolstack
-
-/// What the VM's `actions_after_*` say for an exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ExitAction {
-    Destroy,
-    Restart,
-    Preserve,
-}
-
-fn exit_action(db: &Db, vm: &str, reason: ExitReason) -> ExitAction {
-    let field = match reason {
-        ExitReason::PowerOff | ExitReason::Suspend | ExitReason::Vanished => {
-            "actions_after_shutdown"
-        }
-        ExitReason::Reboot => "actions_after_reboot",
-        ExitReason::Crash | ExitReason::Watchdog => "actions_after_crash",
-        ExitReason::SoftReset => "actions_after_softreboot",
-    };
-    match text(db, vm, field).as_str() {
-        // Keel writes no core dumps, renames nothing, and has no soft reset: those restart or
-        // destroy as their names say.
-        "restart" | "coredump_and_restart" | "rename_restart" | "soft_reboot" => {
-            ExitAction::Restart
-        }
-        "preserve" => ExitAction::Preserve,
-        _ => ExitAction::Destroy,
-    }
-}
-
-/// The VM (not the control domain) whose running or paused domain is `domid`.
-fn vm_of_domain(db: &Db, domid: DomId) -> Option<String> {
-    db.refs("VM").into_iter().find(|vm| {
-        int_field(db, vm, "domid") == i64::from(domid)
-            && matches!(
-                power_state(db, vm),
-                PowerState::Running | PowerState::Paused
-            )
-            && db.get(vm, "is_control_domain").and_then(|v| v.as_bool()) != Some(true)
-    })
-}
-
-impl XenApi {
-    /// The guest in `domid` cleared `control/shutdown`: it acknowledged a clean shutdown or
-    /// reboot request. Returns whether a request was waiting for it.
-    pub fn shutdown_acknowledged(&mut self, domid: DomId, _now: Timestamp) -> bool {
-        match self.state.shutdowns.get_mut(&domid) {
-            Some(pending) => {
-                pending.acknowledged = true;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The toolstack gave up on a clean shutdown or reboot of `domid` (its deadlines match the
-    /// XenAPI's, so this only makes the failure arrive at the same moment). The waiting task
-    /// fails (`VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT` or `VM_SHUTDOWN_TIMEOUT`) and the guest is
-    /// left running. Returns whether a request was waiting.
-    pub fn shutdown_failed(
-        &mut self,
-        domid: DomId,
-        failure: ShutdownFailure,
-        _now: Timestamp,
-    ) -> bool {
-        match self.state.shutdowns.get_mut(&domid) {
-            Some(pending) => {
-                pending.failed = Some(failure);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The domain `domid` shut down (or vanished), as `VIRQ_DOM_EXC` told the toolstack.
-    /// A client's clean shutdown or reboot waiting for it completes; otherwise the VM's
-    /// `actions_after_*` for `reason` apply: destroy (the VM halts), restart (a task
-    /// `VM.restart` boots it again), or preserve (the domain stays; the VM shows Paused).
-    /// Every change is published as events. Returns an error only when the restart could
-    /// not be started (the VM is then Halted) or the toolstack failed to destroy the domain.
-    pub fn domain_exited(
-        &mut self,
-        domid: DomId,
-        reason: ExitReason,
-        now: Timestamp,
-    ) -> Result<(), ApiError> {
-        let state = &mut self.state;
-        let Some(vm) = vm_of_domain(&state.db, domid) else {
-            return Ok(());
-        };
-        let requested = state.shutdowns.get_mut(&domid).map(|pending| {
-            pending.exited = Some(reason);
-        });
-        let action = if requested.is_some() {
-            ExitAction::Destroy
-        } else {
-            exit_action(&state.db, &vm, reason)
-        };
-        if action == ExitAction::Preserve {
-            // Mark the metrics first: the VM's allowed_operations are computed from them.
-            let metrics = text(&state.db, &vm, "metrics");
-            if state.db.object(&metrics).is_some() {
-                let shut_down = Value::string_array([PRESERVED_STATE]);
-                state.db.update(&metrics, vec![("state", shut_down)], now)?;
-            }
-            write_vm(
-                &mut state.db,
-                &vm,
-                vec![("power_state", Value::str("Paused"))],
-                now,
-            )?;
-            return Ok(());
-        }
-        if reason != ExitReason::Vanished {
-            destroy_domain(state, &vm, domid)?;
-        }
-        record_halted(&mut state.db, &vm, now)?;
-        refresh_host_memory(state, now)?;
-        if action == ExitAction::Restart {
-            let job = PowerJob::new(&vm, "start", Phase::Plan { first_try: None }, false);
-            let mut ctx = CallContext {
-                state,
-                now,
-                session: None,
-            };
-            let task = tasks::start_async(&mut ctx, "VM.restart", Ok(Outcome::Job(Box::new(job))))?;
-            // A restart that cannot even begin leaves the VM halted; say why.
-            if let Some(Value::Array(info)) = ctx.state.db.get(&task, "error_info") {
-                if let Some(code) = info.first().and_then(Value::as_str) {
-                    return Err(ApiError::InternalError {
-                        message: format!("restart of {vm} failed: {code}"),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
 }

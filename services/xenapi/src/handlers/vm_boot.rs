@@ -1,0 +1,253 @@
+//! Boot images and plans: `PV_kernel` / `PV_ramdisk` as `vdi:<VDI uuid>`, everything a start
+//! needs checked before it begins, and the images read from the storage manager a few MiB
+//! per job step into memory reserved fallibly (docs/guests.md, "Boot images").
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use super::storage_mirror::{locate, VdiLocation};
+use super::vm_domain::guests;
+use super::vm_rules::{check_memory, int_field, text, MAX_VCPUS};
+use crate::api::State;
+use crate::error::ApiError;
+use crate::guest::BootSpec;
+use crate::store::Db;
+use crate::value::Value;
+
+/// Largest kernel image loaded.
+pub const MAX_KERNEL_BYTES: u64 = 64 << 20;
+/// Largest initial ramdisk loaded.
+pub const MAX_RAMDISK_BYTES: u64 = 512 << 20;
+/// Image bytes read from the storage manager per job step.
+const LOAD_PER_STEP: u64 = 4 << 20;
+/// Prefix of `PV_kernel` / `PV_ramdisk` values naming a VDI.
+pub const VDI_PREFIX: &str = "vdi:";
+
+/// Where one boot image comes from.
+#[derive(Clone, Debug)]
+struct ImageSource {
+    /// `PV_kernel` or `PV_ramdisk`.
+    field: &'static str,
+    at: VdiLocation,
+    size: u64,
+}
+
+/// A checked start: the spec without its images, and where the images are.
+#[derive(Clone, Debug)]
+pub(crate) struct BootPlan {
+    spec: BootSpec,
+    kernel: ImageSource,
+    ramdisk: Option<ImageSource>,
+}
+
+fn boot_failed(vm: &str, reason: String) -> ApiError {
+    ApiError::BootloaderFailed {
+        vm: vm.to_string(),
+        reason,
+    }
+}
+
+/// Resolves `PV_kernel` / `PV_ramdisk` (`vdi:<uuid>`); `None` when the field is empty.
+fn image_source(
+    db: &Db,
+    vm: &str,
+    field: &'static str,
+    max: u64,
+) -> Result<Option<ImageSource>, ApiError> {
+    let named = text(db, vm, field);
+    if named.is_empty() {
+        return Ok(None);
+    }
+    let Some(uuid) = named.strip_prefix(VDI_PREFIX) else {
+        return Err(boot_failed(
+            vm,
+            format!(
+                "{field} is {:?}: Keel boots images from VDIs, named {VDI_PREFIX}<VDI uuid>",
+                crate::codec::truncate(named.clone(), 64)
+            ),
+        ));
+    };
+    let Some(vdi) = db.find_by_uuid("VDI", uuid) else {
+        return Err(boot_failed(
+            vm,
+            format!("{field} names VDI {uuid}, which does not exist"),
+        ));
+    };
+    let at = locate(db, &vdi)?;
+    let size = u64::try_from(int_field(db, &vdi, "virtual_size")).unwrap_or(0);
+    if size == 0 || size > max {
+        return Err(boot_failed(
+            vm,
+            format!("{field} names VDI {uuid} of {size} bytes; images are 1 to {max} bytes"),
+        ));
+    }
+    Ok(Some(ImageSource { field, at, size }))
+}
+
+fn string_pairs(db: &Db, r: &str, field: &str) -> Vec<(String, String)> {
+    match db.get(r, field) {
+        Some(Value::Struct(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Checks everything a start needs except the image data, and plans it.
+pub(crate) fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<BootPlan, ApiError> {
+    let db = &state.db;
+    let domain_type = text(db, vm, "domain_type");
+    if domain_type != "pvh" {
+        return Err(ApiError::ValueNotSupported {
+            field: "domain_type".to_string(),
+            value: domain_type,
+            reason: "Keel runs PVH guests only".to_string(),
+        });
+    }
+    let mem = |f| int_field(db, vm, f);
+    let static_max = mem("memory_static_max");
+    let dynamic_max = mem("memory_dynamic_max");
+    check_memory(
+        mem("memory_static_min"),
+        mem("memory_dynamic_min"),
+        dynamic_max,
+        static_max,
+    )?;
+    if dynamic_max <= 0 {
+        return Err(ApiError::MemoryConstraintViolation {
+            constraint: "memory_dynamic_max must be positive to start".to_string(),
+        });
+    }
+    let vcpus_max = int_field(db, vm, "VCPUs_max");
+    let vcpus_at_startup = int_field(db, vm, "VCPUs_at_startup");
+    if !(1..=MAX_VCPUS).contains(&vcpus_max) || !(1..=vcpus_max).contains(&vcpus_at_startup) {
+        return Err(ApiError::ValueNotSupported {
+            field: "VCPUs_at_startup".to_string(),
+            value: vcpus_at_startup.to_string(),
+            reason: "need 1 <= VCPUs_at_startup <= VCPUs_max <= 128".to_string(),
+        });
+    }
+    let kernel = image_source(db, vm, "PV_kernel", MAX_KERNEL_BYTES)?.ok_or_else(|| {
+        boot_failed(
+            vm,
+            format!("PV_kernel is empty: set it to {VDI_PREFIX}<uuid> of a VDI holding the kernel"),
+        )
+    })?;
+    let ramdisk = image_source(db, vm, "PV_ramdisk", MAX_RAMDISK_BYTES)?;
+    let spec = BootSpec {
+        vm_uuid: text(db, vm, "uuid"),
+        name: text(db, vm, "name_label"),
+        max_memory_bytes: static_max as u64,
+        target_memory_bytes: dynamic_max as u64,
+        max_vcpus: vcpus_max as u32,
+        vcpus_at_startup: vcpus_at_startup as u32,
+        kernel: Vec::new(),
+        ramdisk: None,
+        cmdline: text(db, vm, "PV_args"),
+        paused,
+        platform: string_pairs(db, vm, "platform"),
+        xenstore_data: string_pairs(db, vm, "xenstore_data"),
+    };
+    let needed = spec.max_memory_bytes;
+    let available = guests(state)?.free_memory();
+    if needed > available {
+        return Err(ApiError::HostNotEnoughFreeMemory { needed, available });
+    }
+    Ok(BootPlan {
+        spec,
+        kernel,
+        ramdisk,
+    })
+}
+
+/// Image data being read.
+pub(crate) struct Loading {
+    plan: BootPlan,
+    kernel: Vec<u8>,
+    ramdisk: Vec<u8>,
+}
+
+impl Loading {
+    pub(crate) fn new(vm: &str, plan: BootPlan) -> Result<Loading, ApiError> {
+        let reserve = |source: &ImageSource| {
+            let mut buffer = Vec::new();
+            buffer
+                .try_reserve_exact(source.size as usize)
+                .map_err(|_| {
+                    boot_failed(
+                        vm,
+                        format!(
+                            "not enough memory in the control domain to load {} ({} bytes)",
+                            source.field, source.size
+                        ),
+                    )
+                })?;
+            Ok::<_, ApiError>(buffer)
+        };
+        let kernel = reserve(&plan.kernel)?;
+        let ramdisk = match &plan.ramdisk {
+            Some(source) => reserve(source)?,
+            None => Vec::new(),
+        };
+        Ok(Loading {
+            plan,
+            kernel,
+            ramdisk,
+        })
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.plan.kernel.size + self.plan.ramdisk.as_ref().map_or(0, |r| r.size)
+    }
+
+    pub(crate) fn loaded(&self) -> u64 {
+        (self.kernel.len() + self.ramdisk.len()) as u64
+    }
+
+    /// Reads up to [`LOAD_PER_STEP`] more bytes; true once both images are in memory.
+    pub(crate) fn load_some(&mut self, state: &mut State, vm: &str) -> Result<bool, ApiError> {
+        let (source, buffer) = if (self.kernel.len() as u64) < self.plan.kernel.size {
+            (&self.plan.kernel, &mut self.kernel)
+        } else if let Some(r) = self
+            .plan
+            .ramdisk
+            .as_ref()
+            .filter(|r| (self.ramdisk.len() as u64) < r.size)
+        {
+            (r, &mut self.ramdisk)
+        } else {
+            return Ok(true);
+        };
+        let offset = buffer.len() as u64;
+        let n = (source.size - offset).min(LOAD_PER_STEP) as usize;
+        buffer.resize(buffer.len() + n, 0);
+        let storage = state.storage.as_deref_mut().ok_or_else(|| {
+            boot_failed(
+                vm,
+                format!("{}: this host has no storage to read it from", source.field),
+            )
+        })?;
+        let piece = buffer.get_mut(offset as usize..).unwrap_or_default();
+        storage
+            .read(&source.at.sr_uuid, &source.at.vdi_uuid, offset, piece)
+            .map_err(|e| {
+                boot_failed(
+                    vm,
+                    format!(
+                        "{}: reading VDI {} failed: {e:?}",
+                        source.field, source.at.vdi_uuid
+                    ),
+                )
+            })?;
+        Ok(false)
+    }
+
+    pub(crate) fn into_spec(self) -> BootSpec {
+        let mut spec = self.plan.spec;
+        spec.kernel = self.kernel;
+        spec.ramdisk = self.plan.ramdisk.is_some().then_some(self.ramdisk);
+        spec
+    }
+}
