@@ -49,6 +49,15 @@ pub enum AcpiError {
     BaseAbove4G(u64),
 }
 
+impl core::fmt::Display for AcpiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AcpiError::VcpuCount(n) => write!(f, "{n} vCPUs: ACPI tables support 1 to {MAX_VCPUS}"),
+            AcpiError::BaseAbove4G(b) => write!(f, "ACPI tables at {b:#x} would cross 4 GiB"),
+        }
+    }
+}
+
 /// The local APIC id of vCPU `vcpu` (what Xen's default CPUID policy gives it).
 pub fn apic_id(vcpu: u32) -> u32 {
     vcpu * 2

@@ -106,6 +106,25 @@ pub enum ConfigError {
     CmdlineHasNul,
 }
 
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::VcpuCount(n) => {
+                write!(f, "{n} vCPUs (1 to {} supported)", acpi::MAX_VCPUS)
+            }
+            ConfigError::Memory(m) => write!(
+                f,
+                "{m} MiB of memory (at least {} MiB)",
+                layout::MIN_MEMORY_MIB
+            ),
+            ConfigError::CmdlineTooLong(n) => {
+                write!(f, "command line of {n} bytes (at most {})", MAX_CMDLINE - 1)
+            }
+            ConfigError::CmdlineHasNul => write!(f, "command line contains a NUL byte"),
+        }
+    }
+}
+
 /// The step a hypercall failed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -167,6 +186,38 @@ pub enum BuildError {
         cause: Box<BuildError>,
         error: ControlError,
     },
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::Config(e) => write!(f, "bad configuration: {e}"),
+            BuildError::Kernel(e) => write!(f, "kernel: {e}"),
+            BuildError::Initrd(e) => write!(f, "reading the initrd failed at byte {}", e.offset),
+            BuildError::TooBig { what, end, limit } => write!(
+                f,
+                "{what:?} ends at {end:#x}, beyond the guest's room up to {limit:#x}"
+            ),
+            BuildError::XenOutOfMemory { step } => {
+                write!(f, "Xen is out of memory ({step:?})")
+            }
+            BuildError::Xen { step, error } => write!(f, "Xen failed {step:?}: {error:?}"),
+            BuildError::Map { step, error } => write!(f, "{step:?}: {error}"),
+            BuildError::Acpi(e) => write!(f, "ACPI tables: {e}"),
+            BuildError::HvmContext(e) => write!(f, "Xen's HVM context does not parse: {e:?}"),
+            BuildError::LeakedMappings(n) => {
+                write!(f, "{n} dom0 frames could not be unmapped from the guest")
+            }
+            BuildError::DestroyFailed {
+                domid,
+                cause,
+                error,
+            } => write!(
+                f,
+                "{cause}; then destroying domain {domid} failed: {error:?}"
+            ),
+        }
+    }
 }
 
 fn xen(step: Step) -> impl Fn(XenError) -> BuildError {
@@ -603,6 +654,37 @@ mod tests {
         assert_eq!(config().max_memory_kib(), 64 * 1024 + 1024);
         // 4 × (256 × 2 + 64) KiB.
         assert_eq!(config().paging_pool_bytes(), 4 * 576 * 1024);
+    }
+
+    #[test]
+    fn errors_read_as_sentences() {
+        use alloc::string::ToString;
+        let e = BuildError::Kernel(KernelError::Load(LoadError::TooBig {
+            end: 0x500_0000,
+            limit: 0x400_0000,
+        }));
+        assert_eq!(
+            e.to_string(),
+            "kernel: kernel too big: it ends at 0x5000000, the guest has room up to 0x4000000"
+        );
+        let e = BuildError::Kernel(KernelError::Load(LoadError::Elf(
+            crate::elf_load::ElfError::NoPvhEntry,
+        )));
+        assert!(e.to_string().contains("not a PVH kernel"));
+        let e = BuildError::DestroyFailed {
+            domid: 3,
+            cause: Box::new(BuildError::XenOutOfMemory {
+                step: Step::PopulateMemory,
+            }),
+            error: ControlError::Xen(XenError::EBUSY),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("Xen is out of memory (PopulateMemory); then"));
+        assert_eq!(
+            BuildError::Config(ConfigError::Memory(8)).to_string(),
+            "bad configuration: 8 MiB of memory (at least 16 MiB)"
+        );
     }
 
     #[test]

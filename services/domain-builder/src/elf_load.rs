@@ -53,6 +53,30 @@ pub enum ElfError {
     Truncated,
 }
 
+impl core::fmt::Display for ElfError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ElfError::NotElf => write!(f, "not an ELF image"),
+            ElfError::BadHeader => write!(f, "corrupt ELF header"),
+            ElfError::WrongKind { machine, kind } => write!(
+                f,
+                "not an x86 executable (machine {machine}, type {kind}, or big-endian)"
+            ),
+            ElfError::HeadersTooFar => write!(f, "ELF program headers beyond the first 64 KiB"),
+            ElfError::NoLoadSegment => write!(f, "ELF has no loadable segment"),
+            ElfError::BadSegment { index } => write!(f, "ELF program header {index} is corrupt"),
+            ElfError::NotesTooLarge => write!(f, "ELF notes larger than 64 KiB"),
+            ElfError::NoPvhEntry => {
+                write!(f, "not a PVH kernel (no XEN_ELFNOTE_PHYS32_ENTRY note)")
+            }
+            ElfError::EntryOutsideImage { entry } => {
+                write!(f, "PVH entry point {entry:#x} is outside the loaded image")
+            }
+            ElfError::Truncated => write!(f, "the image ends before its segments do"),
+        }
+    }
+}
+
 /// Why loading failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadError {
@@ -64,6 +88,19 @@ pub enum LoadError {
     },
     /// Guest memory could not be reached.
     Map(MapError),
+}
+
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LoadError::Elf(e) => e.fmt(f),
+            LoadError::TooBig { end, limit } => write!(
+                f,
+                "kernel too big: it ends at {end:#x}, the guest has room up to {limit:#x}"
+            ),
+            LoadError::Map(e) => write!(f, "guest memory: {e}"),
+        }
+    }
 }
 
 impl From<ElfError> for LoadError {

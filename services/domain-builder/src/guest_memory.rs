@@ -50,6 +50,21 @@ pub enum MapError {
     NotPopulated { gfn: u64 },
 }
 
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MapError::NoHoles { frames } => {
+                write!(
+                    f,
+                    "dom0 has no {frames} contiguous hole frames to map guest memory"
+                )
+            }
+            MapError::Xen(e) => write!(f, "Xen refused to map guest memory: {e}"),
+            MapError::NotPopulated { gfn } => write!(f, "guest frame {gfn:#x} is not populated"),
+        }
+    }
+}
+
 /// A guest's memory as seen from dom0.
 pub struct GuestMemory<'a, H: Hypervisor + ?Sized, F: HoleFrames> {
     hv: &'a H,

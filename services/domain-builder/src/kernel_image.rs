@@ -58,6 +58,28 @@ pub enum KernelError {
     Source(SourceError),
 }
 
+impl core::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            KernelError::NotAKernel => write!(f, "not a kernel (neither an ELF nor a bzImage)"),
+            KernelError::OldBootProtocol(v) => {
+                write!(f, "bzImage boot protocol {v:#x} is older than 2.08")
+            }
+            KernelError::PayloadOutOfBounds => write!(f, "bzImage payload lies outside the file"),
+            KernelError::UnsupportedCompression(m) => {
+                write!(f, "bzImage payload is not xz (starts {m:02x?})")
+            }
+            KernelError::BadXzHeader => write!(f, "corrupt xz header in the bzImage payload"),
+            KernelError::XzDictionaryTooLarge(n) => {
+                write!(f, "xz dictionary of {n} bytes is larger than 64 MiB")
+            }
+            KernelError::Decompress(e) => write!(f, "corrupt compressed kernel: {e}"),
+            KernelError::Load(e) => e.fmt(f),
+            KernelError::Source(e) => write!(f, "reading the kernel failed at byte {}", e.offset),
+        }
+    }
+}
+
 impl From<LoadError> for KernelError {
     fn from(e: LoadError) -> Self {
         KernelError::Load(e)

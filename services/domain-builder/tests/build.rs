@@ -161,6 +161,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Everything a booting PVH kernel relies on, checked in the fake's copy of guest memory.
 fn check_guest(xen: &FakeXen, built: &BuiltDomain, config: &DomainConfig<'_>, initrd: &[u8]) {
+    check_guest_with(xen, built, config, &kernel_code(), initrd);
+}
+
+/// As [`check_guest`], for a kernel of `pvh_elf64(KERNEL_PADDR, code, KERNEL_BSS, entry)`.
+fn check_guest_with(
+    xen: &FakeXen,
+    built: &BuiltDomain,
+    config: &DomainConfig<'_>,
+    code: &[u8],
+    initrd: &[u8],
+) {
     let dom = built.domid;
     // Paused, HVM, all its memory populated.
     let flags = xen.domain_flags(dom).unwrap();
@@ -177,7 +188,6 @@ fn check_guest(xen: &FakeXen, built: &BuiltDomain, config: &DomainConfig<'_>, in
     assert_eq!(pool << 12, config.paging_pool_bytes());
 
     // The kernel at its physical address, BSS zeroed.
-    let code = kernel_code();
     assert_eq!(built.entry, u64::from(KERNEL_ENTRY));
     assert_eq!(
         built.kernel,
@@ -481,7 +491,7 @@ fn a_domctl_error_is_typed() {
 /// Cuts the build at every hypercall in turn, like storage's crash test cuts every write:
 /// each cut yields a typed error and leaves nothing behind, except a cut of an unmap
 /// (`XENMEM_remove_from_physmap`), which the builder retries, so the build completes.
-fn cut_every_hypercall(kernel: &[u8], memory_mib: u64, options: &BuildOptions) {
+fn cut_every_hypercall(kernel: &[u8], code: &[u8], memory_mib: u64, options: &BuildOptions) {
     const MEMORY_OP: u32 = 12;
     const REMOVE_FROM_PHYSMAP: u64 = 15;
     let cfg = config(memory_mib, 2);
@@ -509,7 +519,7 @@ fn cut_every_hypercall(kernel: &[u8], memory_mib: u64, options: &BuildOptions) {
         match r {
             Ok(built) => {
                 assert!(retried, "cut {cut} ({op}, {cmd}) did not fail the build");
-                check_guest(&a.xen, &built, &cfg, &initrd);
+                check_guest_with(&a.xen, &built, &cfg, code, &initrd);
                 keel_xen::domctl::destroy_domain(&a.xen, built.domid).unwrap();
             }
             Err(e) => {
@@ -529,12 +539,20 @@ fn cut_every_hypercall(kernel: &[u8], memory_mib: u64, options: &BuildOptions) {
 
 #[test]
 fn every_hypercall_failure_destroys_the_half_built_domain() {
-    cut_every_hypercall(&kernel_elf(), 20, &BuildOptions { window_frames: 256 });
+    // A smaller kernel than the fixture's: fewer frames, fewer unmaps to cut.
+    let code = &kernel_code()[..40_000];
+    let kernel = pvh_elf64(KERNEL_PADDR, code, KERNEL_BSS, Some(KERNEL_ENTRY));
+    cut_every_hypercall(&kernel, code, 20, &BuildOptions { window_frames: 256 });
 }
 
 #[test]
 fn every_hypercall_failure_while_decompressing_is_cleaned_up() {
-    cut_every_hypercall(&xz_bzimage(), 20, &BuildOptions { window_frames: 256 });
+    cut_every_hypercall(
+        &xz_bzimage(),
+        &kernel_code(),
+        20,
+        &BuildOptions { window_frames: 256 },
+    );
 }
 
 /// Debian's own `vmlinuz`, when xtask has downloaded it (`cargo xtask bench dom0` etc.).
@@ -579,4 +597,47 @@ fn loads_debians_vmlinuz() {
     assert!(built.kernel.contains(&built.entry), "{built:?}");
     eprintln!("Debian kernel: {:#x?}", built);
     let _ = free_before;
+}
+
+/// An unmap that fails even when retried leaves a dom0 mapping of the guest behind: the
+/// build reports it, and Xen keeps the destroyed domain dying, holding its memory, until
+/// dom0 lets go: the builder never reuses that hole frame.
+#[test]
+fn an_unmap_that_keeps_failing_is_reported() {
+    let cfg = config(20, 1);
+    let kernel = pvh_elf64(KERNEL_PADDR, &[0x90; 4096], 0, Some(KERNEL_PADDR as u32));
+    let log = {
+        let a = Attempt::new();
+        let mut holes = FakeHoles::new(&a.xen);
+        let before = a.xen.hypercall_count() as usize;
+        build_pvh(
+            &a.xen,
+            &mut holes,
+            &cfg,
+            &mut BytesSource(&kernel),
+            None,
+            &BuildOptions::default(),
+        )
+        .unwrap();
+        a.xen.call_log().split_off(before)
+    };
+    // The last unmap: the grant frame's, after which nothing maps the guest.
+    let last_unmap = log.iter().rposition(|&c| c == (12, 15)).unwrap() as u32;
+    let a = Attempt::new();
+    let mut holes = FakeHoles::new(&a.xen);
+    a.xen.fail_call(last_unmap, XenError::EBUSY);
+    a.xen.fail_call(last_unmap + 1, XenError::EBUSY);
+    let r = build_pvh(
+        &a.xen,
+        &mut holes,
+        &cfg,
+        &mut BytesSource(&kernel),
+        None,
+        &BuildOptions::default(),
+    );
+    assert_eq!(r, Err(BuildError::LeakedMappings(1)));
+    let dom = a.xen.domain_ids()[0];
+    assert!(a.xen.domain_flags(dom).unwrap() & dominf::DYING != 0);
+    assert_eq!(a.xen.foreign_mapping_count(), 1);
+    assert_eq!(holes.free_frames(), HOLE_FRAMES - 1);
 }
