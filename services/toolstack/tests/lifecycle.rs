@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
 
 mod common;
 
@@ -21,109 +20,6 @@ use keel_xen::hypercall::HypercallOp;
 use keel_xen::XenError;
 
 const SEC: u64 = 1_000_000_000;
-
-#[derive(Default)]
-struct FakeStore {
-    nodes: BTreeMap<String, Vec<u8>>,
-    perms: BTreeMap<String, Vec<Perm>>,
-    introduced: BTreeMap<u16, (u64, u32)>,
-    released: Vec<u16>,
-    exited: Vec<u16>,
-    watches: BTreeSet<(String, String)>,
-    /// Operation name → error for its next call.
-    fail: BTreeMap<&'static str, StoreError>,
-}
-
-impl FakeStore {
-    fn check(&mut self, op: &'static str) -> Result<(), StoreError> {
-        self.fail.remove(op).map_or(Ok(()), Err)
-    }
-
-    fn value(&self, path: &str) -> Option<&str> {
-        self.nodes
-            .get(path)
-            .map(|v| std::str::from_utf8(v).unwrap())
-    }
-
-    fn under(&self, prefix: &str) -> Vec<&String> {
-        self.nodes
-            .keys()
-            .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
-            .collect()
-    }
-
-    fn create_parents(&mut self, path: &str) {
-        let mut at = 0;
-        while let Some(i) = path[at + 1..].find('/') {
-            at += i + 1;
-            self.nodes.entry(path[..at].to_string()).or_default();
-        }
-    }
-}
-
-impl Store for FakeStore {
-    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.check("read")?;
-        Ok(self.nodes.get(path).cloned())
-    }
-    fn write(&mut self, path: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.check("write")?;
-        self.create_parents(path);
-        self.nodes.insert(path.to_string(), value.to_vec());
-        Ok(())
-    }
-    fn mkdir(&mut self, path: &str) -> Result<(), StoreError> {
-        self.check("mkdir")?;
-        self.create_parents(path);
-        self.nodes.entry(path.to_string()).or_default();
-        Ok(())
-    }
-    fn rm(&mut self, path: &str) -> Result<(), StoreError> {
-        self.check("rm")?;
-        let doomed: Vec<String> = self.under(path).into_iter().cloned().collect();
-        for p in doomed {
-            self.nodes.remove(&p);
-            self.perms.remove(&p);
-        }
-        Ok(())
-    }
-    fn set_perms(&mut self, path: &str, perms: &[Perm]) -> Result<(), StoreError> {
-        self.check("set_perms")?;
-        if !self.nodes.contains_key(path) {
-            return Err(StoreError::NotFound);
-        }
-        self.perms.insert(path.to_string(), perms.to_vec());
-        Ok(())
-    }
-    fn introduce(&mut self, domid: u16, gfn: u64, port: u32) -> Result<(), StoreError> {
-        self.check("introduce")?;
-        if self.introduced.contains_key(&domid) {
-            return Err(StoreError::Exists);
-        }
-        self.introduced.insert(domid, (gfn, port));
-        Ok(())
-    }
-    fn domain_exited(&mut self, domid: u16) {
-        self.exited.push(domid);
-    }
-    fn release(&mut self, domid: u16) -> Result<(), StoreError> {
-        self.check("release")?;
-        self.introduced
-            .remove(&domid)
-            .map(|_| self.released.push(domid))
-            .ok_or(StoreError::NotFound)
-    }
-    fn watch(&mut self, path: &str, token: &str) -> Result<(), StoreError> {
-        self.watches.insert((path.to_string(), token.to_string()));
-        Ok(())
-    }
-    fn unwatch(&mut self, path: &str, token: &str) -> Result<(), StoreError> {
-        self.watches
-            .remove(&(path.to_string(), token.to_string()))
-            .then_some(())
-            .ok_or(StoreError::NotFound)
-    }
-}
 
 struct Rig {
     xen: FakeXen,

@@ -1,12 +1,13 @@
-//! Fakes shared by the integration tests: a console backend that records attachments and
-//! a builder that creates paused PVH domains in `FakeXen`.
+//! Fakes shared by the integration tests: a xenstore that records nodes, permissions,
+//! watches and introductions, a console backend that records attachments, and a builder
+//! that creates paused PVH domains in `FakeXen`.
 
 #![allow(dead_code)]
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use keel_toolstack::{Builder, BuiltDomain, ConsoleBackend};
+use keel_toolstack::{Builder, BuiltDomain, ConsoleBackend, Perm, Store, StoreError};
 use keel_xen::domctl::dominf;
 use keel_xen::fake::FakeXen;
 
@@ -72,5 +73,108 @@ impl Builder for FakeBuilder<'_> {
             console_port: 20 + u32::from(domid),
             console_gfn: 0xfefff,
         })
+    }
+}
+
+#[derive(Default)]
+pub struct FakeStore {
+    pub nodes: BTreeMap<String, Vec<u8>>,
+    pub perms: BTreeMap<String, Vec<Perm>>,
+    pub introduced: BTreeMap<u16, (u64, u32)>,
+    pub released: Vec<u16>,
+    pub exited: Vec<u16>,
+    pub watches: BTreeSet<(String, String)>,
+    /// Operation name → error for its next call.
+    pub fail: BTreeMap<&'static str, StoreError>,
+}
+
+impl FakeStore {
+    pub fn check(&mut self, op: &'static str) -> Result<(), StoreError> {
+        self.fail.remove(op).map_or(Ok(()), Err)
+    }
+
+    pub fn value(&self, path: &str) -> Option<&str> {
+        self.nodes
+            .get(path)
+            .map(|v| std::str::from_utf8(v).unwrap())
+    }
+
+    pub fn under(&self, prefix: &str) -> Vec<&String> {
+        self.nodes
+            .keys()
+            .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
+            .collect()
+    }
+
+    pub fn create_parents(&mut self, path: &str) {
+        let mut at = 0;
+        while let Some(i) = path[at + 1..].find('/') {
+            at += i + 1;
+            self.nodes.entry(path[..at].to_string()).or_default();
+        }
+    }
+}
+
+impl Store for FakeStore {
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check("read")?;
+        Ok(self.nodes.get(path).cloned())
+    }
+    fn write(&mut self, path: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.check("write")?;
+        self.create_parents(path);
+        self.nodes.insert(path.to_string(), value.to_vec());
+        Ok(())
+    }
+    fn mkdir(&mut self, path: &str) -> Result<(), StoreError> {
+        self.check("mkdir")?;
+        self.create_parents(path);
+        self.nodes.entry(path.to_string()).or_default();
+        Ok(())
+    }
+    fn rm(&mut self, path: &str) -> Result<(), StoreError> {
+        self.check("rm")?;
+        let doomed: Vec<String> = self.under(path).into_iter().cloned().collect();
+        for p in doomed {
+            self.nodes.remove(&p);
+            self.perms.remove(&p);
+        }
+        Ok(())
+    }
+    fn set_perms(&mut self, path: &str, perms: &[Perm]) -> Result<(), StoreError> {
+        self.check("set_perms")?;
+        if !self.nodes.contains_key(path) {
+            return Err(StoreError::NotFound);
+        }
+        self.perms.insert(path.to_string(), perms.to_vec());
+        Ok(())
+    }
+    fn introduce(&mut self, domid: u16, gfn: u64, port: u32) -> Result<(), StoreError> {
+        self.check("introduce")?;
+        if self.introduced.contains_key(&domid) {
+            return Err(StoreError::Exists);
+        }
+        self.introduced.insert(domid, (gfn, port));
+        Ok(())
+    }
+    fn domain_exited(&mut self, domid: u16) {
+        self.exited.push(domid);
+    }
+    fn release(&mut self, domid: u16) -> Result<(), StoreError> {
+        self.check("release")?;
+        self.introduced
+            .remove(&domid)
+            .map(|_| self.released.push(domid))
+            .ok_or(StoreError::NotFound)
+    }
+    fn watch(&mut self, path: &str, token: &str) -> Result<(), StoreError> {
+        self.watches.insert((path.to_string(), token.to_string()));
+        Ok(())
+    }
+    fn unwatch(&mut self, path: &str, token: &str) -> Result<(), StoreError> {
+        self.watches
+            .remove(&(path.to_string(), token.to_string()))
+            .then_some(())
+            .ok_or(StoreError::NotFound)
     }
 }
