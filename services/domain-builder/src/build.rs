@@ -392,6 +392,10 @@ fn populate_and_load<H: Hypervisor + ?Sized, F: HoleFrames>(
     let loaded: LoadedKernel = match format {
         KernelFormat::Elf => kernel_image::load_elf(kernel, layout.low_end, &mut writer)
             .map_err(BuildError::Kernel)?,
+        KernelFormat::BzImageGzip { payload } => {
+            crate::gzip::load_gzip(kernel, payload, layout.low_end, &mut writer)
+                .map_err(BuildError::Kernel)?
+        }
         KernelFormat::BzImageXz { payload, dict_size } => {
             // The dictionary lives at the top of low RAM; the kernel must load below it.
             let dict_frames = layout::page_align(dict_size) / page;

@@ -17,6 +17,7 @@ use xz4rust::{XzDecoder, XzError, XzNextBlockResult};
 
 use crate::elf_load::{ElfError, ElfStream, LoadError, LoadedKernel};
 use crate::guest_memory::GuestWrite;
+use crate::gzip::{self, GzipError};
 use crate::source::{ImageSource, SourceError};
 
 /// Bytes read from a source at a time, and decompressed output handled at a time.
@@ -33,6 +34,8 @@ pub enum KernelFormat {
     Elf,
     /// A bzImage with an xz payload at `payload` needing a `dict_size` dictionary.
     BzImageXz { payload: Range<u64>, dict_size: u64 },
+    /// A bzImage with a gzip payload at `payload`.
+    BzImageGzip { payload: Range<u64> },
 }
 
 /// Why a kernel image was refused.
@@ -44,14 +47,16 @@ pub enum KernelError {
     OldBootProtocol(u16),
     /// The bzImage's payload lies outside the file.
     PayloadOutOfBounds,
-    /// The payload is compressed with something other than xz (first bytes given).
+    /// The payload is compressed with something other than xz or gzip (first bytes given).
     UnsupportedCompression([u8; 4]),
     /// The xz headers are corrupt or use a filter chain without LZMA2.
     BadXzHeader,
     /// The xz dictionary is larger than [`MAX_XZ_DICT`].
     XzDictionaryTooLarge(u64),
-    /// The compressed payload is corrupt or truncated.
+    /// The xz payload is corrupt or truncated.
     Decompress(XzError),
+    /// The gzip payload is corrupt or truncated.
+    Gzip(GzipError),
     /// The (decompressed) ELF is refused or does not fit.
     Load(LoadError),
     /// Reading the image failed.
@@ -67,13 +72,17 @@ impl core::fmt::Display for KernelError {
             }
             KernelError::PayloadOutOfBounds => write!(f, "bzImage payload lies outside the file"),
             KernelError::UnsupportedCompression(m) => {
-                write!(f, "bzImage payload is not xz (starts {m:02x?})")
+                write!(
+                    f,
+                    "bzImage payload is neither xz nor gzip (starts {m:02x?})"
+                )
             }
             KernelError::BadXzHeader => write!(f, "corrupt xz header in the bzImage payload"),
             KernelError::XzDictionaryTooLarge(n) => {
                 write!(f, "xz dictionary of {n} bytes is larger than 64 MiB")
             }
             KernelError::Decompress(e) => write!(f, "corrupt compressed kernel: {e}"),
+            KernelError::Gzip(e) => write!(f, "corrupt compressed kernel: {e}"),
             KernelError::Load(e) => e.fmt(f),
             KernelError::Source(e) => write!(f, "reading the kernel failed at byte {}", e.offset),
         }
@@ -128,6 +137,11 @@ pub fn probe(source: &mut dyn ImageSource) -> Result<KernelFormat, KernelError> 
         return Err(KernelError::PayloadOutOfBounds);
     }
     let head = read_vec(source, start, 64.min((end - start) as usize))?;
+    if head[..3] == gzip::MAGIC {
+        return Ok(KernelFormat::BzImageGzip {
+            payload: start..end,
+        });
+    }
     if head[..6] != XZ_MAGIC {
         let mut magic = [0u8; 4];
         magic.copy_from_slice(&head[..4]);
@@ -323,7 +337,21 @@ mod tests {
         );
         assert_eq!(
             probe(&mut BytesSource(&gz)),
-            Err(KernelError::UnsupportedCompression([0x1f, 0x8b, 8, 0]))
+            Ok(KernelFormat::BzImageGzip {
+                payload: 0xb00..0xb12
+            })
+        );
+        let zstd = bzimage(
+            0x20f,
+            &[
+                0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        );
+        assert_eq!(
+            probe(&mut BytesSource(&zstd)),
+            Err(KernelError::UnsupportedCompression([
+                0x28, 0xb5, 0x2f, 0xfd
+            ]))
         );
         assert_eq!(
             probe(&mut BytesSource(&bzimage(0x207, &[0; 32]))),

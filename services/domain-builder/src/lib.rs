@@ -12,6 +12,7 @@ pub mod acpi;
 pub mod build;
 pub mod elf_load;
 pub mod guest_memory;
+pub mod gzip;
 pub mod kernel_image;
 pub mod layout;
 pub mod source;

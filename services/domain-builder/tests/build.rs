@@ -75,6 +75,12 @@ fn xz_bzimage() -> Vec<u8> {
     bzimage(include_bytes!("fixtures/pvh-kernel.elf.xz"))
 }
 
+/// `tests/fixtures/pvh-kernel.elf.gz` is `gzip -9 -c target/pvh-kernel.elf` (with its name
+/// in the header, as gzip writes it).
+fn gzip_bzimage() -> Vec<u8> {
+    bzimage(include_bytes!("fixtures/pvh-kernel.elf.gz"))
+}
+
 fn config(memory_mib: u64, vcpus: u32) -> DomainConfig<'static> {
     DomainConfig {
         uuid: *b"0123456789abcdef",
@@ -319,6 +325,45 @@ fn builds_a_guest_from_an_xz_bzimage() {
         .read_guest(built.domid, (32 << 20) - (256 << 10), 256 << 10)
         .unwrap();
     assert!(top.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn builds_a_guest_from_a_gzip_bzimage() {
+    let a = Attempt::new();
+    let cfg = config(32, 2);
+    let initrd = initrd();
+    let (built, holes_free) = a.build(
+        &cfg,
+        &gzip_bzimage(),
+        Some(&initrd),
+        &BuildOptions::default(),
+    );
+    check_guest(&a.xen, &built.unwrap(), &cfg, &initrd);
+    assert_eq!(holes_free, HOLE_FRAMES);
+}
+
+#[test]
+fn a_corrupt_gzip_kernel_destroys_the_domain() {
+    let a = Attempt::new();
+    let cfg = config(32, 1);
+    let payload_at = 28 * 512 + 0x3b4;
+    let good = gzip_bzimage();
+    // A flipped bit in the deflate data, in the CRC trailer, and a payload cut short.
+    let mut flipped = good.clone();
+    flipped[payload_at + 20_000] ^= 0x10;
+    let mut bad_crc = good.clone();
+    let gz_len = include_bytes!("fixtures/pvh-kernel.elf.gz").len();
+    bad_crc[payload_at + gz_len - 8] ^= 1;
+    let mut cut = good.clone();
+    cut[0x24c..0x250].copy_from_slice(&((gz_len / 2) as u32).to_le_bytes());
+    for image in [flipped, bad_crc, cut] {
+        let (r, holes) = a.build(&cfg, &image, None, &BuildOptions::default());
+        assert!(
+            matches!(r, Err(BuildError::Kernel(KernelError::Gzip(_)))),
+            "{r:?}"
+        );
+        a.assert_clean(holes);
+    }
 }
 
 #[test]
