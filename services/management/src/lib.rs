@@ -59,9 +59,9 @@ impl Default for ServerConfig {
         ServerConfig {
             port: 80,
             backlog: 4,
-            // Xen Orchestra-style clients hold an `event.from` long-poll beside their calls;
-            // 1024 clients plus the listening sockets.
-            max_connections: 1024 + 4,
+            // Xen Orchestra-style clients hold an `event.from` long-poll beside their calls:
+            // 1024 clients, the listening sockets, and room for an administrator's few more.
+            max_connections: 1024 + 4 + 72,
             socket_rx_bytes: 8 * 1024,
             socket_tx_bytes: 16 * 1024,
             peer_timeout_ms: 60_000,
