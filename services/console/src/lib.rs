@@ -33,6 +33,7 @@ pub use ring::{ConsoleRing, Ring, RingError};
 pub use set::{AttachError, ConsoleSession, ConsoleSet};
 pub use stream::{ConsoleStream, SKIP_MARKER_MAX};
 pub use target::{
-    location, parse_target, ConsoleSelector, ConsoleTarget, TargetError, CONNECT_ACCEPTED,
+    connect_request, location, parse_connect_response, parse_target, split_location,
+    ConnectResponse, ConsoleSelector, ConsoleTarget, LocationError, TargetError, CONNECT_ACCEPTED,
     CONSOLE_PATH,
 };

@@ -131,6 +131,85 @@ pub fn location(host: &str, console_ref: &str) -> String {
     format!("http://{host}{CONSOLE_PATH}?ref={}", encode(console_ref))
 }
 
+/// Why a console `location` cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocationError {
+    /// Not `http://host[:port]/console?...` (Keel's management port speaks plain HTTP).
+    NotHttp,
+    /// No host, or a path other than the console's.
+    Malformed,
+}
+
+/// Splits a console `location` into the address to connect to (`host[:port]`, port 80
+/// when absent) and the request target (path and query).
+pub fn split_location(location: &str) -> Result<(&str, &str), LocationError> {
+    let rest = location
+        .strip_prefix("http://")
+        .ok_or(LocationError::NotHttp)?;
+    let slash = rest.find('/').ok_or(LocationError::Malformed)?;
+    let (host, target) = rest.split_at(slash);
+    let path = target.split('?').next().unwrap_or(target);
+    if host.is_empty() || path != CONSOLE_PATH {
+        return Err(LocationError::Malformed);
+    }
+    Ok((host, target))
+}
+
+/// The request a client (e.g. `cargo xtask console`) sends to attach to the console at
+/// `location` with XenAPI session `session_id`.
+pub fn connect_request(location: &str, session_id: &str) -> Result<String, LocationError> {
+    let (host, target) = split_location(location)?;
+    let sep = if target.contains('?') { '&' } else { '?' };
+    Ok(format!(
+        "CONNECT {target}{sep}session_id={} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        encode(session_id)
+    ))
+}
+
+/// The server's answer to `CONNECT`, as far as it has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectResponse {
+    /// The head has not fully arrived; read more.
+    Incomplete,
+    /// `200`: console bytes follow the first `head_len` bytes.
+    Accepted { head_len: usize },
+    /// Any other status (`401` bad session, `404` no such console or VM not running, ...).
+    Refused { status: u16 },
+    /// Not an HTTP response, or a head beyond 8 KiB.
+    Malformed,
+}
+
+/// Reads the response head at the start of `buf`.
+pub fn parse_connect_response(buf: &[u8]) -> ConnectResponse {
+    const MAX_HEAD: usize = 8192;
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD {
+            ConnectResponse::Malformed
+        } else {
+            ConnectResponse::Incomplete
+        };
+    };
+    let head_len = end + 4;
+    if head_len > MAX_HEAD {
+        return ConnectResponse::Malformed;
+    }
+    let status_line = buf.split(|b| *b == b'\r').next().unwrap_or(&[]);
+    let mut parts = status_line.split(|b| *b == b' ');
+    let version_ok = parts
+        .next()
+        .is_some_and(|v| v == b"HTTP/1.1" || v == b"HTTP/1.0");
+    let status = parts
+        .next()
+        .filter(|code| code.len() == 3)
+        .and_then(|code| core::str::from_utf8(code).ok())
+        .and_then(|code| code.parse::<u16>().ok());
+    match (version_ok, status) {
+        (true, Some(200)) => ConnectResponse::Accepted { head_len },
+        (true, Some(status)) => ConnectResponse::Refused { status },
+        _ => ConnectResponse::Malformed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +269,68 @@ mod tests {
             );
         }
         assert!(parse_target(&format!("/console?ref={}", "a".repeat(MAX_VALUE_LEN))).is_ok());
+    }
+
+    #[test]
+    fn a_client_attaches_with_what_the_server_parses() {
+        let loc = location("192.0.2.7:8080", "OpaqueRef:c0");
+        assert_eq!(
+            split_location(&loc),
+            Ok(("192.0.2.7:8080", "/console?ref=OpaqueRef:c0"))
+        );
+        let req = connect_request(&loc, "OpaqueRef:s e").unwrap();
+        assert_eq!(
+            req,
+            "CONNECT /console?ref=OpaqueRef:c0&session_id=OpaqueRef:s%20e HTTP/1.1\r\n\
+             Host: 192.0.2.7:8080\r\n\r\n"
+        );
+        let target = req.split(' ').nth(1).unwrap();
+        let parsed = parse_target(target).unwrap();
+        assert_eq!(parsed.console, ConsoleSelector::Ref("OpaqueRef:c0".into()));
+        assert_eq!(parsed.session_id.as_deref(), Some("OpaqueRef:s e"));
+        assert_eq!(
+            connect_request("http://h/console", "s").unwrap(),
+            "CONNECT /console?session_id=s HTTP/1.1\r\nHost: h\r\n\r\n"
+        );
+        for bad in [
+            "https://h/console?ref=x",
+            "http:///console",
+            "http://h/other?ref=x",
+            "http://h",
+        ] {
+            assert!(split_location(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connect_responses() {
+        let mut ok = CONNECT_ACCEPTED.to_vec();
+        ok.extend_from_slice(b"login: ");
+        assert_eq!(
+            parse_connect_response(&ok),
+            ConnectResponse::Accepted {
+                head_len: CONNECT_ACCEPTED.len()
+            }
+        );
+        assert_eq!(
+            parse_connect_response(b"HTTP/1.1 200 OK\r\n"),
+            ConnectResponse::Incomplete
+        );
+        assert_eq!(
+            parse_connect_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
+            ConnectResponse::Refused { status: 404 }
+        );
+        assert_eq!(
+            parse_connect_response(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            ConnectResponse::Malformed
+        );
+        assert_eq!(
+            parse_connect_response(b"HTTP/1.1 20 OK\r\n\r\n"),
+            ConnectResponse::Malformed
+        );
+        assert_eq!(
+            parse_connect_response(&[b'x'; 9000]),
+            ConnectResponse::Malformed
+        );
     }
 }
