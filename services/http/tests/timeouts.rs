@@ -1,6 +1,10 @@
 //! Deadlines with a fake clock: idle keep-alive, slow heads, slow bodies, peers that stop
 //! reading, and the handler's own time, which is never limited.
 
+// A panic in a test is a failed test. clippy.toml lets `#[test]` functions unwrap; this also
+// covers the helpers of this test crate (tests/common), which that setting does not reach.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
