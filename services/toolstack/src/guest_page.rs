@@ -7,6 +7,7 @@
 //! and the view of a mapped frame as a typed page (its one `unsafe` step).
 
 use alloc::collections::BTreeMap;
+use core::ops::Deref;
 
 use keel_console::{ConsolePage, Index};
 use keel_xen::evtchn::{bind_interdomain, close, send, Port};
@@ -133,7 +134,12 @@ impl<V: ConsolePage> ConsolePage for GuestPage<V> {
     }
 }
 
-impl<V: RingPage> RingPage for GuestPage<V> {
+/// Through a reference (`&'static XenstoreDomainInterface` in the kernel) or a box.
+impl<V> RingPage for GuestPage<V>
+where
+    V: Deref,
+    V::Target: RingPage,
+{
     fn read_requests(&self, out: &mut [u8]) -> Result<usize, XsRingError> {
         self.view.read_requests(out)
     }
@@ -236,7 +242,8 @@ where
 
 impl<H: Hypervisor + ?Sized, F: MapFrames> StoreRings for GrantMapper<'_, H, F>
 where
-    F::View: RingPage,
+    F::View: Deref,
+    <F::View as Deref>::Target: RingPage,
 {
     fn map(&mut self, domid: u16, _store_gfn: u64, store_port: u32) -> Result<(), StoreError> {
         if self.pages.store_rings.contains_key(&domid) {
@@ -250,7 +257,7 @@ where
             store_port,
         )
         .map_err(|e| StoreError::Other(alloc::format!("store page of {domid}: {e:?}")))?;
-        keel_xenstored::prepare(page.view());
+        keel_xenstored::prepare(&**page.view());
         self.pages.store_rings.insert(domid, page);
         Ok(())
     }
@@ -261,5 +268,22 @@ where
                 self.pages.leaks += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_console::XenconsInterface;
+    use keel_xen::xenstore_ring::XenstoreDomainInterface;
+
+    fn is_console_page<T: ConsolePage>() {}
+    fn is_ring_page<T: RingPage>() {}
+
+    /// The views the kernel will hand out are usable as both pages (checked when compiling).
+    #[test]
+    fn kernel_views_fit() {
+        is_console_page::<GuestPage<&'static XenconsInterface>>();
+        is_ring_page::<GuestPage<&'static XenstoreDomainInterface>>();
     }
 }

@@ -81,7 +81,7 @@ struct Frames<'x> {
 }
 
 impl<'x> MapFrames for Frames<'x> {
-    type View = FramePage<'x>;
+    type View = Box<FramePage<'x>>;
     fn allocate(&mut self) -> Option<u64> {
         self.allocated += 1;
         Some(self.free.pop().unwrap_or_else(|| {
@@ -93,11 +93,11 @@ impl<'x> MapFrames for Frames<'x> {
         self.allocated -= 1;
         self.free.push(gfn);
     }
-    fn view(&self, gfn: u64) -> FramePage<'x> {
-        FramePage {
+    fn view(&self, gfn: u64) -> Box<FramePage<'x>> {
+        Box::new(FramePage {
             xen: self.xen,
             frame: self.shows[&gfn],
-        }
+        })
     }
 }
 
@@ -223,7 +223,7 @@ fn failures_give_the_frame_back() {
         shows: BTreeMap::new(),
         allocated: 0,
     };
-    let mut pages = MappedPages::<FramePage<'_>>::default();
+    let mut pages = MappedPages::<Box<FramePage<'_>>>::default();
     let mut mapper = GrantMapper {
         hv: &xen,
         frames: &mut frames,
