@@ -169,7 +169,8 @@ fn report_verifier(state: VerifierState) {
                 free >> 20,
                 // The heap is about half of RAM (kernel/src/memory.rs).
                 (bytes.saturating_sub(free) * 2).div_ceil(1 << 20),
-                free / 2 / 1024
+                // Leave a third of what is free for everything else.
+                free / 3 * 2 / 1024
             )
         }
         // XenApi::new refuses an unparsable hash; without one there is nothing to reserve.

@@ -338,3 +338,45 @@ fn a_thousand_and_twenty_four_keep_alive_connections_are_all_served() -> Result<
     assert_no_panic(&vm);
     Ok(())
 }
+
+/// A login whose hash cannot be verified in this much memory.
+const UNVERIFIABLE_SCRIPT: &str = r#"
+import sys, XenAPI
+s = XenAPI.Session(sys.argv[1])
+try:
+    s.xenapi.login_with_password("root", sys.argv[2], "1.0", "keel-tests")
+    print("accepted")
+except XenAPI.Failure as e:
+    assert e.details[0] == "INTERNAL_ERROR", e.details
+    assert "memory" in e.details[1], e.details
+    print("ok clear-error", flush=True)
+"#;
+
+#[test]
+fn a_hash_too_costly_for_the_heap_is_one_boot_line_and_a_clear_login_error(
+) -> Result<(), HarnessError> {
+    // The former production cost (19 MiB of argon2 memory) on a 32 MiB machine (14 MiB heap).
+    let password = "costly-password";
+    let phc = keel_xenapi::hash_password(
+        password.as_bytes(),
+        b"keel-costly-salt",
+        keel_xenapi::HashCost::OWASP_19_MIB,
+    )
+    .expect("hash");
+    let vm = Machine::new("hostile_costly_hash")
+        .memory_mib(32)
+        .nic_with_api(NicModel::VirtioNet)
+        .append(format!("keel.root_hash={phc}"))
+        .boot()?;
+    vm.wait_for(Pattern::starts_with(READY_PREFIX), BOOT_DEADLINE)?;
+    let line = vm.wait_for(
+        Pattern::contains("api: root's password hash needs 19 MiB to verify"),
+        Duration::from_secs(1),
+    )?;
+    assert!(line.contains("m=19456 KiB"), "{line}");
+    let url = format!("http://127.0.0.1:{}", vm.api_port().expect("API port"));
+    let out = sdk(&vm, UNVERIFIABLE_SCRIPT, &[&url, password]);
+    assert!(out.contains("ok clear-error"), "{out}");
+    assert_no_panic(&vm);
+    Ok(())
+}
