@@ -1,10 +1,15 @@
 //! The attached SRs as the XenAPI's storage backend ([`keel_xenapi::StorageBackend`]).
+//!
+//! The host database's VDI (keel-hostdb, docs/hostdb.md) does not exist for clients: it is
+//! never listed, every operation naming it answers `VdiNotFound`, and its reserved name is
+//! refused for every VDI a client names, so no second candidate can appear.
 
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use keel_block::BlockDevice;
+use keel_hostdb::{is_host_database, VDI_NAME};
 use keel_storage::{Sr, SrError, Uuid, VdiInfo};
 use keel_xenapi::{SrFacts, StorageBackend, StorageError, VdiFacts};
 
@@ -103,6 +108,24 @@ fn vdi_uuid(vdi: &str) -> Result<Uuid, StorageError> {
     parse_uuid(vdi).ok_or_else(|| StorageError::VdiNotFound(vdi.to_string()))
 }
 
+/// The VDI a client names: not found if it is the host database. (A VDI that does not exist
+/// is left to the operation, which says so.)
+fn client_vdi<D: BlockDevice>(sr: &Sr<D>, vdi: &str) -> Result<Uuid, StorageError> {
+    let uuid = vdi_uuid(vdi)?;
+    match sr.vdi_info(uuid) {
+        Ok(info) if is_host_database(&info) => Err(StorageError::VdiNotFound(vdi.to_string())),
+        _ => Ok(uuid),
+    }
+}
+
+/// A name a client may give a VDI: anything but the host database's.
+fn client_name(name: &str) -> Result<&str, StorageError> {
+    if name == VDI_NAME {
+        return Err(StorageError::InvalidName);
+    }
+    Ok(name)
+}
+
 /// Runs an operation that yields a VDI and describes the result.
 fn describe<D: BlockDevice>(
     sr: &mut Sr<D>,
@@ -134,6 +157,7 @@ impl<D: BlockDevice> StorageBackend for Repositories<D> {
             .sr
             .list_vdis()
             .into_iter()
+            .filter(|info| !is_host_database(info))
             .map(vdi_facts)
             .collect())
     }
@@ -144,12 +168,14 @@ impl<D: BlockDevice> StorageBackend for Repositories<D> {
         name: &str,
         virtual_size: u64,
     ) -> Result<VdiFacts, StorageError> {
+        let name = client_name(name)?;
         describe(self.find_mut(sr)?, |sr| sr.create_vdi(name, virtual_size))
     }
 
     fn destroy_vdi(&mut self, sr: &str, vdi: &str) -> Result<(), StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        self.find_mut(sr)?.destroy_vdi(uuid).map_err(storage_error)
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        sr.destroy_vdi(uuid).map_err(storage_error)
     }
 
     fn resize_vdi(
@@ -158,32 +184,36 @@ impl<D: BlockDevice> StorageBackend for Repositories<D> {
         vdi: &str,
         virtual_size: u64,
     ) -> Result<VdiFacts, StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        describe(self.find_mut(sr)?, |sr| {
-            sr.resize_vdi(uuid, virtual_size).map(|()| uuid)
-        })
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        describe(sr, |sr| sr.resize_vdi(uuid, virtual_size).map(|()| uuid))
     }
 
     fn set_vdi_name(&mut self, sr: &str, vdi: &str, name: &str) -> Result<(), StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        self.find_mut(sr)?
-            .rename_vdi(uuid, name)
-            .map_err(storage_error)
+        let name = client_name(name)?;
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        sr.rename_vdi(uuid, name).map_err(storage_error)
     }
 
     fn snapshot_vdi(&mut self, sr: &str, vdi: &str) -> Result<VdiFacts, StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        describe(self.find_mut(sr)?, |sr| sr.snapshot_vdi(uuid))
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        describe(sr, |sr| sr.snapshot_vdi(uuid))
     }
 
     fn clone_vdi(&mut self, sr: &str, vdi: &str, name: &str) -> Result<VdiFacts, StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        describe(self.find_mut(sr)?, |sr| sr.clone_vdi(uuid, name))
+        let name = client_name(name)?;
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        describe(sr, |sr| sr.clone_vdi(uuid, name))
     }
 
     fn copy_vdi(&mut self, sr: &str, vdi: &str, name: &str) -> Result<VdiFacts, StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        describe(self.find_mut(sr)?, |sr| sr.copy_vdi(uuid, name))
+        let name = client_name(name)?;
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        describe(sr, |sr| sr.copy_vdi(uuid, name))
     }
 
     fn read(
@@ -193,17 +223,15 @@ impl<D: BlockDevice> StorageBackend for Repositories<D> {
         offset: u64,
         out: &mut [u8],
     ) -> Result<(), StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        self.find_mut(sr)?
-            .read(uuid, offset, out)
-            .map_err(storage_error)
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        sr.read(uuid, offset, out).map_err(storage_error)
     }
 
     fn write(&mut self, sr: &str, vdi: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        let uuid = vdi_uuid(vdi)?;
-        self.find_mut(sr)?
-            .write(uuid, offset, data)
-            .map_err(storage_error)
+        let sr = self.find_mut(sr)?;
+        let uuid = client_vdi(sr, vdi)?;
+        sr.write(uuid, offset, data).map_err(storage_error)
     }
 
     fn flush(&mut self, sr: &str) -> Result<(), StorageError> {

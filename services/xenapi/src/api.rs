@@ -24,6 +24,7 @@ use crate::handlers::vm_builtin;
 use crate::handlers::vm_power::PendingShutdown;
 use crate::handlers::{self, LegacySubscription, Subscription};
 use crate::jsonrpc::{self, JsonReplyTo};
+use crate::persist::{self, AutoStart, DatabaseSink, Persistence};
 use crate::schema::Schema;
 use crate::storage::StorageBackend;
 use crate::store::{consistent, Db, Entropy};
@@ -106,6 +107,12 @@ pub struct Config {
     /// The toolstack behind the VM power operations; `None` = this host runs no guests
     /// (they fail with `OPERATION_NOT_ALLOWED`).
     pub guests: Option<Box<dyn GuestBackend>>,
+    /// The host database read at boot: its objects are put back (persist.rs). `None` = a
+    /// fresh host.
+    pub restore: Option<keel_hostdb::Database>,
+    /// Where every change to the kept objects is saved before its call is answered; `None` =
+    /// nothing persists.
+    pub database_sink: Option<Box<dyn DatabaseSink>>,
 }
 
 impl Config {
@@ -118,6 +125,8 @@ impl Config {
             schema: classes::ALL,
             storage: None,
             guests: None,
+            restore: None,
+            database_sink: None,
         }
     }
 }
@@ -166,6 +175,10 @@ pub struct State {
     pub(crate) guests: Option<Box<dyn GuestBackend>>,
     /// Clean shutdowns and reboots waiting for their guest, by domid.
     pub(crate) shutdowns: BTreeMap<DomId, PendingShutdown>,
+    /// The host database: what was restored, what to save.
+    pub(crate) persist: Persistence,
+    /// What the host boot did to the restored objects (`None` without a restore).
+    pub(crate) host_boot: Option<keel_hostdb::BootPlan>,
 }
 
 /// Which codec a request came in on.
@@ -262,6 +275,8 @@ impl XenApi {
             storage: config.storage,
             guests: config.guests,
             shutdowns: BTreeMap::new(),
+            persist: Persistence::new(config.database_sink),
+            host_boot: None,
         };
         let mut api = XenApi { state };
         api.refresh_storage(now);
@@ -271,6 +286,12 @@ impl XenApi {
             consistent(vm_builtin::create_control_domain(state, &config.facts, now));
             consistent(vm_builtin::create_templates(&mut state.db, now));
         }
+        if let Some(saved) = config.restore {
+            let plan = persist::restore(&mut api.state, saved, now);
+            api.state.host_boot = Some(plan);
+        }
+        // The reset power states and a new host's first objects are durable from the start.
+        persist::save_if_changed(&mut api.state);
         Ok(api)
     }
 
@@ -313,8 +334,11 @@ impl XenApi {
     }
 
     /// The transport-free API: run `method` with `params`.
+    /// A change to a kept object is saved (persist.rs) before this returns.
     pub fn call(&mut self, method: &str, params: Vec<Value>, now: Timestamp) -> CallOutcome {
-        dispatch::call(&mut self.state, method, params, now)
+        let outcome = dispatch::call(&mut self.state, method, params, now);
+        persist::save_if_changed(&mut self.state);
+        outcome
     }
 
     /// The transport-free counterpart of [`XenApi::poll`].
@@ -324,7 +348,9 @@ impl XenApi {
             now,
             session: None,
         };
-        handlers::resume(&mut ctx, wait)
+        let outcome = handlers::resume(&mut ctx, wait);
+        persist::save_if_changed(&mut self.state);
+        outcome
     }
 
     /// Step every running job once; returns how many are still running.
@@ -334,7 +360,9 @@ impl XenApi {
             now,
             session: None,
         };
-        tasks::run(&mut ctx)
+        let running = tasks::run(&mut ctx);
+        persist::save_if_changed(&mut self.state);
+        running
     }
 
     /// When the answer of the call [`XenApi::handle`] just made may be sent, if it must wait:
@@ -363,6 +391,27 @@ impl XenApi {
         let (host, metrics) = (self.state.host.clone(), self.state.host_metrics.clone());
         let applied = classes::apply_facts(&mut self.state.db, &host, &metrics, facts, now);
         crate::store::consistent(applied);
+        persist::save_if_changed(&mut self.state);
+    }
+
+    /// Everything the host database keeps, as it stands (what the next save would write).
+    pub fn export_database(&self) -> keel_hostdb::Database {
+        persist::export(&self.state.db)
+    }
+
+    /// What the host boot did to the restored objects: which VMs it halted and which it
+    /// starts. `None` when nothing was restored.
+    pub fn host_boot(&self) -> Option<&keel_hostdb::BootPlan> {
+        self.state.host_boot.as_ref()
+    }
+
+    /// Starts the VMs marked `other_config:auto_poweron=true` that the restore found halted
+    /// (see [`XenApi::host_boot`]), each through `VM.start` as an `Async.VM.start` task.
+    /// Only the first call starts anything.
+    pub fn start_auto_poweron_vms(&mut self, now: Timestamp) -> Vec<AutoStart> {
+        let started = persist::start_auto_poweron_vms(&mut self.state, now);
+        persist::save_if_changed(&mut self.state);
+        started
     }
 
     pub fn db(&self) -> &Db {

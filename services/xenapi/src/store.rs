@@ -40,6 +40,9 @@ pub struct Db {
     by_class: BTreeMap<&'static str, BTreeSet<String>>,
     events: EventLog,
     entropy: Box<dyn Entropy>,
+    /// Moves on every write to an object of a class the host database keeps
+    /// ([`crate::persist::is_persisted`]): the cue to look for something to save.
+    revision: u64,
 }
 
 impl Db {
@@ -50,6 +53,18 @@ impl Db {
             by_class: BTreeMap::new(),
             events: EventLog::new(event_history),
             entropy,
+            revision: 0,
+        }
+    }
+
+    /// Moves whenever an object the host database keeps is created, changed or destroyed.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn note_write(&mut self, class: &ClassDecl) {
+        if crate::persist::is_persisted(class.name) {
+            self.revision = self.revision.wrapping_add(1);
         }
     }
 
@@ -113,8 +128,68 @@ impl Db {
             .entry(class.name)
             .or_default()
             .insert(reference.clone());
+        self.note_write(class);
         self.publish(&reference, Operation::Add, now);
         reference
+    }
+
+    /// Put back an object the host database kept, under its old reference: stored fields not
+    /// in `fields` get their type's default. Publishes an `add` event. Refused (false) if the
+    /// reference is taken.
+    pub(crate) fn restore(
+        &mut self,
+        class: &'static ClassDecl,
+        reference: &str,
+        mut fields: BTreeMap<&'static str, Value>,
+        now: Timestamp,
+    ) -> bool {
+        if self.objects.contains_key(reference) {
+            return false;
+        }
+        for f in class.fields.iter().filter(|f| f.source == Source::Stored) {
+            fields.entry(f.name).or_insert_with(|| default_for(&f.ty));
+        }
+        fields.retain(|name, _| {
+            class
+                .field(name)
+                .is_some_and(|f| f.source == Source::Stored)
+        });
+        self.objects
+            .insert(reference.to_string(), Object { class, fields });
+        self.by_class
+            .entry(class.name)
+            .or_default()
+            .insert(reference.to_string());
+        self.note_write(class);
+        self.publish(reference, Operation::Add, now);
+        true
+    }
+
+    /// Give an object another reference, and rewrite every reference to it in every object's
+    /// stored fields. Publishes nothing: only start-up uses it, before any client is served.
+    /// Refused (false) if `old` names nothing or `new` is taken.
+    pub(crate) fn rename(&mut self, old: &str, new: &str) -> bool {
+        if self.objects.contains_key(new) {
+            return false;
+        }
+        let Some(object) = self.objects.remove(old) else {
+            return false;
+        };
+        let class = object.class;
+        self.objects.insert(new.to_string(), object);
+        if let Some(set) = self.by_class.get_mut(class.name) {
+            set.remove(old);
+            set.insert(new.to_string());
+        }
+        for object in self.objects.values_mut() {
+            for decl in object.class.fields {
+                if let Some(value) = object.fields.get_mut(decl.name) {
+                    replace_ref(&decl.ty, value, old, new);
+                }
+            }
+        }
+        self.note_write(class);
+        true
     }
 
     /// Remove an object, publishing a `del` event carrying its last record.
@@ -123,6 +198,7 @@ impl Db {
             .class_of(reference)
             .ok_or_else(|| ApiError::handle_invalid("object", reference))?;
         self.publish(reference, Operation::Del, now);
+        self.note_write(class);
         self.objects.remove(reference);
         if let Some(set) = self.by_class.get_mut(class.name) {
             set.remove(reference);
@@ -232,6 +308,7 @@ impl Db {
             .objects
             .get_mut(reference)
             .ok_or_else(|| ApiError::handle_invalid("object", reference))?;
+        let class = object.class;
         for (name, value) in changes {
             match object.class.field(name) {
                 Some(decl) if decl.source == Source::Stored => {
@@ -248,6 +325,7 @@ impl Db {
                 }
             }
         }
+        self.note_write(class);
         self.publish(reference, Operation::Mod, now);
         Ok(())
     }
@@ -307,6 +385,29 @@ pub(crate) fn consistent<T>(result: Result<T, ApiError>) {
         "database invariant broken: {:?}",
         result.err()
     );
+}
+
+/// Replace the reference `old` by `new` wherever a value of type `ty` holds it.
+fn replace_ref(ty: &FieldType, value: &mut Value, old: &str, new: &str) {
+    match (ty, value) {
+        (FieldType::Ref(_), Value::String(text)) if text == old => *text = new.to_string(),
+        (FieldType::RefSet(_), Value::Array(items)) => {
+            for item in items {
+                replace_ref(&FieldType::Ref(""), item, old, new);
+            }
+        }
+        (FieldType::Set(inner), Value::Array(items)) => {
+            for item in items {
+                replace_ref(inner, item, old, new);
+            }
+        }
+        (FieldType::Map(_, inner), Value::Struct(entries)) => {
+            for item in entries.values_mut() {
+                replace_ref(inner, item, old, new);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The value a field has before anything sets it.
