@@ -347,9 +347,19 @@ impl Conn {
     fn on_end(&mut self, api: &mut XenApi, shared: &mut Shared<'_>, now: Timestamp) {
         match core::mem::replace(&mut self.state, State::Idle) {
             State::ApiBody { endpoint, body } => {
+                // Decoding takes heap in proportion to the body: charge it while the call runs,
+                // so that no body the budget cannot pay for reaches the decoders.
+                let decode = body.len().saturating_mul(crate::DECODE_BYTES_PER_BODY_BYTE);
+                if shared.budget.reserve(decode).is_err() {
+                    shared.budget.release(body.capacity());
+                    shared.stats.refused_for_memory += 1;
+                    self.state = State::Answered;
+                    self.respond_unavailable();
+                    return;
+                }
                 shared.stats.api_calls += 1;
                 let handled = api.handle(endpoint, &body, now);
-                shared.budget.release(body.capacity());
+                shared.budget.release(decode + body.capacity());
                 drop(body);
                 self.deliver(handled, api, now);
             }

@@ -30,6 +30,12 @@ use keel_net::smoltcp::iface::SocketSet;
 use keel_net::{ListenerConfig, MemoryBudget, TcpListener};
 use keel_xenapi::{Timestamp, XenApi};
 
+/// Heap that decoding a request body may take, per byte of body, at most: what the server
+/// charges to its memory budget while a call runs. Measured against bodies built to make the
+/// decoders allocate the most per byte (tests/decode_memory.rs): up to about 80 (a JSON array
+/// of zeros: serde_json's values, then the XenAPI's, with vectors grown by doubling).
+pub const DECODE_BYTES_PER_BODY_BYTE: usize = 96;
+
 /// Tunables of the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -66,7 +72,8 @@ impl Default for ServerConfig {
             socket_tx_bytes: 16 * 1024,
             peer_timeout_ms: 60_000,
             http: Limits::default(),
-            max_api_body_bytes: 4 * 1024 * 1024,
+            // Decoding may take DECODE_BYTES_PER_BODY_BYTE times this: 96 MiB at most.
+            max_api_body_bytes: 1024 * 1024,
             memory_budget_bytes: 48 * 1024 * 1024,
         }
     }

@@ -548,3 +548,25 @@ fn a_wrong_password_storm_delays_the_guesser_and_root_still_logs_in() {
         w.mono_ms - started
     );
 }
+
+#[test]
+fn a_body_whose_decoding_the_budget_cannot_pay_for_is_answered_503() {
+    // Room for the sockets and the body itself, not for decoding 20 KiB (about 2 MiB).
+    let mut w = world_with(ServerConfig {
+        memory_budget_bytes: 8 * 26 * 1024 + 256 * 1024,
+        ..ServerConfig::default()
+    });
+    let c = w.connect(46000);
+    let padded = format!(
+        "<?xml version='1.0'?>{}<methodCall><methodName>system.listMethods</methodName><params/></methodCall>",
+        " ".repeat(20 * 1024)
+    );
+    w.send(c, &post("/", "text/xml", &padded));
+    let (status, body) = w.response(c, 500).expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(w.server.stats().refused_for_memory, 1);
+    // A small call on a new connection is decoded and answered.
+    let d = w.connect(46001);
+    w.send(d, &xml_call("system.listMethods", &[]));
+    assert_eq!(w.response(d, 500).expect("an answer").0, 200);
+}
