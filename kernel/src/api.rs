@@ -117,14 +117,18 @@ pub fn start_server(
     if config.root_hash.is_none() {
         log::warn!("api: no keel.root_hash on the command line: every login will be refused");
     }
+    let host_database = crate::storage::hostdb::open();
     let api_config = ApiConfig {
         root_password_phc: config.root_hash.map(String::from),
         storage: crate::storage::backend(),
+        restore: host_database.restore,
+        database_sink: host_database.sink,
         ..ApiConfig::new(String::new(), facts)
     };
     let entropy = Entropy::seed(crate::arch::rdtsc() ^ rtc::now().unix_ms);
     match XenApi::new(api_config, Box::new(entropy), rtc::now()) {
-        Ok(api) => {
+        Ok(mut api) => {
+            crate::storage::hostdb::after_start(&mut api);
             report_verifier(api.login_verifier());
             let server_config = server_config(largest_allocation());
             log::info!(

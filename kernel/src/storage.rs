@@ -11,6 +11,7 @@
 //! [`bench`] runs the raw-disk workloads on them after ready (`cargo xtask bench storage`).
 
 mod disk;
+pub mod hostdb;
 mod nvme;
 
 use alloc::boxed::Box;
