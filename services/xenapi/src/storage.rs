@@ -98,7 +98,8 @@ impl StorageError {
             StorageError::InvalidName => ApiError::ValueNotSupported {
                 field: "name_label".to_string(),
                 value: String::new(),
-                reason: "must be at most 255 bytes".to_string(),
+                reason: "must be at most 255 bytes and not the reserved keel-host-database"
+                    .to_string(),
             },
             StorageError::OutOfRange { offset, len } => ApiError::ValueNotSupported {
                 field: "data".to_string(),

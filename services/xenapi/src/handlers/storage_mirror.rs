@@ -4,8 +4,8 @@
 //! The storage manager is the truth: every operation goes to it first, and the objects are
 //! updated from what it answers. `SR.scan` re-reads everything (and forgets VDI objects whose
 //! VDI is gone). The storage manager keeps a VDI's name (as `storage_name` shapes it);
-//! what it does not keep — descriptions, `other_config` — lives in the objects only and does
-//! not survive a reboot.
+//! what it does not keep — descriptions, `other_config` — lives in the objects, which the host
+//! database keeps across reboots (persist.rs).
 
 use alloc::collections::BTreeMap;
 use alloc::format;
