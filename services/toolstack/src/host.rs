@@ -1,0 +1,374 @@
+//! The toolstack on a real Xen, assembled: xenstored, the console set, the grant-mapped
+//! guest pages, the PVH builder and domain control around one [`Toolstack`], generic over
+//! the hypervisor and dom0's frames so that the kernel supplies only those and the clocks.
+//!
+//! [`XenHost`] is shared (`Rc<RefCell<…>>`, one CPU) between the XenAPI, which owns it as
+//! its [`GuestBackend`](keel_xenapi::guest::GuestBackend) through [`Guests`], and the
+//! kernel's event task, which calls [`XenHost::service`] when a guest's store or console
+//! channel fires, [`XenHost::on_dom_exc`] on `VIRQ_DOM_EXC`, and hands
+//! [`XenHost::take_reports`] to the XenAPI with no borrow held.
+
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::ops::Deref;
+
+use keel_console::{ConsolePage, ConsoleSet};
+use keel_domain_builder::{BuildError, BuildOptions, HoleFrames};
+use keel_xen::evtchn::{send, Port};
+use keel_xen::Hypervisor;
+use keel_xenapi::guest::{BootSpec, GuestError};
+use keel_xenstored::{LocalClient, RingPage, Xenstored};
+
+use crate::builder::{Builder, ConsoleBackend};
+use crate::console::{ConsoleAttachError, Consoles};
+use crate::control::{DomainControl, XenControl};
+use crate::guest_page::{GrantMapper, GuestPage, GuestPageError, MapFrames, MappedPages};
+use crate::pvh::{memory_mib, PvhBuilder, PvhError};
+use crate::store::Store;
+use crate::toolstack::{Env, Toolstack};
+use crate::xenapi::{take_reports, GuestHost, Guests, Report};
+use crate::xenstored::{deliver_watch_events, LocalStore};
+use crate::Timeouts;
+
+/// Rounds of ring service per call before the caller is told to come back (a guest that
+/// keeps its ring full cannot hold the CPU).
+const SERVICE_ROUNDS: usize = 8;
+
+/// The kernel's clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    /// Monotonic nanoseconds (the toolstack's timers).
+    pub monotonic_ns: fn() -> u64,
+    /// Wall-clock nanoseconds since the Unix epoch.
+    pub unix_ns: fn() -> u64,
+}
+
+/// Everything the toolstack acts through on a real Xen.
+///
+/// `B` gives the builder its windows into guest memory; `SF` and `CF` give dom0 frames for
+/// guests' store and console pages and view them as a xenstore ring and a console page.
+pub struct XenHost<H: ?Sized + 'static, B, SF: MapFrames, CF: MapFrames> {
+    pub hv: &'static H,
+    pub holes: B,
+    pub store_frames: SF,
+    pub console_frames: CF,
+    pub toolstack: Toolstack,
+    pub xenstored: Xenstored,
+    /// The toolstack's own privileged connection to xenstored (its watches live on it).
+    pub client: LocalClient,
+    pub store_pages: MappedPages<SF::View>,
+    pub console_pages: MappedPages<CF::View>,
+    pub consoles: ConsoleSet<GuestPage<CF::View>>,
+    pub options: BuildOptions,
+    pub clocks: Clocks,
+}
+
+/// What one [`XenHost::service`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Serviced {
+    /// Work remains (a ring still held requests or output): call again soon.
+    pub more: bool,
+}
+
+impl<H, B, SF, CF> XenHost<H, B, SF, CF>
+where
+    H: Hypervisor + ?Sized + 'static,
+    B: HoleFrames,
+    SF: MapFrames,
+    SF::View: Deref,
+    <SF::View as Deref>::Target: RingPage,
+    CF: MapFrames,
+    CF::View: ConsolePage,
+{
+    /// A host with no guests yet.
+    pub fn new(
+        hv: &'static H,
+        holes: B,
+        store_frames: SF,
+        console_frames: CF,
+        clocks: Clocks,
+    ) -> Self {
+        let mut xenstored = Xenstored::new();
+        let client = xenstored.open_local();
+        XenHost {
+            hv,
+            holes,
+            store_frames,
+            console_frames,
+            toolstack: Toolstack::new(Timeouts::default()),
+            xenstored,
+            client,
+            store_pages: MappedPages::default(),
+            console_pages: MappedPages::default(),
+            consoles: ConsoleSet::default(),
+            options: BuildOptions::default(),
+            clocks,
+        }
+    }
+
+    /// Runs `f` with the toolstack, the environment it acts through and the builder.
+    #[allow(clippy::type_complexity)]
+    fn lend<R>(
+        &mut self,
+        f: impl FnOnce(
+            &mut Toolstack,
+            &mut Env<
+                '_,
+                LocalStore<'_, GrantMapper<'_, H, SF>>,
+                Consoles<'_, GrantMapper<'_, H, CF>>,
+                XenControl<'_, H>,
+            >,
+            &mut PvhBuilder<'_, H, B>,
+        ) -> R,
+    ) -> R {
+        let hv = self.hv;
+        let control = XenControl(hv);
+        let mut store_mapper = GrantMapper {
+            hv,
+            frames: &mut self.store_frames,
+            pages: &mut self.store_pages,
+        };
+        let mut store = LocalStore {
+            xenstored: &mut self.xenstored,
+            client: self.client,
+            rings: &mut store_mapper,
+        };
+        let mut console_mapper = GrantMapper {
+            hv,
+            frames: &mut self.console_frames,
+            pages: &mut self.console_pages,
+        };
+        let mut consoles = Consoles {
+            set: &mut self.consoles,
+            pages: &mut console_mapper,
+        };
+        let mut env = Env {
+            store: &mut store,
+            consoles: &mut consoles,
+            control: &control,
+        };
+        let mut builder = PvhBuilder {
+            hv,
+            holes: &mut self.holes,
+            options: self.options,
+        };
+        f(&mut self.toolstack, &mut env, &mut builder)
+    }
+
+    /// Our ends of every guest channel (store and console), for the kernel to route their
+    /// events to [`XenHost::service`].
+    pub fn ports(&self) -> Vec<Port> {
+        self.store_pages
+            .store_rings
+            .values()
+            .map(GuestPage::local_port)
+            .chain(self.console_pages.console_ports.values().copied())
+            .collect()
+    }
+
+    /// Serves every guest's xenstore ring and console, hands xenstore changes to the
+    /// toolstack's watches, and runs the toolstack's due timers.
+    pub fn service(&mut self) -> Serviced {
+        let now = (self.clocks.monotonic_ns)();
+        let mut more = false;
+        let hv = self.hv;
+        self.xenstored.tick(now / 1_000_000);
+        let domains: Vec<u16> = self.store_pages.store_rings.keys().copied().collect();
+        for domid in domains {
+            let Some(page) = self.store_pages.store_rings.get(&domid) else {
+                continue;
+            };
+            for round in 0..SERVICE_ROUNDS {
+                match self.xenstored.service_ring(domid, page) {
+                    Ok(activity) => {
+                        if activity.notify {
+                            // A failed send is a channel the dying guest closed.
+                            let _ = send(hv, page.local_port());
+                        }
+                        if !activity.more {
+                            break;
+                        }
+                        if round + 1 == SERVICE_ROUNDS {
+                            more = true;
+                        }
+                    }
+                    // Cut off (hostile or broken guest) or gone: xenstored keeps the
+                    // reason; nothing more to serve on this ring.
+                    Err(_) => break,
+                }
+            }
+        }
+        let consoles: Vec<u16> = self.consoles.domains().collect();
+        for domid in consoles {
+            for round in 0..SERVICE_ROUNDS {
+                match self.consoles.service(domid) {
+                    Ok(serviced) => {
+                        if serviced.notify {
+                            if let Some(port) = self.console_pages.console_ports.get(&domid) {
+                                let _ = send(hv, *port);
+                            }
+                        }
+                        if !serviced.more_output {
+                            break;
+                        }
+                        if round + 1 == SERVICE_ROUNDS {
+                            more = true;
+                        }
+                    }
+                    // A corrupt ring disconnects the console for good (kept in its state).
+                    Err(_) => break,
+                }
+            }
+        }
+        self.lend(|toolstack, env, _| {
+            deliver_watch_events(toolstack, env, now);
+            if toolstack.next_deadline().is_some_and(|d| d <= now) {
+                toolstack.poll(env, now);
+            }
+        });
+        Serviced { more }
+    }
+
+    /// `VIRQ_DOM_EXC` fired: find which domains shut down or died. An error is Xen's
+    /// answer to the domain scan; the next event scans again.
+    pub fn on_dom_exc(&mut self) -> Result<(), keel_xen::control::ControlError> {
+        let now = (self.clocks.monotonic_ns)();
+        self.lend(|toolstack, env, _| {
+            let scanned = toolstack.on_dom_exc(env, now);
+            deliver_watch_events(toolstack, env, now);
+            scanned
+        })
+    }
+
+    /// The toolstack's next timer, monotonic nanoseconds.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.toolstack.next_deadline()
+    }
+
+    /// What the XenAPI must hear; deliver them with no borrow of the host held.
+    pub fn take_reports(&mut self) -> Vec<Report> {
+        take_reports(&mut self.toolstack)
+    }
+
+    /// Bytes of host memory free for new domains (`sysctl physinfo`).
+    pub fn free_memory(&self) -> u64 {
+        keel_xen::sysctl::physinfo(self.hv)
+            .map(|p| {
+                p.free_pages
+                    .saturating_mul(keel_xen::hypercall::PAGE_SIZE as u64)
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// The host as the XenAPI's guest backend, shared with the kernel's event task.
+pub type SharedHost<H, B, SF, CF> = Rc<RefCell<XenHost<H, B, SF, CF>>>;
+
+impl<H, B, SF, CF> GuestHost for SharedHost<H, B, SF, CF>
+where
+    H: Hypervisor + ?Sized + 'static,
+    B: HoleFrames,
+    SF: MapFrames,
+    SF::View: Deref,
+    <SF::View as Deref>::Target: RingPage,
+    CF: MapFrames,
+    CF::View: ConsolePage,
+{
+    type ConsoleError = ConsoleAttachError<GuestPageError>;
+    type BuildError = BuildFailure;
+
+    fn with<R>(
+        &mut self,
+        f: impl FnOnce(
+            &mut Toolstack,
+            &mut Env<
+                '_,
+                dyn Store + '_,
+                dyn ConsoleBackend<Error = Self::ConsoleError> + '_,
+                dyn DomainControl + '_,
+            >,
+            &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
+        ) -> R,
+    ) -> R {
+        self.borrow_mut().lend(|toolstack, env, builder| {
+            let mut env: Env<
+                '_,
+                dyn Store + '_,
+                dyn ConsoleBackend<Error = ConsoleAttachError<GuestPageError>> + '_,
+                dyn DomainControl + '_,
+            > = Env {
+                store: env.store,
+                consoles: env.consoles,
+                control: env.control,
+            };
+            let mut builder = KeepSpec(builder);
+            f(toolstack, &mut env, &mut builder)
+        })
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        (self.borrow().clocks.monotonic_ns)()
+    }
+
+    fn unix_ns(&self) -> u64 {
+        (self.borrow().clocks.unix_ns)()
+    }
+
+    fn free_memory(&self) -> u64 {
+        self.borrow().free_memory()
+    }
+
+    fn build_error(&self, failure: BuildFailure) -> GuestError {
+        match failure.error {
+            PvhError::Uuid => GuestError::Failed("bad VM UUID for the domain builder".into()),
+            PvhError::Build(BuildError::XenOutOfMemory { .. }) => GuestError::NotEnoughMemory {
+                needed: failure.memory_bytes,
+                available: self.borrow().free_memory(),
+            },
+            PvhError::Build(
+                e @ (BuildError::Kernel(_) | BuildError::Initrd(_) | BuildError::TooBig { .. }),
+            ) => GuestError::InvalidImage {
+                reason: format!("{e}"),
+            },
+            PvhError::Build(e) => GuestError::Failed(format!("domain builder: {e}")),
+        }
+    }
+}
+
+/// A failed build and the memory it asked for (for `HOST_NOT_ENOUGH_FREE_MEMORY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailure {
+    pub error: PvhError,
+    pub memory_bytes: u64,
+}
+
+/// The PVH builder, keeping the memory asked for beside a failure.
+struct KeepSpec<'b, 'a, H: ?Sized, B>(&'b mut PvhBuilder<'a, H, B>);
+
+impl<H: Hypervisor + ?Sized, B: HoleFrames> Builder for KeepSpec<'_, '_, H, B> {
+    type Spec = BootSpec;
+    type Error = BuildFailure;
+
+    fn build(&mut self, spec: &BootSpec) -> Result<crate::BuiltDomain, BuildFailure> {
+        self.0.build(spec).map_err(|error| BuildFailure {
+            error,
+            memory_bytes: memory_mib(spec) << 20,
+        })
+    }
+}
+
+/// The XenAPI's guest backend over a shared host.
+pub fn guests<H, B, SF, CF>(host: &SharedHost<H, B, SF, CF>) -> Guests<SharedHost<H, B, SF, CF>>
+where
+    H: Hypervisor + ?Sized + 'static,
+    B: HoleFrames,
+    SF: MapFrames,
+    SF::View: Deref,
+    <SF::View as Deref>::Target: RingPage,
+    CF: MapFrames,
+    CF::View: ConsolePage,
+{
+    Guests(Rc::clone(host))
+}
