@@ -11,6 +11,7 @@ use keel_net::smoltcp::iface::SocketSet;
 use keel_xenapi::{Config as ApiConfig, HostFacts, VerifierState, XenApi};
 
 use crate::entropy::Entropy;
+use crate::platform::xen::guests::GuestService;
 use crate::rtc;
 
 /// What the kernel knows about the machine, for the `host` and `host_metrics` records.
@@ -112,6 +113,7 @@ pub fn host_facts(machine: &MachineFacts) -> HostFacts {
 pub fn start_server(
     config: &Config<'static>,
     facts: HostFacts,
+    guests: Option<&GuestService>,
     sockets: &mut SocketSet<'static>,
 ) -> Option<ManagementServer> {
     if config.root_hash.is_none() {
@@ -121,6 +123,7 @@ pub fn start_server(
     let api_config = ApiConfig {
         root_password_phc: config.root_hash.map(String::from),
         storage: crate::storage::backend(),
+        guests: guests.map(GuestService::backend),
         restore: host_database.restore,
         database_sink: host_database.sink,
         ..ApiConfig::new(String::new(), facts)

@@ -199,10 +199,16 @@ mod kernel {
         let mut executor = Executor::new(time::KernelClock);
         let handle = executor.handle();
         // Each service that is configured returns the signal it sets once it is up.
+        // Under Xen, the toolstack that runs guests (the XenAPI drives it).
+        let guests = if platform::is_xen() {
+            platform::xen::guests::start(&handle)
+        } else {
+            None
+        };
         let services: Vec<Signal> = [
             // Storage first: it finishes before the API starts, which then sees the SRs.
             crate::storage::start(pci, &functions, &config),
-            net::start(&handle, pci, &functions, &config, facts),
+            net::start(&handle, pci, &functions, &config, facts, guests),
             platform::start(&handle),
         ]
         .into_iter()

@@ -17,6 +17,7 @@ use keel_xenapi::HostFacts;
 
 use crate::dma::KeelHal;
 use crate::pci::PciConfig;
+use crate::platform::xen::guests::GuestService;
 
 /// Longest sleep between polls of an idle NIC.
 const IDLE_POLL_MS: u64 = 1;
@@ -31,6 +32,7 @@ pub fn start(
     functions: &[Function],
     config: &Config<'static>,
     facts: HostFacts,
+    guests: Option<GuestService>,
 ) -> Option<Signal> {
     let function = functions.iter().find(|f| f.kind == DeviceKind::VirtioNet)?;
     let transport = match keel_virtio::open_transport::<KeelHal>(pci, function.address) {
@@ -60,7 +62,7 @@ pub fn start(
     };
     let now_ms = handle.now_ns() / 1_000_000;
     let mut stack = NetStack::new(device, addressing, now_ms, crate::arch::rdtsc());
-    let server = crate::api::start_server(config, facts.clone(), stack.sockets());
+    let server = crate::api::start_server(config, facts.clone(), guests.as_ref(), stack.sockets());
     let mac = stack.mac_address();
     log::info!(
         "net: virtio-net at {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
@@ -78,7 +80,14 @@ pub fn start(
         }
     );
     let up = Signal::new();
-    handle.spawn(drive(handle.clone(), stack, server, facts, up.clone()));
+    handle.spawn(drive(
+        handle.clone(),
+        stack,
+        server,
+        guests,
+        facts,
+        up.clone(),
+    ));
     Some(up)
 }
 
@@ -86,6 +95,7 @@ async fn drive(
     handle: Handle,
     mut stack: ManagementStack,
     mut server: Option<ManagementServer>,
+    guests: Option<GuestService>,
     mut facts: HostFacts,
     up: Signal,
 ) {
@@ -100,6 +110,11 @@ async fn drive(
             }),
             None => stack.poll(now_ms),
         };
+        if let (Some(server), Some(guests)) = (server.as_mut(), guests.as_ref()) {
+            // Guests that acknowledged a shutdown or exited: the XenAPI applies their
+            // actions and answers the calls waiting for them.
+            busy |= guests.deliver_reports(server.api(), crate::rtc::now());
+        }
         if let Some(server) = server.as_mut() {
             if server.poll(stack.sockets(), now_ms, crate::rtc::now()) {
                 // Send what the server just queued without waiting for the next round.

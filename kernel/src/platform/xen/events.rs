@@ -13,6 +13,7 @@
 //! so it never enters the heap allocator.
 
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::future::poll_fn;
 use core::sync::atomic::{AtomicBool, Ordering};
 use core::task::{Poll, Waker};
@@ -51,6 +52,30 @@ impl PortEvent {
     }
 }
 
+impl PortEvent {
+    /// Completes at the next event (at once if one arrived since the last wait).
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            without_interrupts(|| {
+                let mut slot = self.waker.lock();
+                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *slot = Some(cx.waker().clone());
+                }
+            });
+            // An event between the first check and storing the waker is caught here.
+            if self.fired.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// Masks every port, installs the upcall handler and tells Xen to use its vector. Ports
 /// are unmasked one by one as tasks bind them.
 pub fn init(shared: &'static SharedInfo) -> Result<(), SetCallbackError> {
@@ -81,6 +106,8 @@ pub enum BindPortError {
     /// [`init`] has not run (not on Xen, or too early in the boot).
     NotInitialised,
     Dispatcher(BindError),
+    /// No memory to remember the port.
+    OutOfMemory,
     /// `EVTCHNOP_unmask` failed.
     Unmask(XenError),
 }
@@ -108,34 +135,89 @@ impl EventChannel {
 
     /// Completes at the next event on the port (at once if one arrived since the last).
     pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.event.fired.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(());
-            }
-            without_interrupts(|| {
-                let mut slot = self.event.waker.lock();
-                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *slot = Some(cx.waker().clone());
-                }
-            });
-            // An event between the first check and storing the waker is caught here.
-            if self.event.fired.swap(false, Ordering::AcqRel) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        self.event.wait().await
     }
 }
 
 impl Drop for EventChannel {
     fn drop(&mut self) {
-        if let Some(shared) = SHARED.get() {
-            // In range: the dispatcher accepted the port.
-            let _ = evtchn::mask(shared, self.port);
-        }
-        let removed = without_interrupts(|| DISPATCHER.lock().as_mut()?.unbind(self.port));
-        drop(removed);
+        release(self.port);
     }
+}
+
+/// Ports that all wake one task: a backend serving many guests waits on the group and then
+/// serves every guest (cheaper than a task per channel, and the set changes as guests come
+/// and go). Unbinding does not close a port: its owner does.
+pub struct EventGroup {
+    event: Arc<PortEvent>,
+    ports: Vec<Port>,
+}
+
+impl EventGroup {
+    pub fn new() -> Self {
+        EventGroup {
+            event: Arc::new(PortEvent::default()),
+            ports: Vec::new(),
+        }
+    }
+
+    /// Routes `port`'s events to the group and unmasks it.
+    pub fn bind(&mut self, port: Port) -> Result<(), BindPortError> {
+        if self.ports.contains(&port) {
+            return Ok(());
+        }
+        self.ports
+            .try_reserve(1)
+            .map_err(|_| BindPortError::OutOfMemory)?;
+        without_interrupts(|| match DISPATCHER.lock().as_mut() {
+            Some(d) => d
+                .bind(port, Arc::clone(&self.event))
+                .map_err(BindPortError::Dispatcher),
+            None => Err(BindPortError::NotInitialised),
+        })?;
+        self.ports.push(port);
+        evtchn::unmask(&Xen, port).map_err(BindPortError::Unmask)
+    }
+
+    /// Stops routing `port` to the group.
+    pub fn unbind(&mut self, port: Port) {
+        if let Some(i) = self.ports.iter().position(|p| *p == port) {
+            self.ports.swap_remove(i);
+            release(port);
+        }
+    }
+
+    /// The ports bound now.
+    pub fn ports(&self) -> &[Port] {
+        &self.ports
+    }
+
+    /// Completes at the next event on any port of the group.
+    pub async fn wait(&self) {
+        self.event.wait().await
+    }
+}
+
+impl Default for EventGroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for EventGroup {
+    fn drop(&mut self) {
+        for port in core::mem::take(&mut self.ports) {
+            release(port);
+        }
+    }
+}
+
+/// Masks `port` and removes its route (the waker goes with it, outside interrupt context).
+fn release(port: Port) {
+    if let Some(shared) = SHARED.get() {
+        // In range: the dispatcher accepted the port.
+        let _ = evtchn::mask(shared, port);
+    }
+    let removed = without_interrupts(|| DISPATCHER.lock().as_mut()?.unbind(port));
+    drop(removed);
 }

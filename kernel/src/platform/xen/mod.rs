@@ -7,6 +7,8 @@
 
 pub mod events;
 pub mod grants;
+pub mod guests;
+pub mod holes;
 pub mod hypercall;
 pub mod selftest;
 pub mod timer;

@@ -1,0 +1,152 @@
+//! Wiring of the guest toolstack (`keel-toolstack`'s [`XenHost`]): this machine's
+//! hypervisor, hole frames and clocks, and the task that serves guests' xenstore rings and
+//! consoles when their channels fire and notices domains dying on `VIRQ_DOM_EXC`.
+//!
+//! The XenAPI owns the host as its guest backend; the task shares it (one CPU, `RefCell`,
+//! never borrowed across an `await`). What the toolstack must tell the XenAPI (a guest
+//! acknowledged a shutdown, a domain exited) is queued here and handed over by the
+//! management task, which owns the XenAPI, through [`GuestService::deliver_reports`].
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use core::cell::RefCell;
+
+use keel_executor::Handle;
+use keel_toolstack::{guests, Clocks, Report, SharedHost, XenHost};
+use keel_xen::evtchn::{bind_virq, Virq};
+use keel_xenapi::guest::GuestBackend;
+use keel_xenapi::{Timestamp, XenApi};
+
+use super::events::EventGroup;
+use super::holes::{ConsoleFrames, KernelHoles, StoreFrames};
+use super::hypercall::Xen;
+use crate::{rtc, time};
+
+/// The hypervisor as the toolstack holds it (for the whole run).
+static XEN: Xen = Xen;
+
+/// How long the task sleeps with nothing to do: xenstored's unread-event expiry and the
+/// toolstack's timers are checked at least this often.
+const IDLE_NS: u64 = 100_000_000;
+
+type Host = SharedHost<Xen, KernelHoles, StoreFrames, ConsoleFrames>;
+
+/// The toolstack shared by the XenAPI and the guest task.
+#[derive(Clone)]
+pub struct GuestService {
+    host: Host,
+    reports: Rc<RefCell<VecDeque<Report>>>,
+}
+
+fn monotonic_ns() -> u64 {
+    time::since_entry_ns()
+}
+
+fn unix_ns() -> u64 {
+    rtc::now().unix_ms.saturating_mul(1_000_000)
+}
+
+impl GuestService {
+    /// The XenAPI's guest backend over this service's toolstack.
+    pub fn backend(&self) -> Box<dyn GuestBackend> {
+        Box::new(guests(&self.host))
+    }
+
+    /// Hands the toolstack's reports to the XenAPI; true if there were any. Call it from
+    /// the task that owns the XenAPI, holding no borrow of the toolstack (the XenAPI may
+    /// call back into it: destroy, restart).
+    pub fn deliver_reports(&self, api: &mut XenApi, now: Timestamp) -> bool {
+        let mut any = false;
+        loop {
+            let next = self.reports.borrow_mut().pop_front();
+            let Some(report) = next else {
+                return any;
+            };
+            any = true;
+            if let Err(e) = report.deliver(api, now) {
+                log::warn!("guests: the XenAPI refused {report:?}: {e:?}");
+            }
+        }
+    }
+}
+
+/// Makes the toolstack and spawns its task. `None` (with a log line) if `VIRQ_DOM_EXC`
+/// cannot be bound: without it Keel would never notice a guest stopping.
+pub fn start(handle: &Handle) -> Option<GuestService> {
+    let dom_exc = match bind_virq(&XEN, Virq::DomExc, 0) {
+        Ok(port) => port,
+        Err(e) => {
+            log::error!("guests: cannot bind VIRQ_DOM_EXC ({e}); guests cannot run");
+            return None;
+        }
+    };
+    let mut group = EventGroup::new();
+    if let Err(e) = group.bind(dom_exc) {
+        log::error!("guests: cannot route VIRQ_DOM_EXC: {e:?}; guests cannot run");
+        return None;
+    }
+    let clocks = Clocks {
+        monotonic_ns,
+        unix_ns,
+    };
+    let host: Host = Rc::new(RefCell::new(XenHost::new(
+        &XEN,
+        KernelHoles,
+        StoreFrames,
+        ConsoleFrames,
+        clocks,
+    )));
+    let service = GuestService {
+        host,
+        reports: Rc::new(RefCell::new(VecDeque::new())),
+    };
+    handle.spawn(serve(handle.clone(), service.clone(), group, dom_exc));
+    log::info!("guests: toolstack ready (xenstored, consoles, PVH builder)");
+    Some(service)
+}
+
+/// The guest task: on any guest channel event, `VIRQ_DOM_EXC` or a timer, serve every
+/// guest, scan for dead domains, and queue the reports.
+async fn serve(
+    handle: Handle,
+    service: GuestService,
+    mut group: EventGroup,
+    dom_exc: keel_xen::evtchn::Port,
+) {
+    loop {
+        let (more, deadline) = {
+            let mut host = service.host.borrow_mut();
+            if let Err(e) = host.on_dom_exc() {
+                log::warn!("guests: scanning domains: {e:?}");
+            }
+            let serviced = host.service();
+            // Route the channels of guests that came or went since the last round.
+            let wanted = host.ports();
+            for port in group.ports().to_vec() {
+                if port != dom_exc && !wanted.contains(&port) {
+                    group.unbind(port);
+                }
+            }
+            for port in wanted {
+                if let Err(e) = group.bind(port) {
+                    log::warn!("guests: cannot route port {}: {e:?}", port.0);
+                }
+            }
+            let reports = host.take_reports();
+            if !reports.is_empty() {
+                service.reports.borrow_mut().extend(reports);
+            }
+            (serviced.more, host.next_deadline())
+        };
+        if more {
+            keel_executor::yield_now().await;
+            continue;
+        }
+        let now = monotonic_ns();
+        let sleep = deadline
+            .map_or(IDLE_NS, |d| d.saturating_sub(now))
+            .min(IDLE_NS);
+        let _ = handle.timeout(sleep, group.wait()).await;
+    }
+}
