@@ -443,6 +443,66 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_rewrites_every_reference_and_only_kept_classes_move_the_revision() {
+        let mut db = Db::new(classes::ALL, Box::new(Counter(0)), 16);
+        let now = Timestamp::default();
+        let host = db.create(&classes::HOST, Vec::new(), now);
+        let pool = db.create(
+            &classes::POOL,
+            alloc::vec![("master", Value::String(host.clone()))],
+            now,
+        );
+        let vm = db.create(
+            &crate::classes_vm::VM,
+            alloc::vec![
+                ("affinity", Value::String(host.clone())),
+                ("resident_on", Value::String(host.clone())),
+                (
+                    "attached_PCIs",
+                    Value::Array(alloc::vec![Value::String(host.clone()), Value::str("x")]),
+                ),
+                // Not a reference type: left alone even though the text matches.
+                ("name_label", Value::String(host.clone())),
+            ],
+            now,
+        );
+        let before = db.revision();
+        assert!(db.rename(&host, "OpaqueRef:host"));
+        assert!(db.revision() != before);
+        assert!(db.is_a("OpaqueRef:host", "host"));
+        assert!(db.object(&host).is_none());
+        assert_eq!(db.refs("host"), ["OpaqueRef:host"]);
+        assert_eq!(db.get(&pool, "master"), Some(Value::str("OpaqueRef:host")));
+        assert_eq!(db.get(&vm, "affinity"), Some(Value::str("OpaqueRef:host")));
+        assert_eq!(
+            db.get(&vm, "resident_on"),
+            Some(Value::str("OpaqueRef:host"))
+        );
+        assert_eq!(
+            db.get(&vm, "attached_PCIs"),
+            Some(Value::Array(alloc::vec![
+                Value::str("OpaqueRef:host"),
+                Value::str("x")
+            ]))
+        );
+        assert_eq!(db.get(&vm, "name_label"), Some(Value::String(host.clone())));
+        // Taken or missing references are refused.
+        assert!(!db.rename(&vm, &pool));
+        assert!(!db.rename("OpaqueRef:none", "OpaqueRef:other"));
+        // A session or task write is not a change the host database keeps.
+        let before = db.revision();
+        let session = db.create(&classes::SESSION, Vec::new(), now);
+        let task = db.create(&classes::TASK, Vec::new(), now);
+        db.set(&task, alloc::vec![("progress", Value::Float(0.5))], now)
+            .unwrap();
+        db.destroy(&session, now).unwrap();
+        assert_eq!(db.revision(), before);
+        db.set(&vm, alloc::vec![("name_label", Value::str("x"))], now)
+            .unwrap();
+        assert!(db.revision() != before);
+    }
+
+    #[test]
     fn a_misspelt_field_is_refused_not_ignored() {
         let mut db = Db::new(classes::ALL, Box::new(Counter(0)), 16);
         let now = Timestamp::default();

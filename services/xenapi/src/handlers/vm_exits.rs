@@ -103,6 +103,17 @@ impl XenApi {
         reason: ExitReason,
         now: Timestamp,
     ) -> Result<(), ApiError> {
+        let result = self.apply_domain_exit(domid, reason, now);
+        crate::persist::save_if_changed(&mut self.state);
+        result
+    }
+
+    fn apply_domain_exit(
+        &mut self,
+        domid: DomId,
+        reason: ExitReason,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
         let state = &mut self.state;
         let Some(vm) = vm_of_domain(&state.db, domid) else {
             return Ok(());
