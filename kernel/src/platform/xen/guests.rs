@@ -8,10 +8,14 @@
 //! management task, which owns the XenAPI, through [`GuestService::deliver_reports`].
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::btree_map::Entry;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::cell::RefCell;
 
+use keel_console::{ConsoleSession, ConsoleSet};
 use keel_executor::Handle;
 use keel_toolstack::{guests, Clocks, Report, SharedHost, XenHost};
 use keel_xen::evtchn::{bind_virq, Virq};
@@ -114,6 +118,7 @@ async fn serve(
     mut group: EventGroup,
     dom_exc: keel_xen::evtchn::Port,
 ) {
+    let mut console_log = ConsoleLog::default();
     loop {
         let (more, deadline) = {
             let mut host = service.host.borrow_mut();
@@ -133,6 +138,9 @@ async fn serve(
                     log::warn!("guests: cannot route port {}: {e:?}", port.0);
                 }
             }
+            if log::log_enabled!(log::Level::Debug) {
+                console_log.follow(&host.consoles);
+            }
             let reports = host.take_reports();
             if !reports.is_empty() {
                 service.reports.borrow_mut().extend(reports);
@@ -148,5 +156,45 @@ async fn serve(
             .map_or(IDLE_NS, |d| d.saturating_sub(now))
             .min(IDLE_NS);
         let _ = handle.timeout(sleep, group.wait()).await;
+    }
+}
+
+/// Guests' console output copied to Keel's log at debug level (`keel.log=debug`), a line
+/// at a time, as `xenconsoled --log=guest` keeps it on a Linux dom0.
+#[derive(Default)]
+struct ConsoleLog {
+    followed: BTreeMap<u16, (ConsoleSession, Vec<u8>)>,
+}
+
+/// Longest line logged in one piece.
+const LOG_LINE: usize = 200;
+
+impl ConsoleLog {
+    fn follow<P: keel_console::ConsolePage>(&mut self, set: &ConsoleSet<P>) {
+        self.followed.retain(|domid, _| set.is_attached(*domid));
+        for domid in set.domains() {
+            let (session, line) = match self.followed.entry(domid) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => match set.open_session(domid) {
+                    Ok(session) => e.insert((session, Vec::new())),
+                    Err(_) => continue,
+                },
+            };
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = set.session_output(session, &mut buf) {
+                for &byte in &buf[..n] {
+                    if byte == b'\n' || line.len() >= LOG_LINE {
+                        log::debug!(
+                            "guest d{domid}: {}",
+                            String::from_utf8_lossy(line).trim_end()
+                        );
+                        line.clear();
+                    }
+                    if byte != b'\n' && line.try_reserve(1).is_ok() {
+                        line.push(byte);
+                    }
+                }
+            }
+        }
     }
 }
