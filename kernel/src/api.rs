@@ -190,10 +190,7 @@ fn report_verifier(state: VerifierState) {
 /// everything else (the XenAPI's objects, storage, guests). Connections beyond what that third
 /// pays for are refused, not allowed to run the heap dry.
 fn server_config(free_heap: usize) -> ServerConfig {
-    ServerConfig {
-        memory_budget_bytes: free_heap / 3,
-        ..ServerConfig::default()
-    }
+    ServerConfig::default().fitted_to(free_heap / 3)
 }
 
 /// The largest allocation the heap can make right now (to within 64 KiB), found by trying:

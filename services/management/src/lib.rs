@@ -79,6 +79,29 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Memory one idle keep-alive connection holds: its socket's buffers and slot and its
+    /// connection record (its HTTP buffers are released between requests).
+    pub fn idle_connection_bytes(&self) -> usize {
+        self.socket_rx_bytes
+            + self.socket_tx_bytes
+            + core::mem::size_of::<keel_net::smoltcp::iface::SocketStorage<'static>>()
+            + core::mem::size_of::<Conn>()
+    }
+
+    /// This configuration with a memory budget of `budget_bytes`, and no more connections
+    /// than three quarters of it can hold idle (the rest is for request bodies and their
+    /// decoding), so that the connection table is not sized for clients that would be refused.
+    pub fn fitted_to(self, budget_bytes: usize) -> Self {
+        let by_memory = budget_bytes / 4 * 3 / self.idle_connection_bytes().max(1);
+        ServerConfig {
+            memory_budget_bytes: budget_bytes,
+            max_connections: self.max_connections.min(by_memory).max(self.backlog + 4),
+            ..self
+        }
+    }
+}
+
 /// Counters for the console and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerStats {
@@ -157,7 +180,7 @@ impl ManagementServer {
     /// Memory one idle keep-alive connection holds: its socket (buffers and slot) and its
     /// connection record; its HTTP buffers are released between requests.
     pub fn idle_connection_bytes(&self) -> usize {
-        self.listener.connection_bytes() + core::mem::size_of::<Conn>()
+        self.config.idle_connection_bytes()
     }
 
     /// Takes the connections clients have opened and keeps sockets listening. Call it before

@@ -281,6 +281,11 @@ fn a_thousand_and_twenty_four_clients_connect_at_once_and_all_get_answers() {
     // Idle, they cost what the documentation says (docs/architecture.md, "Memory").
     let idle = w.server.idle_connection_bytes();
     assert!(idle <= 26 * 1024, "{idle} bytes per idle connection");
+    // The budget is charged for every socket: 1024 connected and 4 listening.
+    assert_eq!(
+        w.server.budget().used(),
+        (1024 + 4) * (idle - core::mem::size_of::<connection::Conn>())
+    );
     assert!(w.server.budget().used() <= (1024 + 4) * idle);
     let request = post("/", "text/xml", &xml_body("system.listMethods", &[]));
     for &c in &clients {
@@ -569,4 +574,14 @@ fn a_body_whose_decoding_the_budget_cannot_pay_for_is_answered_503() {
     let d = w.connect(46001);
     w.send(d, &xml_call("system.listMethods", &[]));
     assert_eq!(w.response(d, 500).expect("an answer").0, 200);
+}
+
+#[test]
+fn a_small_budget_sizes_the_connection_table_down() {
+    let config = ServerConfig::default();
+    let idle = config.idle_connection_bytes();
+    assert_eq!(config.clone().fitted_to(usize::MAX).max_connections, 1100);
+    let small = config.fitted_to(100 * idle);
+    assert_eq!(small.max_connections, 75);
+    assert_eq!(small.memory_budget_bytes, 100 * idle);
 }
