@@ -1,17 +1,50 @@
-//! Keel's memory over a soak, as the host sees it: the resident set of its QEMU process.
+//! Keel's memory over a soak.
 //!
-//! Keel reports no heap figures (host_metrics' `memory_free` is the machine's, set at boot),
-//! so the soak watches the guest pages QEMU has had to back. A heap that grows touches new
-//! pages, and those stay resident: a leak shows as a resident set that keeps rising once
-//! the warm-up (translated code, socket buffers, the heap's first use) is over.
+//! The precise figure is Keel's own heap use, asked with xapi's
+//! `host.query_data_source(session, host, "keel_heap_used_kib")` when Keel answers it. Until
+//! it does (host_metrics' `memory_free` is the machine's, set at boot), the soak watches what
+//! the host sees: the resident set of Keel's QEMU process. A heap that grows touches new
+//! pages, and those stay resident: a leak shows as a resident set that keeps rising once the
+//! warm-up (translated code, socket buffers, the heap's first use) is over. It is an upper
+//! bound: QEMU's own buffers move it too.
 
 use std::path::Path;
 
-/// One reading: seconds into the soak and the resident set in KiB.
+/// One reading: seconds into the soak, QEMU's resident set and (when Keel reports it) Keel's
+/// heap use, in KiB.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
     pub seconds: f64,
     pub rss_kib: u64,
+    pub heap_kib: Option<u64>,
+}
+
+/// The data source the soak asks Keel for (`host.query_data_source`).
+pub const HEAP_SOURCE: &str = "keel_heap_used_kib";
+
+/// The number in a successful `host.query_data_source` answer (an XML-RPC double).
+pub fn data_source_kib(answer: &[u8]) -> Option<u64> {
+    if !crate::load::succeeded(answer) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(answer);
+    let value = text.split_once("<name>Value</name>")?.1.trim_start();
+    let value = value.strip_prefix("<value>")?;
+    let value = ["<double>", "<int>", "<i4>", "<i8>", "<string>"]
+        .iter()
+        .find_map(|tag| value.strip_prefix(tag))
+        .unwrap_or(value);
+    let number: f64 = value.get(..value.find('<')?)?.trim().parse().ok()?;
+    (number.is_finite() && number >= 0.0).then_some(number as u64)
+}
+
+/// What the verdict was taken on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Keel's heap use, as Keel reports it.
+    Heap,
+    /// The resident set of Keel's QEMU process.
+    QemuResidentSet,
 }
 
 /// The QEMU process whose command line forwards host port `api_port` (unique per VM).
@@ -46,6 +79,7 @@ pub fn read_rss(proc_root: &Path, pid: u32) -> Option<u64> {
 /// What the samples say about memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict {
+    pub measure: Measure,
     /// The first reading after the warm-up (the first fifth of the run).
     pub warm_kib: u64,
     /// The last reading.
@@ -68,19 +102,29 @@ impl Verdict {
 /// (QEMU's own buffers move by a few MiB; a leak under this load grows without bound).
 pub const ALLOWED_GROWTH_KIB: u64 = 4 << 10;
 
-/// The verdict on samples taken over a run of `run_seconds`; `None` with fewer than two
+/// The verdict on samples taken over a run of `run_seconds`, on Keel's heap when every
+/// sample after the warm-up has it, else on QEMU's resident set; `None` with fewer than two
 /// samples after the warm-up.
 pub fn verdict(samples: &[Sample], run_seconds: f64) -> Option<Verdict> {
     let warm_up = run_seconds / 5.0;
     let after: Vec<&Sample> = samples.iter().filter(|s| s.seconds >= warm_up).collect();
-    let (first, last) = (after.first()?, after.last()?);
     if after.len() < 2 {
         return None;
     }
+    let heap: Option<Vec<u64>> = after.iter().map(|s| s.heap_kib).collect();
+    let (measure, figures) = match heap {
+        Some(heap) => (Measure::Heap, heap),
+        None => (
+            Measure::QemuResidentSet,
+            after.iter().map(|s| s.rss_kib).collect(),
+        ),
+    };
+    let (first, last) = (*figures.first()?, *figures.last()?);
     Some(Verdict {
-        warm_kib: first.rss_kib,
-        end_kib: last.rss_kib,
-        allowed_kib: ALLOWED_GROWTH_KIB.max(first.rss_kib / 50),
+        measure,
+        warm_kib: first,
+        end_kib: last,
+        allowed_kib: ALLOWED_GROWTH_KIB.max(first / 50),
     })
 }
 
@@ -104,6 +148,7 @@ mod tests {
             .map(|(i, &rss_kib)| Sample {
                 seconds: i as f64 * 10.0,
                 rss_kib,
+                heap_kib: None,
             })
             .collect()
     }
@@ -133,6 +178,32 @@ mod tests {
         let v = verdict(&leaking, 100.0);
         assert_eq!(v.map(|v| v.growth_kib()), Some(16_000));
         assert!(v.is_some_and(|v| !v.flat()));
+    }
+
+    #[test]
+    fn keels_heap_decides_when_every_sample_after_the_warm_up_has_it() {
+        let mut all = samples(&[100_000, 200_000, 250_000, 300_000, 350_000]);
+        for (i, s) in all.iter_mut().enumerate() {
+            s.heap_kib = (i > 0).then_some(20_000 + i as u64);
+        }
+        let v = verdict(&all, 50.0);
+        assert_eq!(v.map(|v| v.measure), Some(Measure::Heap));
+        assert!(v.is_some_and(|v| v.flat() && v.warm_kib == 20_001));
+        // One reading without it: the resident set decides, and here it grows.
+        all[3].heap_kib = None;
+        let v = verdict(&all, 50.0);
+        assert_eq!(v.map(|v| v.measure), Some(Measure::QemuResidentSet));
+        assert!(v.is_some_and(|v| !v.flat()));
+    }
+
+    #[test]
+    fn data_source_answers_are_read_as_kib() {
+        let ok = b"<struct><member><name>Status</name><value>Success</value></member><member><name>Value</name><value><double>18432.0</double></value></member></struct>";
+        assert_eq!(data_source_kib(ok), Some(18_432));
+        let fault = b"<member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name><value><array><data><value>MESSAGE_METHOD_UNKNOWN</value></data></array></value></member>";
+        assert_eq!(data_source_kib(fault), None);
+        let nan = b"<name>Status</name><value>Success</value><name>Value</name><value><double>nan</double></value>";
+        assert_eq!(data_source_kib(nan), None);
     }
 
     #[test]

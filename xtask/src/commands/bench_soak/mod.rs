@@ -27,7 +27,7 @@ use crate::load::{self, xmlrpc_request};
 use crate::{date, progress};
 
 use clients::{Role, Tally, Target};
-use memory::{Sample, Verdict};
+use memory::{Measure, Sample, Verdict};
 
 /// Each transfer moves a VDI of this size in and out.
 const TRANSFER_BYTES: usize = 4 << 20;
@@ -128,19 +128,32 @@ fn discover(port: u16, session: String) -> Result<Target, XtaskError> {
     Err(failed(format!("no SR takes a VDI transfer: {why}")))
 }
 
-/// Reads QEMU's resident set every `interval` until `stop`.
+/// Reads QEMU's resident set and, while Keel answers it, Keel's heap use every `interval`
+/// until `stop`.
 fn sample_memory(
     pid: u32,
-    started: Instant,
+    target: Target,
     interval: Duration,
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
 ) {
+    let ask_heap = xmlrpc_request(
+        "host.query_data_source",
+        &[&target.session, &target.host, memory::HEAP_SOURCE],
+    );
+    let mut heap_reported = true;
     loop {
+        let heap_kib = heap_reported
+            .then(|| load::one_shot(target.port, &ask_heap, Duration::from_secs(30)).ok())
+            .flatten()
+            .and_then(|(_, body)| memory::data_source_kib(&body));
+        // Keel either reports it from the start or not at all.
+        heap_reported &= heap_kib.is_some();
         if let Some(rss_kib) = memory::read_rss(Path::new("/proc"), pid) {
             let sample = Sample {
-                seconds: started.elapsed().as_secs_f64(),
+                seconds: target.started.elapsed().as_secs_f64(),
                 rss_kib,
+                heap_kib,
             };
             samples
                 .lock()
@@ -219,7 +232,8 @@ pub fn run(options: &SoakOptions) -> Result<(), XtaskError> {
     let interval = (run_for / 60).clamp(Duration::from_secs(2), Duration::from_secs(10));
     let sampler = {
         let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
-        std::thread::spawn(move || sample_memory(pid, started, interval, stop, samples))
+        let target = target.clone();
+        std::thread::spawn(move || sample_memory(pid, target, interval, stop, samples))
     };
     let threads: Vec<_> = (0..options.clients)
         .map(|index| {
@@ -301,13 +315,19 @@ pub fn run(options: &SoakOptions) -> Result<(), XtaskError> {
 }
 
 fn memory_words(verdict: Option<Verdict>) -> String {
+    let on = |v: &Verdict| match v.measure {
+        Measure::Heap => "Keel's heap",
+        Measure::QemuResidentSet => "QEMU's resident set",
+    };
     match verdict {
         Some(v) if v.flat() => format!(
-            "flat ({:+.1} MiB after the warm-up)",
+            "flat ({} {:+.1} MiB after the warm-up)",
+            on(&v),
             v.growth_kib() as f64 / 1024.0
         ),
         Some(v) => format!(
-            "growing ({:+.1} MiB after the warm-up, {:.1} MiB allowed)",
+            "growing ({} {:+.1} MiB after the warm-up, {:.1} MiB allowed)",
+            on(&v),
             v.growth_kib() as f64 / 1024.0,
             v.allowed_kib as f64 / 1024.0
         ),
@@ -332,7 +352,12 @@ pub fn markdown(soak: &Soak) -> String {
         EVENT_WAIT.as_secs(),
         TRANSFER_BYTES >> 20
     ));
-    out.push_str("- Memory: the resident set of Keel's QEMU process (Keel reports no heap figures); flat means it grows by at most 4 MiB (or 2 %) after the first fifth of the run\n\n");
+    let heap = soak.samples.iter().any(|s| s.heap_kib.is_some());
+    out.push_str(if heap {
+        "- Memory: Keel's heap use (`host.query_data_source` `keel_heap_used_kib`) and the resident set of its QEMU process; flat means the heap grows by at most 4 MiB (or 2 %) after the first fifth of the run\n\n"
+    } else {
+        "- Memory: the resident set of Keel's QEMU process (Keel does not report its heap use yet: no `keel_heap_used_kib` data source); flat means it grows by at most 4 MiB (or 2 %) after the first fifth of the run\n\n"
+    });
     out.push_str("| Work | clients | operations | errors | per second | p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for (role, tally) in &soak.tallies {
         let mut sorted = tally.clone();
@@ -365,12 +390,22 @@ pub fn markdown(soak: &Soak) -> String {
             out.push_str(&format!("- `{}`\n", error.replace('`', "'")));
         }
     }
-    out.push_str("\n| Time | QEMU resident set |\n|---:|---:|\n");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    if heap {
+        out.push_str("\n| Time | Keel's heap | QEMU resident set |\n|---:|---:|---:|\n");
+    } else {
+        out.push_str("\n| Time | QEMU resident set |\n|---:|---:|\n");
+    }
     for sample in memory::thin(&soak.samples, 11) {
+        let heap_cell = match (heap, sample.heap_kib) {
+            (false, _) => String::new(),
+            (true, Some(kib)) => format!(" {:.1} MiB |", mib(kib)),
+            (true, None) => " – |".into(),
+        };
         out.push_str(&format!(
-            "| {:.0} s | {:.1} MiB |\n",
+            "| {:.0} s |{heap_cell} {:.1} MiB |\n",
             sample.seconds,
-            sample.rss_kib as f64 / 1024.0
+            mib(sample.rss_kib)
         ));
     }
     out.push_str(&format!(
@@ -393,6 +428,7 @@ mod tests {
             .map(|i| Sample {
                 seconds: f64::from(i) * 6.0,
                 rss_kib: 300_000 + if i >= 5 { growth_kib } else { 0 },
+                heap_kib: None,
             })
             .collect();
         let calls = Tally {
@@ -440,8 +476,24 @@ mod tests {
         assert!(text.contains(" | 500.0 ms | 990.0 ms |"), "{text}");
         assert!(text.contains("- `host.get_record: HTTP 500`"));
         assert!(text.contains("| 0 s | 293.0 MiB |"));
-        assert!(text
-            .contains("Verdict: **failed** — 1 errors, memory flat (+0.0 MiB after the warm-up)."));
+        assert!(text.contains(
+            "Verdict: **failed** — 1 errors, memory flat (QEMU's resident set +0.0 MiB after the warm-up)."
+        ));
+        let mut with_heap = soak(0, 0);
+        for (i, sample) in with_heap.samples.iter_mut().enumerate() {
+            sample.heap_kib = Some(10_240 + i as u64);
+        }
+        with_heap.memory = memory::verdict(&with_heap.samples, 60.0);
+        let text = markdown(&with_heap);
+        assert!(
+            text.contains("| Time | Keel's heap | QEMU resident set |"),
+            "{text}"
+        );
+        assert!(text.contains("| 0 s | 10.0 MiB | 293.0 MiB |"), "{text}");
+        assert!(
+            text.contains("memory flat (Keel's heap +0.0 MiB after the warm-up)"),
+            "{text}"
+        );
         assert!(markdown(&soak(0, 0)).contains("Verdict: **passed**"));
     }
 
