@@ -15,8 +15,8 @@ use crate::head::{parse_head, HeadParse};
 use crate::limits::Limits;
 use crate::request::{BodyKind, Method, Request, Version};
 use crate::response::{
-    build_head, error_response, hex_len, push_hex, HeadContext, OutFraming, ResponseBody, CONTINUE,
-    LAST_CHUNK,
+    build_head, build_tunnel_head, error_response, hex_len, push_hex, HeadContext, OutFraming,
+    ResponseBody, CONTINUE, LAST_CHUNK,
 };
 
 /// Something the handler must act on, from [`Connection::poll_event`].
@@ -63,6 +63,9 @@ enum ReadPhase {
     Done,
     /// The request failed; nothing more is read.
     Failed,
+    /// A tunnel was accepted: the input is raw bytes for the handler
+    /// ([`Connection::tunnel_input`]), no longer HTTP.
+    Tunnel,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,8 @@ enum WritePhase {
     Owned,
     /// The response is complete (or was cut short by an error).
     Complete,
+    /// A tunnel was accepted: the output is raw bytes from [`Connection::write_tunnel`].
+    Tunnel,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,9 +384,10 @@ impl Connection {
             WritePhase::NoRequest if self.closing => return Err(ResponseError::ConnectionClosed),
             WritePhase::NoRequest => return Err(ResponseError::NoActiveRequest),
             WritePhase::Complete if self.closing => return Err(ResponseError::ConnectionClosed),
-            WritePhase::Body { .. } | WritePhase::Owned | WritePhase::Complete => {
-                return Err(ResponseError::AlreadyStarted)
-            }
+            WritePhase::Body { .. }
+            | WritePhase::Owned
+            | WritePhase::Complete
+            | WritePhase::Tunnel => return Err(ResponseError::AlreadyStarted),
         }
         // A request whose body was not read to its end leaves the stream position unknown.
         let close = !self.keep_alive
@@ -517,7 +523,9 @@ impl Connection {
             _ if self.closing => Err(ResponseError::ConnectionClosed),
             WritePhase::NoRequest => Err(ResponseError::NoActiveRequest),
             WritePhase::Pending => Err(ResponseError::NotStarted),
-            WritePhase::Owned | WritePhase::Complete => Err(ResponseError::AlreadyFinished),
+            WritePhase::Owned | WritePhase::Complete | WritePhase::Tunnel => {
+                Err(ResponseError::AlreadyFinished)
+            }
         }
     }
 
@@ -568,6 +576,108 @@ impl Connection {
         self.release_idle_buffers();
     }
 
+    // ----- tunnel -----
+
+    /// Accepts the current request (typically `CONNECT`) as a tunnel: writes a `2xx` head
+    /// with `headers` and no framing fields, after which the connection carries raw bytes in
+    /// both directions until either side ends it. Input already buffered behind the request
+    /// head is the tunnel's first input. The request must have been read to its end
+    /// (`BodyEnd`). From then on no events are produced; the handler moves bytes with
+    /// [`Connection::tunnel_input`], [`Connection::consume_tunnel_input`] and
+    /// [`Connection::write_tunnel`], and ends the tunnel with [`Connection::end_tunnel`]. The
+    /// buffers stay bounded by [`Limits`]; idle, head and body deadlines no longer apply,
+    /// the send deadline (a peer that stops taking output) still does.
+    pub fn start_tunnel(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+    ) -> Result<(), ResponseError> {
+        match self.write {
+            _ if self.aborted || self.closing => return Err(ResponseError::ConnectionClosed),
+            WritePhase::Pending => {}
+            WritePhase::NoRequest => return Err(ResponseError::NoActiveRequest),
+            WritePhase::Body { .. }
+            | WritePhase::Owned
+            | WritePhase::Complete
+            | WritePhase::Tunnel => return Err(ResponseError::AlreadyStarted),
+        }
+        if !matches!(self.read, ReadPhase::Done) {
+            // The request's own body would run into the tunnel's bytes.
+            return Err(ResponseError::NotStarted);
+        }
+        let head = build_tunnel_head(status, headers, self.limits.max_response_head_bytes)?;
+        self.output.append(&head, self.output_reserve());
+        self.read = ReadPhase::Tunnel;
+        self.write = WritePhase::Tunnel;
+        self.epoch += 1;
+        Ok(())
+    }
+
+    /// Whether the connection is a tunnel ([`Connection::start_tunnel`]).
+    pub fn is_tunnel(&self) -> bool {
+        self.write == WritePhase::Tunnel
+    }
+
+    /// Raw bytes received from the peer and not yet consumed (empty unless a tunnel).
+    pub fn tunnel_input(&self) -> &[u8] {
+        if matches!(self.read, ReadPhase::Tunnel) && !self.closing {
+            self.input.data()
+        } else {
+            &[]
+        }
+    }
+
+    /// Marks the first `count` bytes of [`Connection::tunnel_input`] as delivered; the
+    /// connection then takes as many more from the socket.
+    pub fn consume_tunnel_input(&mut self, count: usize) {
+        if matches!(self.read, ReadPhase::Tunnel) {
+            self.input.consume(count.min(self.input.len()));
+        }
+    }
+
+    /// Whether the peer closed its sending side (the tunnel input ends with what is
+    /// buffered).
+    pub fn peer_closed(&self) -> bool {
+        self.peer_eof
+    }
+
+    /// Room in the output window for tunnel bytes now.
+    pub fn tunnel_output_room(&self) -> usize {
+        if self.write != WritePhase::Tunnel || self.closing || self.aborted {
+            return 0;
+        }
+        self.limits
+            .output_window()
+            .saturating_sub(self.output.len())
+    }
+
+    /// Queues as much of `data` as the output window has room for, unframed, and returns
+    /// how much that was; 0 means the window is full until the glue drains
+    /// [`Connection::output`].
+    pub fn write_tunnel(&mut self, data: &[u8]) -> Result<usize, ResponseError> {
+        if self.aborted || self.closing {
+            return Err(ResponseError::ConnectionClosed);
+        }
+        if self.write != WritePhase::Tunnel {
+            return Err(ResponseError::NotStarted);
+        }
+        let accepted = data.len().min(self.tunnel_output_room());
+        if accepted > 0 {
+            let reserve = self.output_reserve();
+            self.output
+                .append(data.get(..accepted).unwrap_or(&[]), reserve);
+        }
+        Ok(accepted)
+    }
+
+    /// Ends the tunnel: what is queued is still sent, unread input is dropped, then
+    /// [`Connection::should_close`] says `Graceful`.
+    pub fn end_tunnel(&mut self) {
+        if self.write == WritePhase::Tunnel {
+            self.start_closing();
+        }
+    }
+
     // ----- output -----
 
     /// The bytes waiting to be sent, oldest first.
@@ -613,6 +723,11 @@ impl Connection {
         if self.has_output() || matches!(self.write, WritePhase::Body { .. }) {
             return None;
         }
+        if self.write == WritePhase::Tunnel {
+            // The peer's last bytes are delivered before its close is passed on.
+            let peer_done = self.peer_eof && self.input.is_empty();
+            return (self.closing || peer_done).then_some(CloseKind::Graceful);
+        }
         let peer_gone_between_requests = self.peer_eof
             && matches!(self.read, ReadPhase::Head)
             && self.write == WritePhase::NoRequest
@@ -655,7 +770,10 @@ impl Connection {
                 let response = error_response(error.status(), head_only);
                 self.output.append(&response, self.output_reserve());
             }
-            WritePhase::Body { .. } | WritePhase::Owned | WritePhase::Complete => {}
+            WritePhase::Body { .. }
+            | WritePhase::Owned
+            | WritePhase::Complete
+            | WritePhase::Tunnel => {}
         }
         self.owned_body = Vec::new();
         self.owned_sent = 0;

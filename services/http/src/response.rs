@@ -97,6 +97,35 @@ fn push_status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Builds the head that accepts a tunnel (a `2xx` answer to `CONNECT`): the status line and
+/// `headers`, with no framing fields, since the bytes after it are not an HTTP body.
+pub(crate) fn build_tunnel_head(
+    status: u16,
+    headers: &[(&str, &str)],
+    max_head_bytes: usize,
+) -> Result<Vec<u8>, ResponseError> {
+    if !(200..=299).contains(&status) {
+        return Err(ResponseError::InvalidStatus);
+    }
+    let mut head = Vec::new();
+    push_status_line(&mut head, status);
+    for (name, value) in headers {
+        validate_header(name, value)?;
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+        if head.len() > max_head_bytes {
+            return Err(ResponseError::HeadTooLarge);
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+    if head.len() > max_head_bytes {
+        return Err(ResponseError::HeadTooLarge);
+    }
+    Ok(head)
+}
+
 /// Builds the head of a handler's response and the framing its body will use.
 pub(crate) fn build_head(
     status: u16,
