@@ -12,10 +12,10 @@
 //! them is put back. Everything else (client VMs and their metrics, messages) is restored as
 //! saved, after [`keel_hostdb::apply_host_boot`] has reset what a reboot ends.
 //!
-//! Saving: after every call, job step or fact update that wrote to a kept class, the whole
-//! kept state is exported and, if it differs from the last saved one, handed to the
-//! [`DatabaseSink`] before the call's answer leaves [`crate::XenApi`]: an answered change is
-//! on disk.
+//! Saving: after every call, job step or fact update, the kept objects the store marked
+//! written are re-read into the kept state; if any record really changed, the whole kept
+//! state is handed to the [`DatabaseSink`] before the call's answer leaves
+//! [`crate::XenApi`]: an answered change is on disk.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -73,10 +73,11 @@ pub trait DatabaseSink {
 #[derive(Default)]
 pub(crate) struct Persistence {
     sink: Option<Box<dyn DatabaseSink>>,
-    /// What the sink last made durable.
-    saved: Option<Database>,
-    /// The store revision whose state is known to be saved.
-    saved_revision: Option<u64>,
+    /// The kept state as of the last [`save_if_changed`], kept up to date object by object
+    /// from the store's dirty set (a full export of a thousand VMs costs far more).
+    current: Database,
+    /// `current` holds changes the sink has not made durable yet.
+    unsaved: bool,
     /// VMs to start now that the host has booted (restored, `auto_poweron`).
     auto_start: Vec<String>,
 }
@@ -102,22 +103,42 @@ pub struct AutoStart {
 /// Saves the kept state if a kept object changed since the last save. A failed save is
 /// retried at the next call.
 pub(crate) fn save_if_changed(state: &mut State) {
+    let dirty = state.db.take_dirty();
     let persistence = &mut state.persist;
-    let Some(sink) = persistence.sink.as_mut() else {
-        return;
-    };
-    let revision = state.db.revision();
-    if persistence.saved_revision == Some(revision) {
+    if persistence.sink.is_none() {
         return;
     }
-    let database = export(&state.db);
-    if persistence.saved.as_ref() == Some(&database) {
-        persistence.saved_revision = Some(revision);
+    for (class_name, reference) in dirty {
+        let now = state
+            .db
+            .class(class_name)
+            .and_then(|class| Some(record_of(class, state.db.object(&reference)?)));
+        let objects = persistence
+            .current
+            .classes
+            .entry(class_name.to_string())
+            .or_default();
+        let changed = match now {
+            Some(record) if objects.get(&reference) != Some(&record) => {
+                objects.insert(reference, record);
+                true
+            }
+            Some(_) => false,
+            None => objects.remove(&reference).is_some(),
+        };
+        persistence.unsaved |= changed;
+    }
+    if !persistence.unsaved {
         return;
     }
-    if sink.save(&database).is_ok() {
-        persistence.saved = Some(database);
-        persistence.saved_revision = Some(revision);
+    persistence
+        .current
+        .classes
+        .retain(|_, objects| !objects.is_empty());
+    if let Some(sink) = persistence.sink.as_mut() {
+        if sink.save(&persistence.current).is_ok() {
+            persistence.unsaved = false;
+        }
     }
 }
 
@@ -132,16 +153,20 @@ pub fn export(db: &Db) -> Database {
             let Some(object) = db.object(&reference) else {
                 continue;
             };
-            let record: Record = stored_fields(class)
-                .filter_map(|decl| {
-                    let value = object.stored(decl.name)?;
-                    Some((decl.name.to_string(), to_field(&decl.ty, value)))
-                })
-                .collect();
-            database.insert(name, &reference, record);
+            database.insert(name, &reference, record_of(class, object));
         }
     }
     database
+}
+
+/// One object's stored fields as a record.
+fn record_of(class: &ClassDecl, object: &crate::store::Object) -> Record {
+    stored_fields(class)
+        .filter_map(|decl| {
+            let value = object.stored(decl.name)?;
+            Some((decl.name.to_string(), to_field(&decl.ty, value)))
+        })
+        .collect()
 }
 
 fn stored_fields(class: &ClassDecl) -> impl Iterator<Item = &'static crate::schema::FieldDecl> {

@@ -40,9 +40,9 @@ pub struct Db {
     by_class: BTreeMap<&'static str, BTreeSet<String>>,
     events: EventLog,
     entropy: Box<dyn Entropy>,
-    /// Moves on every write to an object of a class the host database keeps
-    /// ([`crate::persist::is_persisted`]): the cue to look for something to save.
-    revision: u64,
+    /// The objects of kept classes written (created, changed, renamed, destroyed) since
+    /// [`Db::take_dirty`] last took them: what the next save must look at.
+    dirty: BTreeSet<(&'static str, String)>,
 }
 
 impl Db {
@@ -53,18 +53,19 @@ impl Db {
             by_class: BTreeMap::new(),
             events: EventLog::new(event_history),
             entropy,
-            revision: 0,
+            dirty: BTreeSet::new(),
         }
     }
 
-    /// Moves whenever an object the host database keeps is created, changed or destroyed.
-    pub fn revision(&self) -> u64 {
-        self.revision
+    /// The kept objects written since the last call, as (class, reference); an object that
+    /// no longer exists was destroyed or renamed.
+    pub(crate) fn take_dirty(&mut self) -> BTreeSet<(&'static str, String)> {
+        core::mem::take(&mut self.dirty)
     }
 
-    fn note_write(&mut self, class: &ClassDecl) {
+    fn note_write(&mut self, class: &'static ClassDecl, reference: &str) {
         if crate::persist::is_persisted(class.name) {
-            self.revision = self.revision.wrapping_add(1);
+            self.dirty.insert((class.name, reference.to_string()));
         }
     }
 
@@ -128,7 +129,7 @@ impl Db {
             .entry(class.name)
             .or_default()
             .insert(reference.clone());
-        self.note_write(class);
+        self.note_write(class, &reference);
         self.publish(&reference, Operation::Add, now);
         reference
     }
@@ -160,7 +161,7 @@ impl Db {
             .entry(class.name)
             .or_default()
             .insert(reference.to_string());
-        self.note_write(class);
+        self.note_write(class, reference);
         self.publish(reference, Operation::Add, now);
         true
     }
@@ -181,14 +182,23 @@ impl Db {
             set.remove(old);
             set.insert(new.to_string());
         }
-        for object in self.objects.values_mut() {
+        let mut rewritten = Vec::new();
+        for (reference, object) in self.objects.iter_mut() {
+            let mut changed = false;
             for decl in object.class.fields {
                 if let Some(value) = object.fields.get_mut(decl.name) {
-                    replace_ref(&decl.ty, value, old, new);
+                    changed |= replace_ref(&decl.ty, value, old, new);
                 }
             }
+            if changed {
+                rewritten.push((object.class, reference.clone()));
+            }
         }
-        self.note_write(class);
+        for (class, reference) in rewritten {
+            self.note_write(class, &reference);
+        }
+        self.note_write(class, old);
+        self.note_write(class, new);
         true
     }
 
@@ -198,7 +208,7 @@ impl Db {
             .class_of(reference)
             .ok_or_else(|| ApiError::handle_invalid("object", reference))?;
         self.publish(reference, Operation::Del, now);
-        self.note_write(class);
+        self.note_write(class, reference);
         self.objects.remove(reference);
         if let Some(set) = self.by_class.get_mut(class.name) {
             set.remove(reference);
@@ -325,7 +335,7 @@ impl Db {
                 }
             }
         }
-        self.note_write(class);
+        self.note_write(class, reference);
         self.publish(reference, Operation::Mod, now);
         Ok(())
     }
@@ -387,26 +397,24 @@ pub(crate) fn consistent<T>(result: Result<T, ApiError>) {
     );
 }
 
-/// Replace the reference `old` by `new` wherever a value of type `ty` holds it.
-fn replace_ref(ty: &FieldType, value: &mut Value, old: &str, new: &str) {
+/// Replace the reference `old` by `new` wherever a value of type `ty` holds it; true if it
+/// did.
+fn replace_ref(ty: &FieldType, value: &mut Value, old: &str, new: &str) -> bool {
     match (ty, value) {
-        (FieldType::Ref(_), Value::String(text)) if text == old => *text = new.to_string(),
-        (FieldType::RefSet(_), Value::Array(items)) => {
-            for item in items {
-                replace_ref(&FieldType::Ref(""), item, old, new);
-            }
+        (FieldType::Ref(_), Value::String(text)) if text == old => {
+            *text = new.to_string();
+            true
         }
-        (FieldType::Set(inner), Value::Array(items)) => {
-            for item in items {
-                replace_ref(inner, item, old, new);
-            }
-        }
-        (FieldType::Map(_, inner), Value::Struct(entries)) => {
-            for item in entries.values_mut() {
-                replace_ref(inner, item, old, new);
-            }
-        }
-        _ => {}
+        (FieldType::RefSet(_), Value::Array(items)) => items.iter_mut().fold(false, |any, item| {
+            replace_ref(&FieldType::Ref(""), item, old, new) | any
+        }),
+        (FieldType::Set(inner), Value::Array(items)) => items
+            .iter_mut()
+            .fold(false, |any, item| replace_ref(inner, item, old, new) | any),
+        (FieldType::Map(_, inner), Value::Struct(entries)) => entries
+            .values_mut()
+            .fold(false, |any, item| replace_ref(inner, item, old, new) | any),
+        _ => false,
     }
 }
 
@@ -443,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rename_rewrites_every_reference_and_only_kept_classes_move_the_revision() {
+    fn a_rename_rewrites_every_reference_and_only_kept_classes_are_marked_dirty() {
         let mut db = Db::new(classes::ALL, Box::new(Counter(0)), 16);
         let now = Timestamp::default();
         let host = db.create(&classes::HOST, Vec::new(), now);
@@ -466,9 +474,18 @@ mod tests {
             ],
             now,
         );
-        let before = db.revision();
+        db.take_dirty();
         assert!(db.rename(&host, "OpaqueRef:host"));
-        assert!(db.revision() != before);
+        // The object under both names and every object whose fields were rewritten.
+        let dirty: Vec<_> = db.take_dirty().into_iter().collect();
+        let mut expected = alloc::vec![
+            ("VM", vm.clone()),
+            ("host", host.clone()),
+            ("host", "OpaqueRef:host".to_string()),
+            ("pool", pool.clone()),
+        ];
+        expected.sort();
+        assert_eq!(dirty, expected);
         assert!(db.is_a("OpaqueRef:host", "host"));
         assert!(db.object(&host).is_none());
         assert_eq!(db.refs("host"), ["OpaqueRef:host"]);
@@ -490,16 +507,15 @@ mod tests {
         assert!(!db.rename(&vm, &pool));
         assert!(!db.rename("OpaqueRef:none", "OpaqueRef:other"));
         // A session or task write is not a change the host database keeps.
-        let before = db.revision();
         let session = db.create(&classes::SESSION, Vec::new(), now);
         let task = db.create(&classes::TASK, Vec::new(), now);
         db.set(&task, alloc::vec![("progress", Value::Float(0.5))], now)
             .unwrap();
         db.destroy(&session, now).unwrap();
-        assert_eq!(db.revision(), before);
+        assert!(db.take_dirty().is_empty());
         db.set(&vm, alloc::vec![("name_label", Value::str("x"))], now)
             .unwrap();
-        assert!(db.revision() != before);
+        assert_eq!(db.take_dirty().len(), 1);
     }
 
     #[test]
