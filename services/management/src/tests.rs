@@ -585,3 +585,46 @@ fn a_small_budget_sizes_the_connection_table_down() {
     assert_eq!(small.max_connections, 75);
     assert_eq!(small.memory_budget_bytes, 100 * idle);
 }
+
+#[test]
+fn one_password_verification_per_round_and_root_is_not_starved() {
+    let mut w = world();
+    let guessers: Vec<_> = (0..30).map(|i| w.connect(47000 + i)).collect();
+    let admin = w.connect(47100);
+    for _ in 0..20 {
+        w.step();
+    }
+    // Everyone's login arrives before the next round.
+    let guess = xml_call("session.login_with_password", &["root", "wrong"]);
+    for &g in &guessers {
+        let s = w.client_stack.sockets().get_mut::<tcp::Socket>(g);
+        s.send_slice(&guess).unwrap();
+    }
+    let login = xml_call("session.login_with_password", &["root", PASSWORD]);
+    let s = w.client_stack.sockets().get_mut::<tcp::Socket>(admin);
+    s.send_slice(&login).unwrap();
+    let mut rounds = 0;
+    let mut most_in_a_round = 0;
+    let mut reply = Vec::new();
+    while parse_response(&reply).is_none() && rounds < 500 {
+        let before = w.server.api().password_verifications();
+        w.step();
+        let ran = w.server.api().password_verifications() - before;
+        most_in_a_round = most_in_a_round.max(ran);
+        rounds += 1;
+        let s = w.client_stack.sockets().get_mut::<tcp::Socket>(admin);
+        while s.can_recv() {
+            s.recv(|b| {
+                reply.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+    }
+    assert_eq!(most_in_a_round, 1);
+    let (status, body) = parse_response(&reply).expect("root answered");
+    assert_eq!(status, 200);
+    assert!(body.contains("Success"), "{body}");
+    // Root waited for at most the 30 guesses queued ahead of it, one per round.
+    assert!(w.server.api().password_verifications() <= 31);
+}

@@ -372,6 +372,12 @@ impl XenApi {
         self.state.throttle.take_hold()
     }
 
+    /// Passwords verified since start: a server runs at most one verification per round
+    /// (each holds the CPU for the hash's cost).
+    pub fn password_verifications(&self) -> u64 {
+        self.state.throttle.verifications()
+    }
+
     /// Whether root's password can be verified: the slot reserved at start-up, or why not.
     pub fn login_verifier(&self) -> VerifierState {
         self.state.throttle.verifier_state()

@@ -270,6 +270,8 @@ pub struct LoginThrottle {
     verifier: VerifierState,
     /// When the answer to the call just made may go out (a failed login's delay).
     hold_until: Option<Timestamp>,
+    /// Verifications run since start (a server paces itself by it).
+    verifications: u64,
 }
 
 impl core::fmt::Debug for LoginThrottle {
@@ -291,6 +293,7 @@ impl LoginThrottle {
             arena: Vec::new(),
             verifier: VerifierState::NoPassword,
             hold_until: None,
+            verifications: 0,
         }
     }
 
@@ -327,6 +330,13 @@ impl LoginThrottle {
         self.verifier
     }
 
+    /// How many passwords were verified since start. Each verification holds the CPU for
+    /// the hash's cost; a server runs at most one per round so that the rest of the system
+    /// (and other clients) get their turn in between.
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+    }
+
     /// Constant-time check of `password` against `phc` in the reserved slot.
     pub fn verify(&mut self, phc: &str, password: &[u8]) -> Result<bool, VerifyError> {
         let hash = StoredHash::parse(phc)?;
@@ -343,6 +353,7 @@ impl LoginThrottle {
         let salt = salt
             .decode_b64(&mut salt_buf)
             .map_err(|_| VerifyError::BadHash)?;
+        self.verifications += 1;
         let argon2 = Argon2::new(hash.algorithm, hash.version, hash.params.clone());
         let arena = &mut self.arena[..blocks];
         let computed = Output::init_with(expected.len(), |out| {
@@ -490,6 +501,7 @@ mod tests {
             assert_eq!(t.verify(&phc, b""), Ok(false));
         }
         assert_eq!(t.arena.as_ptr(), arena, "no new arena per verification");
+        assert_eq!(t.verifications(), 9);
         // Same answers as the allocating verifier.
         assert!(verify_password(&phc, b"secret"));
         assert_eq!(verification_bytes(&phc), Some(8 * 1024));
