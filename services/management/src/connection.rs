@@ -11,6 +11,7 @@ use keel_xenapi::{ApiError, Direction, Endpoint, Handled, PendingCall, Timestamp
 
 use crate::{ServerConfig, Shared};
 
+mod console;
 mod transfer;
 
 /// The request a connection is working on.
@@ -36,6 +37,9 @@ enum State {
         transfer: keel_xenapi::Transfer,
         error: Option<ApiError>,
     },
+    /// A guest console request (see `console.rs`): accepted, then a `CONNECT` tunnel or a
+    /// `GET` of the history.
+    Console(console::ConsoleConn),
     /// A bodiless request whose answer goes out at its end, keeping the connection alive.
     Reply {
         status: u16,
@@ -158,8 +162,10 @@ impl Conn {
             // A parked call wakes when the event id moves or its deadline passes.
             progressed |= self.poll_parked(api, now);
 
-            // Output (an export first fills the window).
+            // Output (an export or a console first fills the window; a console also takes
+            // its client's input).
             progressed |= self.pump_export(api, now);
+            progressed |= self.pump_console(shared.consoles.as_deref_mut());
             while self.http.has_output() && socket.can_send() {
                 match socket.send_slice(self.http.output()) {
                     Ok(0) | Err(_) => break,
@@ -267,6 +273,10 @@ impl Conn {
         now: Timestamp,
     ) {
         shared.stats.requests += 1;
+        if console::is_console_path(&request.path) {
+            self.on_console_head(request, api, shared.consoles.as_deref_mut());
+            return;
+        }
         if let Some(direction) = Direction::from_path(&request.path) {
             self.on_transfer_head(direction, request, api, now);
             return;
@@ -369,6 +379,7 @@ impl Conn {
                 body,
             } => self.respond(status, headers, body),
             State::Transfer { transfer, error } => self.on_transfer_end(transfer, error, api, now),
+            State::Console(console) => self.on_console_end(console),
             // Bodies of answered requests are dropped; Idle/Parked/Held cannot see a body end.
             other @ (State::Idle | State::Parked { .. } | State::Held { .. }) => self.state = other,
             State::Answered => {}

@@ -7,6 +7,8 @@
 //! |---|---|
 //! | `POST /`, `POST /RPC2` (XML-RPC), `POST /jsonrpc` (JSON-RPC) | [`keel_xenapi::XenApi`] |
 //! | `GET /` | a one-line text page naming the service |
+//! | `CONNECT /console?ref=…`, `GET /console?ref=…` | a guest's console through [`ConsoleAccess`] (docs/guests.md, "Console") |
+//! | `PUT /import_raw_vdi`, `GET /export_raw_vdi` | VDI data through the XenAPI's transfers |
 //! | anything else | `404` (wrong method on an API path: `405`) |
 //!
 //! Calls that wait (`event.from`, `event.next`, a synchronous call on a running task) are
@@ -21,7 +23,9 @@
 extern crate alloc;
 
 mod connection;
+mod console;
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use connection::Conn;
@@ -29,6 +33,8 @@ use keel_http::Limits;
 use keel_net::smoltcp::iface::SocketSet;
 use keel_net::{ListenerConfig, MemoryBudget, TcpListener};
 use keel_xenapi::{Timestamp, XenApi};
+
+pub use console::ConsoleAccess;
 
 /// Heap that decoding a request body may take, per byte of body, at most: what the server
 /// charges to its memory budget while a call runs. Measured against bodies built to make the
@@ -120,6 +126,8 @@ pub struct ManagementServer {
     config: ServerConfig,
     stats: ServerStats,
     budget: MemoryBudget,
+    /// The guests' consoles, once the kernel has a toolstack; without, `/console` is `404`.
+    consoles: Option<Box<dyn ConsoleAccess>>,
 }
 
 impl ManagementServer {
@@ -150,7 +158,13 @@ impl ManagementServer {
             config,
             stats: ServerStats::default(),
             budget,
+            consoles: None,
         }
+    }
+
+    /// Serves the guests' consoles on `/console` (docs/guests.md, "Console").
+    pub fn set_consoles(&mut self, consoles: Box<dyn ConsoleAccess>) {
+        self.consoles = Some(consoles);
     }
 
     pub fn api(&mut self) -> &mut XenApi {
@@ -204,7 +218,6 @@ impl ManagementServer {
         if self.api.has_running_tasks() {
             self.api.run_tasks(now);
         }
-        let verifications = self.api.password_verifications();
         let mut i = 0;
         while i < self.conns.len() {
             let conn = &mut self.conns[i];
@@ -215,6 +228,7 @@ impl ManagementServer {
                 &mut Shared {
                     stats: &mut self.stats,
                     budget: &mut self.budget,
+                    consoles: self.consoles.as_deref_mut(),
                 },
                 mono_ms,
                 now,
@@ -228,15 +242,6 @@ impl ManagementServer {
                 activity = true;
             } else {
                 i += 1;
-            }
-            if self.api.password_verifications() != verifications {
-                // One password verification per round: it holds the CPU for the hash's
-                // cost, and Keel's other tasks run between rounds. The connections after
-                // this one go first in the next round, so a crowd of guessers cannot keep
-                // a later client (root) waiting round after round.
-                let first = i.min(self.conns.len());
-                self.conns.rotate_left(first);
-                return true;
             }
         }
         activity
@@ -264,10 +269,11 @@ impl ManagementServer {
     }
 }
 
-/// What every connection updates: the counters and the memory budget.
+/// What every connection updates or uses: the counters, the memory budget, the consoles.
 pub(crate) struct Shared<'a> {
     pub(crate) stats: &'a mut ServerStats,
     pub(crate) budget: &'a mut MemoryBudget,
+    pub(crate) consoles: Option<&'a mut (dyn ConsoleAccess + 'static)>,
 }
 
 #[cfg(test)]
