@@ -62,7 +62,11 @@ pub fn start(
     };
     let now_ms = handle.now_ns() / 1_000_000;
     let mut stack = NetStack::new(device, addressing, now_ms, crate::arch::rdtsc());
-    let server = crate::api::start_server(config, facts.clone(), guests.as_ref(), stack.sockets());
+    let mut server =
+        crate::api::start_server(config, facts.clone(), guests.as_ref(), stack.sockets());
+    if let (Some(server), Some(guests)) = (server.as_mut(), guests.as_ref()) {
+        server.set_consoles(guests.consoles());
+    }
     let mac = stack.mac_address();
     log::info!(
         "net: virtio-net at {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",

@@ -15,8 +15,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use keel_console::{ConsoleSession, ConsoleSet};
+use keel_console::{ConsoleError, ConsoleSession, ConsoleSet};
 use keel_executor::Handle;
+use keel_management::ConsoleAccess;
 use keel_toolstack::{guests, Clocks, Report, SharedHost, XenHost};
 use keel_xen::evtchn::{bind_virq, Virq};
 use keel_xenapi::guest::GuestBackend;
@@ -72,6 +73,46 @@ impl GuestService {
                 log::warn!("guests: the XenAPI refused {report:?}: {e:?}");
             }
         }
+    }
+}
+
+/// The guests' consoles as the management server serves them (docs/guests.md, "Console"):
+/// the toolstack's [`ConsoleSet`], with the guest's console channel notified after input.
+struct GuestConsoles(Host);
+
+impl GuestService {
+    /// The consoles for the management server's `/console` route.
+    pub fn consoles(&self) -> Box<dyn ConsoleAccess> {
+        Box::new(GuestConsoles(self.host.clone()))
+    }
+}
+
+impl ConsoleAccess for GuestConsoles {
+    fn open(&mut self, domid: u16) -> Result<ConsoleSession, ConsoleError> {
+        self.0.borrow().consoles.open_session(domid)
+    }
+
+    fn output(
+        &mut self,
+        session: &mut ConsoleSession,
+        out: &mut [u8],
+    ) -> Result<usize, ConsoleError> {
+        self.0.borrow().consoles.session_output(session, out)
+    }
+
+    fn has_output(&self, session: &ConsoleSession) -> bool {
+        self.0.borrow().consoles.session_has_output(session)
+    }
+
+    fn input(&mut self, session: &ConsoleSession, bytes: &[u8]) -> Result<usize, ConsoleError> {
+        let mut host = self.0.borrow_mut();
+        let (accepted, serviced) = host.consoles.session_input(session, bytes)?;
+        if serviced.notify {
+            if let Some(port) = host.console_pages.console_ports.get(&session.domid()) {
+                let _ = keel_xen::evtchn::send(host.hv, *port);
+            }
+        }
+        Ok(accepted)
     }
 }
 
