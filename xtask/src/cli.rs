@@ -69,6 +69,11 @@ commands:
                            mixed API calls, event.from long-polls and VDI transfers;
                            errors, p50/p99 latency and Keel's memory over time;
                            passes only with 0 errors and flat memory
+  console [--api-port PORT] VM
+                           attach this terminal to a running guest's console on
+                           the Keel of `cargo xtask run` (VM by name-label or
+                           UUID; PORT as given to run, default 8080); Ctrl-]
+                           detaches
   help                     this text
 ";
 
@@ -100,6 +105,8 @@ pub enum Command {
     Prereq,
     /// `image` with its words, parsed by `commands::image`.
     Image(Vec<String>),
+    /// `console` with its words, parsed by `commands::console`.
+    Console(Vec<String>),
     Help,
 }
 
@@ -253,6 +260,7 @@ where
         },
         "bench" => parse_bench(&mut args),
         "image" => Ok(Command::Image(args.rest())),
+        "console" => Ok(Command::Console(args.rest())),
         "help" | "--help" | "-h" => Ok(Command::Help),
         _ => Err(CliError::UnknownCommand(command)),
     }
@@ -572,6 +580,14 @@ mod tests {
     #[test]
     fn prereq_takes_no_options() {
         assert_eq!(parse_words("prereq"), Ok(Command::Prereq));
+        assert_eq!(
+            parse_words("console --api-port 9000 vm1"),
+            Ok(Command::Console(vec![
+                "--api-port".into(),
+                "9000".into(),
+                "vm1".into()
+            ]))
+        );
         assert_eq!(
             parse_words("prereq --check"),
             Err(CliError::UnknownOption {

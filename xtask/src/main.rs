@@ -60,5 +60,6 @@ fn run(args: impl Iterator<Item = String>) -> Result<ExitCode, XtaskError> {
         }
         Command::Prereq => commands::prereq::run().map(|()| ExitCode::SUCCESS),
         Command::Image(words) => commands::image::run(&words).map(|()| ExitCode::SUCCESS),
+        Command::Console(words) => commands::console::run(&words),
     }
 }

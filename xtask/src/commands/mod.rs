@@ -6,6 +6,7 @@ pub mod bench_dom0;
 pub mod bench_soak;
 pub mod bench_storage;
 pub mod build;
+pub mod console;
 pub mod image;
 pub mod prereq;
 pub mod run;
