@@ -510,3 +510,89 @@ fn without_a_toolstack_the_console_path_is_404() {
     let (status, _) = w.exchange(41500, &connect_request(&target));
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_typist_faster_than_the_guest_is_held_back_by_tcp() {
+    let mut w = world();
+    let guest = w.running_guest("vm1");
+    let target = format!("/console?ref={}&session_id={}", guest.console, w.session);
+    let c = w.connect(41600, 65536);
+    w.send(c, connect_request(&target).as_bytes());
+    w.receive(c, 10);
+    // The client offers 256 KiB of input; the guest reads none of it.
+    let input: Vec<u8> = (0..256 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut offered = 0;
+    for _ in 0..400 {
+        let socket = w.client_stack.sockets().get_mut::<tcp::Socket>(c);
+        if socket.can_send() {
+            offered += socket.send_slice(&input[offered..]).unwrap();
+        }
+        w.step();
+    }
+    assert!(offered < input.len(), "the client was held back");
+    let limits = ServerConfig::default().http;
+    let conn = &w.server.conns[0];
+    // Its input buffer and output window (with room for a response head), no more.
+    let bound = limits.input_buffer_bytes
+        + limits.output_buffer_bytes
+        + limits.max_response_head_bytes
+        + 256;
+    assert!(
+        conn.http.buffered_capacity() <= bound,
+        "{} > {bound}",
+        conn.http.buffered_capacity()
+    );
+    // The guest reads: everything arrives, in order, none lost.
+    let mut read = Vec::new();
+    for _ in 0..20_000 {
+        read.extend(guest.page.guest_read_input(1024).unwrap());
+        // Its notification: the backend moves queued input into the ring.
+        w.consoles.borrow_mut().service(guest.domid).unwrap();
+        let socket = w.client_stack.sockets().get_mut::<tcp::Socket>(c);
+        if socket.can_send() && offered < input.len() {
+            offered += socket.send_slice(&input[offered..]).unwrap();
+        }
+        w.step();
+        if read.len() == input.len() {
+            break;
+        }
+    }
+    assert_eq!(read.len(), input.len());
+    assert!(read == input);
+}
+
+#[test]
+fn a_flooding_guest_does_not_hold_up_other_clients() {
+    let mut w = world();
+    let guest = w.running_guest("vm1");
+    let target = format!("/console?ref={}&session_id={}", guest.console, w.session);
+    let c = w.connect(41700, 65536);
+    w.send(c, connect_request(&target).as_bytes());
+    w.receive(c, 10);
+    let other = w.connect(41701, 65536);
+    w.send(other, b"GET / HTTP/1.1\r\nHost: keel\r\n\r\n");
+    let mut answer = Vec::new();
+    let mut streamed = 0;
+    for step in 0..200 {
+        // The guest fills its ring every round; the console client reads everything.
+        let piece = [b'x'; 2048];
+        guest.page.guest_write_output(&piece).unwrap();
+        w.consoles.borrow_mut().service(guest.domid).unwrap();
+        streamed += w.receive(c, 1).len();
+        let socket = w.client_stack.sockets().get_mut::<tcp::Socket>(other);
+        while socket.can_recv() {
+            socket
+                .recv(|b| {
+                    answer.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+        }
+        if answer.starts_with(b"HTTP/1.1 200") {
+            assert!(step < 20, "answered only after {step} rounds");
+            break;
+        }
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    assert!(streamed > 0);
+}
