@@ -121,8 +121,12 @@ async fn drive(
         }
         if let Some(server) = server.as_mut() {
             if server.poll(stack.sockets(), now_ms, crate::rtc::now()) {
-                // Send what the server just queued without waiting for the next round.
-                stack.poll(now_ms);
+                // Send what the server just queued without waiting for the next round. Frames
+                // that arrived meanwhile are taken in too, so the listener is refilled before
+                // each of them here as well: a plain poll would reset a burst of SYNs.
+                stack.poll_with(now_ms, |sockets| {
+                    server.accept(sockets);
+                });
                 busy = true;
             }
         }
