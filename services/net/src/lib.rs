@@ -103,7 +103,9 @@ impl<D: NetDevice> NetStack<D> {
     }
 
     /// Moves frames and runs protocol timers. Returns true when anything happened, in which
-    /// case the caller should poll again soon.
+    /// case the caller should poll again soon. A stack with a [`TcpListener`] on it must be
+    /// polled with [`NetStack::poll_with`] instead, every time, or SYNs beyond the listening
+    /// sockets of the moment are reset.
     pub fn poll(&mut self, now_ms: u64) -> bool {
         self.poll_with(now_ms, |_| {})
     }
