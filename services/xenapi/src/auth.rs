@@ -18,8 +18,10 @@
 //! Every login is verified: a correct password is never refused because of failures, neither
 //! another client's nor ones from the same address (behind NAT, or through QEMU's user
 //! network, every client shares one address). Failures slow down whoever guesses: a wrong
-//! password is answered `SESSION_AUTHENTICATION_FAILED` only after a delay, like xapi, whose
-//! PAM stack delays a failed authentication before reporting it. The delay grows with the
+//! password is answered `SESSION_AUTHENTICATION_FAILED` only after a delay. That is xapi's
+//! behaviour too: it verifies every login, one at a time (a mutex, `serialize_auth`, around
+//! PAM in `ocaml/xapi/xapi_session.ml`), and PAM's `pam_unix` waits out its failure delay
+//! before a wrong password is reported; it has no lockout. The delay grows with the
 //! failures counted per originator (the 4th `login_with_password` argument; truncated, and the
 //! table is bounded) and globally (so rotating originators does not help): after
 //! `free_failures` it is `base_delay_ms * 2^(excess)`, capped at `max_delay_ms`; the global
