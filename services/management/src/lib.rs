@@ -218,6 +218,7 @@ impl ManagementServer {
         if self.api.has_running_tasks() {
             self.api.run_tasks(now);
         }
+        let verifications = self.api.password_verifications();
         let mut i = 0;
         while i < self.conns.len() {
             let conn = &mut self.conns[i];
@@ -242,6 +243,15 @@ impl ManagementServer {
                 activity = true;
             } else {
                 i += 1;
+            }
+            if self.api.password_verifications() != verifications {
+                // One password verification per round: it holds the CPU for the hash's
+                // cost, and Keel's other tasks run between rounds. The connections after
+                // this one go first in the next round, so a crowd of guessers cannot keep
+                // a later client (root) waiting round after round.
+                let first = i.min(self.conns.len());
+                self.conns.rotate_left(first);
+                return true;
             }
         }
         activity

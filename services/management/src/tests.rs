@@ -628,3 +628,87 @@ fn one_password_verification_per_round_and_root_is_not_starved() {
     // Root waited for at most the 30 guesses queued ahead of it, one per round.
     assert!(w.server.api().password_verifications() <= 31);
 }
+
+fn event_from_call(session: &str, token: &str, timeout_s: f64) -> Vec<u8> {
+    let body = format!(
+        "<?xml version='1.0'?>\n<methodCall><methodName>event.from</methodName><params>\
+         <param><value><string>{session}</string></value></param>\
+         <param><value><array><data><value><string>pool</string></value></data></array></value></param>\
+         <param><value><string>{token}</string></value></param>\
+         <param><value><double>{timeout_s}</double></value></param></params></methodCall>"
+    );
+    post("/RPC2", "text/xml", &body)
+}
+
+fn token_of(xml: &str) -> String {
+    let at = xml.find("<name>token</name>").expect("token field");
+    let rest = &xml[at..];
+    let start = rest.find("<value>").unwrap() + "<value>".len();
+    let text = &rest[start..];
+    text[..text.find("</value>").unwrap()]
+        .replace("<string>", "")
+        .replace("</string>", "")
+}
+
+#[test]
+fn five_hundred_long_polls_wait_beside_five_hundred_callers() {
+    // Xen Orchestra's pattern: each client keeps an event.from open beside its calls.
+    let mut w = world();
+    let first = w.connect_with_buffers(48000, 8192);
+    w.send(
+        first,
+        &xml_call("session.login_with_password", &["root", PASSWORD]),
+    );
+    let session = session_of(&w.response(first, 200).unwrap().1);
+    w.send(first, &event_from_call(&session, "", 30.0));
+    let token = token_of(&w.response(first, 200).unwrap().1);
+    let pollers: Vec<_> = (0..500)
+        .map(|i| w.connect_with_buffers(48100 + i, 2048))
+        .collect();
+    let callers: Vec<_> = (0..500)
+        .map(|i| w.connect_with_buffers(49100 + i, 2048))
+        .collect();
+    for _ in 0..20 {
+        w.step();
+    }
+    let wait = event_from_call(&session, &token, 30.0);
+    for &p in &pollers {
+        let s = w.client_stack.sockets().get_mut::<tcp::Socket>(p);
+        assert_eq!(s.send_slice(&wait).unwrap(), wait.len());
+    }
+    for _ in 0..50 {
+        w.step();
+    }
+    // Every caller is served while the 500 long-polls are parked.
+    let call = xml_call("pool.get_all", &[&session]);
+    for &c in &callers {
+        let s = w.client_stack.sockets().get_mut::<tcp::Socket>(c);
+        assert_eq!(s.send_slice(&call).unwrap(), call.len());
+    }
+    for &c in &callers {
+        let (status, body) = w.response(c, 50).expect("a caller is answered");
+        assert_eq!(status, 200);
+        assert!(body.contains("Success"), "{body}");
+    }
+    for &p in &pollers {
+        let s = w.client_stack.sockets().get_mut::<tcp::Socket>(p);
+        assert!(!s.can_recv(), "a long-poll returned without an event");
+    }
+    // One change wakes them all.
+    w.send(first, &call);
+    let pool = session_of(&w.response(first, 200).unwrap().1);
+    w.send(
+        callers[0],
+        &xml_call("pool.add_to_other_config", &[&session, &pool, "wake", "1"]),
+    );
+    assert!(w.response(callers[0], 200).unwrap().1.contains("Success"));
+    for &p in &pollers {
+        let (status, body) = w.response(p, 50).expect("the long-poll returns");
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("wake") || body.contains("<value>mod</value>"),
+            "{body}"
+        );
+    }
+    assert_eq!(w.server.connections(), 1001);
+}
