@@ -224,6 +224,7 @@ mod kernel {
                 boot_us / 1_000,
                 boot_us % 1_000 / 100
             ));
+            crate::storage::hostdb::host_ready();
             match config.test {
                 TestAction::None => {}
                 TestAction::Panic => panic!("test panic requested by keel.test=panic"),

@@ -120,6 +120,7 @@ async fn drive(
             busy |= guests.deliver_reports(server.api(), crate::rtc::now());
         }
         if let Some(server) = server.as_mut() {
+            busy |= crate::storage::hostdb::start_auto_poweron_when_ready(server.api());
             if server.poll(stack.sockets(), now_ms, crate::rtc::now()) {
                 // Send what the server just queued without waiting for the next round. Frames
                 // that arrived meanwhile are taken in too, so the listener is refilled before

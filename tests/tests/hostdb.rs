@@ -63,9 +63,9 @@ fn facts(out: &str) -> std::collections::BTreeMap<String, String> {
 
 const PY_HELPERS: &str = r#"
 import sys, XenAPI
-x = XenAPI.Session(sys.argv[1])
-x.xenapi.login_with_password("root", sys.argv[2], "2.21", "keel-tests")
-x = x.xenapi
+SESSION = XenAPI.Session(sys.argv[1])
+SESSION.xenapi.login_with_password("root", sys.argv[2], "2.21", "keel-tests")
+x = SESSION.xenapi
 TEMPLATE = "Keel Linux PVH (direct boot)"
 
 def only(refs, what):
@@ -158,13 +158,16 @@ fn vms_made_with_the_sdk_survive_a_power_cut() -> Result<(), HarnessError> {
     let second = boot("hostdb_second", Some(&image))?;
     let loaded = lines_with(&second, "hostdb: loaded");
     assert_eq!(loaded.len(), 1, "log: {}", second.log_path().display());
-    // The auto_poweron VM was started at boot: with no hypervisor the start fails cleanly.
-    let auto = lines_with(&second, "auto_poweron");
-    assert!(
-        auto.iter().any(|line| line.contains(&made["auto"])),
-        "{auto:?}\nlog: {}",
-        second.log_path().display()
-    );
+    // The auto_poweron VM is started once the host is ready: with no hypervisor the start
+    // fails cleanly and says so.
+    let auto = second.wait_for(
+        Pattern::contains(format!(
+            "({}) has auto_poweron but cannot start",
+            made["auto"]
+        )),
+        std::time::Duration::from_secs(30),
+    )?;
+    assert!(auto.contains("hostdb: VM auto"), "{auto}");
     let out = script(
         &second,
         VERIFY_SCRIPT,
@@ -191,5 +194,140 @@ fn without_a_disk_keel_says_once_that_nothing_persists() -> Result<(), HarnessEr
     let said = lines_with(&vm, "nothing clients create will persist");
     assert_eq!(said.len(), 1, "{said:?}\nlog: {}", vm.log_path().display());
     assert!(said[0].contains("no SR"), "{said:?}");
+    Ok(())
+}
+
+/// Xen and Keel under TCG, on a machine also building and testing.
+const XEN_BOOT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(150);
+/// From `VM.start` to the guest's marker on its console.
+const GUEST_BOOT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn boot_xen(name: &str, disk: &Path) -> Result<Vm, HarnessError> {
+    let vm = Machine::new(name)
+        .under_xen()
+        .memory_mib(1024)
+        .disk_file(disk, DiskBus::VirtioBlk)
+        .nic_with_api(NicModel::VirtioNet)
+        .append(test_credentials().cmdline_word())
+        .append("keel.log=debug")
+        .boot()?;
+    vm.wait_for(Pattern::starts_with(READY_PREFIX), XEN_BOOT_DEADLINE)?;
+    Ok(vm)
+}
+
+/// Uploads the guest kernel and initramfs, makes `plain` and `auto` (with
+/// `other_config:auto_poweron=true`) from the template and starts both.
+const GUESTS_SCRIPT: &str = r#"
+import http.client, urllib.parse
+port, kernel, initrd, cmdline = sys.argv[3:7]
+sr = x.SR.get_all()[0]
+
+def upload(path, name):
+    data = open(path, "rb").read()
+    size = (len(data) + (1 << 20) - 1) // (1 << 20) * (1 << 20)
+    vdi = x.VDI.create({"SR": sr, "name_label": name, "name_description": "",
+                        "virtual_size": str(size), "type": "user", "sharable": False,
+                        "read_only": False, "other_config": {}, "xenstore_data": {},
+                        "sm_config": {}, "tags": []})
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=600)
+    q = urllib.parse.urlencode({"session_id": SESSION._session, "vdi": vdi})
+    conn.putrequest("PUT", "/import_raw_vdi?" + q)
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    conn.send(data)
+    conn.send(bytes(size - len(data)))
+    r = conn.getresponse()
+    assert r.status == 200, (r.status, r.read())
+    return x.VDI.get_uuid(vdi)
+
+k = upload(kernel, "guest kernel")
+r = upload(initrd, "guest initramfs")
+template = only(x.VM.get_by_name_label(TEMPLATE), "template")
+for name in ["plain", "auto"]:
+    vm = x.VM.clone(template, name)
+    x.VM.set_PV_kernel(vm, "vdi:" + k)
+    x.VM.set_PV_ramdisk(vm, "vdi:" + r)
+    x.VM.set_PV_args(vm, cmdline)
+    x.VM.set_memory_limits(vm, str(64 << 20), str(128 << 20), str(128 << 20), str(128 << 20))
+    x.VM.provision(vm)
+    x.VM.set_is_a_template(vm, False)
+    if name == "auto":
+        x.VM.add_to_other_config(vm, "auto_poweron", "true")
+    x.VM.start(vm, False, False)
+    assert x.VM.get_power_state(vm) == "Running"
+    print(name, vm, x.VM.get_domid(vm), flush=True)
+"#;
+
+/// After the host boot: `plain` is halted; `auto` is (being) started by the host.
+const AFTER_SCRIPT: &str = r#"
+import time
+plain, auto = sys.argv[3:5]
+assert x.VM.get_power_state(plain) == "Halted", x.VM.get_power_state(plain)
+assert x.VM.get_domid(plain) == "-1", x.VM.get_domid(plain)
+deadline = time.time() + 300
+while x.VM.get_power_state(auto) != "Running":
+    assert time.time() < deadline, "auto_poweron VM still " + x.VM.get_power_state(auto)
+    time.sleep(0.5)
+print("auto", x.VM.get_domid(auto), flush=True)
+"#;
+
+/// Under Xen, with real guests: a power cut with two guests running; at the next host boot
+/// the plain one is `Halted` and the `auto_poweron` one runs again (its console says so).
+#[test]
+fn after_a_power_cut_running_vms_are_halted_and_auto_poweron_ones_boot() -> Result<(), HarnessError>
+{
+    let dir = disk_dir("hostdb_xen");
+    let image = dir.join("sr.img");
+    fs::File::create(&image)
+        .and_then(|f| f.set_len(256 * MIB))
+        .expect("creating a disk image");
+    let kernel = keel_tests::guest::kernel()?;
+    let initrd = keel_tests::guest::initramfs()?;
+    let cmdline = keel_tests::guest::cmdline("idle");
+
+    let first = boot_xen("hostdb_xen_first", &image)?;
+    let port = first.api_port().expect("an API port").to_string();
+    let out = script(
+        &first,
+        GUESTS_SCRIPT,
+        &[
+            &port,
+            kernel.to_str().expect("UTF-8 path"),
+            initrd.to_str().expect("UTF-8 path"),
+            &cmdline,
+        ],
+    );
+    let made = facts(&out);
+    for name in ["plain", "auto"] {
+        let (_, domid) = made[name].split_once(' ').expect("ref and domid");
+        first.wait_for(
+            Pattern::contains(format!(
+                "guest d{domid}: {}",
+                keel_tests::guest::GUEST_READY
+            )),
+            GUEST_BOOT_DEADLINE,
+        )?;
+    }
+    // Power cut with both guests running.
+    drop(first);
+
+    let second = boot_xen("hostdb_xen_second", &image)?;
+    let halted = lines_with(&second, "that were running when the host went down");
+    assert!(
+        halted.iter().any(|l| l.contains("2 VMs")),
+        "{halted:?}\nlog: {}",
+        second.log_path().display()
+    );
+    let plain = made["plain"].split(' ').next().expect("ref");
+    let auto = made["auto"].split(' ').next().expect("ref");
+    let out = script(&second, AFTER_SCRIPT, &[plain, auto]);
+    let domid = facts(&out)["auto"].clone();
+    second.wait_for(
+        Pattern::contains(format!(
+            "guest d{domid}: {}",
+            keel_tests::guest::GUEST_READY
+        )),
+        GUEST_BOOT_DEADLINE,
+    )?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! save, like every other SR operation.
 
 use alloc::boxed::Box;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use keel_storage::Uuid;
 use keel_xenapi::keel_hostdb::{
@@ -143,20 +144,28 @@ fn open_at(sr: Uuid, vdi: Uuid, how: Located) -> Opened {
     }
 }
 
-/// After the XenAPI is built: what the host boot did, and the `auto_poweron` VMs started.
-pub fn after_start(api: &mut XenApi) {
-    if let Some(plan) = api.host_boot() {
-        if !plan.halted.is_empty() {
-            log::info!(
-                "hostdb: {} VMs that were running when the host went down are halted",
-                plan.halted.len()
-            );
-        }
-        if plan.auto_start_disabled_by_pool {
-            log::info!("hostdb: the pool's other_config:auto_poweron=false starts no VM");
-        }
+/// Set once the host has finished booting (every service up, the hypervisor's self-tests
+/// passed): only then may `auto_poweron` VMs start. A guest built while the boot is still
+/// under way competes with it for the only CPU (under Xen, building a guest can hold it for
+/// seconds under TCG).
+static HOST_READY: AtomicBool = AtomicBool::new(false);
+/// The `auto_poweron` VMs were started (once per boot).
+static AUTO_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The host has finished booting (main.rs, with the `keel: ready` line).
+pub fn host_ready() {
+    HOST_READY.store(true, Ordering::Release);
+}
+
+/// Starts the `auto_poweron` VMs the first time it is called after [`host_ready`]; cheap on
+/// every other call (the management server's loop calls it each round). Returns whether it
+/// started anything.
+pub fn start_auto_poweron_when_ready(api: &mut XenApi) -> bool {
+    if !HOST_READY.load(Ordering::Acquire) || AUTO_STARTED.swap(true, Ordering::AcqRel) {
+        return false;
     }
     let started = api.start_auto_poweron_vms(crate::rtc::now());
+    let any = !started.is_empty();
     for start in started {
         match start.task {
             Ok(task) => log::info!(
@@ -169,6 +178,31 @@ pub fn after_start(api: &mut XenApi) {
                 start.name_label,
                 start.vm
             ),
+        }
+    }
+    any
+}
+
+/// After the XenAPI is built: what the host boot did to the restored VMs. The
+/// `auto_poweron` ones start once the host is ready ([`start_auto_poweron_when_ready`]).
+pub fn after_start(api: &mut XenApi) {
+    if let Some(plan) = api.host_boot() {
+        if !plan.halted.is_empty() {
+            log::info!(
+                "hostdb: {} VMs that were running when the host went down are halted",
+                plan.halted.len()
+            );
+        }
+        if plan.auto_start_disabled_by_pool {
+            log::info!("hostdb: the pool's other_config:auto_poweron=false starts no VM");
+        }
+    }
+    if let Some(plan) = api.host_boot() {
+        if !plan.auto_start.is_empty() {
+            log::info!(
+                "hostdb: {} VMs with auto_poweron start when the host is ready",
+                plan.auto_start.len()
+            );
         }
     }
 }
