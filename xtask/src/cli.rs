@@ -69,6 +69,13 @@ commands:
                            mixed API calls, event.from long-polls and VDI transfers;
                            errors, p50/p99 latency and Keel's memory over time;
                            passes only with 0 errors and flat memory
+  bench vm [--runs N] [--record]
+                           guests on Keel under Xen: VM.start to domain running
+                           and to the guest's console marker, alone and beside 8
+                           running guests; dom0 memory per guest (N runs, default 3)
+  vm demo [--api-port PORT] make (or reuse) the VM \"demo\" on the Keel of `cargo
+                           xtask run` (Debian's kernel, the guest initramfs), start
+                           it and print its console until the guest is ready
   console [--api-port PORT] VM
                            attach this terminal to a running guest's console on
                            the Keel of `cargo xtask run` (VM by name-label or
@@ -102,11 +109,17 @@ pub enum Command {
         record: bool,
     },
     BenchSoak(SoakOptions),
+    BenchVm {
+        runs: u32,
+        record: bool,
+    },
     Prereq,
     /// `image` with its words, parsed by `commands::image`.
     Image(Vec<String>),
     /// `console` with its words, parsed by `commands::console`.
     Console(Vec<String>),
+    /// `vm` with its words, parsed by `commands::vm`.
+    Vm(Vec<String>),
     Help,
 }
 
@@ -154,6 +167,9 @@ pub const DEFAULT_API_BENCH_RUNS: u32 = 5;
 
 /// The default number of boots of each system in `bench dom0`.
 pub const DEFAULT_DOM0_BENCH_RUNS: u32 = 3;
+
+/// The default number of runs of each figure in `bench vm`.
+pub const DEFAULT_VM_BENCH_RUNS: u32 = 3;
 
 /// The default number of runs of each system in `bench storage`.
 pub const DEFAULT_STORAGE_BENCH_RUNS: u32 = 1;
@@ -219,13 +235,13 @@ impl fmt::Display for CliError {
             CliError::UnknownBenchmark(Some(name)) => {
                 write!(
                     f,
-                    "unknown benchmark '{name}': expected 'boot', 'api', 'dom0', 'storage' or 'soak'"
+                    "unknown benchmark '{name}': expected 'boot', 'api', 'dom0', 'storage', 'soak' or 'vm'"
                 )
             }
             CliError::UnknownBenchmark(None) => {
                 write!(
                     f,
-                    "'bench' needs a benchmark name: 'boot', 'api', 'dom0', 'storage' or 'soak'"
+                    "'bench' needs a benchmark name: 'boot', 'api', 'dom0', 'storage', 'soak' or 'vm'"
                 )
             }
             CliError::ApiPortWithoutNic => {
@@ -261,6 +277,7 @@ where
         "bench" => parse_bench(&mut args),
         "image" => Ok(Command::Image(args.rest())),
         "console" => Ok(Command::Console(args.rest())),
+        "vm" => Ok(Command::Vm(args.rest())),
         "help" | "--help" | "-h" => Ok(Command::Help),
         _ => Err(CliError::UnknownCommand(command)),
     }
@@ -365,6 +382,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         Some("api") => ("bench api", DEFAULT_API_BENCH_RUNS),
         Some("dom0") => ("bench dom0", DEFAULT_DOM0_BENCH_RUNS),
         Some("storage") => ("bench storage", DEFAULT_STORAGE_BENCH_RUNS),
+        Some("vm") => ("bench vm", DEFAULT_VM_BENCH_RUNS),
         other => return Err(CliError::UnknownBenchmark(other.map(str::to_string))),
     };
     let (mut runs, mut record) = (default_runs, false);
@@ -388,6 +406,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         "bench api" => Command::BenchApi { runs, record },
         "bench dom0" => Command::BenchDom0 { runs, record },
         "bench storage" => Command::BenchStorage { runs, record },
+        "bench vm" => Command::BenchVm { runs, record },
         _ => Command::BenchBoot { runs, record },
     })
 }

@@ -58,8 +58,12 @@ fn run(args: impl Iterator<Item = String>) -> Result<ExitCode, XtaskError> {
         Command::BenchSoak(options) => {
             commands::bench_soak::run(&options).map(|()| ExitCode::SUCCESS)
         }
+        Command::BenchVm { runs, record } => {
+            commands::bench_vm::run(runs, record).map(|()| ExitCode::SUCCESS)
+        }
         Command::Prereq => commands::prereq::run().map(|()| ExitCode::SUCCESS),
         Command::Image(words) => commands::image::run(&words).map(|()| ExitCode::SUCCESS),
         Command::Console(words) => commands::console::run(&words),
+        Command::Vm(words) => commands::vm::run(&words),
     }
 }
