@@ -119,11 +119,12 @@ mod tests {
     #[test]
     fn test_credentials_hash_verifies_shape() {
         let c = test_credentials();
-        assert!(
-            c.phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-            "{}",
-            c.phc
+        let cost = HashCost::PRODUCTION;
+        let prefix = format!(
+            "$argon2id$v=19$m={},t={},p={}$",
+            cost.memory_kib, cost.iterations, cost.parallelism
         );
+        assert!(c.phc.starts_with(&prefix), "{} should start {prefix}", c.phc);
         assert!(c.cmdline_word().starts_with("keel.root_hash=$argon2id$"));
     }
 
