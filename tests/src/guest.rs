@@ -56,6 +56,43 @@ esac
 while true; do sleep 1; done
 "#;
 
+/// Python for SDK scripts (prepend it): `upload_image(x, session_id, port, path, name)` puts a
+/// file into a new VDI of the first SR through `PUT /import_raw_vdi` and returns the VDI's
+/// uuid; `guest_vm(x, template, name, kernel_uuid, initrd_uuid, cmdline)` clones the template
+/// into a 128 MiB guest booting those VDIs, as clients do on XCP (clone, provision, no longer
+/// a template), and returns its ref.
+pub const GUEST_VM_PY: &str = r#"
+import http.client, urllib.parse
+
+def upload_image(x, session_id, port, path, name):
+    data = open(path, "rb").read()
+    size = (len(data) + (1 << 20) - 1) // (1 << 20) * (1 << 20)
+    vdi = x.VDI.create({"SR": x.SR.get_all()[0], "name_label": name, "name_description": "",
+                        "virtual_size": str(size), "type": "user", "sharable": False,
+                        "read_only": False, "other_config": {}, "xenstore_data": {},
+                        "sm_config": {}, "tags": []})
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=600)
+    q = urllib.parse.urlencode({"session_id": session_id, "vdi": vdi})
+    conn.putrequest("PUT", "/import_raw_vdi?" + q)
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    conn.send(data)
+    conn.send(bytes(size - len(data)))
+    r = conn.getresponse()
+    assert r.status == 200, (r.status, r.read())
+    return x.VDI.get_uuid(vdi)
+
+def guest_vm(x, template, name, kernel_uuid, initrd_uuid, cmdline):
+    vm = x.VM.clone(template, name)
+    x.VM.set_PV_kernel(vm, "vdi:" + kernel_uuid)
+    x.VM.set_PV_ramdisk(vm, "vdi:" + initrd_uuid)
+    x.VM.set_PV_args(vm, cmdline)
+    x.VM.set_memory_limits(vm, str(64 << 20), str(128 << 20), str(128 << 20), str(128 << 20))
+    x.VM.provision(vm)
+    x.VM.set_is_a_template(vm, False)  # a clone of a template is one until told otherwise
+    return vm
+"#;
+
 /// Debian's kernel as shipped, the guest's `PV_kernel`.
 pub fn kernel() -> Result<PathBuf, HarnessError> {
     linux::kernel()

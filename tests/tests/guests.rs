@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keel_tests::credentials::test_credentials;
-use keel_tests::guest::{self, GUEST_READY};
+use keel_tests::guest::{self, GUEST_READY, GUEST_VM_PY};
 use keel_tests::kernel_lines::READY_PREFIX;
 use keel_tests::python::run_script;
 use keel_tests::{HarnessError, Machine, NicModel, Pattern, Vm};
@@ -28,48 +28,21 @@ const MIB: u64 = 1 << 20;
 /// Uploads the kernel and initramfs as VDIs and makes VMs from the template. Prints one
 /// `vm <name> <ref>` line per VM made.
 const SETUP_SCRIPT: &str = r#"
-import sys, os, socket, http.client, urllib.parse, XenAPI
+import sys, socket, XenAPI
 socket.setdefaulttimeout(600)  # a host that stops answering fails the step, not the run
-MiB = 1 << 20
 url, password, port, kernel, initrd = sys.argv[1:6]
 names = sys.argv[6:]
 s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guests")
 x = s.xenapi
-sr = x.SR.get_all()[0]
-
-def upload(path, name):
-    data = open(path, "rb").read()
-    size = (len(data) + MiB - 1) // MiB * MiB
-    vdi = x.VDI.create({"SR": sr, "name_label": name, "name_description": "",
-                        "virtual_size": str(size), "type": "user", "sharable": False,
-                        "read_only": False, "other_config": {}, "xenstore_data": {},
-                        "sm_config": {}, "tags": []})
-    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=600)
-    q = urllib.parse.urlencode({"session_id": s._session, "vdi": vdi})
-    conn.putrequest("PUT", "/import_raw_vdi?" + q)
-    conn.putheader("Content-Length", str(size))
-    conn.endheaders()
-    conn.send(data)
-    conn.send(bytes(size - len(data)))
-    r = conn.getresponse()
-    assert r.status == 200, (r.status, r.read())
-    return x.VDI.get_uuid(vdi)
-
-k = upload(kernel, "guest kernel")
-r = upload(initrd, "guest initramfs")
+k = upload_image(x, s._session, port, kernel, "guest kernel")
+r = upload_image(x, s._session, port, initrd, "guest initramfs")
 template = [ref for ref, rec in x.VM.get_all_records().items()
             if rec["is_a_template"] and rec["name_label"] == "Keel Linux PVH (direct boot)"]
 assert len(template) == 1, template
 for name in names:
     action = name.split("-")[0]
-    vm = x.VM.clone(template[0], name)
-    x.VM.set_PV_kernel(vm, "vdi:" + k)
-    x.VM.set_PV_ramdisk(vm, "vdi:" + r)
-    x.VM.set_PV_args(vm, "console=hvc0 quiet loglevel=4 keel_guest=" + action)
-    x.VM.set_memory_limits(vm, str(64 * MiB), str(128 * MiB), str(128 * MiB), str(128 * MiB))
-    x.VM.provision(vm)
-    x.VM.set_is_a_template(vm, False)  # a clone of a template is one until told otherwise
+    vm = guest_vm(x, template[0], name, k, r, "console=hvc0 quiet loglevel=4 keel_guest=" + action)
     print("vm", name, vm, flush=True)
 "#;
 
@@ -232,7 +205,7 @@ fn setup(host: &Host, names: &[&str]) -> Result<Vec<String>, HarnessError> {
         path(&initrd),
     ];
     args.extend_from_slice(names);
-    let out = run_script(SETUP_SCRIPT, &args)?;
+    let out = run_script(&format!("{GUEST_VM_PY}\n{SETUP_SCRIPT}"), &args)?;
     Ok(out
         .lines()
         .filter_map(|l| l.strip_prefix("vm "))

@@ -218,39 +218,12 @@ fn boot_xen(name: &str, disk: &Path) -> Result<Vm, HarnessError> {
 /// Uploads the guest kernel and initramfs, makes `plain` and `auto` (with
 /// `other_config:auto_poweron=true`) from the template and starts both.
 const GUESTS_SCRIPT: &str = r#"
-import http.client, urllib.parse
 port, kernel, initrd, cmdline = sys.argv[3:7]
-sr = x.SR.get_all()[0]
-
-def upload(path, name):
-    data = open(path, "rb").read()
-    size = (len(data) + (1 << 20) - 1) // (1 << 20) * (1 << 20)
-    vdi = x.VDI.create({"SR": sr, "name_label": name, "name_description": "",
-                        "virtual_size": str(size), "type": "user", "sharable": False,
-                        "read_only": False, "other_config": {}, "xenstore_data": {},
-                        "sm_config": {}, "tags": []})
-    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=600)
-    q = urllib.parse.urlencode({"session_id": SESSION._session, "vdi": vdi})
-    conn.putrequest("PUT", "/import_raw_vdi?" + q)
-    conn.putheader("Content-Length", str(size))
-    conn.endheaders()
-    conn.send(data)
-    conn.send(bytes(size - len(data)))
-    r = conn.getresponse()
-    assert r.status == 200, (r.status, r.read())
-    return x.VDI.get_uuid(vdi)
-
-k = upload(kernel, "guest kernel")
-r = upload(initrd, "guest initramfs")
+k = upload_image(x, SESSION._session, port, kernel, "guest kernel")
+r = upload_image(x, SESSION._session, port, initrd, "guest initramfs")
 template = only(x.VM.get_by_name_label(TEMPLATE), "template")
 for name in ["plain", "auto"]:
-    vm = x.VM.clone(template, name)
-    x.VM.set_PV_kernel(vm, "vdi:" + k)
-    x.VM.set_PV_ramdisk(vm, "vdi:" + r)
-    x.VM.set_PV_args(vm, cmdline)
-    x.VM.set_memory_limits(vm, str(64 << 20), str(128 << 20), str(128 << 20), str(128 << 20))
-    x.VM.provision(vm)
-    x.VM.set_is_a_template(vm, False)
+    vm = guest_vm(x, template, name, k, r, cmdline)
     if name == "auto":
         x.VM.add_to_other_config(vm, "auto_poweron", "true")
     x.VM.start(vm, False, False)
@@ -289,7 +262,7 @@ fn after_a_power_cut_running_vms_are_halted_and_auto_poweron_ones_boot() -> Resu
     let port = first.api_port().expect("an API port").to_string();
     let out = script(
         &first,
-        GUESTS_SCRIPT,
+        &format!("{}\n{GUESTS_SCRIPT}", keel_tests::guest::GUEST_VM_PY),
         &[
             &port,
             kernel.to_str().expect("UTF-8 path"),
