@@ -32,6 +32,7 @@ pub mod paths;
 pub mod prereq;
 pub mod python;
 pub mod qemu;
+pub mod triple_fault;
 pub mod xen;
 
 use std::time::Duration;
