@@ -217,6 +217,17 @@ pub fn call(port: u16, method: &str, params: &[Param<'_>]) -> Result<Vec<u8>, Ca
     }
 }
 
+/// How many times a read is sent when the connection fails.
+const READ_ATTEMPTS: u32 = 3;
+
+/// Whether `method` only reads (`VM.get_domid`, `host.query_data_source`), so that sending
+/// it again is harmless.
+fn is_read(method: &str) -> bool {
+    method
+        .split_once('.')
+        .is_some_and(|(_, call)| call.starts_with("get_") || call.starts_with("query_"))
+}
+
 /// A logged-in root session on the management API forwarded to 127.0.0.1:`port`.
 pub struct Session {
     pub port: u16,
@@ -242,12 +253,24 @@ impl Session {
         Ok(Session { port, id })
     }
 
-    /// `method(session, params…)`.
+    /// `method(session, params…)`. Reads are tried [`READ_ATTEMPTS`] times when the
+    /// connection fails: QEMU's user networking resets a connection now and then when the
+    /// machine is loaded, and a read can be repeated where a `VM.start` cannot.
     pub fn call(&self, method: &str, params: &[Param<'_>]) -> Result<Vec<u8>, CallError> {
         let mut all = Vec::with_capacity(params.len() + 1);
         all.push(Param::Str(&self.id));
         all.extend_from_slice(params);
-        call(self.port, method, &all)
+        let attempts = if is_read(method) { READ_ATTEMPTS } else { 1 };
+        let mut attempt = 1;
+        loop {
+            match call(self.port, method, &all) {
+                Err(CallError::Unreachable { .. }) if attempt < attempts => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// `method(session, strings…)` answering a string (or a number, as a string).
@@ -677,6 +700,15 @@ mod tests {
         assert_eq!(fresh_output(b"abcdef", b"cdefgh"), b"gh");
         // Nothing in common: all of it is new.
         assert_eq!(fresh_output(b"xyz", b"abc"), b"abc");
+    }
+
+    #[test]
+    fn only_reads_are_sent_again() {
+        assert!(is_read("VM.get_domid"));
+        assert!(is_read("host.query_data_source"));
+        assert!(!is_read("VM.start"));
+        assert!(!is_read("VM.clone"));
+        assert!(!is_read("get_domid"));
     }
 
     #[test]
