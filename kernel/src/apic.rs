@@ -24,6 +24,15 @@ const REG_LVT_TIMER: usize = 0x320;
 const REG_TIMER_INITIAL: usize = 0x380;
 const REG_TIMER_CURRENT: usize = 0x390;
 const REG_TIMER_DIVIDE: usize = 0x3e0;
+const REG_ICR_LOW: usize = 0x300;
+/// ICR destination shorthand "self".
+const ICR_SELF: u32 = 1 << 18;
+/// Vector of the boot check's self-interrupt ([`check_idle_halt_resumes`]).
+const CHECK_VECTOR: u8 = 0x31;
+/// The check's backstop: the timer that ends a halt the self-interrupt failed to end. A
+/// halt that the interrupt does end takes well under a millisecond; the check fails only
+/// past three quarters of the backstop, so a stalled emulator thread is not taken for it.
+const CHECK_BACKSTOP_NS: u64 = 2_000_000_000;
 const LVT_MASKED: u32 = 1 << 16;
 const IA32_APIC_BASE: u32 = 0x1b;
 
@@ -147,4 +156,32 @@ pub fn arm_timer(ns: u64) {
     let per_ms = TICKS_PER_MS.load(Ordering::Relaxed);
     let ticks = (u128::from(ns) * u128::from(per_ms) / 1_000_000).clamp(1, u128::from(u32::MAX));
     write(REG_TIMER_INITIAL, ticks as u32);
+}
+
+/// How long the boot check's halt lasted, in nanoseconds, when the interrupt taken at the
+/// `hlt` did not end it (the backstop timer did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HaltNotResumed(pub u64);
+
+/// Proves at boot that an interrupt taken right before the idle routine's `hlt` ends the
+/// idle routine instead of leaving the CPU halted until some later interrupt (the lost
+/// wake-up `arch::resume_past_idle_halt` prevents): with interrupts off, a self-interrupt
+/// is made pending and a backstop timer armed, then the idle routine is entered past its
+/// `sti` shadow, so the interrupt is taken with its return address at the `hlt`. Returns
+/// how long the halt lasted. Call it with interrupts off, after [`init`]; they are off
+/// again on return.
+pub fn check_idle_halt_resumes() -> Result<u64, HaltNotResumed> {
+    idt::set_handler(CHECK_VECTOR, |_| end_of_interrupt());
+    x86_64::instructions::interrupts::disable();
+    arm_timer(CHECK_BACKSTOP_NS);
+    write(REG_ICR_LOW, ICR_SELF | u32::from(CHECK_VECTOR));
+    let start = time::since_entry_ns();
+    crate::arch::halt_with_interrupt_before_hlt();
+    let took = time::since_entry_ns().saturating_sub(start);
+    x86_64::instructions::interrupts::disable();
+    if took < CHECK_BACKSTOP_NS / 4 * 3 {
+        Ok(took)
+    } else {
+        Err(HaltNotResumed(took))
+    }
 }

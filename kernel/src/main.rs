@@ -154,6 +154,17 @@ mod kernel {
             Ok(timer) => log::info!("apic: {timer}"),
             Err(e) => panic!("local APIC unusable: {e}"),
         }
+        match apic::check_idle_halt_resumes() {
+            Ok(ns) => log::debug!(
+                "apic: an interrupt taken at the idle hlt ends the halt ({} us)",
+                ns / 1_000
+            ),
+            Err(apic::HaltNotResumed(ns)) => panic!(
+                "apic: an interrupt taken at the idle hlt left the CPU halted for {} ms \
+                 (the idle loop would sleep through its wake-ups)",
+                ns / 1_000_000
+            ),
+        }
 
         let pci = pci::init(platform.ecam);
         let functions = keel_pci::enumerate(pci);

@@ -220,6 +220,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         log::warn!("interrupt on vector {vector:#x} with no handler");
         crate::apic::end_of_interrupt();
     }
+    super::resume_past_idle_halt(&mut frame.rip);
 }
 
 fn exception(f: &TrapFrame) -> ! {
