@@ -81,6 +81,8 @@ pub struct VmBench {
     pub memory: Vec<MemoryPoint>,
     /// Crash-restarts before the marker over every start, the idle guests' included.
     pub restarts: u32,
+    /// Why the run stopped before measuring everything (the figures are what came before).
+    pub stopped: Option<String>,
     pub guest_mib: u64,
     pub host_memory_mib: u32,
     pub background: usize,
@@ -209,6 +211,12 @@ impl VmBench {
         ));
         out.push_str(&self.table());
         out.push_str(&format!("\n{}.\n", self.memory_words()));
+        if let Some(why) = &self.stopped {
+            out.push_str(&format!(
+                "\nThe run stopped before it measured everything ({why}); the figures are \
+                 those measured before.\n"
+            ));
+        }
         if self.restarts > 0 {
             out.push_str(&format!(
                 "\n{} guest boot(s) crashed before the marker (a triple fault in early boot) \
@@ -377,54 +385,12 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     }
     step.done();
 
-    let mut memory = vec![host.memory(0)?];
-    let mut restarts = 0;
-    let step = progress::step(format!("{runs} starts with no other guest"));
-    let mut alone = Vec::new();
-    for run in 1..=runs {
-        let sample = host.start(&probe)?;
-        note_sample("alone", run, runs, &sample);
-        restarts += sample.restarts;
-        if run == 1 {
-            memory.push(host.memory(1)?);
-        }
-        alone.push(sample);
-        host.hard_shutdown(&probe)?;
-    }
-    step.done();
-
-    let step = progress::step(format!("booting {BACKGROUND_GUESTS} idle guests"));
-    for (i, vm) in background.iter().enumerate() {
-        let sample = host.start(vm)?;
-        restarts += sample.restarts;
-        progress::note(format!(
-            "idle guest {}: VM.start {:.2} s, marker {:.2} s",
-            i + 1,
-            sample.call_ms / 1000.0,
-            sample.marker_ms / 1000.0
-        ));
-    }
-    memory.push(host.memory(BACKGROUND_GUESTS)?);
-    step.done();
-
-    let step = progress::step(format!(
-        "{runs} starts beside {BACKGROUND_GUESTS} running guests"
-    ));
-    let mut loaded = Vec::new();
-    for run in 1..=runs {
-        let sample = host.start(&probe)?;
-        note_sample("loaded", run, runs, &sample);
-        restarts += sample.restarts;
-        loaded.push(sample);
-        host.hard_shutdown(&probe)?;
-    }
-    step.done();
-
-    let report = VmBench {
-        alone,
-        loaded,
-        memory,
-        restarts,
+    let mut report = VmBench {
+        alone: Vec::new(),
+        loaded: Vec::new(),
+        memory: Vec::new(),
+        restarts: 0,
+        stopped: None,
         guest_mib: GUEST_MIB,
         host_memory_mib: HOST_MEMORY_MIB,
         background: BACKGROUND_GUESTS,
@@ -432,6 +398,14 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         cpu_model: cpu_model(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         qemu_version: qemu_version(),
     };
+    let measured = measure(&host, runs, &probe, &background, &mut report);
+    if let Err(error) = &measured {
+        // Minutes of measurements are worth keeping when a later step fails.
+        if report.alone.is_empty() {
+            return measured;
+        }
+        report.stopped = Some(error.to_string());
+    }
     println!("{}", report.table());
     println!("{}", report.memory_words());
     if record {
@@ -439,6 +413,57 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         let doc = record_section("vm", &report.markdown_section(&command, &date::now_utc()))?;
         println!("recorded in {}", doc.display());
     }
+    measured
+}
+
+/// The starts alone, the idle guests, the starts beside them; fills `report` as it goes.
+fn measure(
+    host: &Host,
+    runs: u32,
+    probe: &str,
+    background: &[String],
+    report: &mut VmBench,
+) -> Result<(), XtaskError> {
+    report.memory.push(host.memory(0)?);
+    let step = progress::step(format!("{runs} starts with no other guest"));
+    for run in 1..=runs {
+        let sample = host.start(probe)?;
+        note_sample("alone", run, runs, &sample);
+        report.restarts += sample.restarts;
+        report.alone.push(sample);
+        if run == 1 {
+            report.memory.push(host.memory(1)?);
+        }
+        host.hard_shutdown(probe)?;
+    }
+    step.done();
+
+    let step = progress::step(format!("booting {} idle guests", background.len()));
+    for (i, vm) in background.iter().enumerate() {
+        let sample = host.start(vm)?;
+        report.restarts += sample.restarts;
+        progress::note(format!(
+            "idle guest {}: VM.start {:.2} s, marker {:.2} s",
+            i + 1,
+            sample.call_ms / 1000.0,
+            sample.marker_ms / 1000.0
+        ));
+    }
+    report.memory.push(host.memory(background.len())?);
+    step.done();
+
+    let step = progress::step(format!(
+        "{runs} starts beside {} running guests",
+        background.len()
+    ));
+    for run in 1..=runs {
+        let sample = host.start(probe)?;
+        note_sample("loaded", run, runs, &sample);
+        report.restarts += sample.restarts;
+        report.loaded.push(sample);
+        host.hard_shutdown(probe)?;
+    }
+    step.done();
     Ok(())
 }
 
@@ -477,6 +502,7 @@ mod tests {
                 },
             ],
             restarts: 0,
+            stopped: None,
             guest_mib: 112,
             host_memory_mib: 2560,
             background: 8,
@@ -570,5 +596,19 @@ mod tests {
         }
         .markdown_section("c", "d");
         assert!(crashed.contains("1 guest boot(s) crashed"), "{crashed}");
+        let stopped = VmBench {
+            stopped: Some("VM.start: no answer".into()),
+            loaded: Vec::new(),
+            ..bench([None; 3])
+        };
+        let section = stopped.markdown_section("c", "d");
+        assert!(
+            section.contains("stopped before it measured everything (VM.start: no answer)"),
+            "{section}"
+        );
+        assert!(
+            section.contains("| `VM.start` → guest console marker | 8 | 0 | – | – | – |"),
+            "{section}"
+        );
     }
 }
