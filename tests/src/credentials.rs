@@ -124,7 +124,11 @@ mod tests {
             "$argon2id$v=19$m={},t={},p={}$",
             cost.memory_kib, cost.iterations, cost.parallelism
         );
-        assert!(c.phc.starts_with(&prefix), "{} should start {prefix}", c.phc);
+        assert!(
+            c.phc.starts_with(&prefix),
+            "{} should start {prefix}",
+            c.phc
+        );
         assert!(c.cmdline_word().starts_with("keel.root_hash=$argon2id$"));
     }
 
