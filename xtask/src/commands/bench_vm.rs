@@ -25,7 +25,7 @@ use keel_tests::kernel_lines::READY_PREFIX;
 use keel_tests::prereq::{self, Tool};
 use keel_tests::{DiskBus, HarnessError, Machine, NicModel, Pattern, Vm};
 
-use crate::bench_report::{cpu_model, qemu_version, record_section};
+use crate::bench_report::{cpu_model, qemu_version, record_section, section_markers};
 use crate::commands::bench_soak::memory::{data_source_kib, HEAP_SOURCE};
 use crate::commands::build::build_image;
 use crate::commands::vm::Session;
@@ -183,7 +183,8 @@ impl VmBench {
     }
 
     pub fn markdown_section(&self, command: &str, date: &str) -> String {
-        let mut out = String::from("## Guests (VM.start)\n\n");
+        let (begin, end) = section_markers("vm");
+        let mut out = format!("{begin}\n## Guests (VM.start)\n\n");
         out.push_str(&format!("Recorded {date} with `{command}`.\n\n"));
         out.push_str(&format!(
             "- Host: QEMU TCG (nested: Xen 4.17 with Keel as PVH dom0, guests are PVH domains \
@@ -225,6 +226,8 @@ impl VmBench {
                 self.restarts
             ));
         }
+        out.push_str(&end);
+        out.push('\n');
         out
     }
 }
@@ -578,7 +581,9 @@ mod tests {
         let section = bench([None; 3])
             .markdown_section("cargo xtask bench vm --runs 3 --record", "2026-12-03");
         for expected in [
+            "<!-- cargo xtask bench vm: begin",
             "## Guests (VM.start)",
+            "<!-- cargo xtask bench vm: end -->",
             "Recorded 2026-12-03 with `cargo xtask bench vm --runs 3 --record`.",
             "2560 MiB, 2 host cores, Test CPU, QEMU 7.2.0",
             "112 MiB each",
