@@ -443,10 +443,10 @@ impl Session {
         let (_, target) = split_location(&location)
             .map_err(|e| failed("the console location", format!("{location:?}: {e:?}")))?;
         let request = format!(
-            "GET {target}&session_id={} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            "GET {target}&session_id={} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             self.id
         );
-        match load::one_shot(self.port, request.as_bytes(), CALL_TIMEOUT) {
+        match get_to_close(self.port, request.as_bytes()) {
             Ok((200, body)) => Ok(Some(body)),
             // The console is attached a moment after the domain exists.
             Ok((404, _)) => Ok(None),
@@ -457,6 +457,62 @@ impl Session {
             }),
         }
     }
+}
+
+/// Sends `request` and reads the answer until the server closes: the console history
+/// comes without a `Content-Length`. Returns the status and the body.
+fn get_to_close(port: u16, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+    stream.write_all(request)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(split_answer(&answer))
+}
+
+/// An HTTP answer's status and body (all that follows the head, cut to `Content-Length`
+/// when there is one).
+fn split_answer(answer: &[u8]) -> (u16, Vec<u8>) {
+    let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (0, Vec::new());
+    };
+    let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = &answer[head_end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return (status, dechunk(body));
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(body.len(), |n| n.min(body.len()));
+    (status, body[..length].to_vec())
+}
+
+/// The data of a chunked body (`SIZE\r\nDATA\r\n` … `0\r\n\r\n`); stops at anything
+/// malformed with what came before.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok());
+        let start = line_end + 2;
+        match size {
+            Some(n) if n > 0 && start + n <= body.len() => {
+                out.extend_from_slice(&body[start..start + n]);
+                body = body.get(start + n + 2..).unwrap_or(&[]);
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 /// What of `now` (the console's output so far) was not in `seen` (the output before).
@@ -700,6 +756,25 @@ mod tests {
         assert_eq!(fresh_output(b"abcdef", b"cdefgh"), b"gh");
         // Nothing in common: all of it is new.
         assert_eq!(fresh_output(b"xyz", b"abc"), b"abc");
+    }
+
+    #[test]
+    fn console_answers_are_read_with_or_without_a_length() {
+        assert_eq!(
+            split_answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nboot\r\nready"),
+            (200, b"boot\r\nready".to_vec())
+        );
+        assert_eq!(
+            split_answer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nnoXX"),
+            (404, b"no".to_vec())
+        );
+        assert_eq!(split_answer(b"garbage"), (0, Vec::new()));
+        assert_eq!(
+            split_answer(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nboot \r\nb\r\nkeel-guest!\r\n0\r\n\r\n"
+            ),
+            (200, b"boot keel-guest!".to_vec())
+        );
     }
 
     #[test]
