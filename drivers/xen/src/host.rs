@@ -61,7 +61,7 @@ impl HostFigures {
 
     /// Memory not given to any domain (or Xen), in bytes.
     pub fn free_memory_bytes(&self) -> u64 {
-        self.physinfo.free_pages.saturating_mul(PAGE_SIZE as u64)
+        self.physinfo.free_memory_bytes()
     }
 }
 

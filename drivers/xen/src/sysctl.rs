@@ -41,6 +41,14 @@ pub struct Physinfo {
     pub hw_cap: [u32; 8],
 }
 
+impl Physinfo {
+    /// Memory not given to any domain (or Xen), in bytes.
+    pub fn free_memory_bytes(&self) -> u64 {
+        self.free_pages
+            .saturating_mul(crate::hypercall::PAGE_SIZE as u64)
+    }
+}
+
 /// The sysctl payload union; `pad` fixes it at 128 bytes like Xen's.
 #[repr(C)]
 #[derive(Clone, Copy)]

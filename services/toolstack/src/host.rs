@@ -36,6 +36,18 @@ use crate::Timeouts;
 /// keeps its ring full cannot hold the CPU).
 const SERVICE_ROUNDS: usize = 8;
 
+/// Runs `round` (one bounded service of one ring: `Some(more)`, or `None` when the ring is
+/// done for) until it has no more or [`SERVICE_ROUNDS`] are spent; true if work was left.
+fn serve_rounds(mut round: impl FnMut() -> Option<bool>) -> bool {
+    for _ in 0..SERVICE_ROUNDS {
+        match round() {
+            Some(true) => {}
+            Some(false) | None => return false,
+        }
+    }
+    true
+}
+
 /// The kernel's clocks.
 #[derive(Debug, Clone, Copy)]
 pub struct Clocks {
@@ -175,52 +187,31 @@ where
         let mut more = false;
         let hv = self.hv;
         self.xenstored.tick(now / 1_000_000);
-        let domains: Vec<u16> = self.store_pages.store_rings.keys().copied().collect();
-        for domid in domains {
-            let Some(page) = self.store_pages.store_rings.get(&domid) else {
-                continue;
-            };
-            for round in 0..SERVICE_ROUNDS {
-                match self.xenstored.service_ring(domid, page) {
-                    Ok(activity) => {
-                        if activity.notify {
-                            // A failed send is a channel the dying guest closed.
-                            let _ = send(hv, page.local_port());
-                        }
-                        if !activity.more {
-                            break;
-                        }
-                        if round + 1 == SERVICE_ROUNDS {
-                            more = true;
-                        }
-                    }
-                    // Cut off (hostile or broken guest) or gone: xenstored keeps the
-                    // reason; nothing more to serve on this ring.
-                    Err(_) => break,
+        let xenstored = &mut self.xenstored;
+        for (&domid, page) in &self.store_pages.store_rings {
+            // Cut off (hostile or broken guest) or gone: xenstored keeps the reason.
+            more |= serve_rounds(|| {
+                let activity = xenstored.service_ring(domid, page).ok()?;
+                if activity.notify {
+                    // A failed send is a channel the dying guest closed.
+                    let _ = send(hv, page.local_port());
                 }
-            }
+                Some(activity.more)
+            });
         }
         let consoles: Vec<u16> = self.consoles.domains().collect();
         for domid in consoles {
-            for round in 0..SERVICE_ROUNDS {
-                match self.consoles.service(domid) {
-                    Ok(serviced) => {
-                        if serviced.notify {
-                            if let Some(port) = self.console_pages.console_ports.get(&domid) {
-                                let _ = send(hv, *port);
-                            }
-                        }
-                        if !serviced.more_output {
-                            break;
-                        }
-                        if round + 1 == SERVICE_ROUNDS {
-                            more = true;
-                        }
+            // A corrupt ring disconnects the console for good (kept in its state).
+            let (set, ports) = (&mut self.consoles, &self.console_pages.console_ports);
+            more |= serve_rounds(|| {
+                let serviced = set.service(domid).ok()?;
+                if serviced.notify {
+                    if let Some(port) = ports.get(&domid) {
+                        let _ = send(hv, *port);
                     }
-                    // A corrupt ring disconnects the console for good (kept in its state).
-                    Err(_) => break,
                 }
-            }
+                Some(serviced.more_output)
+            });
         }
         self.lend(|toolstack, env, _| {
             deliver_watch_events(toolstack, env, now);
@@ -255,10 +246,7 @@ where
     /// Bytes of host memory free for new domains (`sysctl physinfo`).
     pub fn free_memory(&self) -> u64 {
         keel_xen::sysctl::physinfo(self.hv)
-            .map(|p| {
-                p.free_pages
-                    .saturating_mul(keel_xen::hypercall::PAGE_SIZE as u64)
-            })
+            .map(|p| p.free_memory_bytes())
             .unwrap_or(0)
     }
 }
