@@ -1,0 +1,31 @@
+//! Keel's Xen block backend: serves a guest's `xen-blkfront` (or GRUB's, or any frontend
+//! speaking `xen/include/public/io/blkif.h`) from an asynchronous [`BlockTarget`].
+//!
+//! - [`wire`]: the blkif ABI for x86_64 (requests, segments, indirect pages, responses).
+//! - [`ring`]: single- and multi-page shared rings, read through grant-mapped pages.
+//! - [`store`]: the xenstore operations the backend needs, as a small trait.
+//! - [`grant_io`]: moving data between the frontend's granted pages and dom0 buffers by
+//!   `GNTTABOP_copy`, always naming the frontend's domain id.
+//! - [`target`]: the storage side, asynchronous (many requests in flight).
+//! - [`xenbus`]: negotiation — features, ring references, protocol, queues.
+//! - [`queue`]: request processing for one ring: validation, ordering of flushes and
+//!   barriers, bounded work per call.
+//! - [`backend`]: [`Blkback`], the device: state machine and the API the kernel drives.
+//!
+//! Nothing here is unsafe: ring pages are seen as arrays of `AtomicU32` that the kernel
+//! hands out for grant-mapped frames, and data moves through hypercall wrappers.
+//! See `docs/blkback.md`.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod grant_io;
+pub mod ring;
+pub mod store;
+pub mod target;
+pub mod wire;
+
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
