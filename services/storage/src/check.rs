@@ -42,6 +42,7 @@ impl<D: BlockDevice> Sr<D> {
     /// Checks the SR's invariants; see [`CheckFailure`]. The on-disk comparison is made only
     /// when nothing is waiting for a flush.
     pub fn check(&mut self) -> Result<CheckReport, CheckFailure> {
+        self.drain().map_err(CheckFailure::OnDisk)?;
         let count = self.geometry.extent_count as usize;
         let mut refs = vec![0u32; count];
         let mut position = vec![u64::MAX; count];

@@ -7,6 +7,7 @@
 //! one. Nothing the committed root references is ever overwritten, so every crash point leaves
 //! one complete, checksummed tree.
 
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -46,47 +47,62 @@ impl BlockPicker {
     }
 }
 
+/// A chunk a commit wrote: (VDI, chunk index, the entries it saw, what it is on disk now).
+type ChunkUpdate = (Uuid, usize, Option<Arc<Vec<u32>>>, Persisted);
+
+/// Everything one commit writes, worked out in memory before the first write: the metadata
+/// blocks of the new tree, then the root record. The synchronous path (metadata operations)
+/// and the queued path (a VDI flush) both execute a plan and finish it with
+/// [`Sr::finish_commit`].
+pub(crate) struct CommitPlan {
+    pub generation: u64,
+    /// (byte offset, sealed block) of every new map chunk and catalog block.
+    pub blocks: Vec<(u64, Vec<u8>)>,
+    /// Byte offset and sealed block of the root record.
+    pub root: (u64, Vec<u8>),
+    /// Chunks this commit wrote (or found to be all holes), with the entries it saw: a chunk
+    /// is marked clean afterwards only if no write changed it meanwhile.
+    updates: Vec<ChunkUpdate>,
+    reachable: Vec<bool>,
+    /// Extent reference counts of the maps this commit describes.
+    live: Vec<u32>,
+    /// `Sr::map_changes` when the plan was made.
+    map_changes: u64,
+}
+
 impl<D: BlockDevice> Sr<D> {
-    fn write_metadata_block(
-        &mut self,
+    fn seal_metadata_block(
+        &self,
         picker: &mut BlockPicker,
         kind: BlockKind,
         generation: u64,
         payload: &[u8],
+        blocks: &mut Vec<(u64, Vec<u8>)>,
     ) -> Result<BlockRef, SrError> {
         let (block, crc) =
             seal(kind, self.sr_uuid, generation, payload).ok_or(SrError::SrFull {
                 space: Space::Metadata,
             })?;
         let index = picker.pick(self)?;
-        io::write_at(
-            &mut self.dev,
-            self.geometry.metadata_block_offset(index),
-            &block,
-        )?;
+        blocks.push((self.geometry.metadata_block_offset(index), block));
         Ok(BlockRef { block: index, crc })
     }
 
-    /// Commits the in-memory state as a new root. On failure before the root write the
-    /// in-memory state is unchanged; after it, the SR is poisoned (`NeedsReattach`).
-    pub(crate) fn commit(&mut self) -> Result<(), SrError> {
+    /// Works out the commit of the in-memory state. Changes nothing.
+    pub(crate) fn plan_commit(&self) -> Result<CommitPlan, SrError> {
         self.ensure_usable()?;
         let generation = self.generation + 1;
         let mut picker = BlockPicker {
             reachable: vec![false; self.metadata.blocks()],
             cursor: 0,
         };
+        let mut blocks = Vec::new();
         // (1a) Changed map chunks.
-        let mut updates: Vec<(Uuid, usize, Persisted)> = Vec::new();
+        let mut updates = Vec::new();
         let mut records: Vec<VdiRecord> = Vec::with_capacity(self.vdis.len());
-        let uuids: Vec<Uuid> = self.vdis.keys().copied().collect();
-        for uuid in uuids {
-            let Some(vdi) = self.vdis.get(&uuid) else {
-                continue;
-            };
-            let slots: Vec<_> = vdi.chunks.clone();
-            let mut chunk_refs = Vec::with_capacity(slots.len());
-            for (index, slot) in slots.iter().enumerate() {
+        for (&uuid, vdi) in &self.vdis {
+            let mut chunk_refs = Vec::with_capacity(vdi.chunks.len());
+            for (index, slot) in vdi.chunks.iter().enumerate() {
                 let reference = match slot.persisted {
                     Persisted::Hole => None,
                     Persisted::Clean(reference) => {
@@ -95,33 +111,32 @@ impl<D: BlockDevice> Sr<D> {
                         }
                         Some(reference)
                     }
-                    Persisted::Dirty => {
-                        let reference = match &slot.entries {
-                            Some(entries) if entries.iter().any(|&p| p != HOLE) => {
-                                let record = chunk_record(index, entries);
-                                let payload = encode(&record)?;
-                                let reference = self.write_metadata_block(
-                                    &mut picker,
-                                    BlockKind::MapChunk,
-                                    generation,
-                                    &payload,
-                                )?;
-                                updates.push((uuid, index, Persisted::Clean(reference)));
-                                Some(reference)
-                            }
-                            _ => {
-                                updates.push((uuid, index, Persisted::Hole));
-                                None
-                            }
-                        };
-                        reference
-                    }
+                    Persisted::Dirty => match &slot.entries {
+                        Some(entries) if entries.iter().any(|&p| p != HOLE) => {
+                            let payload = encode(&chunk_record(index, entries))?;
+                            let reference = self.seal_metadata_block(
+                                &mut picker,
+                                BlockKind::MapChunk,
+                                generation,
+                                &payload,
+                                &mut blocks,
+                            )?;
+                            updates.push((
+                                uuid,
+                                index,
+                                slot.entries.clone(),
+                                Persisted::Clean(reference),
+                            ));
+                            Some(reference)
+                        }
+                        _ => {
+                            updates.push((uuid, index, slot.entries.clone(), Persisted::Hole));
+                            None
+                        }
+                    },
                 };
                 chunk_refs.push(reference);
             }
-            let Some(vdi) = self.vdis.get(&uuid) else {
-                continue;
-            };
             records.push(VdiRecord {
                 uuid,
                 name: vdi.name.clone(),
@@ -137,16 +152,15 @@ impl<D: BlockDevice> Sr<D> {
         let catalog = encode(&CatalogRecord { vdis: records })?;
         let mut catalog_refs = Vec::new();
         for piece in catalog.chunks(PAYLOAD_MAX) {
-            catalog_refs.push(self.write_metadata_block(
+            catalog_refs.push(self.seal_metadata_block(
                 &mut picker,
                 BlockKind::Catalog,
                 generation,
                 piece,
+                &mut blocks,
             )?);
         }
-        // (2) Children (and all data written so far) durable before the root names them.
-        io::flush(&mut self.dev)?;
-        // (3) The root record.
+        // (3) The root record, written after (2) the flush.
         let root = RootRecord {
             generation,
             next_vdi_serial: self.next_vdi_serial,
@@ -156,33 +170,67 @@ impl<D: BlockDevice> Sr<D> {
             catalog: catalog_refs,
         };
         let payload = encode(&root)?;
-        let (block, _) =
+        let (root_block, _) =
             seal(BlockKind::Root, self.sr_uuid, generation, &payload).ok_or(SrError::SrFull {
                 space: Space::Metadata,
             })?;
         let slot_offset = ROOT_SLOT_BLOCKS[self.next_slot] * BLOCK_SIZE as u64;
+        Ok(CommitPlan {
+            generation,
+            blocks,
+            root: (slot_offset, root_block),
+            updates,
+            reachable: picker.reachable,
+            live: self.extents.live().to_vec(),
+            map_changes: self.map_changes,
+        })
+    }
+
+    /// The new root is durable: it is in charge now.
+    pub(crate) fn finish_commit(&mut self, plan: CommitPlan) {
+        for (uuid, index, seen, persisted) in plan.updates {
+            let Some(slot) = self
+                .vdis
+                .get_mut(&uuid)
+                .and_then(|vdi| vdi.chunks.get_mut(index))
+            else {
+                continue;
+            };
+            let unchanged = match (&slot.entries, &seen) {
+                (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged && slot.persisted == Persisted::Dirty {
+                slot.persisted = persisted;
+            }
+        }
+        self.metadata.committed_now(plan.reachable);
+        self.extents.committed_now(plan.live);
+        self.generation = plan.generation;
+        self.next_slot ^= 1;
+        self.dirty = self.map_changes != plan.map_changes;
+    }
+
+    /// Commits the in-memory state as a new root, waiting for the device. Queued VDI I/O is
+    /// drained first. On failure before the root write the in-memory state is unchanged;
+    /// after it, the SR is poisoned (`NeedsReattach`).
+    pub(crate) fn commit(&mut self) -> Result<(), SrError> {
+        self.drain()?;
+        let plan = self.plan_commit()?;
+        for (offset, block) in &plan.blocks {
+            io::write_at(&mut self.dev, *offset, block)?;
+        }
+        // (2) Children (and all data written so far) durable before the root names them.
+        io::flush(&mut self.dev)?;
         // From here on the device may hold either root; if we cannot tell, stop.
-        let written = io::write_at(&mut self.dev, slot_offset, &block)
+        let written = io::write_at(&mut self.dev, plan.root.0, &plan.root.1)
             .and_then(|()| io::flush(&mut self.dev));
         if let Err(error) = written {
             self.poisoned = true;
             return Err(error);
         }
-        // (5) The new root is in charge.
-        for (uuid, index, persisted) in updates {
-            if let Some(slot) = self
-                .vdis
-                .get_mut(&uuid)
-                .and_then(|vdi| vdi.chunks.get_mut(index))
-            {
-                slot.persisted = persisted;
-            }
-        }
-        self.metadata.committed_now(picker.reachable);
-        self.extents.committed_now();
-        self.generation = generation;
-        self.next_slot ^= 1;
-        self.dirty = false;
+        self.finish_commit(plan);
         Ok(())
     }
 }

@@ -1,4 +1,6 @@
-//! VDI data I/O: reads (holes read as zeros), copy-on-write writes, and flush.
+//! VDI data I/O, the synchronous facade: reads, writes and flush that wait for the device,
+//! over the queued path in `engine` (so both share one implementation), and the in-place
+//! zero fill that resize uses inside its transaction.
 //!
 //! A write goes to the VDI's extent in place only if no other map — in memory, in the
 //! committed root or in the root before it — references that extent. Otherwise (unallocated,
@@ -6,31 +8,18 @@
 //! contents (or zeros) around the written range, written, and only then mapped. Writes are
 //! acknowledged by `flush`, which commits the changed maps.
 
+use alloc::vec::Vec;
+
 use keel_block::BlockDevice;
 
 use crate::error::SrError;
 use crate::io;
 use crate::sr::Sr;
+use crate::vdi_io::VdiIo;
 use crate::Uuid;
 
-/// What a write puts into the range.
-#[derive(Clone, Copy)]
-pub(crate) enum Fill<'a> {
-    Data(&'a [u8]),
-    Zeros(u64),
-}
-
-impl Fill<'_> {
-    fn len(&self) -> u64 {
-        match self {
-            Fill::Data(data) => data.len() as u64,
-            Fill::Zeros(len) => *len,
-        }
-    }
-}
-
 impl<D: BlockDevice> Sr<D> {
-    fn check_range(&self, uuid: Uuid, offset: u64, len: u64) -> Result<(), SrError> {
+    pub(crate) fn check_range(&self, uuid: Uuid, offset: u64, len: u64) -> Result<(), SrError> {
         let vdi = self.vdi(uuid)?;
         let sector = u64::from(self.geometry.sector_size);
         if !offset.is_multiple_of(sector) || !len.is_multiple_of(sector) {
@@ -51,50 +40,42 @@ impl<D: BlockDevice> Sr<D> {
     }
 
     /// Reads `out.len()` bytes at `offset`; unallocated ranges read as zeros. Offset and
-    /// length must be multiples of the sector size.
+    /// length must be multiples of the sector size. Waits for the device (the queued form is
+    /// [`Sr::submit_io`]).
     pub fn read(&mut self, uuid: Uuid, offset: u64, out: &mut [u8]) -> Result<(), SrError> {
-        self.ensure_usable()?;
-        self.check_range(uuid, offset, out.len() as u64)?;
-        let extent_size = self.geometry.extent_size;
-        let mut done = 0usize;
-        while done < out.len() {
-            let position = offset + done as u64;
-            let within = position % extent_size;
-            let n = ((extent_size - within) as usize).min(out.len() - done);
-            let physical = self.vdi(uuid)?.get(position / extent_size);
-            let part = out.get_mut(done..done + n).unwrap_or_default();
-            match physical {
-                Some(extent) => io::read_at(
-                    &mut self.dev,
-                    self.geometry.extent_offset(extent) + within,
-                    part,
-                )?,
-                None => part.fill(0),
+        let mut buffer = Vec::new();
+        buffer
+            .try_reserve_exact(out.len())
+            .map_err(|_| SrError::OutOfMemory)?;
+        buffer.resize(out.len(), 0);
+        let done = self.run_io(uuid, VdiIo::Read { offset, buffer })?;
+        done.result?;
+        match done.buffer {
+            Some(buffer) if buffer.len() == out.len() => {
+                out.copy_from_slice(&buffer);
+                Ok(())
             }
-            done += n;
+            _ => Err(SrError::OutOfMemory),
         }
-        Ok(())
     }
 
     /// Writes `data` at `offset`. The data is visible to reads at once and durable once
     /// [`Sr::flush`] (or any metadata operation) returns. Fails with `SrFull` before writing
-    /// anything if the extents it needs are not available.
+    /// anything if the extents it needs are not available. Waits for the device (the queued
+    /// form is [`Sr::submit_io`]).
     pub fn write(&mut self, uuid: Uuid, offset: u64, data: &[u8]) -> Result<(), SrError> {
-        self.ensure_usable()?;
-        if self.vdi(uuid)?.read_only {
-            return Err(SrError::ReadOnly(uuid));
-        }
-        self.write_fill(uuid, offset, Fill::Data(data))
+        let mut buffer = Vec::new();
+        buffer
+            .try_reserve_exact(data.len())
+            .map_err(|_| SrError::OutOfMemory)?;
+        buffer.extend_from_slice(data);
+        self.run_io(uuid, VdiIo::Write { offset, buffer })?.result
     }
 
-    /// The write path shared with resize (which zeroes with `Fill::Zeros`).
-    pub(crate) fn write_fill(
-        &mut self,
-        uuid: Uuid,
-        offset: u64,
-        fill: Fill<'_>,
-    ) -> Result<(), SrError> {
-        let len = fill.len();
+    /// Writes zeros over `len` bytes at `offset`, waiting for the device: resize uses it
+    /// inside its transaction (the queue is drained) to clear the tail of a grown VDI's last
+    /// extent.
+    pub(crate) fn zero_fill(&mut self, uuid: Uuid, offset: u64, len: u64) -> Result<(), SrError> {
         self.check_range(uuid, offset, len)?;
         if len == 0 {
             return Ok(());
@@ -114,38 +95,25 @@ impl<D: BlockDevice> Sr<D> {
             let position = offset + done;
             let within = position % extent_size;
             let n = (extent_size - within).min(len - done);
-            let piece = match fill {
-                Fill::Data(data) => Fill::Data(
-                    data.get(done as usize..(done + n) as usize)
-                        .unwrap_or_default(),
-                ),
-                Fill::Zeros(_) => Fill::Zeros(n),
-            };
-            self.write_piece(uuid, position / extent_size, within, piece)?;
+            self.zero_piece(uuid, position / extent_size, within, n)?;
             done += n;
         }
         Ok(())
     }
 
-    /// Writes within one virtual extent.
-    fn write_piece(
-        &mut self,
-        uuid: Uuid,
-        vext: u64,
-        within: u64,
-        fill: Fill<'_>,
-    ) -> Result<(), SrError> {
+    /// Zeroes `len` bytes from `within` in one virtual extent.
+    fn zero_piece(&mut self, uuid: Uuid, vext: u64, within: u64, len: u64) -> Result<(), SrError> {
         let current = self.vdi(uuid)?.get(vext);
         if let Some(extent) = current.filter(|&p| self.extents.exclusive(p)) {
             let at = self.geometry.extent_offset(extent) + within;
-            return self.put(at, fill);
+            return io::zero_range(&mut self.dev, at, len);
         }
         let extent_size = self.geometry.extent_size;
         let fresh = self.extents.allocate().ok_or(SrError::SrFull {
             space: crate::error::Space::Data,
         })?;
         let to = self.geometry.extent_offset(fresh);
-        let end = within + fill.len();
+        let end = within + len;
         let filled = match current {
             Some(old) => {
                 let from = self.geometry.extent_offset(old);
@@ -156,7 +124,7 @@ impl<D: BlockDevice> Sr<D> {
             None => io::zero_range(&mut self.dev, to, within)
                 .and_then(|()| io::zero_range(&mut self.dev, to + end, extent_size - end)),
         }
-        .and_then(|()| self.put(to + within, fill));
+        .and_then(|()| io::zero_range(&mut self.dev, to + within, len));
         if let Err(error) = filled {
             self.extents.release(fresh);
             return Err(error);
@@ -167,25 +135,16 @@ impl<D: BlockDevice> Sr<D> {
         if let Some(old) = current {
             self.extents.release(old);
         }
-        self.dirty = true;
+        self.maps_changed();
         Ok(())
     }
 
-    fn put(&mut self, at: u64, fill: Fill<'_>) -> Result<(), SrError> {
-        match fill {
-            Fill::Data(data) => io::write_at(&mut self.dev, at, data),
-            Fill::Zeros(len) => io::zero_range(&mut self.dev, at, len),
-        }
-    }
-
     /// Makes every write so far durable: commits changed maps (one root switch) or, if no map
-    /// changed, flushes the device. This is the acknowledgement point for data writes.
+    /// changed, flushes the device. This is the acknowledgement point for data writes. Waits
+    /// for the device (the queued form is [`VdiIo::Flush`]).
     pub fn flush(&mut self) -> Result<(), SrError> {
         self.ensure_usable()?;
-        if self.dirty {
-            self.commit()
-        } else {
-            io::flush(&mut self.dev)
-        }
+        let sr = self.sr_uuid;
+        self.run_io(sr, VdiIo::Flush)?.result
     }
 }

@@ -124,6 +124,11 @@ pub enum SrError {
     /// A metadata commit failed after its root record may have reached the device, so the
     /// in-memory view may disagree with the disk: attach again to recover.
     NeedsReattach,
+    /// Too many VDI requests are in flight on this SR: take some completions and submit
+    /// again.
+    QueueFull,
+    /// A buffer for the request could not be allocated; nothing was done.
+    OutOfMemory,
 }
 
 impl From<BlockError> for SrError {

@@ -12,7 +12,7 @@ use crate::error::SrError;
 use crate::layout::{BLOCK_SIZE, MAX_IO_BYTES};
 
 /// The largest transfer to issue: `MAX_IO_BYTES`, or less if the device says so.
-fn piece_len(dev: &impl BlockDevice) -> usize {
+pub(crate) fn piece_len(dev: &impl BlockDevice) -> usize {
     let info = dev.info();
     let sector = info.sector_size.max(1) as usize;
     let device_max = (info.max_transfer_sectors.max(1) as usize).saturating_mul(sector);

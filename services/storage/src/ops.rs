@@ -5,7 +5,6 @@ use alloc::string::String;
 
 use keel_block::BlockDevice;
 
-use crate::data::Fill;
 use crate::error::SrError;
 use crate::io;
 use crate::layout::MAX_VIRTUAL_EXTENTS;
@@ -79,7 +78,7 @@ impl<D: BlockDevice> Sr<D> {
                 vdi.set_extents(extents);
                 vdi.virtual_size = virtual_size;
                 if zero_tail {
-                    sr.write_fill(uuid, old_size, Fill::Zeros(tail_end - old_size))?;
+                    sr.zero_fill(uuid, old_size, tail_end - old_size)?;
                 }
             } else {
                 vdi.virtual_size = virtual_size;

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use keel_block::BlockDevice;
 use serde::de::DeserializeOwned;
 
+use crate::engine::Engine;
 use crate::error::{Corruption, FrameProblem, Inconsistency, SrError};
 use crate::frame::{has_any_magic, open, BlockKind};
 use crate::io;
@@ -339,6 +340,8 @@ impl<D: BlockDevice> Sr<D> {
             next_vdi_serial: tree.next_vdi_serial,
             dirty: false,
             poisoned: false,
+            map_changes: 0,
+            engine: Engine::default(),
             recovery: RecoveryReport {
                 generation: tree.generation,
                 slot,

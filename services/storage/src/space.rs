@@ -18,6 +18,10 @@ pub struct ExtentTable {
     committed: Vec<u32>,
     /// References from the maps of the root before it (kept for fallback on corruption).
     previous: Vec<u32>,
+    /// Device requests in flight on each extent. An extent with I/O in flight is never
+    /// handed out again, even after every map dropped it: a read still filling a buffer from
+    /// it, or a write still landing in it, must not meet another VDI's data.
+    io_pins: Vec<u32>,
     cursor: usize,
 }
 
@@ -25,6 +29,7 @@ impl ExtentTable {
     pub fn new(live: Vec<u32>, previous: Vec<u32>) -> Self {
         ExtentTable {
             committed: live.clone(),
+            io_pins: vec![0; live.len()],
             live,
             previous,
             cursor: 0,
@@ -43,6 +48,21 @@ impl ExtentTable {
         self.live.get(extent) == Some(&0)
             && self.committed.get(extent) == Some(&0)
             && self.previous.get(extent) == Some(&0)
+            && self.io_pins.get(extent) == Some(&0)
+    }
+
+    /// A device request on `extent` was submitted.
+    pub fn pin_io(&mut self, extent: u32) {
+        if let Some(count) = self.io_pins.get_mut(extent as usize) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// A device request on `extent` completed.
+    pub fn unpin_io(&mut self, extent: u32) {
+        if let Some(count) = self.io_pins.get_mut(extent as usize) {
+            *count = count.saturating_sub(1);
+        }
     }
 
     /// True if at least `needed` extents are free now.
@@ -108,9 +128,10 @@ impl ExtentTable {
         self.live.iter().filter(|&&c| c > 0).count() as u64
     }
 
-    /// A commit made the in-memory maps the committed ones.
-    pub fn committed_now(&mut self) {
-        self.previous = core::mem::replace(&mut self.committed, self.live.clone());
+    /// A commit made the maps whose reference counts were `live` (taken when the commit was
+    /// planned; data writes may have changed the in-memory maps since) the committed ones.
+    pub fn committed_now(&mut self, live: Vec<u32>) {
+        self.previous = core::mem::replace(&mut self.committed, live);
     }
 }
 
@@ -161,19 +182,19 @@ mod tests {
     fn freed_extents_stay_pinned_for_two_commits() {
         let mut table = ExtentTable::new(vec![0; 2], vec![0; 2]);
         let a = table.allocate().unwrap();
-        table.committed_now();
+        table.committed_now(table.live().to_vec());
         table.release(a);
         assert!(table.has_pinned());
         let b = table.allocate().unwrap();
         assert_ne!(a, b);
         assert_eq!(table.allocate(), None);
-        table.committed_now();
+        table.committed_now(table.live().to_vec());
         assert_eq!(
             table.allocate(),
             None,
             "still referenced by the previous root"
         );
-        table.committed_now();
+        table.committed_now(table.live().to_vec());
         assert_eq!(table.allocate(), Some(a));
     }
 
@@ -182,9 +203,9 @@ mod tests {
         let mut table = ExtentTable::new(vec![2, 0], vec![0, 0]);
         table.release(0);
         assert!(!table.exclusive(0), "the committed root still shares it");
-        table.committed_now();
+        table.committed_now(table.live().to_vec());
         assert!(!table.exclusive(0), "the previous root still shares it");
-        table.committed_now();
+        table.committed_now(table.live().to_vec());
         assert!(table.exclusive(0));
         assert!(!table.exclusive(1));
         assert!(!table.exclusive(9));

@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 
 use keel_block::BlockDevice;
 
+use crate::engine::Engine;
 use crate::error::{Space, SrError};
 use crate::frame::PAYLOAD_MAX;
 use crate::layout::{Geometry, MAX_NAME_LEN};
@@ -64,6 +65,10 @@ pub struct Sr<D: BlockDevice> {
     /// A commit failed after its root may have been written; only re-attach helps.
     pub(crate) poisoned: bool,
     pub(crate) recovery: RecoveryReport,
+    /// Counts map changes, so a commit planned before a change knows it did not cover it.
+    pub(crate) map_changes: u64,
+    /// The queued data path.
+    pub(crate) engine: Engine,
 }
 
 /// In-memory state a failed metadata operation rolls back to.
@@ -116,6 +121,7 @@ impl<D: BlockDevice> Sr<D> {
     }
 
     /// Gives the device back (after a failure, to power-cycle it in tests, or to detach).
+    /// Queued requests still in flight are abandoned, as a power cut would.
     pub fn into_device(self) -> D {
         self.dev
     }
@@ -233,6 +239,8 @@ impl<D: BlockDevice> Sr<D> {
         change: impl FnOnce(&mut Self) -> Result<T, SrError>,
     ) -> Result<T, SrError> {
         self.ensure_usable()?;
+        // A snapshot, resize or destroy must see no write half done.
+        self.drain()?;
         let saved = self.save();
         let result = change(self).and_then(|value| {
             self.check_metadata_space()?;
