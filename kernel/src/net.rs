@@ -1,7 +1,7 @@
-//! Wiring of the management network: the first virtio-net NIC, a `keel-net` stack on it, and
-//! the task that drives the stack.
+//! Wiring of the management network: the first virtio-net NIC (or else the first Intel NIC,
+//! `net/e1000.rs`), a `keel-net` stack on it, and the task that drives the stack.
 //!
-//! Pacing: `virtio-drivers` configures no MSI-X vectors and legacy INTx routing needs the
+//! Pacing: neither driver configures MSI-X vectors and legacy INTx routing needs the
 //! DSDT's AML `_PRT`, which Keel does not interpret, so the NIC is polled. The task polls
 //! again at once while there is traffic, and otherwise sleeps until smoltcp's next timer or
 //! 1 ms, whichever is sooner; in between the CPU halts. That bounds the added latency at
@@ -11,6 +11,7 @@ use keel_cmdline::Config;
 use keel_executor::{yield_now, Handle, Signal};
 use keel_management::ManagementServer;
 use keel_net::{Addressing, NetEvent, NetStack};
+use keel_netdev::NetDevice;
 use keel_pci::{DeviceKind, Function};
 use keel_virtio::VirtioNet;
 use keel_xenapi::HostFacts;
@@ -19,13 +20,14 @@ use crate::dma::KeelHal;
 use crate::pci::PciConfig;
 use crate::platform::xen::guests::GuestService;
 
+mod e1000;
+
 /// Longest sleep between polls of an idle NIC.
 const IDLE_POLL_MS: u64 = 1;
 
-pub type ManagementStack = NetStack<VirtioNet<KeelHal>>;
-
-/// Brings up the management NIC, if there is one, with the management API on it. Returns
-/// the signal set once the NIC has an address and the API listens.
+/// Brings up the management NIC, if there is one, with the management API on it: the first
+/// virtio-net NIC, or else the first Intel NIC `keel-e1000` drives. Returns the signal set
+/// once the NIC has an address and the API listens.
 pub fn start(
     handle: &Handle,
     pci: &'static PciConfig,
@@ -34,7 +36,34 @@ pub fn start(
     facts: HostFacts,
     guests: Option<GuestService>,
 ) -> Option<Signal> {
-    let function = functions.iter().find(|f| f.kind == DeviceKind::VirtioNet)?;
+    if let Some(function) = functions.iter().find(|f| f.kind == DeviceKind::VirtioNet) {
+        let device = open_virtio(pci, function)?;
+        return launch(
+            handle,
+            device,
+            "virtio-net",
+            function,
+            config,
+            facts,
+            guests,
+        );
+    }
+    let (function, model) = e1000::find(functions)?;
+    let device = e1000::open(pci, function, model)?;
+    let name = model.driver_name();
+    log::info!(
+        "net: {name} ({}) at {} link {}",
+        model.name(),
+        function.address,
+        match device.speed_mbps() {
+            Some(mbps) => alloc::format!("up, {mbps} Mb/s"),
+            None => alloc::string::String::from("down"),
+        }
+    );
+    launch(handle, device, name, function, config, facts, guests)
+}
+
+fn open_virtio(pci: &'static PciConfig, function: &Function) -> Option<VirtioNet<KeelHal>> {
     let transport = match keel_virtio::open_transport::<KeelHal>(pci, function.address) {
         Ok(t) => t,
         Err(e) => {
@@ -42,16 +71,28 @@ pub fn start(
             return None;
         }
     };
-    let device = match VirtioNet::<KeelHal>::new(transport) {
-        Ok(d) => d,
+    match VirtioNet::<KeelHal>::new(transport) {
+        Ok(d) => Some(d),
         Err(e) => {
             log::error!(
                 "net: virtio-net at {} failed to start: {e:?}",
                 function.address
             );
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Runs a `keel-net` stack and the management API on a started NIC.
+fn launch<D: NetDevice + 'static>(
+    handle: &Handle,
+    device: D,
+    name: &str,
+    function: &Function,
+    config: &Config<'static>,
+    facts: HostFacts,
+    guests: Option<GuestService>,
+) -> Option<Signal> {
     let addressing = match config.ip {
         Some((address, prefix_len)) => Addressing::Static {
             address,
@@ -69,7 +110,7 @@ pub fn start(
     }
     let mac = stack.mac_address();
     log::info!(
-        "net: virtio-net at {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
+        "net: {name} at {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
         function.address,
         mac[0],
         mac[1],
@@ -95,9 +136,9 @@ pub fn start(
     Some(up)
 }
 
-async fn drive(
+async fn drive<D: NetDevice>(
     handle: Handle,
-    mut stack: ManagementStack,
+    mut stack: NetStack<D>,
     mut server: Option<ManagementServer>,
     guests: Option<GuestService>,
     mut facts: HostFacts,
