@@ -270,7 +270,9 @@ impl<D: BlockDevice> Sr<D> {
             },
         );
         self.engine.waiting.push_back(id);
-        self.poll_io();
+        // Started and handed to the device at once; completions wait for `poll_io`.
+        self.start_waiting();
+        self.submit_backlog();
         Ok(id)
     }
 
