@@ -2,7 +2,8 @@
 //! `VIF_metrics` and metering.
 
 /// Why the switch threw a frame away. Counted on the port the frame came in on, except
-/// [`DropReason::EgressQueueFull`], which the caller reports for the port it went out on.
+/// [`DropReason::EgressQueueFull`], which the caller reports for the port it went out on,
+/// and [`DropReason::PortDisabled`] for a unicast to a disabled VIF, counted on that VIF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
     /// Shorter than the headers it claims to carry, or a header that does not parse.

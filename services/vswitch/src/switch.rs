@@ -242,6 +242,19 @@ impl Switch {
         self.ports.get(&id).map(|p| &p.config)
     }
 
+    /// Every port with its configuration and counters, in id order (for `PIF_metrics`,
+    /// `VIF_metrics` and metering).
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &PortConfig, &PortCounters)> + '_ {
+        self.ports
+            .iter()
+            .map(|(id, p)| (*id, &p.config, &p.counters))
+    }
+
+    /// Every network, in id order.
+    pub fn networks(&self) -> impl Iterator<Item = (NetworkId, &NetworkConfig)> + '_ {
+        self.networks.iter().map(|(id, n)| (*id, n))
+    }
+
     pub fn counters(&self, id: PortId) -> Option<&PortCounters> {
         self.ports.get(&id).map(|p| &p.counters)
     }

@@ -1035,6 +1035,10 @@ fn counters_count_bytes_both_ways_with_the_tag() {
     assert_eq!((r2.tx_packets, r2.tx_bytes), (1, len));
     let up = *sw.counters(uplink).unwrap();
     assert_eq!((up.tx_packets, up.tx_bytes), (1, len + 4));
+    let listed: Vec<_> = sw.ports().map(|(id, _, c)| (id, c.tx_packets)).collect();
+    assert_eq!(listed.len(), 7);
+    assert!(listed.contains(&(uplink, 1)) && listed.contains(&(red2, 1)));
+    assert_eq!(sw.networks().count(), 4);
     sw.record_egress_drop(uplink);
     assert_eq!(drops(&sw, uplink, DropReason::EgressQueueFull), 1);
     // Dropped frames are received (rx) and counted by reason, never sent.
