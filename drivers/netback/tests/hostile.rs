@@ -1,0 +1,335 @@
+//! netback against hostile frontends (principle 5; Xen's netback advisories are the list):
+//! bad grants, oversized and never-ending packets, indices that run ahead, malformed
+//! extras, floods and bad handshakes. Each is answered with an error or a disconnect with a
+//! reason, and no page but the frontend's own granted ones and our copy buffer is touched.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use keel_netback::wire::{rsp, txf, RxRequest, TxRequest, FATAL_SLOTS, LEGACY_SLOTS_MAX};
+use keel_netback::{Config, Fault, Netback, XenbusState};
+use keel_xen::grant_table::gtf;
+use std::sync::atomic::Ordering;
+
+fn req(gref: u32, offset: u16, flags: u16, id: u16, size: u16) -> [u8; 12] {
+    TxRequest {
+        gref,
+        offset,
+        flags,
+        id,
+        size,
+    }
+    .encode()
+}
+
+/// The frontend was disconnected for `want` and the reason is in xenstore.
+fn assert_disconnected(w: &World, nb: &Netback, want: impl Fn(&Fault) -> bool) {
+    assert_eq!(nb.state(), XenbusState::Closing);
+    let fault = nb.fault().expect("a fault is recorded");
+    assert!(want(fault), "unexpected fault {fault:?}");
+    let reason = w.store.get(&nb.config().error_path()).expect("error node");
+    assert!(reason.contains(&fault.describe().1), "{reason}");
+    assert_eq!(nb.queue_count(), 0);
+    assert!(w.rings.in_use.is_empty(), "rings unmapped");
+    assert_eq!(nb.counters().fatal_errors, 1);
+    assert!(w.other_guest_untouched());
+}
+
+#[test]
+fn a_bad_grant_fails_that_packet_only() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let frame = tcp4(b"good", 0);
+    // Grant 50 belongs to the other guest; 4000 exists nowhere.
+    fe.send_raw(0, &[req(50, 0, 0, 1, 60), req(4000, 0, 0, 2, 60)]);
+    fe.send(&w, 0, &frame, 0, &[], PAGE, 0);
+    let mut sw = Switch::default();
+    poll(&mut w, &mut nb, 0, &mut sw);
+    let rsps = fe.tx_responses(0);
+    assert_eq!(
+        rsps.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [rsp::ERROR, rsp::ERROR, rsp::OKAY]
+    );
+    assert_eq!(sw.frames, vec![frame]);
+    assert_eq!(nb.counters().from_guest_errors, 2);
+    assert_eq!(nb.state(), XenbusState::Connected);
+    assert!(w.other_guest_untouched());
+}
+
+#[test]
+fn a_bad_or_read_only_receive_grant_is_an_error_for_that_frame() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    // The other guest's grant, then a read-only page of our own.
+    fe.queues[0]
+        .rx
+        .queue_request(RxRequest { id: 1, gref: 50 }.encode())
+        .unwrap();
+    let (ro, ro_frame) = fe.grant_frame(&w, gtf::PERMIT_ACCESS | gtf::READONLY);
+    fe.queues[0]
+        .rx
+        .queue_request(RxRequest { id: 2, gref: ro }.encode())
+        .unwrap();
+    fe.queues[0].rx.push_requests();
+    fe.post_rx(&w, 0, 1);
+    for _ in 0..3 {
+        nb.push_rx(&tcp4(&[0xEE; 100], 0)).unwrap();
+    }
+    poll(&mut w, &mut nb, 0, &mut Switch::default());
+    let rsps = fe.rx_responses(0);
+    assert_eq!(
+        rsps.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [rsp::ERROR, rsp::ERROR, 154]
+    );
+    assert_eq!(nb.counters().to_guest_errors, 2);
+    assert_eq!(nb.counters().to_guest_frames, 1);
+    assert!(w.other_guest_untouched());
+    assert_eq!(w.fx.read_foreign_frame(ro_frame, 0, PAGE), vec![0; PAGE]);
+}
+
+#[test]
+fn an_oversized_frame_without_gso_is_refused() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let frame = tcp4(&pattern(3000), 0);
+    fe.send(&w, 0, &frame, 0, &[], PAGE, 0);
+    let mut sw = Switch::default();
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert!(sw.frames.is_empty());
+    assert!(fe.tx_responses(0).iter().all(|r| r.status == rsp::ERROR));
+    assert_eq!(nb.counters().from_guest_errors, 1);
+    assert_eq!(nb.state(), XenbusState::Connected);
+}
+
+#[test]
+fn a_runt_first_slot_is_refused() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let frame = tcp4(b"", 0);
+    // First slot 10 bytes, the rest in a second slot.
+    fe.send(&w, 0, &frame, 0, &[], 10, 0);
+    let mut sw = Switch::default();
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert!(sw.frames.is_empty());
+    assert!(fe.tx_responses(0).iter().all(|r| r.status == rsp::ERROR));
+}
+
+#[test]
+fn a_fragment_larger_than_announced_is_refused() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let (g1, _) = fe.grant_frame(&w, gtf::PERMIT_ACCESS);
+    let (g2, _) = fe.grant_frame(&w, gtf::PERMIT_ACCESS);
+    fe.send_raw(
+        0,
+        &[req(g1, 0, txf::MORE_DATA, 1, 100), req(g2, 0, 0, 2, 200)],
+    );
+    poll(&mut w, &mut nb, 0, &mut Switch::default());
+    let rsps = fe.tx_responses(0);
+    assert_eq!(rsps.len(), 2);
+    assert!(rsps.iter().all(|r| r.status == rsp::ERROR));
+    assert_eq!(nb.state(), XenbusState::Connected);
+}
+
+#[test]
+fn eighteen_to_nineteen_slots_drop_the_packet_but_keep_the_guest() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let n = LEGACY_SLOTS_MAX + 1; // slots after the first
+    let mut slots = vec![req(8, 0, txf::MORE_DATA, 0, (n * 10 + 60) as u16)];
+    for i in 0..n {
+        let more = if i + 1 < n { txf::MORE_DATA } else { 0 };
+        slots.push(req(8, 0, more, i as u16 + 1, 10));
+    }
+    fe.send_raw(0, &slots);
+    let mut sw = Switch::default();
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert!(sw.frames.is_empty());
+    let rsps = fe.tx_responses(0);
+    assert_eq!(rsps.len(), n + 1);
+    assert!(rsps.iter().all(|r| r.status == rsp::ERROR));
+    assert_eq!(nb.state(), XenbusState::Connected);
+}
+
+#[test]
+fn slots_that_never_end_disconnect_the_guest() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let slots: Vec<_> = (0..100)
+        .map(|i| req(8, 0, txf::MORE_DATA, i, 100))
+        .collect();
+    fe.send_raw(0, &slots);
+    let mut sw = Switch::default();
+    let p = poll(&mut w, &mut nb, 0, &mut sw);
+    assert!(p.disconnected);
+    assert!(sw.frames.is_empty());
+    assert_disconnected(
+        &w,
+        &nb,
+        |f| matches!(f, Fault::TooManySlots { slots } if *slots == FATAL_SLOTS),
+    );
+    // Nothing more happens however much it sends.
+    assert_eq!(poll(&mut w, &mut nb, 0, &mut sw), Default::default());
+}
+
+#[test]
+fn a_packet_cut_off_at_the_published_index_disconnects() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    fe.send_raw(
+        0,
+        &[
+            req(8, 0, txf::MORE_DATA, 1, 200),
+            req(8, 0, txf::MORE_DATA, 2, 100),
+        ],
+    );
+    poll(&mut w, &mut nb, 0, &mut Switch::default());
+    assert_disconnected(&w, &nb, |f| matches!(f, Fault::IncompletePacket { .. }));
+}
+
+#[test]
+fn a_tx_index_running_ahead_disconnects() {
+    let (mut w, mut nb, fe) = connected(Options::default());
+    fe.queues[0]
+        .tx_header
+        .req_prod
+        .store(1000, Ordering::SeqCst);
+    poll(&mut w, &mut nb, 0, &mut Switch::default());
+    assert_disconnected(&w, &nb, |f| matches!(f, Fault::TxRingOverflow(_)));
+}
+
+#[test]
+fn an_rx_index_running_ahead_disconnects() {
+    let (mut w, mut nb, fe) = connected(Options::default());
+    nb.push_rx(&tcp4(b"x", 0)).unwrap();
+    fe.queues[0]
+        .rx_header
+        .req_prod
+        .store(u32::MAX, Ordering::SeqCst);
+    poll(&mut w, &mut nb, 0, &mut Switch::default());
+    assert_disconnected(&w, &nb, |f| matches!(f, Fault::RxRingOverflow(_)));
+}
+
+#[test]
+fn a_slot_crossing_its_page_disconnects() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    fe.send_raw(0, &[req(8, 4000, 0, 1, 200)]);
+    poll(&mut w, &mut nb, 0, &mut Switch::default());
+    assert_disconnected(&w, &nb, |f| {
+        matches!(
+            f,
+            Fault::CrossPage {
+                offset: 4000,
+                size: 200
+            }
+        )
+    });
+}
+
+#[test]
+fn malformed_extras_disconnect() {
+    let gso_size_zero = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    let unknown_type = [9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let bad_gso_type = [1, 0, 0xa8, 5, 7, 0, 0, 0, 0, 0, 0, 0];
+    let bad_extras: [Vec<[u8; 12]>; 5] = [
+        vec![[0; 12]],
+        vec![gso_size_zero],
+        vec![unknown_type],
+        vec![bad_gso_type],
+        // `extra_info` with nothing after it.
+        vec![],
+    ];
+    for extras in bad_extras {
+        let (mut w, mut nb, mut fe) = connected(Options::default());
+        let mut slots = vec![req(8, 0, txf::EXTRA_INFO, 1, 60)];
+        slots.extend(extras);
+        fe.send_raw(0, &slots);
+        poll(&mut w, &mut nb, 0, &mut Switch::default());
+        assert_disconnected(&w, &nb, |f| {
+            matches!(f, Fault::BadExtra(_) | Fault::MissingExtra)
+        });
+    }
+}
+
+#[test]
+fn a_flood_is_worked_off_in_bounded_polls() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let frame = tcp4(b"flood", 0);
+    for _ in 0..256 {
+        fe.send(&w, 0, &frame, 0, &[], PAGE, 0);
+    }
+    for _ in 0..64 {
+        nb.push_rx(&frame).unwrap();
+    }
+    fe.post_rx(&w, 0, 256);
+    let budget = nb.config().tx_budget;
+    let mut sw = Switch::default();
+    let mut polls = 0;
+    loop {
+        let p = poll(&mut w, &mut nb, 0, &mut sw);
+        polls += 1;
+        assert!(p.tx_packets <= budget && p.rx_frames <= nb.config().rx_budget);
+        if !p.more_work {
+            break;
+        }
+        let _ = fe.tx_responses(0);
+    }
+    assert_eq!(polls, 256 / budget + 1);
+    assert_eq!(sw.frames.len(), 256);
+    assert_eq!(nb.counters().to_guest_frames, 64);
+}
+
+#[test]
+fn a_full_switch_drops_and_counts() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let frame = tcp4(b"x", 0);
+    for _ in 0..3 {
+        fe.send(&w, 0, &frame, 0, &[], PAGE, 0);
+    }
+    let mut sw = Switch {
+        capacity: Some(1),
+        ..Switch::default()
+    };
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert_eq!(sw.frames.len(), 1);
+    assert_eq!(nb.counters().from_guest_dropped, 2);
+    // The guest is answered all the same (the frame was taken).
+    assert_eq!(fe.tx_responses(0).len(), 3);
+}
+
+fn handshake(setup: impl FnOnce(&mut World, &Config)) -> (World, Netback) {
+    let mut w = World::new();
+    let config = Config::new(FE, 0, 2);
+    let mut nb = Netback::new(config.clone(), None);
+    nb.start(&mut w.env()).unwrap();
+    let _fe = Frontend::setup(&mut w, &config, &Options::default());
+    setup(&mut w, &config);
+    Frontend::set_state(&mut w, &mut nb, XenbusState::Connected);
+    (w, nb)
+}
+
+#[test]
+fn bad_handshakes_are_refused_with_a_reason() {
+    let (w, nb) = handshake(|w, c| {
+        w.store
+            .put(&format!("{}/multi-queue-num-queues", c.frontend_path), "64")
+    });
+    assert_disconnected(&w, &nb, |f| matches!(f, Fault::Handshake(_)));
+    assert!(w
+        .store
+        .get(&nb.config().error_path())
+        .unwrap()
+        .contains("exceeding the maximum of 2"));
+
+    let (w, nb) = handshake(|w, c| {
+        w.store
+            .put(&format!("{}/tx-ring-ref", c.frontend_path), "50")
+    });
+    assert_disconnected(&w, &nb, |f| matches!(f, Fault::MapRing { gref: 50, .. }));
+
+    let (w, nb) = handshake(|w, c| {
+        w.store
+            .put(&format!("{}/event-channel", c.frontend_path), "77")
+    });
+    assert_disconnected(&w, &nb, |f| matches!(f, Fault::Bind { port: 77, .. }));
+
+    let (w, nb) = handshake(|w, c| {
+        w.store
+            .put(&format!("{}/request-rx-copy", c.frontend_path), "0")
+    });
+    assert_disconnected(&w, &nb, |f| matches!(f, Fault::Handshake(_)));
+}
