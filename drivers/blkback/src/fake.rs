@@ -30,11 +30,13 @@ fn zero_page() -> Rc<PageWords> {
     Rc::new(core::array::from_fn(|_| AtomicU32::new(0)))
 }
 
-/// The frontend's ring pages, by `(domid, gref)`.
-#[derive(Default)]
+/// The frontend's ring pages, by `(domid, gref)` (clones share them).
+#[derive(Default, Clone)]
 pub struct FrontPages {
-    pages: RefCell<BTreeMap<(u16, u32), Rc<PageWords>>>,
+    pages: Rc<RefCell<PageMap>>,
 }
+
+type PageMap = BTreeMap<(u16, u32), Rc<PageWords>>;
 
 impl FrontPages {
     /// The frontend allocates a (zeroed) ring page it will grant as `gref`.
@@ -141,8 +143,8 @@ impl FrontRing {
 }
 
 /// Dom0 hole frames from 0x9000 up, showing the frontend's ring pages once mapped.
-pub struct FakeFrames<'a> {
-    front: &'a FrontPages,
+pub struct FakeFrames {
+    front: FrontPages,
     next: u64,
     free: Vec<u64>,
     in_use: usize,
@@ -150,10 +152,10 @@ pub struct FakeFrames<'a> {
     pub exhausted: bool,
 }
 
-impl<'a> FakeFrames<'a> {
-    pub fn new(front: &'a FrontPages) -> Self {
+impl FakeFrames {
+    pub fn new(front: &FrontPages) -> Self {
         FakeFrames {
-            front,
+            front: front.clone(),
             next: 0x9000,
             free: Vec::new(),
             in_use: 0,
@@ -167,7 +169,7 @@ impl<'a> FakeFrames<'a> {
     }
 }
 
-impl RingFrames for FakeFrames<'_> {
+impl RingFrames for FakeFrames {
     type Page = Rc<PageWords>;
     fn allocate(&mut self) -> Option<u64> {
         if self.exhausted {

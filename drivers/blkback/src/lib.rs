@@ -7,10 +7,10 @@
 //! - [`grant_io`]: moving data between the frontend's granted pages and dom0 buffers by
 //!   `GNTTABOP_copy`, always naming the frontend's domain id.
 //! - [`target`]: the storage side, asynchronous (many requests in flight).
-//! - [`xenbus`]: negotiation — features, ring references, protocol, queues.
-//! - [`queue`]: request processing for one ring: validation, ordering of flushes and
-//!   barriers, bounded work per call.
-//! - [`backend`]: [`Blkback`], the device: state machine and the API the kernel drives.
+//! - [`io`]: request processing for a device's rings: validation, ordering of flushes
+//!   and barriers, bounded work per call.
+//! - [`backend`]: [`Blkback`], the device: the xenbus state machine (features, ring
+//!   references, protocol, queues, fatal errors) and the API the kernel drives.
 //!
 //! Nothing here is unsafe: ring pages are seen as arrays of `AtomicU32` that the kernel
 //! hands out for grant-mapped frames, and data moves through hypercall wrappers.
@@ -21,7 +21,9 @@
 
 extern crate alloc;
 
+pub mod backend;
 pub mod grant_io;
+pub mod io;
 pub mod ring;
 pub mod store;
 pub mod target;
@@ -29,3 +31,12 @@ pub mod wire;
 
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+
+pub use backend::{Blkback, Config, ConfigError, ConnectError, Env, Failure};
+pub use grant_io::{CopyError, GrantIo, GrantSpan, LocalFrames, XenGrantCopy};
+pub use io::{Limits, Offer, Progress};
+pub use ring::{PageWords, RingFrames};
+pub use store::{StoreError, XenbusState, Xenstore};
+pub use target::{
+    BlockRequest, BlockTarget, Busy, Completion, DiscardInfo, Geometry, IoError, Tag,
+};
