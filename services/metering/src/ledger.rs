@@ -406,12 +406,6 @@ impl Ledger {
         self.rows.contains_key(&(hour, String::from(uuid)))
     }
 
-    /// Whether any row of hours [from, to) has been exported and not changed since.
-    pub(crate) fn any_exported(&self, from_hour: u64, to_hour: u64) -> bool {
-        self.rows_in(from_hour, to_hour)
-            .any(|(_, row)| row.exported)
-    }
-
     pub(crate) fn rows_in(
         &self,
         from_hour: u64,
@@ -653,7 +647,7 @@ mod tests {
         ledger.encode(&mut w);
         let back = Ledger::decode(&mut Reader::new(&w.bytes)).unwrap();
         assert_eq!(back, ledger);
-        assert!(ledger.any_exported(7, 8));
+        assert!(ledger.rows_in(7, 8).all(|(_, row)| row.exported));
     }
 
     #[test]

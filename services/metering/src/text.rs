@@ -24,6 +24,7 @@ pub fn push_float(out: &mut String, value: f64) {
     }
 }
 
+#[cfg(test)]
 pub fn float(value: f64) -> String {
     let mut s = String::new();
     push_float(&mut s, value);

@@ -206,7 +206,7 @@ fn choose_timescale(rrd: &Rrd, cf: Option<Cf>, start: i64, interval: u64) -> Opt
     };
     candidates()
         .find(|a| contains_start(a, last_pdp_s, start, pdp_interval))
-        .or_else(|| candidates().last())
+        .or_else(|| candidates().next_back())
         .map(Archive::pdp_per_row)
 }
 
