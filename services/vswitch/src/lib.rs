@@ -34,8 +34,10 @@ mod counters;
 mod fdb;
 mod flood;
 mod forward;
+mod local;
 mod locking;
 mod mac;
+mod queue;
 mod switch;
 pub mod wire;
 
@@ -45,5 +47,7 @@ pub use config::{
 };
 pub use counters::{DropCounts, DropReason, LearningCounts, PortCounters};
 pub use forward::{Delivery, EditError, Forward, FrameEdit, Verdict};
+pub use local::{local_link, LocalDevice, LocalPortEnd, LOCAL_MAX_FRAME};
 pub use mac::MacAddr;
+pub use queue::{FrameQueue, QueueError};
 pub use switch::{EffectiveLocking, Switch};
