@@ -214,6 +214,9 @@ impl Netback {
                     let _ = self.set_state(env.store, XenbusState::Closing);
                 }
             }
+            // Before it ever connected, a missing frontend is one not written yet (the
+            // watch fires once when set).
+            XenbusState::Unknown if self.state <= XenbusState::InitWait => {}
             XenbusState::Closed | XenbusState::Unknown => {
                 self.disconnect(env);
                 let _ = self.set_state(env.store, XenbusState::Closed);
@@ -389,7 +392,7 @@ impl Netback {
                 counters: &mut self.counters,
                 scratch: &mut self.scratch,
                 mcast: &mut self.mcast,
-                max_frame: self.config.max_frame,
+                mtu: self.config.mtu,
             };
             for q in &mut self.queues {
                 let tx = match q.process_tx(&mut ctx, port, self.config.tx_budget) {

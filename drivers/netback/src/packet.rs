@@ -39,6 +39,8 @@ pub enum PacketError {
     Fragment,
     /// A segment could not be allocated.
     NoMemory,
+    /// The IP and TCP headers alone fill the MTU.
+    HeadersTooLong,
 }
 
 /// Offsets of the headers of one frame.
@@ -63,6 +65,15 @@ fn be16(b: &[u8], at: usize) -> Result<u16, PacketError> {
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Length of the Ethernet header: 14, or 18 with an 802.1Q tag.
+pub fn l2_header_len(frame: &[u8]) -> usize {
+    if be16(frame, 12) == Ok(ETHERTYPE_VLAN) {
+        18
+    } else {
+        14
+    }
 }
 
 /// Finds the IP and L4 headers of an Ethernet frame.
@@ -196,15 +207,17 @@ fn fill_l4_checksum_at(frame: &mut [u8], h: &Headers) -> Result<(), PacketError>
     Ok(())
 }
 
-/// Cuts a TCP super-frame into frames of at most `mss` payload bytes each, handing each to
-/// `emit` (which may refuse to take more by returning `false`; the count delivered so far is
-/// returned). Each segment gets the original headers with: IPv4 total length, identification
+/// Cuts a TCP super-frame into frames of at most `mss` payload bytes each, and IP packets
+/// of at most `mtu` bytes (a guest announcing an MSS larger than the network's MTU gets
+/// smaller segments, which TCP accepts), handing each to `emit` (which may refuse to take
+/// more by returning `false`; the count delivered so far is returned). Each segment gets the original headers with: IPv4 total length, identification
 /// (+1 per segment) and header checksum; IPv6 payload length; TCP sequence number advanced,
 /// FIN and PSH only on the last segment, CWR only on the first; TCP checksum recomputed.
 pub fn segment_tcp(
     frame: &[u8],
     kind: GsoType,
     mss: u16,
+    mtu: usize,
     scratch: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]) -> bool,
 ) -> Result<usize, PacketError> {
@@ -217,7 +230,11 @@ pub fn segment_tcp(
     if doff < 20 || payload_start > h.end {
         return Err(PacketError::Truncated);
     }
-    let mss = usize::from(mss.max(1));
+    let headers = payload_start - h.l3;
+    if mtu <= headers {
+        return Err(PacketError::HeadersTooLong);
+    }
+    let mss = usize::from(mss.max(1)).min(mtu - headers);
     let payload = &frame[payload_start..h.end];
     let seq0 = u32::from_be_bytes([
         frame[h.l4 + 4],
@@ -424,7 +441,7 @@ pub(crate) mod tests {
         let f = tcp4(&data, 0x80 | 0x18 | 0x01); // CWR PSH ACK FIN
         let mut segs: Vec<Vec<u8>> = Vec::new();
         let mut scratch = Vec::new();
-        let n = segment_tcp(&f, GsoType::TcpV4, 1460, &mut scratch, |s| {
+        let n = segment_tcp(&f, GsoType::TcpV4, 1460, 1500, &mut scratch, |s| {
             segs.push(s.to_vec());
             true
         })
@@ -455,7 +472,7 @@ pub(crate) mod tests {
         let f = tcp6(&data, 0x10);
         let mut segs: Vec<Vec<u8>> = Vec::new();
         let mut scratch = Vec::new();
-        segment_tcp(&f, GsoType::TcpV6, 1440, &mut scratch, |s| {
+        segment_tcp(&f, GsoType::TcpV6, 1440, 1500, &mut scratch, |s| {
             segs.push(s.to_vec());
             true
         })
@@ -475,14 +492,34 @@ pub(crate) mod tests {
         let mut scratch = Vec::new();
         let f = tcp4(&payload(100), 0);
         assert_eq!(
-            segment_tcp(&f, GsoType::TcpV6, 50, &mut scratch, |_| true),
+            segment_tcp(&f, GsoType::TcpV6, 50, 1500, &mut scratch, |_| true),
             Err(PacketError::GsoMismatch)
         );
         let mut udp = f.clone();
         udp[23] = IPPROTO_UDP;
         assert_eq!(
-            segment_tcp(&udp, GsoType::TcpV4, 50, &mut scratch, |_| true),
+            segment_tcp(&udp, GsoType::TcpV4, 50, 1500, &mut scratch, |_| true),
             Err(PacketError::GsoMismatch)
+        );
+    }
+
+    #[test]
+    fn an_mss_beyond_the_mtu_is_clamped() {
+        let data = payload(9000);
+        let f = tcp4(&data, 0x10);
+        let mut sizes = Vec::new();
+        let mut scratch = Vec::new();
+        let n = segment_tcp(&f, GsoType::TcpV4, 8960, 1500, &mut scratch, |s| {
+            assert!(l4_checksum_ok(s));
+            sizes.push(s.len());
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 9000usize.div_ceil(1460));
+        assert!(sizes.iter().all(|s| *s <= 1514));
+        assert_eq!(
+            segment_tcp(&f, GsoType::TcpV4, 1460, 40, &mut scratch, |_| true),
+            Err(PacketError::HeadersTooLong)
         );
     }
 
@@ -491,7 +528,7 @@ pub(crate) mod tests {
         let mut scratch = Vec::new();
         let f = tcp4(&payload(1000), 0);
         let mut left = 2;
-        let n = segment_tcp(&f, GsoType::TcpV4, 100, &mut scratch, |_| {
+        let n = segment_tcp(&f, GsoType::TcpV4, 100, 1500, &mut scratch, |_| {
             left -= 1;
             left > 0
         })

@@ -20,7 +20,7 @@ use keel_xen::Hypervisor;
 
 use crate::env::{CopyBuffer, FramePort};
 use crate::fault::Fault;
-use crate::packet::{fill_l4_checksum, segment_tcp};
+use crate::packet::{fill_l4_checksum, l2_header_len, segment_tcp};
 use crate::ratelimit::Credit;
 use crate::stats::VifCounters;
 use crate::wire::{
@@ -71,7 +71,7 @@ pub(crate) struct Ctx<'a, H: ?Sized, B: ?Sized> {
     pub counters: &'a mut VifCounters,
     pub scratch: &'a mut Scratch,
     pub mcast: &'a mut Vec<[u8; 6]>,
-    pub max_frame: usize,
+    pub mtu: usize,
 }
 
 /// What one pass over a ring did.
@@ -290,8 +290,9 @@ impl Queue {
             self.multicast(ctx, m)
         } else if drop
             || usize::from(first.size) < ETH_HLEN
-            || (gso.is_none() && total > ctx.max_frame)
+            || (gso.is_none() && total > ctx.mtu + ETH_HLEN + 4)
             || !self.copy_in(ctx, &first, total)
+            || (gso.is_none() && total > ctx.mtu + l2_header_len(&ctx.scratch.frame))
         {
             ctx.counters.from_guest_errors += 1;
             Verdict::Error
@@ -463,10 +464,11 @@ fn deliver<H: ?Sized, B: ?Sized, P: FramePort + ?Sized>(
 ) {
     let s = &mut *ctx.scratch;
     let counters = &mut *ctx.counters;
+    let mtu = ctx.mtu;
     match gso {
         Some((kind, mss)) => {
             let mut refused = false;
-            let result = segment_tcp(&s.frame, kind, mss, &mut s.segment, |seg| {
+            let result = segment_tcp(&s.frame, kind, mss, mtu, &mut s.segment, |seg| {
                 if port.deliver(seg).is_ok() {
                     counters.from_guest_frames += 1;
                     counters.from_guest_bytes += seg.len() as u64;

@@ -87,9 +87,9 @@ pub struct Config {
     pub frontend_path: String,
     /// `multi-queue-max-queues` (at least 1).
     pub max_queues: u16,
-    /// Largest frame handed to the switch: MTU + Ethernet header (+ one VLAN tag). TSO
-    /// super-frames are cut to fit; other frames larger than this are refused.
-    pub max_frame: usize,
+    /// The network's MTU: the largest IP packet handed to the switch. TSO super-frames are
+    /// cut to fit; other frames whose payload exceeds it are refused.
+    pub mtu: usize,
     /// Frames waiting for the guest's receive buffers, per queue.
     pub rx_queue_frames: usize,
     /// Bytes waiting for the guest's receive buffers, per queue.
@@ -110,7 +110,7 @@ impl Config {
             backend_path: format!("/local/domain/0/backend/vif/{frontend_domid}/{devid}"),
             frontend_path: format!("/local/domain/{frontend_domid}/device/vif/{devid}"),
             max_queues: max_queues.max(1),
-            max_frame: 1500 + 14 + 4,
+            mtu: 1500,
             rx_queue_frames: 256,
             rx_queue_bytes: 1 << 20,
             tx_budget: 64,

@@ -404,3 +404,29 @@ fn the_toolstack_can_close_a_vif() {
     let p = poll(&mut w, &mut nb, 0, &mut Switch::default());
     assert_eq!(p, keel_netback::Progress::default());
 }
+
+#[test]
+fn the_first_watch_before_the_frontend_exists_changes_nothing() {
+    let mut w = World::new();
+    let config = keel_netback::Config::new(FE, 0, 1);
+    let mut nb = keel_netback::Netback::new(config.clone(), None);
+    nb.start(&mut w.env()).unwrap();
+    nb.on_watch(&mut w.env(), &config.frontend_state_path(), 0);
+    assert_eq!(nb.state(), XenbusState::InitWait);
+    // Initialising (the toolstack wrote it) changes nothing either.
+    w.store.put(&config.frontend_state_path(), "1");
+    nb.on_watch(&mut w.env(), &config.frontend_state_path(), 0);
+    assert_eq!(nb.state(), XenbusState::InitWait);
+}
+
+#[test]
+fn a_guest_mss_beyond_the_mtu_still_gives_mtu_frames() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let frame = tcp4(&pattern(20_000), 0);
+    fe.send(&w, 0, &frame, 0, &[gso(GsoType::TcpV4, 8960)], PAGE, 0);
+    let mut sw = Switch::default();
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert!(sw.frames.len() >= 20_000 / 1464);
+    assert!(sw.frames.iter().all(|f| f.len() <= 1514));
+    assert_eq!(sw.frames[0].len(), 1514);
+}

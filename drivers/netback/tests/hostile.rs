@@ -101,6 +101,33 @@ fn an_oversized_frame_without_gso_is_refused() {
 }
 
 #[test]
+fn the_mtu_bounds_untagged_and_tagged_frames() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let tag = |f: &[u8]| {
+        let mut t = f[..12].to_vec();
+        t.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+        t.extend_from_slice(&f[12..]);
+        t
+    };
+    // IP packets of 1500 bytes fit, with or without a tag; 1501 do not.
+    let full = tcp4(&pattern(1460), 0);
+    let over = tcp4(&pattern(1461), 0);
+    let (full_tagged, over_tagged) = (tag(&full), tag(&over));
+    assert_eq!((full.len(), full_tagged.len()), (1514, 1518));
+    for f in [&full, &over, &full_tagged, &over_tagged] {
+        fe.send(&w, 0, f, 0, &[], PAGE, 0);
+    }
+    let mut sw = Switch::default();
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert!(
+        sw.frames == [full, full_tagged],
+        "only the fitting frames pass"
+    );
+    let statuses: Vec<_> = fe.tx_responses(0).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [rsp::OKAY, rsp::ERROR, rsp::OKAY, rsp::ERROR]);
+}
+
+#[test]
 fn a_runt_first_slot_is_refused() {
     let (mut w, mut nb, mut fe) = connected(Options::default());
     let frame = tcp4(b"", 0);
