@@ -8,11 +8,12 @@ use alloc::vec::Vec;
 use keel_cmdline::Config;
 use keel_management::{ManagementServer, ServerConfig};
 use keel_net::smoltcp::iface::SocketSet;
-use keel_xenapi::{Config as ApiConfig, HostFacts, VerifierState, XenApi};
+use keel_xenapi::{Config as ApiConfig, HostFacts, StorageBackend, VerifierState, XenApi};
 
 use crate::entropy::Entropy;
 use crate::platform::xen::guests::GuestService;
 use crate::rtc;
+use crate::storage::SharedRepositories;
 
 /// What the kernel knows about the machine, for the `host` and `host_metrics` records.
 pub struct MachineFacts {
@@ -114,15 +115,16 @@ pub fn start_server(
     config: &Config<'static>,
     facts: HostFacts,
     guests: Option<&GuestService>,
+    storage: Option<&SharedRepositories>,
     sockets: &mut SocketSet<'static>,
 ) -> Option<ManagementServer> {
     if config.root_hash.is_none() {
         log::warn!("api: no keel.root_hash on the command line: every login will be refused");
     }
-    let host_database = crate::storage::hostdb::open();
+    let host_database = crate::storage::hostdb::open(storage);
     let api_config = ApiConfig {
         root_password_phc: config.root_hash.map(String::from),
-        storage: crate::storage::backend(),
+        storage: storage.map(|s| Box::new(s.clone()) as Box<dyn StorageBackend>),
         guests: guests.map(GuestService::backend),
         restore: host_database.restore,
         database_sink: host_database.sink,

@@ -216,10 +216,20 @@ mod kernel {
         } else {
             None
         };
+        // Storage first: it finishes before the API starts, which is handed the SRs.
+        let storage = crate::storage::start(pci, &functions, &config);
+        let repositories = storage.as_ref().map(|s| s.repositories.clone());
+        let bench_disks = storage.map(|s| s.disks).unwrap_or_default();
         let services: Vec<Signal> = [
-            // Storage first: it finishes before the API starts, which then sees the SRs.
-            crate::storage::start(pci, &functions, &config),
-            net::start(&handle, pci, &functions, &config, facts, guests),
+            net::start(
+                &handle,
+                pci,
+                &functions,
+                &config,
+                facts,
+                guests,
+                repositories,
+            ),
             platform::start(&handle),
         ]
         .into_iter()
@@ -249,7 +259,7 @@ mod kernel {
                     log::error!("read {value:#x} from address 0: page 0 is mapped");
                 }
                 TestAction::BenchStorage => {
-                    crate::storage::bench();
+                    crate::storage::bench(&bench_disks);
                     console::write_line(format_args!("keel: powering off"));
                     power::power_off();
                 }

@@ -19,6 +19,7 @@ use keel_xenapi::HostFacts;
 use crate::dma::KeelHal;
 use crate::pci::PciConfig;
 use crate::platform::xen::guests::GuestService;
+use crate::storage::SharedRepositories;
 
 mod e1000;
 
@@ -35,6 +36,7 @@ pub fn start(
     config: &Config<'static>,
     facts: HostFacts,
     guests: Option<GuestService>,
+    storage: Option<SharedRepositories>,
 ) -> Option<Signal> {
     if let Some(function) = functions.iter().find(|f| f.kind == DeviceKind::VirtioNet) {
         let device = open_virtio(pci, function)?;
@@ -46,6 +48,7 @@ pub fn start(
             config,
             facts,
             guests,
+            storage,
         );
     }
     let (function, model) = e1000::find(functions)?;
@@ -60,7 +63,9 @@ pub fn start(
             None => alloc::string::String::from("down"),
         }
     );
-    launch(handle, device, name, function, config, facts, guests)
+    launch(
+        handle, device, name, function, config, facts, guests, storage,
+    )
 }
 
 fn open_virtio(pci: &'static PciConfig, function: &Function) -> Option<VirtioNet<KeelHal>> {
@@ -84,6 +89,8 @@ fn open_virtio(pci: &'static PciConfig, function: &Function) -> Option<VirtioNet
 }
 
 /// Runs a `keel-net` stack and the management API on a started NIC.
+// The services the XenAPI serves (guests, storage) are passed through to it.
+#[allow(clippy::too_many_arguments)]
 fn launch<D: NetDevice + 'static>(
     handle: &Handle,
     device: D,
@@ -92,6 +99,7 @@ fn launch<D: NetDevice + 'static>(
     config: &Config<'static>,
     facts: HostFacts,
     guests: Option<GuestService>,
+    storage: Option<SharedRepositories>,
 ) -> Option<Signal> {
     let addressing = match config.ip {
         Some((address, prefix_len)) => Addressing::Static {
@@ -103,8 +111,13 @@ fn launch<D: NetDevice + 'static>(
     };
     let now_ms = handle.now_ns() / 1_000_000;
     let mut stack = NetStack::new(device, addressing, now_ms, crate::arch::rdtsc());
-    let mut server =
-        crate::api::start_server(config, facts.clone(), guests.as_ref(), stack.sockets());
+    let mut server = crate::api::start_server(
+        config,
+        facts.clone(),
+        guests.as_ref(),
+        storage.as_ref(),
+        stack.sockets(),
+    );
     if let (Some(server), Some(guests)) = (server.as_mut(), guests.as_ref()) {
         server.set_consoles(guests.consoles());
     }

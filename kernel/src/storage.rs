@@ -3,9 +3,11 @@
 //! of `keel-repositories` (attach an SR; format a blank disk or the one `keel.format=`
 //! names; leave anything else untouched). One log line per disk and per SR.
 //!
-//! Everything happens before the executor runs, so the API finds the SRs when it starts;
-//! the service's signal is set once every disk has been dealt with. The drivers are polled:
-//! a synchronous SR operation spins until its requests complete.
+//! Everything happens before the executor runs. [`start`] returns the service, [`Storage`],
+//! and the kernel hands it to its users (the XenAPI, the host database) instead of their
+//! reaching for it: the SRs are shared through one `Rc<RefCell<_>>` handle each user holds.
+//! Each SR queues many requests to its disk at once (`keel_storage::Sr::submit_io`); the
+//! synchronous operations the XenAPI uses wait for the device by polling it.
 //!
 //! With `keel.test=bench-storage` the disks are opened but never attached or formatted, and
 //! [`bench`] runs the raw-disk workloads on them after ready (`cargo xtask bench storage`).
@@ -16,19 +18,19 @@ mod nvme;
 
 use alloc::boxed::Box;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::cell::{RefCell, RefMut};
+use core::cell::RefCell;
 
 use keel_block::BlockDevice;
 use keel_cmdline::{Config, TestAction};
-use keel_executor::Signal;
 use keel_nvme::{Controller, DiskOptions, NvmeDisk};
 use keel_pci::{reg, Bar, DeviceKind, Function};
 use keel_repositories::{provision, Provisioned, Refusal, Repositories, Repository};
 use keel_storage::{Sr, Uuid};
 use keel_virtio::VirtioBlk;
-use keel_xenapi::{Entropy as _, SrFacts, StorageBackend, StorageError, VdiFacts};
+use keel_xenapi::Entropy as _;
 
 pub use disk::{Disk, Driver};
 use nvme::{FrameDma, Mmio};
@@ -41,36 +43,24 @@ use crate::pci::PciConfig;
 const EXTENT_SIZE: u64 = 1 << 20;
 const MIB: u64 = 1 << 20;
 
+/// The attached SRs, as their users share them.
+pub type SharedRepositories = Rc<RefCell<Repositories<Disk>>>;
+
 /// Every disk Keel drives and every SR attached on them.
 pub struct Storage {
+    /// Every disk, attached or not (the benchmark uses them raw).
     pub disks: Vec<Disk>,
-    pub repositories: Repositories<Disk>,
+    /// The SRs, for the XenAPI, the host database and the disk backends of guests.
+    pub repositories: SharedRepositories,
 }
 
-/// The storage state. Keel runs its tasks on one CPU, one at a time, and no interrupt
-/// handler touches storage, so a `RefCell` suffices.
-struct OneCpu(RefCell<Storage>);
-
-// SAFETY: only ever accessed from the single CPU's task context (see `OneCpu`).
-unsafe impl Sync for OneCpu {}
-
-static STORAGE: OneCpu = OneCpu(RefCell::new(Storage {
-    disks: Vec::new(),
-    repositories: Repositories { srs: Vec::new() },
-}));
-
-/// The storage state, for the API and the benchmark. Do not hold it across an `await`.
-pub fn state() -> RefMut<'static, Storage> {
-    STORAGE.0.borrow_mut()
-}
-
-/// Starts every disk and provisions it. `None` when the machine has no disk (nothing to
-/// wait for).
+/// Starts every disk and provisions it. `None` when the machine has no disk (and so no SR
+/// objects at all).
 pub fn start(
     pci: &'static PciConfig,
     functions: &[Function],
     config: &Config<'static>,
-) -> Option<Signal> {
+) -> Option<Storage> {
     let found: Vec<&Function> = functions
         .iter()
         .filter(|f| matches!(f.kind, DeviceKind::Nvme | DeviceKind::VirtioBlk))
@@ -82,6 +72,8 @@ pub fn start(
         return None;
     }
     let mut entropy = Entropy::seed(crate::arch::rdtsc());
+    let mut disks = Vec::new();
+    let mut repositories = Repositories::default();
     let mut named_found = false;
     let benchmark = config.test == TestAction::BenchStorage;
     for function in found {
@@ -90,7 +82,7 @@ pub fn start(
         };
         if benchmark {
             // The benchmark overwrites the disks: never attach or format them.
-            state().disks.push(disk);
+            disks.push(disk);
             continue;
         }
         let identity = disk.info().identity.clone();
@@ -102,7 +94,7 @@ pub fn start(
         match provision(disk.clone(), config.format, Uuid(uuid), EXTENT_SIZE) {
             Ok((sr, how)) => {
                 log_sr(&sr, &identity, how);
-                state().repositories.srs.push(Repository {
+                repositories.srs.push(Repository {
                     sr,
                     device: identity.clone(),
                     bus: String::from(disk.bus()),
@@ -111,14 +103,18 @@ pub fn start(
             Err(refusal) => log_refusal(&identity, &refusal),
         }
         disk.log_errors();
-        state().disks.push(disk);
+        disks.push(disk);
     }
     if let (Some(name), false) = (config.format, named_found) {
         log::warn!("storage: keel.format={name} names no disk here; nothing was formatted");
     }
-    let up = Signal::new();
-    up.set();
-    Some(up)
+    if disks.is_empty() {
+        return None;
+    }
+    Some(Storage {
+        disks,
+        repositories: Rc::new(RefCell::new(repositories)),
+    })
 }
 
 /// Starts the driver of one disk function and logs the disk.
@@ -232,64 +228,11 @@ fn log_refusal(identity: &str, refusal: &Refusal) {
     }
 }
 
-/// The XenAPI's view of the SRs: `None` on a machine without disks (no SR objects at all).
-pub fn backend() -> Option<Box<dyn StorageBackend>> {
-    (!state().disks.is_empty()).then(|| Box::new(SharedRepositories) as Box<dyn StorageBackend>)
-}
-
-/// The attached SRs behind the XenAPI, borrowed for the length of each call.
-struct SharedRepositories;
-
-impl StorageBackend for SharedRepositories {
-    fn srs(&self) -> Vec<SrFacts> {
-        state().repositories.srs()
-    }
-    fn vdis(&self, sr: &str) -> Result<Vec<VdiFacts>, StorageError> {
-        state().repositories.vdis(sr)
-    }
-    fn create_vdi(&mut self, sr: &str, name: &str, size: u64) -> Result<VdiFacts, StorageError> {
-        state().repositories.create_vdi(sr, name, size)
-    }
-    fn destroy_vdi(&mut self, sr: &str, vdi: &str) -> Result<(), StorageError> {
-        state().repositories.destroy_vdi(sr, vdi)
-    }
-    fn resize_vdi(&mut self, sr: &str, vdi: &str, size: u64) -> Result<VdiFacts, StorageError> {
-        state().repositories.resize_vdi(sr, vdi, size)
-    }
-    fn set_vdi_name(&mut self, sr: &str, vdi: &str, name: &str) -> Result<(), StorageError> {
-        state().repositories.set_vdi_name(sr, vdi, name)
-    }
-    fn snapshot_vdi(&mut self, sr: &str, vdi: &str) -> Result<VdiFacts, StorageError> {
-        state().repositories.snapshot_vdi(sr, vdi)
-    }
-    fn clone_vdi(&mut self, sr: &str, vdi: &str, name: &str) -> Result<VdiFacts, StorageError> {
-        state().repositories.clone_vdi(sr, vdi, name)
-    }
-    fn copy_vdi(&mut self, sr: &str, vdi: &str, name: &str) -> Result<VdiFacts, StorageError> {
-        state().repositories.copy_vdi(sr, vdi, name)
-    }
-    fn read(
-        &mut self,
-        sr: &str,
-        vdi: &str,
-        offset: u64,
-        out: &mut [u8],
-    ) -> Result<(), StorageError> {
-        state().repositories.read(sr, vdi, offset, out)
-    }
-    fn write(&mut self, sr: &str, vdi: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        state().repositories.write(sr, vdi, offset, data)
-    }
-    fn flush(&mut self, sr: &str) -> Result<(), StorageError> {
-        state().repositories.flush(sr)
-    }
-}
-
 /// `keel.test=bench-storage`: runs the standard workloads on every disk, raw, and prints one
 /// `bench-storage:` line per workload (see `keel_repositories::bench`).
-pub fn bench() {
-    let disks = state().disks.clone();
-    for mut disk in disks {
+pub fn bench(disks: &[Disk]) {
+    for disk in disks {
+        let mut disk = disk.clone();
         let identity = disk.info().identity.clone();
         for workload in keel_repositories::bench::standard_workloads() {
             match keel_repositories::bench::run(&mut disk, &workload, crate::time::since_entry_ns) {

@@ -2,8 +2,8 @@
 //! database VDI on the attached SRs and load it; afterwards save into it whenever the XenAPI
 //! asks (it does so after every change to a kept object, before answering the call).
 //!
-//! The VDI is named by SR and VDI UUID and borrowed from the storage state for each load or
-//! save, like every other SR operation.
+//! The VDI is named by SR and VDI UUID; the sink holds a handle on the SRs (the kernel hands
+//! it over at boot) and borrows them for each save.
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use keel_xenapi::keel_hostdb::{
 };
 use keel_xenapi::{DatabaseSink, SaveFailed, XenApi};
 
-use super::state;
+use super::SharedRepositories;
 
 /// What the XenAPI is built with: the records to restore and where to save.
 #[derive(Default)]
@@ -27,9 +27,13 @@ pub struct Opened {
 /// Finds the database (the first SR holding one, else a new one on the first SR) and loads
 /// it. Without an SR, or when the database cannot be opened, Keel runs from memory and says
 /// once that nothing will persist.
-pub fn open() -> Opened {
-    match locate() {
-        Ok(Some((sr, vdi, how))) => open_at(sr, vdi, how),
+pub fn open(storage: Option<&SharedRepositories>) -> Opened {
+    let Some(storage) = storage else {
+        log::warn!("hostdb: no SR: nothing clients create will persist across a reboot");
+        return Opened::default();
+    };
+    match locate(storage) {
+        Ok(Some((sr, vdi, how))) => open_at(storage, sr, vdi, how),
         Ok(None) => {
             log::warn!("hostdb: no SR: nothing clients create will persist across a reboot");
             Opened::default()
@@ -42,9 +46,11 @@ pub fn open() -> Opened {
 }
 
 /// The SR and VDI of the database, made on the first SR if no SR has one.
-fn locate() -> Result<Option<(Uuid, Uuid, Located)>, alloc::string::String> {
-    let mut storage = state();
-    let srs = &mut storage.repositories.srs;
+fn locate(
+    storage: &SharedRepositories,
+) -> Result<Option<(Uuid, Uuid, Located)>, alloc::string::String> {
+    let mut storage = storage.borrow_mut();
+    let srs = &mut storage.srs;
     for repository in srs.iter() {
         match find_database_vdi(&repository.sr) {
             Ok(Some(vdi)) => return Ok(Some((repository.sr.uuid(), vdi, Located::Found(vdi)))),
@@ -73,18 +79,13 @@ fn locate() -> Result<Option<(Uuid, Uuid, Located)>, alloc::string::String> {
     }
 }
 
-fn open_at(sr: Uuid, vdi: Uuid, how: Located) -> Opened {
+fn open_at(storage: &SharedRepositories, sr: Uuid, vdi: Uuid, how: Located) -> Opened {
     let opened = {
-        let mut storage = state();
-        let Some(repository) = storage
-            .repositories
-            .srs
-            .iter_mut()
-            .find(|r| r.sr.uuid() == sr)
-        else {
+        let mut repositories = storage.borrow_mut();
+        let Some(on) = repositories.sr_mut(sr) else {
             return Opened::default();
         };
-        SrVolume::new(&mut repository.sr, vdi)
+        SrVolume::new(on, vdi)
             .map_err(HostDbError::Volume)
             .and_then(|mut volume| HostDb::open(&mut volume))
     };
@@ -135,6 +136,7 @@ fn open_at(sr: Uuid, vdi: Uuid, how: Located) -> Opened {
     Opened {
         restore,
         sink: Some(Box::new(VdiSink {
+            storage: storage.clone(),
             sr,
             vdi,
             store: opened.store,
@@ -209,6 +211,7 @@ pub fn after_start(api: &mut XenApi) {
 
 /// The database VDI as the XenAPI's sink.
 struct VdiSink {
+    storage: SharedRepositories,
     sr: Uuid,
     vdi: Uuid,
     store: HostDb,
@@ -222,14 +225,9 @@ impl DatabaseSink for VdiSink {
     fn save(&mut self, database: &Database) -> Result<(), SaveFailed> {
         let started = crate::time::since_entry_ns();
         let saved = {
-            let mut storage = state();
-            match storage
-                .repositories
-                .srs
-                .iter_mut()
-                .find(|r| r.sr.uuid() == self.sr)
-            {
-                Some(repository) => SrVolume::new(&mut repository.sr, self.vdi)
+            let mut repositories = self.storage.borrow_mut();
+            match repositories.sr_mut(self.sr) {
+                Some(sr) => SrVolume::new(sr, self.vdi)
                     .map_err(HostDbError::Volume)
                     .and_then(|mut volume| self.store.save(&mut volume, database)),
                 None => return Err(SaveFailed),

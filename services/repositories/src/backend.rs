@@ -33,6 +33,37 @@ impl<D: BlockDevice> Default for Repositories<D> {
     }
 }
 
+impl<D: BlockDevice> Repositories<D> {
+    /// The SR with this UUID.
+    pub fn sr(&self, uuid: Uuid) -> Option<&Sr<D>> {
+        self.srs.iter().map(|r| &r.sr).find(|sr| sr.uuid() == uuid)
+    }
+
+    /// The SR with this UUID, for I/O and metadata operations.
+    pub fn sr_mut(&mut self, uuid: Uuid) -> Option<&mut Sr<D>> {
+        self.srs
+            .iter_mut()
+            .map(|r| &mut r.sr)
+            .find(|sr| sr.uuid() == uuid)
+    }
+
+    /// Moves every SR's queued I/O on (see [`Sr::poll_io`]). Returns whether anything
+    /// happened. Whoever serves queued requests (a disk backend) calls it when a device may
+    /// have finished something.
+    pub fn poll_io(&mut self) -> bool {
+        let mut progress = false;
+        for repository in &mut self.srs {
+            progress |= repository.sr.poll_io();
+        }
+        progress
+    }
+
+    /// Queued requests not yet completed, over every SR.
+    pub fn io_in_flight(&self) -> usize {
+        self.srs.iter().map(|r| r.sr.io_in_flight()).sum()
+    }
+}
+
 /// Parses the hyphenated text form of a UUID (either case).
 pub fn parse_uuid(text: &str) -> Option<Uuid> {
     let hex: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
@@ -86,6 +117,7 @@ pub fn storage_error(error: SrError) -> StorageError {
 }
 
 impl<D: BlockDevice> Repositories<D> {
+    // The XenAPI names SRs and VDIs by their UUIDs' text: parsed here, once per call.
     fn find(&self, sr: &str) -> Result<&Repository<D>, StorageError> {
         let uuid = parse_uuid(sr).ok_or_else(|| StorageError::SrNotFound(sr.to_string()))?;
         self.srs

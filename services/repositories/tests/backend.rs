@@ -406,3 +406,69 @@ fn renames_on_real_srs_report_typed_errors() {
         .collect();
     assert_eq!(names, ["w"]);
 }
+
+/// The SRs are handed to several users (the XenAPI, the host database, disk backends), each
+/// with a handle on the same repositories: what one does, the others see, and queued I/O
+/// submitted through one is served by polling through another.
+#[test]
+fn users_sharing_the_repositories_see_each_others_work() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use keel_storage::VdiIo;
+
+    let d = disk("nvme-shared");
+    let (sr, _) = provision(d.clone(), None, Uuid([0x42; 16]), MIB).unwrap();
+    let sr_uuid = sr.uuid();
+    let shared = Rc::new(RefCell::new(Repositories {
+        srs: vec![Repository {
+            sr,
+            device: "nvme-shared".into(),
+            bus: "nvme".into(),
+        }],
+    }));
+    let mut api_side: Box<dyn StorageBackend> = Box::new(shared.clone());
+    let created = api_side
+        .create_vdi(&sr_uuid.to_string(), "guest disk", 4 * MIB)
+        .unwrap();
+    let vdi = keel_repositories::parse_uuid(&created.uuid).unwrap();
+    // A disk backend's side: queued writes and a flush, by typed UUIDs.
+    let backend_side = shared.clone();
+    {
+        let mut repositories = backend_side.borrow_mut();
+        let sr = repositories.sr_mut(sr_uuid).unwrap();
+        sr.submit_io(
+            vdi,
+            1,
+            VdiIo::Write {
+                offset: MIB,
+                buffer: vec![0xab; 8192],
+            },
+        )
+        .unwrap();
+        sr.submit_io(vdi, 2, VdiIo::Flush).unwrap();
+    }
+    while shared.borrow().io_in_flight() > 0 {
+        shared.borrow_mut().poll_io();
+    }
+    let tags: Vec<u64> = std::iter::from_fn(|| {
+        backend_side
+            .borrow_mut()
+            .sr_mut(sr_uuid)
+            .unwrap()
+            .take_io_completion_of(vdi)
+    })
+    .map(|c| {
+        assert_eq!(c.result, Ok(()));
+        c.tag
+    })
+    .collect();
+    assert_eq!(tags, vec![1, 2]);
+    let mut back = vec![0; 8192];
+    api_side
+        .read(&sr_uuid.to_string(), &created.uuid, MIB, &mut back)
+        .unwrap();
+    assert_eq!(back, vec![0xab; 8192]);
+    assert!(shared.borrow().sr(sr_uuid).is_some());
+    assert!(shared.borrow().sr(Uuid([1; 16])).is_none());
+}

@@ -6,8 +6,10 @@
 //! it returns: metadata operations are durable when they return `Ok`, data writes once
 //! [`StorageBackend::flush`] returns.
 
+use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use crate::error::ApiError;
 
@@ -159,4 +161,52 @@ pub trait StorageBackend {
     fn write(&mut self, sr: &str, vdi: &str, offset: u64, data: &[u8]) -> Result<(), StorageError>;
     /// Makes every write to the SR so far durable.
     fn flush(&mut self, sr: &str) -> Result<(), StorageError>;
+}
+
+/// A storage manager shared by several users (the XenAPI, the host database, the disk
+/// backends of guests), each handed its own handle: every call borrows it for its own length.
+/// Keel runs its tasks one at a time on one CPU, so a call never finds it borrowed.
+impl<T: StorageBackend + ?Sized> StorageBackend for Rc<RefCell<T>> {
+    fn srs(&self) -> Vec<SrFacts> {
+        self.borrow().srs()
+    }
+    fn vdis(&self, sr: &str) -> Result<Vec<VdiFacts>, StorageError> {
+        self.borrow().vdis(sr)
+    }
+    fn create_vdi(&mut self, sr: &str, name: &str, size: u64) -> Result<VdiFacts, StorageError> {
+        self.borrow_mut().create_vdi(sr, name, size)
+    }
+    fn destroy_vdi(&mut self, sr: &str, vdi: &str) -> Result<(), StorageError> {
+        self.borrow_mut().destroy_vdi(sr, vdi)
+    }
+    fn resize_vdi(&mut self, sr: &str, vdi: &str, size: u64) -> Result<VdiFacts, StorageError> {
+        self.borrow_mut().resize_vdi(sr, vdi, size)
+    }
+    fn set_vdi_name(&mut self, sr: &str, vdi: &str, name: &str) -> Result<(), StorageError> {
+        self.borrow_mut().set_vdi_name(sr, vdi, name)
+    }
+    fn snapshot_vdi(&mut self, sr: &str, vdi: &str) -> Result<VdiFacts, StorageError> {
+        self.borrow_mut().snapshot_vdi(sr, vdi)
+    }
+    fn clone_vdi(&mut self, sr: &str, vdi: &str, name: &str) -> Result<VdiFacts, StorageError> {
+        self.borrow_mut().clone_vdi(sr, vdi, name)
+    }
+    fn copy_vdi(&mut self, sr: &str, vdi: &str, name: &str) -> Result<VdiFacts, StorageError> {
+        self.borrow_mut().copy_vdi(sr, vdi, name)
+    }
+    fn read(
+        &mut self,
+        sr: &str,
+        vdi: &str,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), StorageError> {
+        self.borrow_mut().read(sr, vdi, offset, out)
+    }
+    fn write(&mut self, sr: &str, vdi: &str, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.borrow_mut().write(sr, vdi, offset, data)
+    }
+    fn flush(&mut self, sr: &str) -> Result<(), StorageError> {
+        self.borrow_mut().flush(sr)
+    }
 }
