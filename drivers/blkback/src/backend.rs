@@ -31,6 +31,7 @@ use keel_xen::{Hypervisor, XenError};
 
 use crate::grant_io::GrantIo;
 use crate::io::{Io, Limits, Offer, Progress, Queue, Services, Violation};
+use crate::persistent::{PersistentGrants, PersistentIo};
 use crate::ring::{BlkRing, PageWords, RingError, RingFrames, RingPages, MAX_RING_PAGE_ORDER};
 use crate::store::{read_state, read_u64, ReadError, StoreError, XenbusState, Xenstore};
 use crate::target::{BlockTarget, Geometry};
@@ -54,6 +55,9 @@ pub struct Config {
     pub max_queues: u32,
     /// `max-ring-page-order` (at most [`MAX_RING_PAGE_ORDER`]).
     pub max_ring_page_order: u32,
+    /// Grants kept mapped for a frontend using `feature-persistent` (0: not offered).
+    /// Each takes a dom0 frame from [`RingFrames`] while the device is connected.
+    pub max_persistent_grants: usize,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             limits: Limits::default(),
             max_queues: 4,
             max_ring_page_order: MAX_RING_PAGE_ORDER,
+            max_persistent_grants: 256,
         }
     }
 }
@@ -172,6 +177,9 @@ pub struct Blkback<P> {
     started: bool,
     io: Io,
     queues: Vec<Queue<P>>,
+    /// The frontend asked for persistent grants (and they are offered).
+    persistent: bool,
+    grants: PersistentGrants<P>,
     failure: Option<Failure>,
     leaked_frames: usize,
 }
@@ -227,12 +235,14 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
         };
         Ok(Blkback {
             io: Io::new(config.domid, config.limits, offer),
-            config,
             state: XenbusState::Initialising,
             started: false,
             queues: Vec::new(),
+            persistent: false,
+            grants: PersistentGrants::new(config.max_persistent_grants),
             failure: None,
             leaked_frames: 0,
+            config,
         })
     }
 
@@ -264,6 +274,11 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
     /// Ring frames that would not unmap (never reused).
     pub fn leaked_frames(&self) -> usize {
         self.leaked_frames
+    }
+
+    /// Whether the connected frontend uses persistent grants, and how many are mapped.
+    pub fn persistent_grants(&self) -> Option<usize> {
+        self.persistent.then(|| self.grants.len())
     }
 
     /// What is offered to the frontend.
@@ -338,7 +353,10 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
             nodes.push(("discard-alignment", d.alignment.to_string()));
             nodes.push(("discard-secure", flag(offer.discard_secure).into()));
         }
-        nodes.push(("feature-persistent", "0".into()));
+        nodes.push((
+            "feature-persistent",
+            flag(self.config.max_persistent_grants > 0).into(),
+        ));
         nodes.push(("sectors", offer.sectors.to_string()));
         nodes.push(("info", info.to_string()));
         nodes.push(("sector-size", SECTOR_SIZE.to_string()));
@@ -427,8 +445,19 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
         env: &mut Env<'_, H, F>,
     ) -> Progress {
         let hv = env.hv;
+        let mut persistent = PersistentIo {
+            hv,
+            frames: &mut *env.frames,
+            table: &mut self.grants,
+            fallback: &mut *env.grants,
+        };
+        let grants: &mut dyn GrantIo = if self.persistent {
+            &mut persistent
+        } else {
+            &mut *persistent.fallback
+        };
         let mut svc = Services {
-            grants: &mut *env.grants,
+            grants,
             target: &mut *env.target,
         };
         let mut notify = |port: Port| {
@@ -436,7 +465,8 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
             // when it looks.
             let _ = send(hv, port);
         };
-        match self.io.poll(&mut self.queues, &mut svc, &mut notify) {
+        let result = self.io.poll(&mut self.queues, &mut svc, &mut notify);
+        match result {
             Ok(progress) => progress,
             Err(violation) => {
                 self.fail(env, Failure::Ring(violation));
@@ -490,6 +520,8 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
             let _ = close(env.hv, q.port);
             self.leaked_frames += q.ring.into_pages().unmap(env.hv, env.frames);
         }
+        self.leaked_frames += self.grants.unmap_all(env.hv, env.frames);
+        self.persistent = false;
     }
 
     fn connect<H: Hypervisor + ?Sized, F: RingFrames<Page = P>>(
@@ -532,6 +564,11 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
             }
             o => o,
         };
+        self.persistent = self.config.max_persistent_grants > 0
+            && matches!(
+                read_u64(env.store, &format!("{fe}/feature-persistent")),
+                Ok(Some(1))
+            );
         // The disk may have changed since InitWait (a CD inserted); offer what it is now.
         let geometry = env.target.geometry();
         let offer = self.current_offer(env.store, &geometry);

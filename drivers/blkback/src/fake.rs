@@ -44,6 +44,36 @@ impl FrontPages {
         self.pages.borrow_mut().insert((domid, gref.0), zero_page());
     }
 
+    /// The frontend writes into its page.
+    pub fn write(&self, domid: u16, gref: GrantRef, offset: usize, bytes: &[u8]) {
+        let Some(page) = self.get(domid, gref) else {
+            return;
+        };
+        for (i, b) in bytes.iter().enumerate() {
+            let at = offset + i;
+            if let Some(w) = page.get(at / 4) {
+                let shift = (at % 4) * 8;
+                let old = w.load(Ordering::SeqCst);
+                w.store(
+                    (old & !(0xFF << shift)) | (u32::from(*b) << shift),
+                    Ordering::SeqCst,
+                );
+            }
+        }
+    }
+
+    /// The frontend reads its page.
+    pub fn read(&self, domid: u16, gref: GrantRef) -> Vec<u8> {
+        self.get(domid, gref).map_or_else(
+            || alloc::vec![0; PAGE_SIZE],
+            |p| {
+                p.iter()
+                    .flat_map(|w| w.load(Ordering::SeqCst).to_le_bytes())
+                    .collect()
+            },
+        )
+    }
+
     fn get(&self, domid: u16, gref: GrantRef) -> Option<Rc<PageWords>> {
         self.pages.borrow().get(&(domid, gref.0)).cloned()
     }

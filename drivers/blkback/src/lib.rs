@@ -24,6 +24,7 @@ extern crate alloc;
 pub mod backend;
 pub mod grant_io;
 pub mod io;
+pub mod persistent;
 pub mod ring;
 pub mod store;
 pub mod target;

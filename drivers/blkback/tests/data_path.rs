@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use keel_blkback::fake::{Order, Submitted};
 use keel_blkback::wire::{encode, op};
-use keel_xen::grant_table::GrantRef;
+use keel_xen::grant_table::{gtf, GrantRef};
 
 fn pattern(seed: u8) -> Vec<u8> {
     (0..4096u32)
@@ -435,4 +435,75 @@ fn notifications_only_when_the_frontend_asks() {
     assert_eq!(w.xen.sent_notifications().len(), 2);
     // The backend re-armed req_event after draining the ring.
     assert_eq!(fe.req_event(), 4);
+}
+
+#[test]
+fn persistent_grants_are_mapped_once_bounded_and_unmapped_at_close() {
+    let mut w = World::new(256);
+    let mut dev = device_with(|c| c.max_persistent_grants = 2);
+    w.toolstack("w");
+    w.start(&mut dev);
+    let rings = w.blkfront(1, None);
+    w.store.set(&format!("{FE}/feature-persistent"), "1");
+    w.watch(&mut dev);
+    let fe = &rings[0].0;
+    assert_eq!(dev.persistent_grants(), Some(0));
+    let ring_frames = w.frames.in_use();
+    // Pages 1000 and 1001 live in the frontend's pool (shared memory once mapped);
+    // 1002 is over the limit and moves by grant copy.
+    for g in [1000, 1001] {
+        w.data_page(g, false);
+        w.front.add(DOMID, GrantRef(g));
+    }
+    w.data_page(1002, false);
+    w.front.write(DOMID, GrantRef(1000), 0, &pattern(1));
+    w.front.write(DOMID, GrantRef(1001), 0, &pattern(2));
+    w.fill(1002, 0, &pattern(3));
+    fe.push_request(&write(
+        1,
+        0,
+        &[seg(1000, 0, 7), seg(1001, 0, 7), seg(1002, 0, 7)],
+    ));
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses(), [(1, op::WRITE, 0)]);
+    let mut expected = pattern(1);
+    expected.extend(pattern(2));
+    expected.extend(pattern(3));
+    assert_eq!(w.target.cache[..3 * 4096], expected[..]);
+    assert_eq!(dev.persistent_grants(), Some(2));
+    assert_eq!(w.frames.in_use(), ring_frames + 2);
+    // Reusing the pool maps nothing new; the read lands in the mapped pages.
+    w.front.write(DOMID, GrantRef(1000), 0, &[0; 4096]);
+    fe.push_request(&read(2, 4, &[seg(1000, 0, 7)]));
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses(), [(2, op::READ, 0)]);
+    assert_eq!(w.front.read(DOMID, GrantRef(1000)), expected[2048..6144]);
+    assert_eq!(w.frames.in_use(), ring_frames + 2);
+    // A grant the frontend never made still fails only its request.
+    fe.push_request(&read(3, 0, &[seg(4242, 0, 7)]));
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses(), [(3, op::READ, -1)]);
+    // Closing unmaps the pool: the frontend can take its pages back.
+    w.set_fe_state(6);
+    w.watch(&mut dev);
+    assert_eq!(w.frames.in_use(), 0);
+    assert_eq!(
+        w.xen.foreign_grant_flags(DOMID, GrantRef(1000)),
+        gtf::PERMIT_ACCESS
+    );
+    assert_eq!(dev.leaked_frames(), 0);
+}
+
+#[test]
+fn without_the_frontend_asking_no_grant_is_kept_mapped() {
+    let mut w = World::new(256);
+    let mut dev = device();
+    let fe = w.connected(&mut dev);
+    let ring_frames = w.frames.in_use();
+    w.data_page(1000, false);
+    fe.push_request(&read(1, 0, &[seg(1000, 0, 7)]));
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses(), [(1, op::READ, 0)]);
+    assert_eq!(dev.persistent_grants(), None);
+    assert_eq!(w.frames.in_use(), ring_frames);
 }

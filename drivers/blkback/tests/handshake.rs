@@ -31,7 +31,7 @@ fn start_publishes_features_and_waits() {
         ("discard-alignment", "0"),
         ("discard-secure", "0"),
         ("feature-max-indirect-segments", "256"),
-        ("feature-persistent", "0"),
+        ("feature-persistent", "1"),
         ("max-ring-page-order", "4"),
         ("multi-queue-max-queues", "4"),
     ] {
