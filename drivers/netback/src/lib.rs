@@ -26,7 +26,7 @@ pub mod xenbus;
 
 pub use env::{CopyBuffer, Env, FramePort, Full, NetStore, RingFrames, StoreError, BUFFER_PAGES};
 pub use fault::Fault;
-pub use netback::{Netback, Progress, RxDrop};
+pub use netback::{Netback, Progress, RxDrop, RX_UNNOTIFIED_POLL_NS};
 pub use queue::MCAST_MAX;
 pub use ratelimit::RateLimit;
 pub use stats::VifCounters;

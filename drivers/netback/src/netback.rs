@@ -21,6 +21,9 @@ use crate::xenbus::{
     advertise, Config, FrontendConfig, FrontendFeatures, QueueChannels, QueueConfig, XenbusState,
 };
 
+/// How soon to look at an rx ring again when the frontend does not notify.
+pub const RX_UNNOTIFIED_POLL_NS: u64 = 30_000_000;
+
 /// What one [`Netback::poll`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -30,7 +33,8 @@ pub struct Progress {
     pub rx_frames: usize,
     /// Work is left (a budget ran out, or requests arrived meanwhile): poll again soon.
     pub more_work: bool,
-    /// The rate limit holds a packet back: poll again at this time (ns).
+    /// Poll again at this time (ns): the rate limit holds a packet back, or frames wait
+    /// for a frontend that does not notify when it posts buffers.
     pub wake_at_ns: Option<u64>,
     /// The frontend was found hostile during this poll and disconnected.
     pub disconnected: bool,
@@ -412,10 +416,13 @@ impl Netback {
                 progress.tx_packets += tx.done;
                 progress.rx_frames += rx.done;
                 progress.more_work |= tx.more || rx.more;
-                progress.wake_at_ns = match (progress.wake_at_ns, tx.wake_at_ns) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                // A frontend without `feature-rx-notify` never says it posted buffers:
+                // look again soon while frames wait (Linux's 30 ms drain timeout).
+                let rx_wake = (rx.starved && !self.features.rx_notify)
+                    .then(|| now_ns.saturating_add(RX_UNNOTIFIED_POLL_NS));
+                for wake in [tx.wake_at_ns, rx_wake].into_iter().flatten() {
+                    progress.wake_at_ns = Some(progress.wake_at_ns.map_or(wake, |w| w.min(wake)));
+                }
             }
         }
         if let Some(f) = fault {

@@ -80,6 +80,8 @@ pub(crate) struct Pass {
     pub done: usize,
     pub more: bool,
     pub wake_at_ns: Option<u64>,
+    /// Frames wait for receive buffers the guest has not posted.
+    pub starved: bool,
 }
 
 /// How a packet's slots are answered.
@@ -441,6 +443,7 @@ impl Queue {
         if answered && self.rx.push_responses() {
             let _ = send(ctx.hv, self.rx_port);
         }
+        pass.starved = starved;
         if starved {
             // Ask for an event when more buffers are posted (`feature-rx-notify`); if some
             // arrived meanwhile, come back at once.

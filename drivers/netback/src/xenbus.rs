@@ -167,6 +167,10 @@ pub struct FrontendFeatures {
     pub no_csum_offload: bool,
     pub ipv6_csum_offload: bool,
     pub multicast_control: bool,
+    /// `feature-rx-notify`: the frontend notifies when it posts receive buffers. Without
+    /// it (old frontends) netback must look again on a timer while frames wait, as Linux
+    /// does with its short drain timeout.
+    pub rx_notify: bool,
 }
 
 /// Everything read from the frontend at connect time.
@@ -189,9 +193,6 @@ pub enum HandshakeError {
     },
     /// `request-rx-copy` is not 1: page flipping is not supported.
     NoRxCopy,
-    /// `feature-rx-notify` is mandatory (without it the backend is never told that
-    /// receive buffers were posted).
-    NoRxNotify,
 }
 
 impl HandshakeError {
@@ -202,10 +203,9 @@ impl HandshakeError {
             HandshakeError::Missing(node) => (-22, format!("reading {node}")),
             HandshakeError::QueueCount { requested, max } => (
                 -22,
-                format!("guest requested {requested} queues, exceeding the maximum of {max}"),
+                format!("guest requested {requested} queues, but valid range is 1 - {max}"),
             ),
             HandshakeError::NoRxCopy => (-95, String::from("feature-rx-flip not supported")),
-            HandshakeError::NoRxNotify => (-22, String::from("feature-rx-notify is mandatory")),
         }
     }
 }
@@ -256,9 +256,6 @@ impl FrontendConfig {
         if read_u32(store, &format!("{fe}/request-rx-copy"))? != Some(1) {
             return Err(HandshakeError::NoRxCopy);
         }
-        if !read_flag(store, &format!("{fe}/feature-rx-notify"))? {
-            return Err(HandshakeError::NoRxNotify);
-        }
         let features = FrontendFeatures {
             sg: read_flag(store, &format!("{fe}/feature-sg"))?,
             gso_tcpv4: read_flag(store, &format!("{fe}/feature-gso-tcpv4"))?,
@@ -266,6 +263,7 @@ impl FrontendConfig {
             no_csum_offload: read_flag(store, &format!("{fe}/feature-no-csum-offload"))?,
             ipv6_csum_offload: read_flag(store, &format!("{fe}/feature-ipv6-csum-offload"))?,
             multicast_control: read_flag(store, &format!("{fe}/request-multicast-control"))?,
+            rx_notify: read_flag(store, &format!("{fe}/feature-rx-notify"))?,
         };
         let mut queues = Vec::new();
         for n in 0..requested {
@@ -428,7 +426,7 @@ mod tests {
                 max: 2
             }
         );
-        assert!(e.describe().1.contains("exceeding the maximum of 2"));
+        assert!(e.describe().1.contains("valid range is 1 - 2"));
         put(&mut s, &format!("{fe}/multi-queue-num-queues"), "0");
         assert!(FrontendConfig::read(&mut s, &c).is_err());
 
@@ -443,10 +441,7 @@ mod tests {
         let mut s = MapStore::default();
         frontend(&mut s, &fe);
         s.0.remove(&format!("{fe}/feature-rx-notify"));
-        assert_eq!(
-            FrontendConfig::read(&mut s, &c),
-            Err(HandshakeError::NoRxNotify)
-        );
+        assert!(!FrontendConfig::read(&mut s, &c).unwrap().features.rx_notify);
 
         let mut s = MapStore::default();
         frontend(&mut s, &fe);

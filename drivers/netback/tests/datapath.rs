@@ -253,6 +253,29 @@ fn frames_wait_for_buffers_and_the_queue_is_bounded() {
 }
 
 #[test]
+fn a_frontend_without_rx_notify_is_polled_while_frames_wait() {
+    let mut w = World::new();
+    let config = keel_netback::Config::new(FE, 0, 1);
+    let mut nb = keel_netback::Netback::new(config.clone(), None);
+    nb.start(&mut w.env()).unwrap();
+    let mut fe = Frontend::setup(&mut w, &config, &Options::default());
+    w.store
+        .0
+        .remove(&format!("{}/feature-rx-notify", config.frontend_path));
+    Frontend::set_state(&mut w, &mut nb, XenbusState::Connected);
+    assert_eq!(nb.state(), XenbusState::Connected);
+    nb.push_rx(&tcp4(b"waiting", 0)).unwrap();
+    let p = poll(&mut w, &mut nb, 1_000, &mut Switch::default());
+    assert_eq!(
+        p.wake_at_ns,
+        Some(1_000 + keel_netback::RX_UNNOTIFIED_POLL_NS)
+    );
+    fe.post_rx(&w, 0, 1);
+    let p = poll(&mut w, &mut nb, 2_000, &mut Switch::default());
+    assert_eq!((p.rx_frames, p.wake_at_ns), (1, None));
+}
+
+#[test]
 fn multi_queue_with_split_channels() {
     let (mut w, mut nb, mut fe) = connected(Options {
         queues: 4,

@@ -340,7 +340,7 @@ fn bad_handshakes_are_refused_with_a_reason() {
         .store
         .get(&nb.config().error_path())
         .unwrap()
-        .contains("exceeding the maximum of 2"));
+        .contains("valid range is 1 - 2"));
 
     let (w, nb) = handshake(|w, c| {
         w.store
