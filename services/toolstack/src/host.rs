@@ -24,6 +24,7 @@ use keel_xenstored::{LocalClient, RingPage, Xenstored};
 use crate::builder::{Builder, ConsoleBackend};
 use crate::console::{ConsoleAttachError, Consoles};
 use crate::control::{DomainControl, XenControl};
+use crate::devices::{DiskBackends, NoDiskBackends};
 use crate::guest_page::{GrantMapper, GuestPage, GuestPageError, MapFrames, MappedPages};
 use crate::pvh::{memory_mib, PvhBuilder, PvhError};
 use crate::store::Store;
@@ -75,6 +76,9 @@ pub struct XenHost<H: ?Sized + 'static, B, SF: MapFrames, CF: MapFrames> {
     pub consoles: ConsoleSet<GuestPage<CF::View>>,
     pub options: BuildOptions,
     pub clocks: Clocks,
+    /// The disk backends (blkback) serving guests' vbds; [`NoDiskBackends`] until the
+    /// kernel hands its own to [`XenHost::set_disk_backends`].
+    pub disks: alloc::boxed::Box<dyn DiskBackends>,
 }
 
 /// What one [`XenHost::service`] call did.
@@ -117,7 +121,13 @@ where
             consoles: ConsoleSet::default(),
             options: BuildOptions::default(),
             clocks,
+            disks: alloc::boxed::Box::new(NoDiskBackends),
         }
+    }
+
+    /// Serves guests' disks with `disks` from now on (start it before any guest has one).
+    pub fn set_disk_backends(&mut self, disks: alloc::boxed::Box<dyn DiskBackends>) {
+        self.disks = disks;
     }
 
     /// Runs `f` with the toolstack, the environment it acts through and the builder.
@@ -160,6 +170,7 @@ where
             store: &mut store,
             consoles: &mut consoles,
             control: &control,
+            disks: &mut *self.disks,
         };
         let mut builder = PvhBuilder {
             hv,
@@ -276,6 +287,7 @@ where
                 dyn Store + '_,
                 dyn ConsoleBackend<Error = Self::ConsoleError> + '_,
                 dyn DomainControl + '_,
+                dyn DiskBackends,
             >,
             &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
         ) -> R,
@@ -286,10 +298,12 @@ where
                 dyn Store + '_,
                 dyn ConsoleBackend<Error = ConsoleAttachError<GuestPageError>> + '_,
                 dyn DomainControl + '_,
+                dyn DiskBackends,
             > = Env {
                 store: env.store,
                 consoles: env.consoles,
                 control: env.control,
+                disks: env.disks,
             };
             let mut builder = KeepSpec(builder);
             f(toolstack, &mut env, &mut builder)

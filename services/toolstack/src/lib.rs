@@ -1,8 +1,9 @@
 //! Keel's toolstack: a guest's lifecycle around the domain builder, as libxl and xapi run
-//! it — the xenstore skeleton, introduction to xenstored, the console backend, unpause;
+//! it — the xenstore skeleton, introduction to xenstored, the console backend, disks (`vbd`
+//! devices, served by [`DiskBackends`]: attached at start, hot-plugged and unplugged), unpause;
 //! clean shutdown through `control/shutdown` with the guest's acknowledgement; hard
 //! shutdown; death detection on `VIRQ_DOM_EXC`; cleanup on destroy. See docs/guests.md,
-//! "Guest lifecycle".
+//! "Guest lifecycle" and "Disks".
 //!
 //! Host-testable: xenstored, the builder and the console backend are reached through the
 //! small traits in [`store`] and [`builder`], Xen through [`DomainControl`] (real:
@@ -16,6 +17,7 @@ extern crate alloc;
 pub mod builder;
 pub mod console;
 pub mod control;
+pub mod devices;
 pub mod domain;
 pub mod guest_page;
 pub mod host;
@@ -29,6 +31,9 @@ pub mod xenstored;
 pub use builder::{Builder, BuiltDomain, ConsoleBackend};
 pub use console::{ConsoleAttachError, ConsolePages, Consoles};
 pub use control::{DestroyProgress, DomainControl, XenControl};
+pub use devices::{
+    BackendDisk, DeviceError, DiskBackendError, DiskBackends, DiskMedium, NoDiskBackends, Vbd,
+};
 pub use domain::{Domain, ExitReason, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts};
 pub use guest_page::{GrantMapper, GuestPage, GuestPageError, MapFrames, MappedPages};
 pub use host::{guests, BuildFailure, Clocks, Serviced, SharedHost, XenHost};

@@ -16,6 +16,7 @@ use keel_xen::control::ControlError;
 
 use crate::builder::{Builder, BuiltDomain, ConsoleBackend};
 use crate::control::{DestroyProgress, DomainControl};
+use crate::devices::{plug, unplug_all, AttachedDisk, DeviceError, DiskBackends, Vbd};
 use crate::domain::{
     Domain, ExitReason, Observation, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts,
 };
@@ -30,10 +31,12 @@ use crate::store::{Store, StoreError};
 pub const WATCH_TOKEN: &str = "keel-toolstack";
 
 /// What the toolstack acts through, lent for the duration of one call.
-pub struct Env<'a, S: ?Sized, C: ?Sized, D: ?Sized> {
+pub struct Env<'a, S: ?Sized, C: ?Sized, D: ?Sized, K: ?Sized = dyn DiskBackends> {
     pub store: &'a mut S,
     pub consoles: &'a mut C,
     pub control: &'a D,
+    /// The disk backends (blkback) serving guests' vbds.
+    pub disks: &'a mut K,
 }
 
 /// A guest to start.
@@ -52,6 +55,8 @@ pub struct StartRequest<'a, Spec> {
     /// Extra nodes under `/local/domain/<id>` (XenAPI `VM.xenstore_data`): relative keys,
     /// not under the toolstack's own nodes (see `skeleton::check_xenstore_data_key`).
     pub xenstore_data: &'a [(String, String)],
+    /// Disks attached before the domain is unpaused (devids distinct).
+    pub disks: &'a [Vbd],
 }
 
 /// Why `start` failed. After a `Build` failure no domain exists; after the others the
@@ -87,6 +92,13 @@ pub enum StartError<BE, CE> {
     Unpause {
         domid: u16,
         error: ControlError,
+    },
+    /// Refused before building: two disks with one devid.
+    DuplicateDisk(u32),
+    /// A disk could not be attached (its nodes or its backend).
+    Disk {
+        domid: u16,
+        error: DeviceError,
     },
 }
 
@@ -126,6 +138,8 @@ pub enum CleanupProblem {
     RemoveVmPath(StoreError),
     /// `destroydomain` failed with something other than `EAGAIN` (it is retried).
     Destroy(ControlError),
+    /// Removing a device's backend or frontend directory failed.
+    RemoveDevice(StoreError),
 }
 
 /// An asynchronous outcome.
@@ -149,22 +163,31 @@ pub enum EventKind {
     Destroyed { problems: Vec<CleanupProblem> },
     /// A domain died without us destroying it (someone else did); we cleaned up after it.
     Vanished { problems: Vec<CleanupProblem> },
+    /// A hot-unplugged disk is gone: its backend stopped, its nodes removed; `forced` when
+    /// the guest did not close it in time (or `force` was asked).
+    DiskDetached {
+        devid: u32,
+        forced: bool,
+        problems: Vec<CleanupProblem>,
+    },
 }
 
 #[derive(Debug)]
-struct Managed {
-    domain: Domain,
+pub(crate) struct Managed {
+    pub(crate) domain: Domain,
     built: BuiltDomain,
     problems: Vec<CleanupProblem>,
     /// A `destroydomain` error was already recorded (recorded once, retried always).
     destroy_error_seen: bool,
+    /// Its vbds by devid (`devices`).
+    pub(crate) disks: BTreeMap<u32, AttachedDisk>,
 }
 
 /// The guests of this host.
 #[derive(Debug, Default)]
 pub struct Toolstack {
-    domains: BTreeMap<u16, Managed>,
-    events: VecDeque<Event>,
+    pub(crate) domains: BTreeMap<u16, Managed>,
+    pub(crate) events: VecDeque<Event>,
     timeouts: Timeouts,
 }
 
@@ -205,6 +228,7 @@ impl Toolstack {
         self.domains
             .values()
             .filter_map(|m| m.domain.deadline())
+            .chain(self.next_disk_deadline())
             .min()
     }
 
@@ -248,6 +272,11 @@ impl Toolstack {
                 built: 0,
             });
         }
+        for (i, disk) in request.disks.iter().enumerate() {
+            if request.disks[..i].iter().any(|d| d.devid == disk.devid) {
+                return Err(StartError::DuplicateDisk(disk.devid));
+            }
+        }
         let built = builder.build(request.spec).map_err(StartError::Build)?;
         let domid = built.domid;
         if self.domains.contains_key(&domid) {
@@ -260,9 +289,20 @@ impl Toolstack {
                 built,
                 problems: Vec::new(),
                 destroy_error_seen: false,
+                disks: BTreeMap::new(),
             },
         );
-        match Self::bring_up(env, &built, request) {
+        let result = Self::bring_up(env, &built, request)
+            .and_then(|()| self.attach_start_disks(env, domid, request.disks))
+            .and_then(|()| {
+                if request.start_paused {
+                    return Ok(());
+                }
+                env.control
+                    .unpause(domid)
+                    .map_err(|error| StartError::Unpause { domid, error })
+            });
+        match result {
             Ok(()) => {
                 if let Ok(m) = self.managed(domid) {
                     m.domain.set_paused(request.start_paused);
@@ -321,11 +361,33 @@ impl Toolstack {
             .map_err(|error| StartError::Introduce { domid, error })?;
         env.consoles
             .attach(domid, built.console_port, built.console_gfn)
-            .map_err(|error| StartError::Console { domid, error })?;
-        if !request.start_paused {
-            env.control
-                .unpause(domid)
-                .map_err(|error| StartError::Unpause { domid, error })?;
+            .map_err(|error| StartError::Console { domid, error })
+    }
+
+    /// Attaches a new domain's disks (recorded one by one, so a failure's teardown stops
+    /// the backends already started).
+    fn attach_start_disks<S, C, D, BE, CE>(
+        &mut self,
+        env: &mut Env<'_, S, C, D>,
+        domid: u16,
+        disks: &[Vbd],
+    ) -> Result<(), StartError<BE, CE>>
+    where
+        S: Store + ?Sized,
+        C: ?Sized,
+        D: ?Sized,
+    {
+        for vbd in disks {
+            plug(env, domid, vbd).map_err(|error| StartError::Disk { domid, error })?;
+            if let Some(m) = self.domains.get_mut(&domid) {
+                m.disks.insert(
+                    vbd.devid,
+                    AttachedDisk {
+                        vbd: vbd.clone(),
+                        detach_deadline: None,
+                    },
+                );
+            }
         }
         Ok(())
     }
@@ -464,9 +526,11 @@ impl Toolstack {
         if matches!(m.domain.phase(), Phase::ShutdownRequested { .. }) {
             let _ = env.store.unwatch(&shutdown_path(domid), WATCH_TOKEN);
         }
-        // The console mapping and channel go first: Xen cannot finish a domain dom0 still
-        // maps.
+        // The console mapping and channel go first, with the disk backends' grant mappings:
+        // Xen cannot finish a domain dom0 still maps.
         env.consoles.detach(domid);
+        let device_problems = unplug_all(env, domid, &mut m.disks);
+        m.problems.extend(device_problems);
         if let Err(e) = env.store.release(domid) {
             // Never introduced (a start that failed early) is not a problem.
             if e != StoreError::NotFound {
@@ -614,6 +678,7 @@ impl Toolstack {
         if let Some(domid) = target {
             self.check_acknowledgement(env, domid, now);
         }
+        self.on_disk_watch(env, path);
     }
 
     fn check_acknowledgement<S: Store + ?Sized, C: ?Sized, D: ?Sized>(
@@ -648,6 +713,7 @@ impl Toolstack {
         env: &mut Env<'_, S, C, D>,
         now: u64,
     ) {
+        self.poll_disks(env, now);
         let ids: Vec<u16> = self.domains.keys().copied().collect();
         for domid in ids {
             let Some(phase) = self.domain(domid).map(Domain::phase) else {

@@ -9,11 +9,14 @@ use alloc::format;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
-use keel_xenapi::guest::{BootSpec, DomId, ExitReason as ApiExit, GuestBackend, GuestError};
+use keel_xenapi::guest::{
+    BootSpec, DiskSpec, DiskVdi, DomId, ExitReason as ApiExit, GuestBackend, GuestError,
+};
 use keel_xenapi::{ApiError, ShutdownFailure as ApiFailure, ShutdownRequest, Timestamp, XenApi};
 
 use crate::builder::{Builder, ConsoleBackend};
 use crate::control::DomainControl;
+use crate::devices::{DeviceError, DiskBackendError, DiskBackends, DiskMedium, Vbd};
 use crate::domain::{ExitReason, ShutdownFailure, ShutdownKind, StateError};
 use crate::store::Store;
 use crate::toolstack::{
@@ -37,6 +40,7 @@ pub trait GuestHost {
                 dyn Store + '_,
                 dyn ConsoleBackend<Error = Self::ConsoleError> + '_,
                 dyn DomainControl + '_,
+                dyn DiskBackends,
             >,
             &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
         ) -> R,
@@ -80,6 +84,35 @@ fn domid(id: DomId) -> Result<u16, GuestError> {
     u16::try_from(id).map_err(|_| GuestError::NoSuchDomain(id))
 }
 
+fn medium(vdi: Option<DiskVdi>) -> Option<DiskMedium> {
+    vdi.map(|v| DiskMedium {
+        sr_uuid: v.sr_uuid,
+        vdi_uuid: v.vdi_uuid,
+    })
+}
+
+/// The toolstack's vbd for a XenAPI disk.
+pub fn vbd(disk: DiskSpec) -> Vbd {
+    Vbd {
+        devid: disk.devid,
+        device: disk.device,
+        medium: medium(disk.vdi),
+        read_only: disk.read_only,
+        cdrom: disk.cdrom,
+        bootable: disk.bootable,
+    }
+}
+
+fn device_error(e: DeviceError) -> GuestError {
+    match e {
+        DeviceError::NoSuchDomain(d) => GuestError::NoSuchDomain(DomId::from(d)),
+        DeviceError::Backend(DiskBackendError::Unavailable) => {
+            GuestError::Unsupported("disks (this host has no disk backend)".to_string())
+        }
+        other => GuestError::Failed(format!("{other:?}")),
+    }
+}
+
 fn lifecycle_error(e: LifecycleError) -> GuestError {
     match e {
         LifecycleError::NoSuchDomain(d) => GuestError::NoSuchDomain(DomId::from(d)),
@@ -102,6 +135,7 @@ impl<H: GuestHost> GuestBackend for Guests<H> {
         let unix = self.0.unix_ns();
         let name = spec.name.clone();
         let xenstore_data = spec.xenstore_data.clone();
+        let disks: Vec<Vbd> = spec.disks.iter().cloned().map(vbd).collect();
         let request = StartRequest {
             uuid,
             name: &name,
@@ -110,6 +144,7 @@ impl<H: GuestHost> GuestBackend for Guests<H> {
             start_time_unix_ns: unix,
             vcpus_at_startup: spec.vcpus_at_startup,
             xenstore_data: &xenstore_data,
+            disks: &disks,
         };
         let result = self
             .0
@@ -117,6 +152,7 @@ impl<H: GuestHost> GuestBackend for Guests<H> {
         match result {
             Ok(d) => Ok(DomId::from(d)),
             Err(StartError::Build(e)) => Err(self.0.build_error(e)),
+            Err(StartError::Disk { error, .. }) => Err(device_error(error)),
             Err(e) => Err(GuestError::Failed(format!("{e:?}"))),
         }
     }
@@ -168,6 +204,33 @@ impl<H: GuestHost> GuestBackend for Guests<H> {
             .with(|t, env, _| t.set_vcpus_online(env, d, count))
             .map_err(lifecycle_error)
     }
+
+    fn attach_disk(&mut self, id: DomId, disk: DiskSpec) -> Result<(), GuestError> {
+        let d = domid(id)?;
+        self.0
+            .with(|t, env, _| t.attach_disk(env, d, vbd(disk)))
+            .map_err(device_error)
+    }
+
+    fn detach_disk(&mut self, id: DomId, devid: u32, force: bool) -> Result<(), GuestError> {
+        let d = domid(id)?;
+        let now = self.0.monotonic_ns();
+        self.0
+            .with(|t, env, _| t.detach_disk(env, d, devid, force, now))
+            .map_err(device_error)
+    }
+
+    fn change_medium(
+        &mut self,
+        id: DomId,
+        devid: u32,
+        vdi: Option<DiskVdi>,
+    ) -> Result<(), GuestError> {
+        let d = domid(id)?;
+        self.0
+            .with(|t, env, _| t.change_medium(env, d, devid, medium(vdi)))
+            .map_err(device_error)
+    }
 }
 
 /// A toolstack event the XenAPI must hear about.
@@ -203,7 +266,8 @@ pub fn report(event: &Event) -> Option<Report> {
             },
         ),
         EventKind::Vanished { .. } => Report::Exited(d, ApiExit::Vanished),
-        EventKind::Destroyed { .. } => return None,
+        // Completes what the XenAPI asked for (the VBD is already detached there).
+        EventKind::Destroyed { .. } | EventKind::DiskDetached { .. } => return None,
     })
 }
 

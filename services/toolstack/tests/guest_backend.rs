@@ -110,6 +110,7 @@ impl GuestHost for Host {
             store: &mut store,
             consoles: &mut self.consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         f(&mut self.toolstack, &mut env, &mut self.builder)
     }
@@ -168,6 +169,7 @@ fn spec() -> BootSpec {
         paused: false,
         platform: vec![],
         xenstore_data: vec![("vm-data/role".into(), "web".into())],
+        disks: vec![],
     }
 }
 
@@ -256,6 +258,7 @@ fn a_guest_started_shut_down_and_destroyed_through_the_seam() {
             store: &mut store,
             consoles: &mut h.consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         deliver_watch_events(&mut h.toolstack, &mut env, 1);
     }

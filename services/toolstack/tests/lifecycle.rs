@@ -60,6 +60,7 @@ impl Rig {
             store: &mut self.store,
             consoles: &mut self.consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         f(&mut self.toolstack, &mut env)
     }
@@ -85,12 +86,14 @@ impl Rig {
             start_time_unix_ns: 1_700_000_000 * SEC,
             vcpus_at_startup: self.vcpus_at_startup,
             xenstore_data: &self.xenstore_data,
+            disks: &[],
         };
         let control = XenControl(xen);
         let mut env = Env {
             store: &mut self.store,
             consoles: &mut self.consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         self.toolstack.start(&mut env, &mut builder, &request, 0)
     }
@@ -648,12 +651,14 @@ fn a_restart_need_not_wait_for_xen_to_finish_the_old_domain() {
             start_time_unix_ns: 0,
             vcpus_at_startup: 1,
             xenstore_data: &[],
+            disks: &[],
         };
         let control = XenControl(xen);
         let mut env = Env {
             store: &mut rig.store,
             consoles: &mut rig.consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         rig.toolstack
             .start(&mut env, &mut builder, &request, 1)

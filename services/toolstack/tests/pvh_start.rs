@@ -49,6 +49,7 @@ fn spec(kernel: Vec<u8>) -> BootSpec {
         paused: false,
         platform: vec![],
         xenstore_data: vec![],
+        disks: vec![],
     }
 }
 
@@ -77,6 +78,7 @@ fn a_boot_spec_is_built_introduced_attached_started_and_destroyed() {
         start_time_unix_ns: 0,
         vcpus_at_startup: 1,
         xenstore_data: &[],
+        disks: &[],
     };
 
     let d = {
@@ -94,6 +96,7 @@ fn a_boot_spec_is_built_introduced_attached_started_and_destroyed() {
             store: &mut store,
             consoles: &mut consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         toolstack
             .start(&mut env, &mut builder, &request, 0)
@@ -129,6 +132,7 @@ fn a_boot_spec_is_built_introduced_attached_started_and_destroyed() {
         store: &mut store,
         consoles: &mut consoles,
         control: &control,
+        disks: &mut NoDiskBackends as &mut dyn DiskBackends,
     };
     toolstack.destroy(&mut env, d, 1).unwrap();
     assert!(matches!(

@@ -103,12 +103,14 @@ fn random_lives_end_cleanly() {
                         start_time_unix_ns: now,
                         vcpus_at_startup: 1 + rng.below(2) as u32,
                         xenstore_data: &[],
+                        disks: &[],
                     };
                     let control = XenControl(&xen);
                     let mut env = Env {
                         store: &mut store,
                         consoles: &mut consoles,
                         control: &control,
+                        disks: &mut NoDiskBackends as &mut dyn DiskBackends,
                     };
                     let _ = toolstack.start(&mut env, &mut builder, &request, now);
                     let after = *builder.next.borrow();
@@ -131,6 +133,7 @@ fn random_lives_end_cleanly() {
                         store: &mut store,
                         consoles: &mut consoles,
                         control: &control,
+                        disks: &mut NoDiskBackends as &mut dyn DiskBackends,
                     };
                     let _ = toolstack.request_shutdown(&mut env, d, kind, now);
                 }
@@ -144,6 +147,7 @@ fn random_lives_end_cleanly() {
                             store: &mut store,
                             consoles: &mut consoles,
                             control: &control,
+                            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
                         };
                         toolstack.on_watch(&mut env, &shutdown_path(d), now);
                     }
@@ -177,6 +181,7 @@ fn random_lives_end_cleanly() {
                         store: &mut store,
                         consoles: &mut consoles,
                         control: &control,
+                        disks: &mut NoDiskBackends as &mut dyn DiskBackends,
                     };
                     let _ = toolstack.destroy(&mut env, d, now);
                 }
@@ -187,6 +192,7 @@ fn random_lives_end_cleanly() {
                         store: &mut store,
                         consoles: &mut consoles,
                         control: &control,
+                        disks: &mut NoDiskBackends as &mut dyn DiskBackends,
                     };
                     let _ = if rng.below(2) == 0 {
                         toolstack.pause(&mut env, d)
@@ -200,6 +206,7 @@ fn random_lives_end_cleanly() {
                         store: &mut store,
                         consoles: &mut consoles,
                         control: &control,
+                        disks: &mut NoDiskBackends as &mut dyn DiskBackends,
                     };
                     let _ = toolstack.on_dom_exc(&mut env, now);
                 }
@@ -209,6 +216,7 @@ fn random_lives_end_cleanly() {
                         store: &mut store,
                         consoles: &mut consoles,
                         control: &control,
+                        disks: &mut NoDiskBackends as &mut dyn DiskBackends,
                     };
                     toolstack.poll(&mut env, now);
                 }
@@ -230,6 +238,7 @@ fn random_lives_end_cleanly() {
                 store: &mut store,
                 consoles: &mut consoles,
                 control: &control,
+                disks: &mut NoDiskBackends as &mut dyn DiskBackends,
             };
             for d in live {
                 toolstack.destroy(&mut env, d, now).unwrap();
@@ -251,6 +260,7 @@ fn random_lives_end_cleanly() {
             store: &mut store,
             consoles: &mut consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         toolstack.poll(&mut env, now + 10_000_000_000);
         while let Some(event) = toolstack.pop_event() {

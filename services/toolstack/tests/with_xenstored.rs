@@ -77,6 +77,7 @@ impl Host {
             store: &mut store,
             consoles: &mut self.consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         f(&mut self.toolstack, &mut env)
     }
@@ -97,6 +98,7 @@ impl Host {
             start_time_unix_ns: 0,
             vcpus_at_startup: 1,
             xenstore_data: &[],
+            disks: &[],
         };
         let control = XenControl(xen);
         let mut store = LocalStore {
@@ -108,6 +110,7 @@ impl Host {
             store: &mut store,
             consoles: &mut self.consoles,
             control: &control,
+            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
         };
         self.toolstack
             .start(&mut env, &mut builder, &request, 0)

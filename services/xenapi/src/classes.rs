@@ -36,6 +36,8 @@ pub static ALL: &[&ClassDecl] = &[
     &crate::classes_vm::VM_METRICS,
     &crate::classes_vm::VM_GUEST_METRICS,
     &crate::classes_vm::CONSOLE,
+    &crate::classes_vbd::VBD,
+    &crate::classes_vbd::VBD_METRICS,
 ];
 
 const STRING_MAP: FieldType = Map(&String, &String);

@@ -5,7 +5,7 @@
 //! Keel does not have keeps the value xapi shows when it is off (`OpaqueRef:NULL`, empty maps,
 //! `false`), never a made-up one.
 
-use crate::handlers::{vm, vm_power, vm_resources};
+use crate::handlers::{vm, vm_disks, vm_power, vm_resources};
 use crate::schema::FieldType::{self, *};
 use crate::schema::{inverse, msg, param, ro, rw, ClassDecl, FieldDecl, OBJECTS};
 
@@ -225,6 +225,17 @@ pub static VM: ClassDecl = ClassDecl {
             vm::copy,
         )
         .asyncable(),
+        msg(
+            "snapshot",
+            &[
+                param("vm", VM_REF),
+                param("new_name", String),
+                param("ignore_vdis", RefSet("VDI")),
+            ],
+            vm_disks::snapshot,
+        )
+        .asyncable()
+        .optional_tail(1),
         msg("provision", &[param("vm", VM_REF)], vm::provision).asyncable(),
         msg(
             "start",

@@ -104,6 +104,26 @@ pub enum ApiError {
     /// `BOOTLOADER_FAILED [vm, reason]`: xapi's code for a kernel or ramdisk that cannot be
     /// found or loaded; the reason names the field (`PV_kernel`, `PV_ramdisk`) and why.
     BootloaderFailed { vm: String, reason: String },
+    /// `VBD_NOT_EMPTY [vbd]`: `VBD.insert` into a drive that holds a medium.
+    VbdNotEmpty { vbd: String },
+    /// `VBD_IS_EMPTY [vbd]`: `VBD.eject` from an empty drive.
+    VbdIsEmpty { vbd: String },
+    /// `VBD_NOT_REMOVABLE_MEDIA [vbd]`: insert or eject on a VBD that is not a CD.
+    VbdNotRemovableMedia { vbd: String },
+    /// `VBD_NOT_UNPLUGGABLE [vbd]`: the VBD's `unpluggable` is false.
+    VbdNotUnpluggable { vbd: String },
+    /// `VBD_CDS_MUST_BE_READONLY []`
+    VbdCdsMustBeReadonly,
+    /// `DEVICE_ALREADY_ATTACHED [device]`: plugging an attached VBD (the ref).
+    DeviceAlreadyAttached { device: String },
+    /// `DEVICE_ALREADY_DETACHED [device]`: unplugging a detached VBD (the ref).
+    DeviceAlreadyDetached { device: String },
+    /// `DEVICE_ALREADY_EXISTS [device]`: the VM already has a VBD with this `userdevice`.
+    DeviceAlreadyExists { device: String },
+    /// `INVALID_DEVICE [device]`: a `userdevice` that is not `0`..`15` or `autodetect`.
+    InvalidDevice { device: String },
+    /// `VDI_INCOMPATIBLE_TYPE [vdi, type]`: e.g. a disk image put in a CD drive.
+    VdiIncompatibleType { vdi: String, vdi_type: String },
 }
 
 impl ApiError {
@@ -143,6 +163,16 @@ impl ApiError {
             ApiError::VmFailedShutdownAcknowledgment { .. } => "VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT",
             ApiError::VmShutdownTimeout { .. } => "VM_SHUTDOWN_TIMEOUT",
             ApiError::BootloaderFailed { .. } => "BOOTLOADER_FAILED",
+            ApiError::VbdNotEmpty { .. } => "VBD_NOT_EMPTY",
+            ApiError::VbdIsEmpty { .. } => "VBD_IS_EMPTY",
+            ApiError::VbdNotRemovableMedia { .. } => "VBD_NOT_REMOVABLE_MEDIA",
+            ApiError::VbdNotUnpluggable { .. } => "VBD_NOT_UNPLUGGABLE",
+            ApiError::VbdCdsMustBeReadonly => "VBD_CDS_MUST_BE_READONLY",
+            ApiError::DeviceAlreadyAttached { .. } => "DEVICE_ALREADY_ATTACHED",
+            ApiError::DeviceAlreadyDetached { .. } => "DEVICE_ALREADY_DETACHED",
+            ApiError::DeviceAlreadyExists { .. } => "DEVICE_ALREADY_EXISTS",
+            ApiError::InvalidDevice { .. } => "INVALID_DEVICE",
+            ApiError::VdiIncompatibleType { .. } => "VDI_INCOMPATIBLE_TYPE",
         }
     }
 
@@ -224,6 +254,18 @@ impl ApiError {
                 vec![vm.clone(), timeout_secs.to_string()]
             }
             ApiError::BootloaderFailed { vm, reason } => vec![vm.clone(), reason.clone()],
+            ApiError::VbdNotEmpty { vbd }
+            | ApiError::VbdIsEmpty { vbd }
+            | ApiError::VbdNotRemovableMedia { vbd }
+            | ApiError::VbdNotUnpluggable { vbd } => vec![vbd.clone()],
+            ApiError::VbdCdsMustBeReadonly => Vec::new(),
+            ApiError::DeviceAlreadyAttached { device }
+            | ApiError::DeviceAlreadyDetached { device }
+            | ApiError::DeviceAlreadyExists { device }
+            | ApiError::InvalidDevice { device } => vec![device.clone()],
+            ApiError::VdiIncompatibleType { vdi, vdi_type } => {
+                vec![vdi.clone(), vdi_type.clone()]
+            }
         }
     }
 

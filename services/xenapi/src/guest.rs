@@ -65,6 +65,50 @@ pub struct BootSpec {
     /// `VM.xenstore_data` entries, written under `/local/domain/<domid>/` (keys relative,
     /// e.g. `vm-data/role`).
     pub xenstore_data: Vec<(String, String)>,
+    /// The VM's VBDs, attached before the domain is unpaused (in `userdevice` order).
+    pub disks: Vec<DiskSpec>,
+}
+
+/// One virtual block device of a guest (a VBD), as the toolstack attaches it: the xenstore
+/// nodes of a `vbd` device and a disk backend serving the VDI (docs/guests.md, "Disks").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Xen's virtual-device number: `202 << 8 | index << 4` for `xvd<a + index>`.
+    pub devid: u32,
+    /// The guest's device name (`xvda`, ..., `xvdp`).
+    pub device: String,
+    /// The served VDI, by the storage manager's names; `None` for an empty CD drive.
+    pub vdi: Option<DiskVdi>,
+    /// Attach read-only (`mode = RO`): the backend refuses writes.
+    pub read_only: bool,
+    /// A CD drive (`type = CD`): removable media, `device-type = cdrom`.
+    pub cdrom: bool,
+    /// The VBD's `bootable` flag (written to the backend's `bootable` for bootloaders).
+    pub bootable: bool,
+}
+
+/// A VDI as the disk backend finds it in the storage manager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskVdi {
+    pub sr_uuid: String,
+    pub vdi_uuid: String,
+}
+
+/// The first `devid` of Xen's `xvd` major (202).
+pub const XVD_DEVID_BASE: u32 = 202 << 8;
+/// Most `xvd` devices a guest gets (`xvda` to `xvdp`: the minor numbers of major 202 with
+/// 16 partitions each).
+pub const MAX_DISKS: u32 = 16;
+
+impl DiskSpec {
+    /// The devid and name of disk `index` (0 = `xvda`); `None` past [`MAX_DISKS`].
+    pub fn name_for(index: u32) -> Option<(u32, String)> {
+        if index >= MAX_DISKS {
+            return None;
+        }
+        let letter = char::from(b'a' + index as u8);
+        Some((XVD_DEVID_BASE | index << 4, alloc::format!("xvd{letter}")))
+    }
 }
 
 /// What a guest is asked to do through `control/shutdown`.
@@ -200,4 +244,23 @@ pub trait GuestBackend {
 
     /// Brings vCPUs `0..count` online and the rest offline (`cpu/<n>/availability`).
     fn set_vcpus_online(&mut self, domid: DomId, count: u32) -> Result<(), GuestError>;
+
+    /// Hot-plugs a disk into a running domain: writes its `vbd` nodes and starts its
+    /// backend. The guest's frontend connects by itself. A `devid` in use is `Failed`.
+    fn attach_disk(&mut self, domid: DomId, disk: DiskSpec) -> Result<(), GuestError>;
+
+    /// Hot-unplugs a disk: asks the frontend to close (`online = 0`, backend `state = 5`)
+    /// and returns; the toolstack removes the device once the backend is closed, or by force
+    /// after its timeout. `force` removes it at once (`VBD.unplug_force`). An unknown
+    /// `devid` is `Failed`.
+    fn detach_disk(&mut self, domid: DomId, devid: u32, force: bool) -> Result<(), GuestError>;
+
+    /// Changes the medium of a CD drive (`VBD.insert` / `VBD.eject` on a running guest):
+    /// `None` empties it.
+    fn change_medium(
+        &mut self,
+        domid: DomId,
+        devid: u32,
+        vdi: Option<DiskVdi>,
+    ) -> Result<(), GuestError>;
 }

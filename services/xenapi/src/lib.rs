@@ -6,8 +6,8 @@
 //! `api.rs` for the poll model). [`XenApi::call`] is the same without the codecs.
 //!
 //! Module map: `value` (wire values), `codec`/`xmlrpc`/`jsonrpc` (wire formats), `schema`
-//! (declaration vocabulary), `classes`, `classes_storage`, `classes_vm` (the declared
-//! model), `dispatch` (routing and the generated messages), `handlers` (custom messages, one
+//! (declaration vocabulary), `classes`, `classes_storage`, `classes_vm`, `classes_vbd` (the
+//! declared model), `dispatch` (routing and the generated messages), `handlers` (custom messages, one
 //! module per class or concern), `store` (objects), `events`, `tasks`, `storage` and `guest`
 //! (the seams to the storage manager and the toolstack), `transfer` (VDI data over HTTP),
 //! `auth` (password hash and login throttle), `time`, `error`.
@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod classes;
 pub mod classes_storage;
+pub mod classes_vbd;
 pub mod classes_vm;
 pub mod codec;
 pub mod dispatch;
@@ -47,7 +48,9 @@ pub use auth::{
 };
 pub use dispatch::{Args, CallContext, CallOutcome, Job, JobStep, Outcome};
 pub use error::ApiError;
-pub use guest::{BootSpec, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest};
+pub use guest::{
+    BootSpec, DiskSpec, DiskVdi, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest,
+};
 pub use handlers::vm_power::ShutdownFailure;
 pub use keel_hostdb;
 pub use persist::{AutoStart, DatabaseSink, SaveFailed};

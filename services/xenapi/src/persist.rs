@@ -46,6 +46,8 @@ pub const PERSISTED: &[&str] = &[
     "VDI",
     "VM_metrics",
     "VM",
+    "VBD_metrics",
+    "VBD",
     "message",
 ];
 
@@ -419,7 +421,8 @@ pub(crate) fn restore(state: &mut State, mut saved: Database, now: Timestamp) ->
     // Then everything clients made.
     let continued_saved: BTreeSet<&str> = matches.iter().map(|m| m.saved.as_str()).collect();
     let mut restored_vms = Vec::new();
-    for name in ["VM_metrics", "VM", "message"] {
+    let mut restored_vbds = Vec::new();
+    for name in ["VM_metrics", "VM", "VBD_metrics", "VBD", "message"] {
         let Some(class) = state.db.class(name) else {
             continue;
         };
@@ -432,15 +435,23 @@ pub(crate) fn restore(state: &mut State, mut saved: Database, now: Timestamp) ->
             if state
                 .db
                 .restore(class, reference, restorable(class, record), now)
-                && name == "VM"
             {
-                restored_vms.push(reference.clone());
+                match name {
+                    "VM" => restored_vms.push(reference.clone()),
+                    "VBD" => restored_vbds.push(reference.clone()),
+                    _ => {}
+                }
             }
         }
     }
     for vm in &restored_vms {
         repair_vm(&mut state.db, vm, now);
     }
+    crate::store::consistent(crate::handlers::vbd::repair_restored(
+        &mut state.db,
+        &restored_vbds,
+        now,
+    ));
     // Metrics of VMs that did not come back.
     for metrics in state.db.refs("VM_metrics") {
         let owned = state

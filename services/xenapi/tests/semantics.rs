@@ -262,7 +262,7 @@ fn unknown_methods_are_reported_with_their_name() {
     let session = login(&mut api);
     for method in [
         "nope",
-        "VBD.get_all",
+        "VGPU.get_all",
         "pool.frobnicate",
         "Async.pool.get_all",
         "Async.session.logout",

@@ -16,12 +16,14 @@
 //! | `vm_rules` | the rules VM operations are checked against; `allowed_operations` |
 //! | `vm` | `VM` records: create, clone, copy, provision, destroy, templates, `blocked_operations` |
 //! | `vm_resources` | memory and vCPU settings |
+//! | `vm_disks` | a VM's disks in `VM.clone`, `VM.copy`, `VM.snapshot` |
 //! | `vm_builtin` | the control domain's VM and the built-in templates |
 //! | `vm_boot` | boot images (`vdi:<uuid>`) and start plans |
 //! | `vm_domain` | a VM's domain recorded started or halted; destroying it |
 //! | `vm_power` | the power operations and the job behind the long ones |
 //! | `vm_exits` | what the toolstack reports: acknowledgements, failures, domain exits |
 //! | `console` | `console` objects of running VMs |
+//! | `vbd` | `VBD.*`: disks and CD drives, hot-plug, media, `VDI_IN_USE` |
 
 pub mod console;
 pub mod event;
@@ -31,11 +33,13 @@ pub mod session;
 pub mod sr;
 pub mod storage_mirror;
 pub mod task;
+pub mod vbd;
 pub mod vdi;
 pub mod vdi_copy;
 pub mod vm;
 pub mod vm_boot;
 pub mod vm_builtin;
+pub mod vm_disks;
 pub mod vm_domain;
 pub mod vm_exits;
 pub mod vm_power;

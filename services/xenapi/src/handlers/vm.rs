@@ -137,7 +137,14 @@ pub fn create(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErro
 /// Fields a clone or copy does not take from its source.
 const NOT_INHERITED: &[&str] = &["uuid", "name_label", "is_default_template", "metrics"];
 
-fn duplicate(ctx: &mut CallContext<'_>, source: &str, name: &str) -> Result<String, ApiError> {
+/// A new VM with `source`'s configuration, named `name`, with `extra` fields over it (and
+/// no VBDs: the caller gives it disks).
+pub(crate) fn duplicate(
+    ctx: &mut CallContext<'_>,
+    source: &str,
+    name: &str,
+    extra: Vec<(&'static str, Value)>,
+) -> Result<String, ApiError> {
     let db = &ctx.state.db;
     let mut fields = Vec::new();
     for decl in VM.fields {
@@ -151,6 +158,7 @@ fn duplicate(ctx: &mut CallContext<'_>, source: &str, name: &str) -> Result<Stri
         }
     }
     fields.push(("name_label", Value::str(name)));
+    fields.extend(extra);
     // A copy of a built-in template is the client's own: not marked as built in.
     if let Some((_, Value::Struct(other))) = fields.iter_mut().find(|(k, _)| *k == "other_config") {
         other.remove("default_template");
@@ -160,24 +168,31 @@ fn duplicate(ctx: &mut CallContext<'_>, source: &str, name: &str) -> Result<Stri
 }
 
 /// `VM.clone(vm, new_name)`: a new halted VM (a template if `vm` is one) with `vm`'s
-/// configuration. Keel's VMs have no disks yet, so nothing else is copied.
+/// configuration and VBDs; its disks are clones of `vm`'s VDIs (`VDI.clone`: sharing the
+/// data until written), its CD drives hold the same media.
 pub fn clone(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vm = args.str(0)?.to_string();
     check_operation(&ctx.state.db, &vm, "clone")?;
-    let copy = duplicate(ctx, &vm, args.str(1)?)?;
+    let name = args.str(1)?.to_string();
+    let copy = super::vm_disks::clone_with_disks(ctx, &vm, &name)?;
     value(Value::String(copy))
 }
 
-/// `VM.copy(vm, new_name, sr)`: as clone; `sr` (where disks would go) may be NULL.
+/// `VM.copy(vm, new_name, sr)`: as clone, but every disk is a full, independent copy
+/// (`VDI.copy`) in `sr`, or in its own SR when `sr` is NULL; a job (the copies take time).
 pub fn copy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vm = args.str(0)?.to_string();
     let sr = args.str(2)?;
-    if !(sr.is_empty() || sr == NULL_REF || ctx.state.db.is_a(sr, "SR")) {
+    let sr = if sr.is_empty() || sr == NULL_REF {
+        None
+    } else if ctx.state.db.is_a(sr, "SR") {
+        Some(sr.to_string())
+    } else {
         return Err(ApiError::handle_invalid("SR", sr));
-    }
+    };
     check_operation(&ctx.state.db, &vm, "copy")?;
-    let copy = duplicate(ctx, &vm, args.str(1)?)?;
-    value(Value::String(copy))
+    let job = super::vm_disks::CopyVmJob::new(&ctx.state.db, &vm, args.str(1)?, sr);
+    Ok(Outcome::Job(alloc::boxed::Box::new(job)))
 }
 
 /// `VM.provision(vm)`: creates the disks a template's `other_config:disks` describes. Keel's
@@ -213,6 +228,10 @@ pub fn destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErr
         if let Some(c) = console.as_str() {
             db.destroy(c, now)?;
         }
+    }
+    // Its VBDs go with it (not their VDIs, as in xapi).
+    for vbd in super::vbd::vbds_of(db, &vm) {
+        super::vbd::destroy_vbd(db, &vbd, now)?;
     }
     for field in ["metrics", "guest_metrics"] {
         let r = text(db, &vm, field);

@@ -149,6 +149,7 @@ pub(crate) fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<Boo
         paused,
         platform: string_pairs(db, vm, "platform"),
         xenstore_data: string_pairs(db, vm, "xenstore_data"),
+        disks: super::vbd::plan_disks(db, vm)?,
     };
     let needed = spec.max_memory_bytes;
     let available = guests(state)?.free_memory();
@@ -244,10 +245,13 @@ impl Loading {
         Ok(false)
     }
 
-    pub(crate) fn into_spec(self) -> BootSpec {
+    /// The spec to build, its disks checked again now (another VM may have attached one of
+    /// them while the images were read).
+    pub(crate) fn into_spec(self, db: &Db, vm: &str) -> Result<BootSpec, ApiError> {
         let mut spec = self.plan.spec;
         spec.kernel = self.kernel;
         spec.ramdisk = self.plan.ramdisk.is_some().then_some(self.ramdisk);
-        spec
+        spec.disks = super::vbd::plan_disks(db, vm)?;
+        Ok(spec)
     }
 }

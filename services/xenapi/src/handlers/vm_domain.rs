@@ -87,6 +87,8 @@ pub(crate) fn record_started(
         )?;
     }
     create_console(db, vm, &address, now)?;
+    // The toolstack attached every VBD before the domain ran (BootSpec::disks).
+    super::vbd::set_vm_vbds_attached(db, vm, true, now)?;
     Ok(())
 }
 
@@ -103,6 +105,8 @@ pub(crate) fn record_halted(db: &mut Db, vm: &str, now: Timestamp) -> Result<(),
     if db.object(&guest_metrics).is_some() {
         db.destroy(&guest_metrics, now)?;
     }
+    // The toolstack removed the domain's devices and stopped their backends with it.
+    super::vbd::set_vm_vbds_attached(db, vm, false, now)?;
     write_vm(
         db,
         vm,

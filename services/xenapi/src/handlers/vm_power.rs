@@ -238,7 +238,7 @@ impl PowerJob {
                     self.phase = Phase::Load(loading);
                     return Ok(false);
                 }
-                let spec = loading.into_spec();
+                let spec = loading.into_spec(&state.db, &vm)?;
                 let (paused, vcpus) = (spec.paused, spec.vcpus_at_startup);
                 let domid = guests(state)?
                     .start(spec)

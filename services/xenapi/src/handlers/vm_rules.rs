@@ -93,6 +93,7 @@ const RULES: &[Rule] = &[
     rule("clean_reboot", &[Running], true),
     rule("hard_shutdown", &[Running, Paused, Suspended], true),
     rule("hard_reboot", &[Running, Paused], true),
+    rule("snapshot", &[Halted, Running, Paused], false),
     rule("clone", &[Halted], false),
     rule("copy", &[Halted], false),
     rule("provision", &[Halted], false),
@@ -257,9 +258,16 @@ pub(crate) fn write_vm(
     mut changes: Vec<(&'static str, Value)>,
     now: Timestamp,
 ) -> Result<(), ApiError> {
+    // The VBDs' allowed operations follow the VM's power state and operations.
+    let vbds_follow = changes
+        .iter()
+        .any(|(k, _)| matches!(*k, "power_state" | "current_operations"));
     let ops = allowed(&view(db, vm, &changes), vm);
     changes.push(("allowed_operations", ops));
     db.update(vm, changes, now)?;
+    if vbds_follow {
+        super::vbd::refresh_vm_vbds(db, vm, now)?;
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use keel_xenapi::{BootSpec, DomId, GuestBackend, GuestError, ShutdownRequest};
+use keel_xenapi::{BootSpec, DiskSpec, DiskVdi, DomId, GuestBackend, GuestError, ShutdownRequest};
 
 #[derive(Clone, Debug)]
 pub struct FakeDomain {
@@ -18,6 +18,10 @@ pub struct FakeDomain {
     pub shutdown_request: Option<ShutdownRequest>,
     pub memory_target: u64,
     pub vcpus_online: u32,
+    /// Attached disks by devid (at start and by hot-plug).
+    pub disks: BTreeMap<u32, DiskSpec>,
+    /// Disks hot-unplugged, as `(devid, force)`.
+    pub unplugged: Vec<(u32, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +101,8 @@ impl GuestBackend for FakeGuests {
             shutdown_request: None,
             memory_target: spec.target_memory_bytes,
             vcpus_online: spec.vcpus_at_startup,
+            disks: spec.disks.iter().map(|d| (d.devid, d.clone())).collect(),
+            unplugged: Vec::new(),
             spec,
         };
         state.domains.insert(domid, domain);
@@ -177,6 +183,52 @@ impl GuestBackend for FakeGuests {
             .get_mut(&domid)
             .ok_or(GuestError::NoSuchDomain(domid))?;
         domain.vcpus_online = count;
+        Ok(())
+    }
+
+    fn attach_disk(&mut self, domid: DomId, disk: DiskSpec) -> Result<(), GuestError> {
+        self.log(format!("attach_disk {domid} {}", disk.device));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .get_mut(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        if domain.disks.contains_key(&disk.devid) {
+            return Err(GuestError::Failed(format!("devid {} in use", disk.devid)));
+        }
+        domain.disks.insert(disk.devid, disk);
+        Ok(())
+    }
+
+    fn detach_disk(&mut self, domid: DomId, devid: u32, force: bool) -> Result<(), GuestError> {
+        self.log(format!("detach_disk {domid} {devid} force={force}"));
+        let mut state = self.0.borrow_mut();
+        let domain = state
+            .domains
+            .get_mut(&domid)
+            .ok_or(GuestError::NoSuchDomain(domid))?;
+        domain
+            .disks
+            .remove(&devid)
+            .ok_or_else(|| GuestError::Failed(format!("no devid {devid}")))?;
+        domain.unplugged.push((devid, force));
+        Ok(())
+    }
+
+    fn change_medium(
+        &mut self,
+        domid: DomId,
+        devid: u32,
+        vdi: Option<DiskVdi>,
+    ) -> Result<(), GuestError> {
+        self.log(format!("change_medium {domid} {devid}"));
+        let mut state = self.0.borrow_mut();
+        let disk = state
+            .domains
+            .get_mut(&domid)
+            .and_then(|d| d.disks.get_mut(&devid))
+            .ok_or_else(|| GuestError::Failed(format!("no devid {devid}")))?;
+        disk.vdi = vdi;
         Ok(())
     }
 }
