@@ -31,6 +31,7 @@ mod store;
 mod text;
 mod updates;
 mod usage;
+mod usage_query;
 
 pub use archive::{Archive, Cf, Timescale, CFS, TIMESCALES, XFF};
 pub use dump::dump_xml;
@@ -47,3 +48,4 @@ pub use updates::{
 pub use usage::{
     AckReport, OpenReport, Usage, UsageConfig, UsageError, VmUsageSample, MAX_PERIOD_S,
 };
+pub use usage_query::{UsageParamError, UsageQuery};
