@@ -22,6 +22,10 @@
 //! * **Counters** per port ([`PortCounters`]): bytes and packets both ways, drops by
 //!   [`DropReason`], learning refusals.
 //!
+//! * **The management stack as a port**: [`local_link`] gives `keel-net`'s `NetStack` a
+//!   [`LocalDevice`] (a `NetDevice`) in place of the NIC, and the glue a [`LocalPortEnd`];
+//!   both directions are bounded [`FrameQueue`]s.
+//!
 //! See docs/vswitch.md for the rules in full and how the kernel wires it.
 
 #![cfg_attr(not(test), no_std)]
