@@ -10,6 +10,7 @@
 //! fe Closing       disconnect -> Closing (5)
 //! fe Closed/gone   disconnect -> Closed (6)
 //! fe Initialising  while Closed (GRUB's blkfront hands over to the kernel's): -> InitWait
+//!                  (fe Initialised while Closed: the same, coalesced: connect at once)
 //! online = 0       (toolstack unplug) disconnect -> Closing, Closed once the fe is closed
 //! fatal            "<errno> <reason>" at /local/domain/0/error/<backend path>/error and
 //!                  <backend>/error, disconnect -> Closing
@@ -408,7 +409,14 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
                 }
             }
             XenbusState::Initialised | XenbusState::Connected => {
-                if self.state == XenbusState::InitWait && online {
+                // From Closed too: two quick changes of the frontend (Closed, Initialising,
+                // Initialised) may reach us as one event, as Linux's blkback notes.
+                let from_closed = self.state == XenbusState::Closed;
+                if online && (self.state == XenbusState::InitWait || from_closed) {
+                    if from_closed {
+                        self.failure = None;
+                        let _ = self.publish(env);
+                    }
                     match self.connect(env) {
                         Ok(()) => self.switch(env, XenbusState::Connected),
                         Err(e) => self.fail(env, Failure::Connect(e)),

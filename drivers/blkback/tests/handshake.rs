@@ -307,3 +307,21 @@ fn close_orphans_requests_in_flight_and_drops_their_completions() {
     assert!(fe.take_responses().is_empty());
     let _ = GrantRef(0);
 }
+
+#[test]
+fn a_reconnect_seen_as_one_event_still_connects() {
+    let mut w = World::new(64);
+    let mut dev = device();
+    w.connected(&mut dev);
+    w.set_fe_state(6);
+    w.watch(&mut dev);
+    assert_eq!(dev.state(), XenbusState::Closed);
+    // The frontend went Initialising and Initialised before we looked.
+    let rings = w.blkfront(1, Some(1));
+    w.watch(&mut dev);
+    assert_eq!(dev.state(), XenbusState::Connected);
+    w.data_page(1000, false);
+    rings[0].0.push_request(&read(1, 0, &[seg(1000, 0, 7)]));
+    w.settle(&mut dev);
+    assert_eq!(rings[0].0.take_responses(), [(1, 0, 0)]);
+}
