@@ -20,10 +20,13 @@ use crate::classes;
 use crate::dispatch::{self, CallContext, CallOutcome, Job};
 use crate::error::ApiError;
 use crate::guest::{DomId, GuestBackend};
+use crate::handlers::network::{self, NetworkState};
+use crate::handlers::pif;
 use crate::handlers::vm_builtin;
 use crate::handlers::vm_power::PendingShutdown;
 use crate::handlers::{self, LegacySubscription, Subscription};
 use crate::jsonrpc::{self, JsonReplyTo};
+use crate::network_backend::NetworkBackend;
 use crate::persist::{self, AutoStart, DatabaseSink, Persistence};
 use crate::schema::Schema;
 use crate::storage::StorageBackend;
@@ -107,6 +110,9 @@ pub struct Config {
     /// The toolstack behind the VM power operations; `None` = this host runs no guests
     /// (they fail with `OPERATION_NOT_ALLOWED`).
     pub guests: Option<Box<dyn GuestBackend>>,
+    /// The virtual switch and netback behind networks, VLANs and VIFs (network_backend.rs);
+    /// `None` = no switch (networks exist, VIFs do not plug).
+    pub network: Option<Box<dyn NetworkBackend>>,
     /// The host database read at boot: its objects are put back (persist.rs). `None` = a
     /// fresh host.
     pub restore: Option<keel_hostdb::Database>,
@@ -125,6 +131,7 @@ impl Config {
             schema: classes::ALL,
             storage: None,
             guests: None,
+            network: None,
             restore: None,
             database_sink: None,
         }
@@ -175,6 +182,8 @@ pub struct State {
     pub(crate) guests: Option<Box<dyn GuestBackend>>,
     /// Clean shutdowns and reboots waiting for their guest, by domid.
     pub(crate) shutdowns: BTreeMap<DomId, PendingShutdown>,
+    /// The switch and the counters' last samples.
+    pub(crate) network: NetworkState,
     /// The host database: what was restored, what to save.
     pub(crate) persist: Persistence,
     /// What the host boot did to the restored objects (`None` without a restore).
@@ -275,6 +284,7 @@ impl XenApi {
             storage: config.storage,
             guests: config.guests,
             shutdowns: BTreeMap::new(),
+            network: NetworkState::new(config.network),
             persist: Persistence::new(config.database_sink),
             host_boot: None,
         };
@@ -286,10 +296,16 @@ impl XenApi {
             consistent(vm_builtin::create_control_domain(state, &config.facts, now));
             consistent(vm_builtin::create_templates(&mut state.db, now));
         }
+        // Only with the network classes declared, as for the VM classes.
+        if api.state.db.class("PIF").is_some() {
+            let host = api.state.host.clone();
+            pif::create_management_pif(&mut api.state.db, &host, now);
+        }
         if let Some(saved) = config.restore {
             let plan = persist::restore(&mut api.state, saved, now);
             api.state.host_boot = Some(plan);
         }
+        network::bring_up_bridges(&mut api.state);
         // The reset power states and a new host's first objects are durable from the start.
         persist::save_if_changed(&mut api.state);
         Ok(api)

@@ -36,6 +36,12 @@ pub static ALL: &[&ClassDecl] = &[
     &crate::classes_vm::VM_METRICS,
     &crate::classes_vm::VM_GUEST_METRICS,
     &crate::classes_vm::CONSOLE,
+    &crate::classes_network::NETWORK,
+    &crate::classes_network::PIF,
+    &crate::classes_network::PIF_METRICS,
+    &crate::classes_network::VIF,
+    &crate::classes_network::VIF_METRICS,
+    &crate::classes_network::VLAN,
     &crate::classes_vbd::VBD,
     &crate::classes_vbd::VBD_METRICS,
 ];

@@ -104,6 +104,9 @@ pub enum ApiError {
     /// `BOOTLOADER_FAILED [vm, reason]`: xapi's code for a kernel or ramdisk that cannot be
     /// found or loaded; the reason names the field (`PV_kernel`, `PV_ramdisk`) and why.
     BootloaderFailed { vm: String, reason: String },
+    /// The network classes' failures (`NETWORK_CONTAINS_VIF`, `VLAN_TAG_INVALID`,
+    /// `MAC_INVALID`, ...; error_network.rs).
+    Network(crate::error_network::NetworkError),
     /// `VBD_NOT_EMPTY [vbd]`: `VBD.insert` into a drive that holds a medium.
     VbdNotEmpty { vbd: String },
     /// `VBD_IS_EMPTY [vbd]`: `VBD.eject` from an empty drive.
@@ -163,6 +166,7 @@ impl ApiError {
             ApiError::VmFailedShutdownAcknowledgment { .. } => "VM_FAILED_SHUTDOWN_ACKNOWLEDGMENT",
             ApiError::VmShutdownTimeout { .. } => "VM_SHUTDOWN_TIMEOUT",
             ApiError::BootloaderFailed { .. } => "BOOTLOADER_FAILED",
+            ApiError::Network(e) => e.code(),
             ApiError::VbdNotEmpty { .. } => "VBD_NOT_EMPTY",
             ApiError::VbdIsEmpty { .. } => "VBD_IS_EMPTY",
             ApiError::VbdNotRemovableMedia { .. } => "VBD_NOT_REMOVABLE_MEDIA",
@@ -254,6 +258,7 @@ impl ApiError {
                 vec![vm.clone(), timeout_secs.to_string()]
             }
             ApiError::BootloaderFailed { vm, reason } => vec![vm.clone(), reason.clone()],
+            ApiError::Network(e) => e.params(),
             ApiError::VbdNotEmpty { vbd }
             | ApiError::VbdIsEmpty { vbd }
             | ApiError::VbdNotRemovableMedia { vbd }

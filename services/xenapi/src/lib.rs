@@ -6,11 +6,12 @@
 //! `api.rs` for the poll model). [`XenApi::call`] is the same without the codecs.
 //!
 //! Module map: `value` (wire values), `codec`/`xmlrpc`/`jsonrpc` (wire formats), `schema`
-//! (declaration vocabulary), `classes`, `classes_storage`, `classes_vm`, `classes_vbd` (the
-//! declared model), `dispatch` (routing and the generated messages), `handlers` (custom messages, one
-//! module per class or concern), `store` (objects), `events`, `tasks`, `storage` and `guest`
-//! (the seams to the storage manager and the toolstack), `transfer` (VDI data over HTTP),
-//! `auth` (password hash and login throttle), `time`, `error`.
+//! (declaration vocabulary), `classes`, `classes_storage`, `classes_vm`, `classes_vbd`,
+//! `classes_network` (the declared model), `dispatch` (routing and the generated messages),
+//! `handlers` (custom messages, one module per class or concern), `store` (objects),
+//! `events`, `tasks`, `storage`, `guest` and `network_backend` (the seams to the storage
+//! manager, the toolstack and the virtual switch), `transfer` (VDI data over HTTP), `auth`
+//! (password hash and login throttle), `time`, `error` and `error_network`.
 
 #![cfg_attr(not(test), no_std)]
 
@@ -19,16 +20,19 @@ extern crate alloc;
 pub mod api;
 pub mod auth;
 pub mod classes;
+pub mod classes_network;
 pub mod classes_storage;
 pub mod classes_vbd;
 pub mod classes_vm;
 pub mod codec;
 pub mod dispatch;
 pub mod error;
+pub mod error_network;
 pub mod events;
 pub mod guest;
 pub mod handlers;
 pub mod jsonrpc;
+pub mod network_backend;
 pub mod persist;
 pub mod schema;
 pub mod storage;
@@ -48,11 +52,17 @@ pub use auth::{
 };
 pub use dispatch::{Args, CallContext, CallOutcome, Job, JobStep, Outcome};
 pub use error::ApiError;
+pub use error_network::NetworkError;
 pub use guest::{
     BootSpec, DiskSpec, DiskVdi, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest,
 };
 pub use handlers::vm_power::ShutdownFailure;
 pub use keel_hostdb;
+pub use network_backend::{
+    BridgeConfig, ByteCounters, IpConfigurationMode, Ipv4Net, Ipv6Net, Mac, ManagementInterface,
+    NetworkBackend, NetworkBackendError, NetworkCounters, NicIdentity, TrafficFilter, Uplink,
+    VifPort,
+};
 pub use persist::{AutoStart, DatabaseSink, SaveFailed};
 pub use storage::{SrFacts, StorageBackend, StorageError, VdiFacts};
 pub use store::Entropy;

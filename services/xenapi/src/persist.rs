@@ -49,6 +49,10 @@ pub const PERSISTED: &[&str] = &[
     "VBD_metrics",
     "VBD",
     "message",
+    "network",
+    "PIF",
+    "VLAN",
+    "VIF",
 ];
 
 /// Whether objects of `class` outlive a host reboot.
@@ -248,7 +252,10 @@ fn fits(ty: &FieldType, value: &Value) -> bool {
 }
 
 /// The saved fields of `record` the schema still declares with the same shape.
-fn restorable(class: &'static ClassDecl, record: &Record) -> BTreeMap<&'static str, Value> {
+pub(crate) fn restorable(
+    class: &'static ClassDecl,
+    record: &Record,
+) -> BTreeMap<&'static str, Value> {
     stored_fields(class)
         .filter_map(|decl| {
             let value = from_field(record.get(decl.name)?);
@@ -452,6 +459,7 @@ pub(crate) fn restore(state: &mut State, mut saved: Database, now: Timestamp) ->
         &restored_vbds,
         now,
     ));
+    crate::handlers::network_persist::restore(state, &saved, now);
     // Metrics of VMs that did not come back.
     for metrics in state.db.refs("VM_metrics") {
         let owned = state

@@ -23,12 +23,20 @@
 //! | `vm_power` | the power operations and the job behind the long ones |
 //! | `vm_exits` | what the toolstack reports: acknowledgements, failures, domain exits |
 //! | `console` | `console` objects of running VMs |
+//! | `network` | `network.*`, the management network, bridges on the switch, counter rates |
+//! | `pif` | `PIF.*`, the management interface the kernel reports, switch counters |
+//! | `vlan` | `VLAN.create/destroy` |
+//! | `vif` | `VIF.*`: hot-plug, locking, QoS; a VM's VIFs at start and stop |
+//! | `network_persist` | the network classes across a host reboot |
 //! | `vbd` | `VBD.*`: disks and CD drives, hot-plug, media, `VDI_IN_USE` |
 
 pub mod console;
 pub mod event;
 pub mod host;
 pub mod message;
+pub mod network;
+pub mod network_persist;
+pub mod pif;
 pub mod session;
 pub mod sr;
 pub mod storage_mirror;
@@ -36,6 +44,8 @@ pub mod task;
 pub mod vbd;
 pub mod vdi;
 pub mod vdi_copy;
+pub mod vif;
+pub mod vlan;
 pub mod vm;
 pub mod vm_boot;
 pub mod vm_builtin;

@@ -164,7 +164,10 @@ pub(crate) fn duplicate(
         other.remove("default_template");
     }
     let now = ctx.now;
-    create_vm(&mut ctx.state.db, fields, now)
+    let copy = create_vm(&mut ctx.state.db, fields, now)?;
+    // Its VIFs, with fresh MACs (vif.rs).
+    super::vif::copy_vm_vifs(&mut ctx.state.db, source, &copy, now)?;
+    Ok(copy)
 }
 
 /// `VM.clone(vm, new_name)`: a new halted VM (a template if `vm` is one) with `vm`'s
@@ -233,6 +236,8 @@ pub fn destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErr
     for vbd in super::vbd::vbds_of(db, &vm) {
         super::vbd::destroy_vbd(db, &vbd, now)?;
     }
+    // And its VIFs, with their metrics.
+    super::vif::destroy_vm_vifs(db, &vm, now)?;
     for field in ["metrics", "guest_metrics"] {
         let r = text(db, &vm, field);
         if db.object(&r).is_some() {

@@ -89,6 +89,8 @@ pub(crate) fn record_started(
     create_console(db, vm, &address, now)?;
     // The toolstack attached every VBD before the domain ran (BootSpec::disks).
     super::vbd::set_vm_vbds_attached(db, vm, true, now)?;
+    // Each VIF gets its netback device and switch port (network_backend.rs).
+    super::vif::attach_vm_vifs(state, vm, domid, now)?;
     Ok(())
 }
 
@@ -107,6 +109,7 @@ pub(crate) fn record_halted(db: &mut Db, vm: &str, now: Timestamp) -> Result<(),
     }
     // The toolstack removed the domain's devices and stopped their backends with it.
     super::vbd::set_vm_vbds_attached(db, vm, false, now)?;
+    super::vif::set_vm_vifs_detached(db, vm, now)?;
     write_vm(
         db,
         vm,

@@ -267,6 +267,7 @@ pub(crate) fn write_vm(
     db.update(vm, changes, now)?;
     if vbds_follow {
         super::vbd::refresh_vm_vbds(db, vm, now)?;
+        super::vif::refresh_vm_vifs(db, vm, now)?;
     }
     Ok(())
 }
