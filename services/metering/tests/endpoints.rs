@@ -676,3 +676,35 @@ fn too_many_vms_are_refused_not_grown() {
     let report = metering.sample(T0_MS + 5000, &host, &[bad]);
     assert!(matches!(report.vm_errors[0].1, MeterError::BadUuid(_)));
 }
+
+#[test]
+fn a_sample_from_the_past_is_refused_and_sampling_goes_on() {
+    let mut sim = Sim::new();
+    let mut guest = Guest::new(VM);
+    for _ in 0..3 {
+        sim.step(&mut [&mut guest], |g, ns| {
+            g.figures.vcpu_time_ns[0] += ns / 2
+        });
+    }
+    let late = sim.now_ms - 2_000;
+    let report = sim
+        .metering
+        .sample(late, &sim.host.clone(), &[guest.figures.clone()]);
+    assert!(matches!(
+        report.host_error,
+        Some(MeterError::Rrd(
+            keel_metering::RrdError::NotMonotonic { .. }
+        ))
+    ));
+    assert!(matches!(
+        report.vm_errors.as_slice(),
+        [(uuid, MeterError::Rrd(keel_metering::RrdError::NotMonotonic { .. }))] if uuid == VM
+    ));
+    for _ in 0..3 {
+        sim.step(&mut [&mut guest], |g, ns| {
+            g.figures.vcpu_time_ns[0] += ns / 2
+        });
+    }
+    let cpu = sim.metering.query_vm(VM, "cpu0").unwrap();
+    assert!((cpu - 0.5).abs() < 0.01, "{cpu}");
+}

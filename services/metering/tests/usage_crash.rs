@@ -345,3 +345,76 @@ fn a_corrupt_record_ends_the_journal_and_the_next_write_compacts() {
     assert_eq!(report.torn_tail_bytes, 0);
     assert_eq!(reopened.ledger(), usage.ledger());
 }
+
+/// xorshift64*: deterministic noise without a dependency.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Opens `journal` and, when it opens, uses it: never a panic, whatever the bytes.
+fn open_and_use(journal: &[u8]) {
+    let store = MemUsageStore::new();
+    let mut writer = store.clone();
+    keel_metering::UsageStore::append(&mut writer, journal).unwrap();
+    if let Ok((mut usage, _)) = Usage::open(store, config()) {
+        let _ = run_op(&mut usage, Op::Sample(1));
+        let _ = usage.export(H0, H0 + 3600, UsageFormat::Json);
+    }
+}
+
+#[test]
+fn any_journal_opens_or_is_refused_without_panicking() {
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    // A real journal, to mutate.
+    let store = MemUsageStore::new();
+    let (mut usage, _) = Usage::open(store.clone(), UsageConfig::default()).unwrap();
+    for op in ops().into_iter().take(30) {
+        run_op(&mut usage, op).unwrap();
+    }
+    let real = store.medium();
+    let frames = keel_metering::split_frames(&real).0;
+    assert!(frames.len() > 10);
+    for round in 0..3000 {
+        let mut journal = Vec::new();
+        match round % 3 {
+            // Checksummed frames of pure noise behind a valid frame tag.
+            0 => {
+                let len = noise.below(300);
+                let mut payload: Vec<u8> = (0..len).map(|_| noise.next() as u8).collect();
+                if let Some(tag) = payload.first_mut() {
+                    *tag = 1 + (noise.next() % 2) as u8;
+                }
+                keel_metering::push_frame(&mut journal, &payload);
+            }
+            // A real frame with a few bytes changed, checksum recomputed.
+            1 => {
+                let mut payload = frames[noise.below(frames.len())].to_vec();
+                for _ in 0..1 + noise.below(4) {
+                    let at = noise.below(payload.len());
+                    payload[at] = noise.next() as u8;
+                }
+                keel_metering::push_frame(&mut journal, &payload);
+            }
+            // A real journal cut short and with a flipped byte (checksums catch it).
+            _ => {
+                journal = real[..noise.below(real.len())].to_vec();
+                if !journal.is_empty() {
+                    let at = noise.below(journal.len());
+                    journal[at] ^= 0x41;
+                }
+            }
+        }
+        open_and_use(&journal);
+    }
+}
