@@ -260,9 +260,11 @@ fn snapshot_clone_and_copy_link_their_sources() {
     assert_eq!(field(&crec, "is_a_snapshot"), &Value::Bool(false));
     assert_eq!(field(&crec, "parent"), &s(&snap));
 
-    let copy = call(
+    // A copy within the SR moves its data in steps, as a task (the synchronous call waits
+    // for it).
+    let task = call(
         &mut api,
-        "VDI.copy",
+        "Async.VDI.copy",
         vec![
             s(&session),
             s(&vdi),
@@ -272,7 +274,15 @@ fn snapshot_clone_and_copy_link_their_sources() {
         ],
     )
     .unwrap();
-    let corec = record(&mut api, &session, "VDI", copy.as_str().unwrap());
+    let done = run_task(&mut api, &session, task.as_str().unwrap());
+    assert_eq!(field(&done, "status"), &s("success"));
+    let copy = field(&done, "result")
+        .as_str()
+        .unwrap()
+        .trim_start_matches("<value>")
+        .trim_end_matches("</value>")
+        .to_string();
+    let corec = record(&mut api, &session, "VDI", &copy);
     assert_eq!(field(&corec, "SR"), &s(&sr));
     assert_eq!(field(&corec, "parent"), &s("OpaqueRef:NULL"));
     assert_eq!(fake.vdis_in("sr-a"), 4);

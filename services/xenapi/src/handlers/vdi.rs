@@ -217,9 +217,10 @@ pub fn vdi_clone(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiE
     Ok(Outcome::Value(Value::String(clone)))
 }
 
-/// `VDI.copy(vdi, sr, [base_vdi], [into_vdi])`: a full, independent copy in `sr`. Within one
-/// SR the storage manager copies directly; across SRs the data is moved by a job (a task
-/// with progress).
+/// `VDI.copy(vdi, sr, [base_vdi], [into_vdi])`: a full, independent copy in `sr` (the
+/// source's SR or another). The data is moved by a job (a task with progress), a few MiB per
+/// step, so a large copy never holds the host; the synchronous call waits for the task. An SR
+/// without room for the source's allocated data answers `SR_FULL` before anything is made.
 pub fn vdi_copy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vdi = args.str(0)?.to_string();
     let dest_sr = args.str(1)?.to_string();
@@ -239,14 +240,25 @@ pub fn vdi_copy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiEr
     let name = storage_name(&text(&ctx.state.db, &vdi, "name_label"));
     let mut initial = inherited(&ctx.state.db, &vdi);
     let now = ctx.now;
-    if dest_sr == source.sr {
-        let result = backend(ctx.state)?.copy_vdi(&source.sr_uuid, &source.vdi_uuid, &name);
-        let facts = result.map_err(|e| storage_error(&ctx.state.db, &source.sr, &vdi, &e))?;
-        let copy = put_vdi(&mut ctx.state.db, &source.sr, &facts, initial, now)?;
-        refresh_sr(ctx.state, &source.sr, now)?;
-        return Ok(Outcome::Value(Value::String(copy)));
-    }
     let dest_uuid = text(&ctx.state.db, &dest_sr, "uuid");
+    let storage = backend(ctx.state)?;
+    let used = storage
+        .vdis(&source.sr_uuid)
+        .map_err(|e| e.to_api_error(&vdi, 0))?
+        .into_iter()
+        .find(|facts| facts.uuid == source.vdi_uuid)
+        .map_or(0, |facts| facts.physical_utilisation);
+    let free = storage
+        .srs()
+        .into_iter()
+        .find(|facts| facts.uuid == dest_uuid)
+        .map_or(0, |f| f.physical_size.saturating_sub(f.physical_utilisation));
+    if used > free {
+        return Err(ApiError::SrFull {
+            requested: used,
+            maximum: free,
+        });
+    }
     let size = ctx
         .state
         .db
@@ -256,7 +268,9 @@ pub fn vdi_copy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiEr
         .max(0) as u64;
     let result = backend(ctx.state)?.create_vdi(&dest_uuid, &name, size);
     let facts = result.map_err(|e| storage_error(&ctx.state.db, &dest_sr, "", &e))?;
-    initial.push(("SR", Value::String(dest_sr.clone())));
+    if dest_sr != source.sr {
+        initial.push(("SR", Value::String(dest_sr.clone())));
+    }
     let copy = put_vdi(&mut ctx.state.db, &dest_sr, &facts, initial, now)?;
     let dest = VdiLocation {
         vdi: copy,
