@@ -252,7 +252,9 @@ pub fn vdi_copy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiEr
         .srs()
         .into_iter()
         .find(|facts| facts.uuid == dest_uuid)
-        .map_or(0, |f| f.physical_size.saturating_sub(f.physical_utilisation));
+        .map_or(0, |f| {
+            f.physical_size.saturating_sub(f.physical_utilisation)
+        });
     if used > free {
         return Err(ApiError::SrFull {
             requested: used,
