@@ -37,7 +37,10 @@ pub struct DiskSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NicModel {
     VirtioNet,
+    /// Intel 82540EM.
     E1000,
+    /// Intel 82574L.
+    E1000e,
 }
 
 impl NicModel {
@@ -46,6 +49,7 @@ impl NicModel {
         match self {
             NicModel::VirtioNet => "virtio-net-pci",
             NicModel::E1000 => "e1000",
+            NicModel::E1000e => "e1000e",
         }
     }
 }

@@ -20,7 +20,8 @@ commands:
       --disk FILE              attach a raw image on virtio-blk (repeatable)
       --nvme FILE              attach a raw image on NVMe (repeatable)
                                (without --disk/--nvme: target/keel/scratch.img, 64 MiB)
-      --nic none|virtio|e1000  network card on user networking (default virtio)
+      --nic none|virtio|e1000|e1000e
+                               network card on user networking (default virtio)
       --api-port PORT          host port on 127.0.0.1 forwarded to the management API
                                on guest port 80 (default 8080)
       --append \"WORDS\"         kernel command line words, e.g. \"keel.log=debug\"
@@ -337,7 +338,8 @@ fn parse_run(args: &mut Options) -> Result<RunOptions, CliError> {
                     "none" => None,
                     "virtio" => Some(NicModel::VirtioNet),
                     "e1000" => Some(NicModel::E1000),
-                    _ => return Err(invalid(&option, value, "none, virtio or e1000")),
+                    "e1000e" => Some(NicModel::E1000e),
+                    _ => return Err(invalid(&option, value, "none, virtio, e1000 or e1000e")),
                 };
             }
             "--api-port" => {
@@ -762,6 +764,21 @@ mod tests {
     }
 
     #[test]
+    fn every_nic_model_parses() {
+        for (word, model) in [
+            ("virtio", NicModel::VirtioNet),
+            ("e1000", NicModel::E1000),
+            ("e1000e", NicModel::E1000e),
+        ] {
+            let parsed = parse_words(&format!("run --nic {word}"));
+            assert!(
+                matches!(&parsed, Ok(Command::Run(RunOptions { nic: Some(m), .. })) if *m == model),
+                "{word}: {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
     fn api_port_needs_a_nic() {
         assert_eq!(
             parse_words("run --nic none --api-port 8081"),
@@ -864,7 +881,7 @@ mod tests {
         let error = parse_words("run --nic wifi").err().map(|e| e.to_string());
         assert_eq!(
             error.as_deref(),
-            Some("invalid value 'wifi' for '--nic': expected none, virtio or e1000")
+            Some("invalid value 'wifi' for '--nic': expected none, virtio, e1000 or e1000e")
         );
     }
 }
