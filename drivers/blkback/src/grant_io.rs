@@ -77,6 +77,17 @@ pub trait LocalFrames {
     fn gfn_of(&self, addr: usize) -> Option<u64>;
 }
 
+/// Keel's dom0: virtual addresses equal physical ones (docs/architecture.md, "Memory"),
+/// and under PVH a physical address is the guest frame number shifted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentityMapped;
+
+impl LocalFrames for IdentityMapped {
+    fn gfn_of(&self, addr: usize) -> Option<u64> {
+        Some(addr as u64 >> 12)
+    }
+}
+
 /// Operations per `GNTTABOP_copy` hypercall.
 const COPY_BATCH: usize = 32;
 

@@ -34,7 +34,7 @@ pub mod wire;
 pub mod fake;
 
 pub use backend::{Blkback, Config, ConfigError, ConnectError, Env, Failure};
-pub use grant_io::{CopyError, GrantIo, GrantSpan, LocalFrames, XenGrantCopy};
+pub use grant_io::{CopyError, GrantIo, GrantSpan, IdentityMapped, LocalFrames, XenGrantCopy};
 pub use io::{Limits, Offer, Progress};
 pub use ring::{PageWords, RingFrames};
 pub use store::{StoreError, XenbusState, Xenstore};
