@@ -23,6 +23,10 @@ pub const RETENTION_S: u64 = 366 * 86_400;
 pub const MAX_INTERVAL_S: u64 = RETENTION_S;
 /// How far in the future `start` may be before it is refused (clients' clocks drift).
 pub const FUTURE_SLACK_S: u64 = 60;
+/// The most values (rows × columns) one export holds: about 40 MB of XML at the peak. A
+/// host of 100 VMs asking for every CF of its 5 s archive (100 × 14 × 3 × 120 = 504 000)
+/// fits; asking for more is refused rather than exhausting the heap.
+pub const MAX_CELLS: usize = 2_000_000;
 
 /// A request the exporters refuse. The lead maps these onto HTTP answers (docs/metering.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,11 @@ pub enum ExportError {
     BadInterval(u64),
     /// No VM (or host) of that uuid is metered here.
     UnknownUuid(String),
+    /// The answer would hold more than [`MAX_CELLS`] values: ask for one CF, one VM, or a
+    /// later start.
+    TooLarge {
+        cells: usize,
+    },
     OutOfMemory,
 }
 
@@ -268,8 +277,20 @@ pub fn export(owners: &[Owner<'_>], query: &UpdatesQuery) -> Result<Xport, Expor
                 .find(|a| a.pdp_per_row() == pdp_per_row)
         })
         .map_or(0, |a| a.rows() as usize);
+    let row_count = (0..max_rows)
+        .take_while(|age| {
+            last_cdp
+                .checked_sub(*age as u64 * rra_step)
+                .is_some_and(|time| time as i64 >= start)
+        })
+        .count();
+    let cells = row_count.saturating_mul(columns.len());
+    if cells > MAX_CELLS {
+        return Err(ExportError::TooLarge { cells });
+    }
     let mut rows = Vec::new();
-    for age in 0..max_rows {
+    rows.try_reserve_exact(row_count)?;
+    for age in 0..row_count {
         let Some(time) = last_cdp.checked_sub(age as u64 * rra_step) else {
             break;
         };
@@ -285,7 +306,6 @@ pub fn export(owners: &[Owner<'_>], query: &UpdatesQuery) -> Result<Xport, Expor
                 .map_or(f64::NAN, |d| archive.value(*index, (d / rra_step) as usize));
             values.push(value);
         }
-        rows.try_reserve(1)?;
         rows.push((time, values));
     }
     Ok(Xport {

@@ -708,3 +708,42 @@ fn a_sample_from_the_past_is_refused_and_sampling_goes_on() {
     let cpu = sim.metering.query_vm(VM, "cpu0").unwrap();
     assert!((cpu - 0.5).abs() < 0.01, "{cpu}");
 }
+
+#[test]
+fn an_export_too_large_for_the_heap_is_refused() {
+    use keel_metering::{export, Owner, OwnerKind, Rrd, MAX_CELLS};
+    let specs = vm_sources(&VmShape {
+        vcpus: 128,
+        vbds: (0..16)
+            .map(|i| format!("xvd{}", (b'a' + i) as char))
+            .collect(),
+        vifs: (0..16).collect(),
+    })
+    .unwrap();
+    let rrd = Rrd::new(specs, T0_MS).unwrap();
+    let uuids: Vec<String> = (0..20)
+        .map(|i| format!("6f1b7c1e-0000-4000-8000-{i:012}"))
+        .collect();
+    let owners: Vec<Owner<'_>> = uuids
+        .iter()
+        .map(|uuid| Owner {
+            kind: OwnerKind::Vm,
+            uuid,
+            rrd: &rrd,
+        })
+        .collect();
+    let start = (T0_MS / 1000 - 600).to_string();
+    let every_cf = UpdatesQuery::from_params([("start", start.as_str())]).unwrap();
+    // 20 × 290 sources × 3 CFs × 120 rows.
+    assert_eq!(
+        export(&owners, &every_cf),
+        Err(ExportError::TooLarge {
+            cells: 20 * 290 * 3 * 120
+        })
+    );
+    const { assert!(20 * 290 * 3 * 120 > MAX_CELLS) };
+    // One CF fits.
+    let average =
+        UpdatesQuery::from_params([("start", start.as_str()), ("cf", "AVERAGE")]).unwrap();
+    assert!(export(&owners, &average).is_ok());
+}
