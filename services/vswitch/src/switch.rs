@@ -189,9 +189,13 @@ impl Switch {
         self.deliveries
             .try_reserve(self.ports.len() + 1)
             .map_err(|_| ConfigError::OutOfMemory)?;
+        self.fdb.reserve(1).map_err(|_| ConfigError::OutOfMemory)?;
+        self.fdb
+            .register_port(id)
+            .map_err(|_| ConfigError::OutOfMemory)?;
         self.next_port = next;
         if let Some((network, mac)) = pin {
-            // check_port made sure nothing else holds it.
+            // check_port made sure nothing else holds it, and room was reserved.
             let _ = self.fdb.pin(network, mac, id);
         }
         self.ports.insert(
@@ -217,8 +221,10 @@ impl Switch {
             return Err(ConfigError::KindChange(id));
         }
         let pin = self.check_port(&config, id)?;
+        self.fdb.reserve(1).map_err(|_| ConfigError::OutOfMemory)?;
         self.fdb.forget_port(id);
         if let Some((network, mac)) = pin {
+            // check_port made sure nothing else holds it, and room was reserved.
             let _ = self.fdb.pin(network, mac, id);
         }
         if let Some(port) = self.ports.get_mut(&id) {
@@ -233,7 +239,7 @@ impl Switch {
         if port.config == PortConfig::Uplink && self.trunks.keys().any(|(p, _)| *p == id) {
             return Err(ConfigError::UplinkInUse(id));
         }
-        self.fdb.forget_port(id);
+        self.fdb.unregister_port(id);
         let port = self.ports.remove(&id).ok_or(ConfigError::UnknownPort(id))?;
         Ok(port.counters)
     }
