@@ -59,9 +59,9 @@ pub use guest::{
 pub use handlers::vm_power::ShutdownFailure;
 pub use keel_hostdb;
 pub use network_backend::{
-    BridgeConfig, ByteCounters, IpConfigurationMode, Ipv4Net, Ipv6Net, Mac, ManagementInterface,
-    NetworkBackend, NetworkBackendError, NetworkCounters, NicIdentity, TrafficFilter, Uplink,
-    VifPort,
+    BridgeConfig, ByteCounters, IpConfigurationMode, Mac, ManagementInterface, NetworkBackend,
+    NetworkBackendError, NetworkCounters, NicIdentity, TrafficFilter, Uplink, VifPort,
+    MAX_ALLOWED_ADDRESSES,
 };
 pub use persist::{AutoStart, DatabaseSink, SaveFailed};
 pub use storage::{SrFacts, StorageBackend, StorageError, VdiFacts};

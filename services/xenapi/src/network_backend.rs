@@ -106,28 +106,18 @@ pub enum TrafficFilter {
     Unlocked,
     /// Only frames from the VIF's MAC, and IP traffic only from the listed addresses
     /// (ARP and neighbour discovery for them included). Empty lists allow no IP traffic.
+    /// At most [`MAX_ALLOWED_ADDRESSES`] of each.
     Locked {
-        ipv4: Vec<Ipv4Net>,
-        ipv6: Vec<Ipv6Net>,
+        ipv4: Vec<Ipv4Addr>,
+        ipv6: Vec<Ipv6Addr>,
     },
     /// Nothing passes, either way.
     Disabled,
 }
 
-/// An IPv4 address, or a prefix when `prefix_len < 32` (xapi accepts both in
-/// `ipv4_allowed`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub address: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-/// An IPv6 address, or a prefix when `prefix_len < 128`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv6Net {
-    pub address: Ipv6Addr,
-    pub prefix_len: u8,
-}
+/// Most addresses a VIF's `ipv4_allowed` (and its `ipv6_allowed`) may hold: the switch
+/// compares each per frame.
+pub const MAX_ALLOWED_ADDRESSES: usize = 64;
 
 /// A VIF as the switch and netback must have it.
 #[derive(Clone, Debug, PartialEq, Eq)]

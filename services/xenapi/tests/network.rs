@@ -19,7 +19,7 @@ use guest_fake::FakeGuests;
 use keel_xenapi::handlers::vm_builtin::PVH_TEMPLATE_NAME;
 use keel_xenapi::keel_hostdb::Database;
 use keel_xenapi::{
-    ApiError, ByteCounters, CallOutcome, DatabaseSink, IpConfigurationMode, Ipv4Net, Mac,
+    ApiError, ByteCounters, CallOutcome, DatabaseSink, IpConfigurationMode, Mac,
     ManagementInterface, NetworkBackendError, NetworkCounters, NicIdentity, SaveFailed,
     StorageBackend, Timestamp, TrafficFilter, Uplink, Value, XenApi,
 };
@@ -862,10 +862,7 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
     h.ok("VIF.set_locking_mode", vec![s(&vif), s("locked")]);
     let domid = h.start(&vm);
     let filter = || TrafficFilter::Locked {
-        ipv4: vec![Ipv4Net {
-            address: Ipv4Addr::new(10, 0, 0, 5),
-            prefix_len: 32,
-        }],
+        ipv4: vec![Ipv4Addr::new(10, 0, 0, 5)],
         ipv6: vec![],
     };
     assert_eq!(h.switch.port(domid, 0).unwrap().filter, filter());
@@ -882,7 +879,7 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
         ("VIF.add_ipv4_allowed", "10.0.0.256"),
         ("VIF.add_ipv4_allowed", "2001:db8::1"),
         ("VIF.add_ipv6_allowed", "10.0.0.1"),
-        ("VIF.add_ipv4_allowed", "10.0.0.0/40"),
+        ("VIF.add_ipv4_allowed", "10.0.0.0/24"),
     ] {
         let e = h.err(method, vec![s(&vif), s(address)]);
         assert_eq!(
@@ -902,19 +899,23 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
         "VIF.set_ipv4_allowed",
         vec![
             s(&vif),
-            Value::Array(vec![s("10.0.1.0/24"), s("10.0.1.0/24"), s("10.0.2.9")]),
+            Value::Array(vec![s("10.0.1.7"), s("10.0.1.7"), s("10.0.2.9")]),
         ],
     );
     assert_eq!(
         strings(&h.get("VIF", &vif, "ipv4_allowed")),
-        vec!["10.0.1.0/24", "10.0.2.9"]
+        vec!["10.0.1.7", "10.0.2.9"]
     );
     let e = h.err(
         "VIF.set_ipv4_allowed",
-        vec![s(&vif), Value::Array(vec![s("10.0.1.0/24"), s("nonsense")])],
+        vec![s(&vif), Value::Array(vec![s("10.0.1.8"), s("nonsense")])],
     );
     assert_eq!(code(&e), "INVALID_IP_ADDRESS_SPECIFIED");
     assert_eq!(strings(&h.get("VIF", &vif, "ipv4_allowed")).len(), 2);
+    // More than the switch compares per frame is refused up front.
+    let many: Vec<Value> = (0..65).map(|i| s(&format!("10.1.0.{i}"))).collect();
+    let e = h.err("VIF.set_ipv4_allowed", vec![s(&vif), Value::Array(many)]);
+    assert_eq!(code(&e), "VALUE_NOT_SUPPORTED");
 
     // network_default follows the network's default, which can shut the VIF off.
     h.ok("VIF.set_locking_mode", vec![s(&vif), s("network_default")]);

@@ -24,6 +24,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::network::{flag, int, live_ref, refs, strings, text};
 use super::value;
@@ -34,7 +35,7 @@ use crate::error::ApiError;
 use crate::error_network::NetworkError;
 use crate::guest::DomId;
 use crate::network_backend::{
-    Ipv4Net, Ipv6Net, Mac, NetworkBackend, NetworkBackendError, TrafficFilter, VifPort,
+    Mac, NetworkBackend, NetworkBackendError, TrafficFilter, VifPort, MAX_ALLOWED_ADDRESSES,
 };
 use crate::store::Db;
 use crate::time::Timestamp;
@@ -63,50 +64,42 @@ pub(crate) fn parse_device(device: &str) -> Option<u32> {
     device.parse().ok().filter(|n| *n <= MAX_DEVICE)
 }
 
-/// `a.b.c.d` or `a.b.c.d/n`.
-pub(crate) fn parse_ipv4(text: &str) -> Option<Ipv4Net> {
-    let (address, prefix_len) = match text.split_once('/') {
-        Some((address, prefix)) => (address, parse_prefix(prefix, 32)?),
-        None => (text, 32),
-    };
-    Some(Ipv4Net {
-        address: address.parse().ok()?,
-        prefix_len,
-    })
-}
-
-/// An IPv6 address, optionally `/n`.
-pub(crate) fn parse_ipv6(text: &str) -> Option<Ipv6Net> {
-    let (address, prefix_len) = match text.split_once('/') {
-        Some((address, prefix)) => (address, parse_prefix(prefix, 128)?),
-        None => (text, 128),
-    };
-    Some(Ipv6Net {
-        address: address.parse().ok()?,
-        prefix_len,
-    })
-}
-
-fn parse_prefix(text: &str, max: u8) -> Option<u8> {
-    if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// An address in `ipv4_allowed` / `ipv6_allowed`: one address, no prefix (xapi refuses
+/// CIDR there too).
+pub(crate) fn parse_allowed(text: &str, ipv6: bool) -> Option<IpAddr> {
+    if ipv6 {
+        text.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    } else {
+        text.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
     }
-    text.parse().ok().filter(|n| *n <= max)
+}
+
+/// `address/prefix` as `configure_ipv4` / `configure_ipv6` take it.
+pub(crate) fn valid_cidr(text: &str, ipv6: bool) -> bool {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    let max = if ipv6 { 128 } else { 32 };
+    let prefix_ok = !prefix.is_empty()
+        && prefix.len() <= 3
+        && prefix.bytes().all(|b| b.is_ascii_digit())
+        && prefix.parse::<u8>().is_ok_and(|p| p <= max);
+    prefix_ok && parse_allowed(address, ipv6).is_some()
 }
 
 fn check_addresses(field: &str, values: &[String], ipv6: bool) -> Result<(), ApiError> {
-    for v in values {
-        let valid = if ipv6 {
-            parse_ipv6(v).is_some()
-        } else {
-            parse_ipv4(v).is_some()
-        };
-        if !valid {
-            return Err(NetworkError::InvalidIpAddressSpecified {
-                parameter: field.to_string(),
-            }
-            .into());
+    if values.iter().any(|v| parse_allowed(v, ipv6).is_none()) {
+        return Err(NetworkError::InvalidIpAddressSpecified {
+            parameter: field.to_string(),
         }
+        .into());
+    }
+    if values.len() > MAX_ALLOWED_ADDRESSES {
+        return Err(ApiError::ValueNotSupported {
+            field: field.to_string(),
+            value: values.len().to_string(),
+            reason: alloc::format!("at most {MAX_ALLOWED_ADDRESSES} addresses"),
+        });
     }
     Ok(())
 }
@@ -158,11 +151,11 @@ fn traffic_filter(db: &Db, vif: &str) -> TrafficFilter {
         "locked" => TrafficFilter::Locked {
             ipv4: strings(db, vif, "ipv4_allowed")
                 .iter()
-                .filter_map(|a| parse_ipv4(a))
+                .filter_map(|a| a.parse::<Ipv4Addr>().ok())
                 .collect(),
             ipv6: strings(db, vif, "ipv6_allowed")
                 .iter()
-                .filter_map(|a| parse_ipv6(a))
+                .filter_map(|a| a.parse::<Ipv6Addr>().ok())
                 .collect(),
         },
         "disabled" => TrafficFilter::Disabled,
@@ -848,23 +841,9 @@ fn configure_ip(ctx: &mut CallContext<'_>, args: &Args, ipv6: bool) -> Result<Ou
     } else {
         ("ipv4_configuration_mode", "ipv4_addresses", "ipv4_gateway")
     };
-    let valid_cidr = |text: &str| {
-        text.contains('/')
-            && if ipv6 {
-                parse_ipv6(text).is_some()
-            } else {
-                parse_ipv4(text).is_some()
-            }
-    };
-    let valid_ip = |text: &str| {
-        if ipv6 {
-            text.parse::<core::net::Ipv6Addr>().is_ok()
-        } else {
-            text.parse::<core::net::Ipv4Addr>().is_ok()
-        }
-    };
+    let valid_ip = |text: &str| parse_allowed(text, ipv6).is_some();
     let addresses = if mode == "Static" {
-        if !valid_cidr(&address) {
+        if !valid_cidr(&address, ipv6) {
             return Err(NetworkError::InvalidIpAddressSpecified {
                 parameter: "address".to_string(),
             }
@@ -1010,24 +989,25 @@ mod tests {
     }
 
     #[test]
-    fn allowed_addresses_are_addresses_or_prefixes() {
-        let net = parse_ipv4("10.0.0.5").unwrap();
-        assert_eq!(net.prefix_len, 32);
-        assert_eq!(parse_ipv4("10.0.0.0/24").unwrap().prefix_len, 24);
-        for bad in [
-            "10.0.0",
-            "10.0.0.256",
-            "10.0.0.0/33",
-            "10.0.0.0/",
-            "fe80::1",
-            "",
-        ] {
-            assert!(parse_ipv4(bad).is_none(), "{bad:?}");
+    fn allowed_addresses_are_single_addresses() {
+        assert!(parse_allowed("10.0.0.5", false).is_some());
+        assert!(parse_allowed("fe80::1", true).is_some());
+        for bad in ["10.0.0", "10.0.0.256", "10.0.0.0/24", "fe80::1", ""] {
+            assert!(parse_allowed(bad, false).is_none(), "{bad:?}");
         }
-        assert_eq!(parse_ipv6("fe80::1").unwrap().prefix_len, 128);
-        assert_eq!(parse_ipv6("2001:db8::/32").unwrap().prefix_len, 32);
-        for bad in ["10.0.0.1", "2001:db8::/129", "::g"] {
-            assert!(parse_ipv6(bad).is_none(), "{bad:?}");
+        for bad in ["10.0.0.1", "2001:db8::/32", "::g"] {
+            assert!(parse_allowed(bad, true).is_none(), "{bad:?}");
+        }
+        assert!(valid_cidr("10.0.0.5/24", false));
+        assert!(valid_cidr("2001:db8::5/64", true));
+        for bad in [
+            "10.0.0.5",
+            "10.0.0.5/33",
+            "10.0.0.5/",
+            "10.0.0.5/+1",
+            "x/24",
+        ] {
+            assert!(!valid_cidr(bad, false), "{bad:?}");
         }
     }
 
