@@ -45,6 +45,9 @@ pub struct Limits {
     pub max_inflight_bytes: usize,
     /// `feature-max-indirect-segments` (0: indirect requests not offered).
     pub max_indirect_segments: u16,
+    /// Data bytes copied to or from guests per [`Io::poll`] (checked after each request,
+    /// so one request more may go over): keeps a call to a few milliseconds.
+    pub max_copy_bytes_per_poll: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +58,7 @@ impl Default for Limits {
             max_inflight_bytes: 4 << 20,
             // Linux blkback's MAX_INDIRECT_SEGMENTS: 1 MiB per request.
             max_indirect_segments: 256,
+            max_copy_bytes_per_poll: 2 << 20,
         }
     }
 }
@@ -147,6 +151,8 @@ pub struct Progress {
     pub taken: u32,
     /// Responses written.
     pub answered: u32,
+    /// Data bytes copied to or from the guest.
+    pub copied: usize,
     /// Work was left for the next call (a bound was hit, or requests arrived meanwhile):
     /// call again soon without waiting for an event.
     pub more: bool,
@@ -321,6 +327,9 @@ impl Io {
         progress: &mut Progress,
     ) {
         for _ in 0..self.limits.max_completions_per_poll {
+            if progress.copied >= self.limits.max_copy_bytes_per_poll {
+                break;
+            }
             let Some(Completion { tag, buf, result }) = svc.target.poll() else {
                 return;
             };
@@ -343,6 +352,7 @@ impl Io {
             }
             let status = match result {
                 Ok(()) if !p.read_spans.is_empty() && p.queue.is_some() => {
+                    progress.copied += buf.len();
                     match svc.grants.copy_to_guest(self.domid, &p.read_spans, &buf) {
                         Ok(()) => Status::Okay,
                         Err(_) => Status::Error,
@@ -443,6 +453,9 @@ impl Io {
             if self.gated() || self.bytes_in_flight >= self.limits.max_inflight_bytes {
                 return Ok(());
             }
+            if progress.copied >= self.limits.max_copy_bytes_per_poll {
+                break;
+            }
             let Some(q) = queues.get_mut(index) else {
                 return Ok(());
             };
@@ -463,6 +476,9 @@ impl Io {
                 Err(status) => Self::answer(queues, Some(index), id, op, status, progress),
                 Ok(None) => Self::answer(queues, Some(index), id, op, Status::Okay, progress),
                 Ok(Some(prep)) => {
+                    if prep.writes {
+                        progress.copied += prep.bytes;
+                    }
                     let tag = self.next_tag;
                     self.next_tag += 1;
                     self.bytes_in_flight += prep.bytes;

@@ -58,6 +58,8 @@ pub enum RingError {
         rsp_prod: u32,
         size: u32,
     },
+    /// `req_prod` moved back behind the requests already consumed.
+    ProducerBehind { req_prod: u32, req_cons: u32 },
     /// A response without a consumed request (a bug of ours, never the frontend's).
     NoRequestToAnswer,
 }
@@ -212,6 +214,14 @@ impl<P: Deref<Target = PageWords>> BlkRing<P> {
             });
         }
         let published = req_prod.wrapping_sub(self.req_cons);
+        if published > self.size {
+            // `req_prod` moved back behind what was already consumed: the slots between
+            // would be stale requests.
+            return Err(RingError::ProducerBehind {
+                req_prod,
+                req_cons: self.req_cons,
+            });
+        }
         let room = self.size - self.outstanding();
         Ok(published.min(room))
     }
@@ -363,6 +373,26 @@ mod tests {
             ring.take_request(),
             Err(RingError::ProducerAhead { .. })
         ));
+    }
+
+    #[test]
+    fn producer_moving_back_is_reported() {
+        let (xen, front, refs) = setup(1);
+        let mut frames = FakeFrames::new(&front);
+        let mut ring = BlkRing::new(RingPages::map(&xen, &mut frames, 5, &refs).unwrap());
+        let fe = front.ring(5, &refs);
+        fe.set_req_prod(5);
+        for _ in 0..5 {
+            assert!(ring.take_request().unwrap().is_some());
+        }
+        fe.set_req_prod(3);
+        assert_eq!(
+            ring.take_request(),
+            Err(RingError::ProducerBehind {
+                req_prod: 3,
+                req_cons: 5
+            })
+        );
     }
 
     #[test]

@@ -258,3 +258,36 @@ fn hostile_xenstore_values_are_fatal_not_fatal_to_keel() {
         assert_eq!(w.frames.in_use(), 0);
     }
 }
+
+#[test]
+fn copying_per_call_is_bounded() {
+    let mut w = World::new(256);
+    let mut dev = device_with(|c| c.limits.max_copy_bytes_per_poll = 8192);
+    let fe = w.connected(&mut dev);
+    w.data_page(1000, false);
+    for id in 0..10u64 {
+        fe.push_request(&write(id, id * 8, &[seg(1000, 0, 7)]));
+    }
+    let first = w.poll(&mut dev);
+    assert_eq!((first.taken, first.copied), (2, 8192));
+    assert!(first.more);
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses().len(), 10);
+}
+
+#[test]
+fn a_producer_index_moved_back_disconnects() {
+    let mut w = World::new(256);
+    let mut dev = device();
+    let fe = w.connected(&mut dev);
+    w.data_page(1000, false);
+    w.target.order = Order::Stalled;
+    for id in 0..5u64 {
+        fe.push_request(&read(id, 0, &[seg(1000, 0, 7)]));
+    }
+    w.settle(&mut dev);
+    fe.set_req_prod(3);
+    w.poll(&mut dev);
+    assert_eq!(dev.state(), XenbusState::Closing);
+    assert!(w.be("error").unwrap().contains("ProducerBehind"));
+}
