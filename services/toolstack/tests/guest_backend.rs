@@ -15,7 +15,9 @@ use keel_toolstack::*;
 use keel_xen::domctl::dominf;
 use keel_xen::fake::FakeXen;
 use keel_xen::xenstore_wire::{XsMessage, XsType};
-use keel_xenapi::guest::{BootSpec, ExitReason as ApiExit, GuestBackend, GuestError};
+use keel_xenapi::guest::{
+    BootSpec, DiskSpec, DiskVdi, ExitReason as ApiExit, GuestBackend, GuestError,
+};
 use keel_xenapi::{ShutdownFailure as ApiFailure, ShutdownRequest};
 use keel_xenstored::{LocalClient, Xenstored};
 
@@ -29,6 +31,31 @@ impl StoreRings for Rings {
     }
     fn unmap(&mut self, domid: u16) {
         self.0.remove(&domid);
+    }
+}
+
+/// Disk backends that record what they were asked.
+#[derive(Default)]
+struct Disks(Vec<String>);
+
+impl DiskBackends for Disks {
+    fn start(&mut self, disk: &BackendDisk<'_>) -> Result<(), DiskBackendError> {
+        let vdi = disk.medium.map_or("-", |m| m.vdi_uuid.as_str());
+        self.0
+            .push(format!("start {} {} {vdi}", disk.domid, disk.devid));
+        Ok(())
+    }
+    fn change_medium(
+        &mut self,
+        domid: u16,
+        devid: u32,
+        _medium: Option<&DiskMedium>,
+    ) -> Result<(), DiskBackendError> {
+        self.0.push(format!("medium {domid} {devid}"));
+        Ok(())
+    }
+    fn stop(&mut self, domid: u16, devid: u32) {
+        self.0.push(format!("stop {domid} {devid}"));
     }
 }
 
@@ -76,6 +103,7 @@ struct Host {
     builder: BootBuilder,
     toolstack: Toolstack,
     clock: u64,
+    disks: Disks,
 }
 
 impl GuestHost for Host {
@@ -110,7 +138,7 @@ impl GuestHost for Host {
             store: &mut store,
             consoles: &mut self.consoles,
             control: &control,
-            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
+            disks: &mut self.disks as &mut dyn DiskBackends,
         };
         f(&mut self.toolstack, &mut env, &mut self.builder)
     }
@@ -152,6 +180,7 @@ fn guests() -> Guests<Host> {
         },
         toolstack: Toolstack::new(Timeouts::default()),
         clock: 0,
+        disks: Disks::default(),
     })
 }
 
@@ -258,7 +287,7 @@ fn a_guest_started_shut_down_and_destroyed_through_the_seam() {
             store: &mut store,
             consoles: &mut h.consoles,
             control: &control,
-            disks: &mut NoDiskBackends as &mut dyn DiskBackends,
+            disks: &mut h.disks as &mut dyn DiskBackends,
         };
         deliver_watch_events(&mut h.toolstack, &mut env, 1);
     }
@@ -333,4 +362,123 @@ impl Host {
     fn xen_flags(&self, domid: u16) -> u32 {
         self.xen_flags_opt(domid).unwrap()
     }
+}
+
+impl Host {
+    /// Routes the toolstack's watch events, as the kernel glue does.
+    fn deliver_watches(&mut self, now: u64) {
+        let control = XenControl(self.xen);
+        let mut store = LocalStore {
+            xenstored: &mut self.xs,
+            client: self.client,
+            rings: &mut self.rings,
+        };
+        let mut env = Env {
+            store: &mut store,
+            consoles: &mut self.consoles,
+            control: &control,
+            disks: &mut self.disks as &mut dyn DiskBackends,
+        };
+        deliver_watch_events(&mut self.toolstack, &mut env, now);
+    }
+
+    /// A request of the guest `domid` over its own connection: true if xenstored took it.
+    fn guest_writes(&mut self, domid: u16, path: &str, value: &[u8]) -> bool {
+        let write = XsMessage::build(XsType::Write, 7, 0, &[path.as_bytes(), value], true).unwrap();
+        self.xs.handle(domid, &write).unwrap();
+        let reply = self.xs.take_message(domid).unwrap();
+        reply.kind != XsType::Error
+    }
+}
+
+fn xvd(index: u32, vdi: Option<&str>) -> DiskSpec {
+    DiskSpec {
+        devid: 202 << 8 | index << 4,
+        device: format!("xvd{}", char::from(b'a' + index as u8)),
+        vdi: vdi.map(|v| DiskVdi {
+            sr_uuid: "sr".into(),
+            vdi_uuid: v.into(),
+        }),
+        read_only: false,
+        cdrom: false,
+        bootable: index == 0,
+    }
+}
+
+#[test]
+fn disks_cross_the_seam_and_unplug_through_xenstored_watches() {
+    let mut g = guests();
+    let mut s = spec();
+    s.disks = vec![xvd(0, Some("root-vdi"))];
+    let d = g.start(s).unwrap();
+    assert_eq!(g.0.disks.0, ["start 8 51712 root-vdi"]);
+    let be = "/local/domain/0/backend/vbd/8/51712";
+    let fe = "/local/domain/8/device/vbd/51712";
+    assert_eq!(
+        read(&mut g, &format!("{be}/params")).as_deref(),
+        Some("root-vdi")
+    );
+    assert_eq!(read(&mut g, &format!("{be}/dev")).as_deref(), Some("xvda"));
+    assert_eq!(read(&mut g, &format!("{fe}/backend")).as_deref(), Some(be));
+    // The permissions hold in xenstored: the frontend is the guest's, the backend is not.
+    assert!(g.0.guest_writes(8, &format!("{fe}/ring-ref"), b"8"));
+    assert!(!g.0.guest_writes(8, &format!("{be}/state"), b"4"));
+    assert!(!g
+        .0
+        .guest_writes(8, "/local/domain/0/backend/vbd/8/51712/params", b"x"));
+
+    // Hot-plug a second disk, unplug it: the backend closes, the watch fires.
+    g.attach_disk(d, xvd(1, Some("data-vdi"))).unwrap();
+    let data_be = "/local/domain/0/backend/vbd/8/51728";
+    assert_eq!(
+        read(&mut g, &format!("{data_be}/state")).as_deref(),
+        Some("1")
+    );
+    assert!(matches!(
+        g.attach_disk(d, xvd(1, Some("again"))),
+        Err(GuestError::Failed(_))
+    ));
+    g.detach_disk(d, 51728, false).unwrap();
+    assert_eq!(
+        read(&mut g, &format!("{data_be}/online")).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        read(&mut g, &format!("{data_be}/state")).as_deref(),
+        Some("5")
+    );
+    g.0.deliver_watches(1);
+    assert_eq!(
+        read(&mut g, &format!("{data_be}/state")).as_deref(),
+        Some("5")
+    );
+    // blkback, as dom0, reports Closed.
+    let h = &mut g.0;
+    h.xs.write(h.client, 0, &format!("{data_be}/state"), b"6")
+        .unwrap();
+    h.deliver_watches(2);
+    assert_eq!(read(&mut g, data_be), None);
+    assert_eq!(read(&mut g, "/local/domain/8/device/vbd/51728"), None);
+    assert_eq!(
+        g.0.disks.0,
+        [
+            "start 8 51712 root-vdi",
+            "start 8 51728 data-vdi",
+            "stop 8 51728"
+        ]
+    );
+    // The XenAPI hears nothing of it (VBD.unplug already answered).
+    assert_eq!(take_reports(&mut g.0.toolstack), []);
+    assert!(matches!(
+        g.change_medium(d, 51712, None),
+        Err(GuestError::Failed(_))
+    ));
+    assert_eq!(
+        g.detach_disk(d, 51728, true),
+        Err(GuestError::Failed("NoSuchDevice(51728)".into()))
+    );
+
+    g.destroy(d).unwrap();
+    assert_eq!(g.0.disks.0.last().map(String::as_str), Some("stop 8 51712"));
+    assert_eq!(read(&mut g, "/local/domain/0/backend/vbd/8"), None);
 }
