@@ -483,6 +483,24 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
         }
     }
 
+    /// An event arrived on `port`: polls if it is one of this device's channels.
+    pub fn on_event<H: Hypervisor + ?Sized, F: RingFrames<Page = P>>(
+        &mut self,
+        env: &mut Env<'_, H, F>,
+        port: Port,
+    ) -> Progress {
+        if self.owns_port(port) {
+            self.poll(env)
+        } else {
+            Progress::default()
+        }
+    }
+
+    /// Whether `port` is one of this device's event channels.
+    pub fn owns_port(&self, port: Port) -> bool {
+        self.queues.iter().any(|q| q.port == port)
+    }
+
     /// The toolstack destroys the device (domain gone or forced unplug): disconnects,
     /// publishes Closed and drops the watches. Requests still in the target are orphaned;
     /// keep polling while [`Blkback::in_flight`] is non-zero before dropping the device.

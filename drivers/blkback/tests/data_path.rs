@@ -507,3 +507,24 @@ fn without_the_frontend_asking_no_grant_is_kept_mapped() {
     assert_eq!(dev.persistent_grants(), None);
     assert_eq!(w.frames.in_use(), ring_frames);
 }
+
+#[test]
+fn events_are_routed_by_port_and_indirect_can_be_withheld() {
+    let mut w = World::new(256);
+    let mut dev = device_with(|c| c.limits.max_indirect_segments = 0);
+    let fe = w.connected(&mut dev);
+    assert_eq!(w.be("feature-max-indirect-segments"), None);
+    let port = dev.ports()[0];
+    assert!(dev.owns_port(port));
+    w.data_page(1000, false);
+    w.fill(1000, 0, &seg(1000, 0, 7).encode());
+    fe.push_request(&encode::indirect(op::READ, 1, 0, 1, &[GrantRef(1000)]));
+    fe.push_request(&read(2, 0, &[seg(1000, 0, 7)]));
+    let other = keel_xen::evtchn::Port(port.0 + 100);
+    let idle = with_env(&mut w, |env| dev.on_event(env, other));
+    assert_eq!(idle.taken, 0, "not this device's channel");
+    let p = with_env(&mut w, |env| dev.on_event(env, port));
+    assert_eq!(p.taken, 2);
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses(), [(1, op::READ, -2), (2, op::READ, 0)]);
+}
