@@ -42,8 +42,8 @@ pub use rrd::{Rrd, RrdError, HEARTBEAT_MS, ROWS_PER_SOURCE, STEP_MS};
 pub use store::{push_frame, split_frames, UsageStore, FRAME_HEADER, MAX_FRAME};
 pub use text::parse_time;
 pub use updates::{
-    export, ExportError, Owner, OwnerKind, UpdatesQuery, Xport, FUTURE_SLACK_S, MAX_CELLS,
-    MAX_INTERVAL_S, RETENTION_S,
+    export, ExportError, Owner, OwnerKind, UpdatesQuery, VmFilter, Xport, FUTURE_SLACK_S,
+    MAX_CELLS, MAX_INTERVAL_S, RETENTION_S,
 };
 pub use usage::{
     AckReport, OpenReport, Usage, UsageConfig, UsageError, VmUsageSample, MAX_PERIOD_S,

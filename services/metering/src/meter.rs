@@ -15,7 +15,7 @@ use crate::rrd::{Rrd, RrdError};
 use crate::source::{
     host_sources, vm_sources, DataSourceRecord, DataSourceSpec, HostShape, ShapeError, VmShape,
 };
-use crate::updates::{export, ExportError, Owner, OwnerKind, UpdatesQuery};
+use crate::updates::{export, ExportError, Owner, OwnerKind, UpdatesQuery, VmFilter};
 
 /// The default bound on VM RRDs (running or not).
 pub const DEFAULT_MAX_VMS: usize = 512;
@@ -431,7 +431,8 @@ impl Metering {
             }
         }
         match &query.vm_uuid {
-            Some(uuid) => {
+            VmFilter::None => {}
+            VmFilter::One(uuid) => {
                 let meter = self
                     .vms
                     .get(uuid)
@@ -442,7 +443,7 @@ impl Metering {
                     rrd: &meter.rrd,
                 });
             }
-            None => {
+            VmFilter::All => {
                 for (uuid, meter) in self.vms.iter().filter(|(_, m)| m.running) {
                     owners.push(Owner {
                         kind: OwnerKind::Vm,

@@ -63,6 +63,16 @@ impl From<TryReserveError> for ExportError {
     }
 }
 
+/// The VMs an export covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmFilter {
+    /// Every running VM.
+    All,
+    None,
+    /// This VM, running or not.
+    One(String),
+}
+
 /// The parameters of `/rrd_updates` (`session_id` is the caller's business).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdatesQuery {
@@ -74,14 +84,15 @@ pub struct UpdatesQuery {
     pub cf: Option<Cf>,
     /// Include the host's RRD.
     pub host: bool,
-    /// Only this VM (xapi's `vm_uuid`).
-    pub vm_uuid: Option<String>,
+    /// Which VMs (xapi's `vm_uuid`).
+    pub vm_uuid: VmFilter,
     pub json: bool,
 }
 
 fn parse_bool(name: &'static str, value: &str) -> Result<bool, ExportError> {
     match value {
-        "true" | "1" | "yes" => Ok(true),
+        // xapi takes a bare `json` (or `json=`) as asking for JSON.
+        "true" | "1" | "yes" | "" => Ok(true),
         "false" | "0" | "no" => Ok(false),
         _ => Err(ExportError::BadParameter {
             name,
@@ -101,7 +112,7 @@ impl UpdatesQuery {
             interval: 0,
             cf: None,
             host: false,
-            vm_uuid: None,
+            vm_uuid: VmFilter::All,
             json: false,
         };
         let mut have_start = false;
@@ -128,7 +139,14 @@ impl UpdatesQuery {
                 }
                 "host" => query.host = parse_bool("host", value)?,
                 "json" => query.json = parse_bool("json", value)?,
-                "vm_uuid" | "uuid" => query.vm_uuid = Some(String::from(value)),
+                // xapi: `all` (the default) or `none`, or one VM's uuid.
+                "vm_uuid" | "uuid" => {
+                    query.vm_uuid = match value {
+                        "all" => VmFilter::All,
+                        "none" => VmFilter::None,
+                        uuid => VmFilter::One(String::from(uuid)),
+                    }
+                }
                 _ => {}
             }
         }
@@ -351,14 +369,17 @@ impl Xport {
         Ok(out)
     }
 
-    /// xapi's JSON rendering (`json=true`): the same fields; like xapi, every number is
-    /// written as a JSON string so `NaN` and `Infinity` stay valid JSON.
+    /// xapi's JSON rendering (`json=true`): the same fields, numbers bare and unknown values
+    /// as `NaN`, as xapi has long written it and Xen Orchestra reads it (with JSON5; it
+    /// requires `meta.step` to be a number). Keys are quoted, so Python's `json.loads` reads
+    /// it too (it accepts `NaN` and `Infinity`). Recent xapi renders every number as a
+    /// string instead, which Xen Orchestra's check of `step` would refuse.
     pub fn to_json(&self) -> Result<String, ExportError> {
         let mut out = String::new();
         out.try_reserve(self.estimated_len())?;
         let _ = write!(
             out,
-            "{{\"meta\":{{\"start\":\"{}\",\"step\":\"{}\",\"end\":\"{}\",\"rows\":\"{}\",\"columns\":\"{}\",\"legend\":[",
+            "{{\"meta\":{{\"start\":{},\"step\":{},\"end\":{},\"rows\":{},\"columns\":{},\"legend\":[",
             self.start,
             self.step,
             self.end,
@@ -376,14 +397,12 @@ impl Xport {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "{{\"t\":\"{time}\",\"values\":[");
+            let _ = write!(out, "{{\"t\":{time},\"values\":[");
             for (j, value) in values.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
-                out.push('"');
                 push_float(&mut out, *value);
-                out.push('"');
             }
             out.push_str("]}");
         }
