@@ -764,3 +764,35 @@ fn an_export_too_large_for_the_heap_is_refused() {
         UpdatesQuery::from_params([("start", start.as_str()), ("cf", "AVERAGE")]).unwrap();
     assert!(export(&owners, &average).is_ok());
 }
+
+#[test]
+fn xen_orchestras_four_granularities_get_the_step_they_ask_for() {
+    // Xen Orchestra asks `cf=AVERAGE&host=true&json=true&interval=<step>` with
+    // `start = now - step × points + step` and refuses any other `meta.step`.
+    let mut sim = Sim::new();
+    let mut guest = Guest::new(VM);
+    for _ in 0..30 {
+        sim.step(&mut [&mut guest], |g, ns| {
+            g.figures.vcpu_time_ns[0] += ns / 3
+        });
+    }
+    for (step, points) in [(5u64, 120u64), (60, 120), (3600, 168), (86_400, 366)] {
+        let start = (sim.now_s() - step * points + step).to_string();
+        let interval = step.to_string();
+        let json = sim
+            .updates(&[
+                ("cf", "AVERAGE"),
+                ("host", "true"),
+                ("interval", &interval),
+                ("json", "true"),
+                ("start", &start),
+            ])
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json.replace("NaN", "null")).unwrap();
+        assert_eq!(value["meta"]["step"], step, "granularity {step}");
+        let legend = value["meta"]["legend"].as_array().unwrap();
+        assert!(legend
+            .iter()
+            .all(|e| e.as_str().unwrap().starts_with("AVERAGE:")));
+    }
+}
