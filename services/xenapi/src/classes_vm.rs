@@ -384,6 +384,12 @@ pub static VM: ClassDecl = ClassDecl {
             vm_resources::set_vcpus_number_live,
         )
         .asyncable(),
+        // Xen Orchestra and Ansible pick a new VIF's device from it.
+        msg(
+            "get_allowed_VIF_devices",
+            &[param("vm", VM_REF)],
+            crate::handlers::vif::get_allowed_vif_devices,
+        ),
     ],
 };
 

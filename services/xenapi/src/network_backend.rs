@@ -23,6 +23,10 @@
 //! | a VM stops (each plugged VIF), `VIF.unplug`, `VIF.unplug_force` | `detach_vif` |
 //! | `VIF.set_locking_mode`, `*_ipv4_allowed`, `*_ipv6_allowed`, QoS setters, `VIF.move`, `network.set_default_locking_mode` on a plugged VIF | `update_vif` |
 //!
+//! A domain's end needs no call: the toolstack's `GuestBackend::destroy` removes the
+//! domain's backends, and the kernel removes their switch ports with them; the XenAPI then
+//! records the VM's VIFs detached.
+//!
 //! # The reports
 //! | the kernel sees | it calls |
 //! |---|---|

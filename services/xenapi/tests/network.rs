@@ -670,6 +670,8 @@ fn vifs_get_checked_devices_and_generated_unique_macs() {
         vec![first.clone()]
     );
 
+    let free = h.ok("VM.get_allowed_VIF_devices", vec![s(&vm)]);
+    assert_eq!(strings(&free), vec!["1", "2", "3", "4", "5", "6"]);
     let second = h.vif(&vm, &net, "1", "02:AA:bb:cc:dd:01").unwrap();
     assert_eq!(h.text("VIF", &second, "MAC"), "02:aa:bb:cc:dd:01");
     assert_eq!(
@@ -707,6 +709,11 @@ fn vifs_get_checked_devices_and_generated_unique_macs() {
         )
         .unwrap_err();
     assert_eq!(code(&e), "HANDLE_INVALID");
+    assert!(h
+        .ok("VM.get_allowed_VIF_devices", vec![s(&vm)])
+        .as_array()
+        .unwrap()
+        .is_empty());
     // A VM's VIFs go with it.
     let vifs = strings(&h.get("VM", &vm, "VIFs"));
     assert_eq!(vifs.len(), 7);

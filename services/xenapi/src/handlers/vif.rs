@@ -636,6 +636,25 @@ fn dedup(values: Vec<String>) -> Vec<String> {
     out
 }
 
+/// `VM.get_allowed_VIF_devices(vm)`: the device numbers 0 to [`MAX_DEVICE`] the VM's VIFs
+/// do not use, in order.
+pub fn get_allowed_vif_devices(
+    ctx: &mut CallContext<'_>,
+    args: &Args,
+) -> Result<Outcome, ApiError> {
+    let vm = args.str(0)?;
+    let db = &ctx.state.db;
+    let used: Vec<u32> = refs(db, vm, "VIFs")
+        .iter()
+        .filter_map(|vif| parse_device(&text(db, vif, "device")))
+        .collect();
+    let free: Vec<String> = (0..=MAX_DEVICE)
+        .filter(|d| !used.contains(d))
+        .map(|d| d.to_string())
+        .collect();
+    value(Value::string_array(free.iter().map(String::as_str)))
+}
+
 /// `VIF.destroy(self)`: not while attached to a running VM.
 pub fn destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vif = args.str(0)?.to_string();
