@@ -758,3 +758,33 @@ fn vbds_survive_a_host_reboot_detached() {
     h.start(&vm);
     assert!(h.flag("VBD", &vbd, "currently_attached"));
 }
+
+#[test]
+fn a_guest_that_reboots_itself_gets_its_disks_again() {
+    let mut h = host();
+    let vm = h.vm("web");
+    let root = h.vdi("root");
+    let vbd = h.vbd(&vm, &root, "0", "RW", "Disk");
+    h.start(&vm);
+    let old = h.domid(&vm);
+    h.api
+        .domain_exited(old, keel_xenapi::ExitReason::Reboot, h.now)
+        .unwrap();
+    for _ in 0..100 {
+        if h.api.run_tasks(h.now) == 0 {
+            break;
+        }
+    }
+    let new = h.domid(&vm);
+    assert_ne!(new, old);
+    assert!(h.flag("VBD", &vbd, "currently_attached"));
+    let disks = h.guests.domain(new).unwrap().disks;
+    assert_eq!(disks.keys().copied().collect::<Vec<_>>(), [51712]);
+    // A crash whose action is destroy leaves it detached.
+    h.ok("VM.set_actions_after_crash", vec![s(&vm), s("destroy")]);
+    h.api
+        .domain_exited(new, keel_xenapi::ExitReason::Crash, h.now)
+        .unwrap();
+    assert!(!h.flag("VBD", &vbd, "currently_attached"));
+    assert_eq!(h.allowed(&vbd), Vec::<String>::new());
+}
