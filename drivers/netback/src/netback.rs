@@ -208,6 +208,11 @@ impl Netback {
                 }
             }
             XenbusState::Initialised | XenbusState::Connected => {
+                // Straight from Closed too (Linux walks Closed → InitWait → Connected); not
+                // from Closing, where a disconnected frontend must close first.
+                if self.state == XenbusState::Closed {
+                    let _ = self.start(env);
+                }
                 if self.state == XenbusState::InitWait {
                     self.connect(env);
                 }

@@ -195,6 +195,26 @@ fn slots_that_never_end_disconnect_the_guest() {
 }
 
 #[test]
+fn a_disconnected_frontend_must_close_before_it_connects_again() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    fe.send_raw(0, &[req(8, 4000, 0, 1, 200)]);
+    poll(&mut w, &mut nb, 0, &mut Switch::default());
+    assert_eq!(nb.state(), XenbusState::Closing);
+    // Claiming Connected again changes nothing...
+    Frontend::set_state(&mut w, &mut nb, XenbusState::Connected);
+    assert_eq!(nb.state(), XenbusState::Closing);
+    assert!(w.rings.in_use.is_empty());
+    // ...closing does, and then it may connect with fresh rings and channels.
+    Frontend::set_state(&mut w, &mut nb, XenbusState::Closed);
+    assert_eq!(nb.state(), XenbusState::Closed);
+    let config = nb.config().clone();
+    let _fresh = Frontend::setup(&mut w, &config, &Options::default());
+    Frontend::set_state(&mut w, &mut nb, XenbusState::Connected);
+    assert_eq!(nb.state(), XenbusState::Connected);
+    assert_eq!(nb.fault(), None);
+}
+
+#[test]
 fn a_packet_cut_off_at_the_published_index_disconnects() {
     let (mut w, mut nb, mut fe) = connected(Options::default());
     fe.send_raw(
