@@ -14,6 +14,8 @@ extern crate alloc;
 mod backend;
 pub mod bench;
 mod provision;
+mod vdi_target;
 
 pub use backend::{parse_uuid, storage_error, Repositories, Repository};
 pub use provision::{provision, Provisioned, Refusal};
+pub use vdi_target::VdiTarget;

@@ -182,6 +182,16 @@ impl<D: BlockDevice> Sr<D> {
         self.engine.done.remove(index)
     }
 
+    /// The oldest finished request of `submit_io` that `wanted` picks, if any (for users that
+    /// share a VDI and tell their requests apart by tag).
+    pub fn take_io_completion_where(
+        &mut self,
+        mut wanted: impl FnMut(&VdiCompletion) -> bool,
+    ) -> Option<VdiCompletion> {
+        let index = self.engine.done.iter().position(&mut wanted)?;
+        self.engine.done.remove(index)
+    }
+
     /// Requests accepted and not yet completed (of every user).
     pub fn io_in_flight(&self) -> usize {
         self.engine.ops.len()
