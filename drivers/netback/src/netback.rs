@@ -67,9 +67,9 @@ pub struct Netback {
 }
 
 impl Netback {
-    /// A backend for `config` with transmit rate `rate` (`None`: unlimited). Nothing is
-    /// written until [`start`](Self::start).
-    pub fn new(config: Config, rate: Option<RateLimit>) -> Self {
+    /// A backend for `config`. Nothing is written until [`start`](Self::start).
+    pub fn new(config: Config) -> Self {
+        let rate = config.rate;
         Netback {
             config,
             state: XenbusState::Initialising,

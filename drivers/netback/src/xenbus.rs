@@ -18,6 +18,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::env::{read_str, NetStore, StoreError};
+use crate::ratelimit::RateLimit;
 
 /// `enum xenbus_state` (`io/xenbus.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,6 +99,9 @@ pub struct Config {
     pub tx_budget: usize,
     /// Frames put on each rx ring per poll.
     pub rx_budget: usize,
+    /// The transmit rate limit (xapi's `ratelimit` QoS); a backend `rate` node, when
+    /// present, replaces it.
+    pub rate: Option<RateLimit>,
 }
 
 impl Config {
@@ -115,6 +119,7 @@ impl Config {
             rx_queue_bytes: 1 << 20,
             tx_budget: 64,
             rx_budget: 64,
+            rate: None,
         }
     }
 

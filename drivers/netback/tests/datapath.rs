@@ -256,7 +256,7 @@ fn frames_wait_for_buffers_and_the_queue_is_bounded() {
 fn a_frontend_without_rx_notify_is_polled_while_frames_wait() {
     let mut w = World::new();
     let config = keel_netback::Config::new(FE, 0, 1);
-    let mut nb = keel_netback::Netback::new(config.clone(), None);
+    let mut nb = keel_netback::Netback::new(config.clone());
     nb.start(&mut w.env()).unwrap();
     let mut fe = Frontend::setup(&mut w, &config, &Options::default());
     w.store
@@ -432,7 +432,7 @@ fn the_toolstack_can_close_a_vif() {
 fn the_first_watch_before_the_frontend_exists_changes_nothing() {
     let mut w = World::new();
     let config = keel_netback::Config::new(FE, 0, 1);
-    let mut nb = keel_netback::Netback::new(config.clone(), None);
+    let mut nb = keel_netback::Netback::new(config.clone());
     nb.start(&mut w.env()).unwrap();
     nb.on_watch(&mut w.env(), &config.frontend_state_path(), 0);
     assert_eq!(nb.state(), XenbusState::InitWait);

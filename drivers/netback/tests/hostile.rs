@@ -341,7 +341,7 @@ fn a_full_switch_drops_and_counts() {
 fn handshake(setup: impl FnOnce(&mut World, &Config)) -> (World, Netback) {
     let mut w = World::new();
     let config = Config::new(FE, 0, 2);
-    let mut nb = Netback::new(config.clone(), None);
+    let mut nb = Netback::new(config.clone());
     nb.start(&mut w.env()).unwrap();
     let _fe = Frontend::setup(&mut w, &config, &Options::default());
     setup(&mut w, &config);

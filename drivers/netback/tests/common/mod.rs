@@ -441,8 +441,11 @@ impl Frontend {
 /// A started and connected netback with its frontend.
 pub fn connected(o: Options) -> (World, Netback, Frontend) {
     let mut w = World::new();
-    let config = Config::new(FE, 0, o.max_queues);
-    let mut nb = Netback::new(config.clone(), o.rate);
+    let config = Config {
+        rate: o.rate,
+        ..Config::new(FE, 0, o.max_queues)
+    };
+    let mut nb = Netback::new(config.clone());
     nb.start(&mut w.env()).unwrap();
     assert_eq!(nb.state(), XenbusState::InitWait);
     let fe = Frontend::setup(&mut w, &config, &o);
