@@ -10,6 +10,8 @@
 use alloc::collections::TryReserveError;
 use alloc::vec::Vec;
 
+use crate::codec::{DecodeError, Reader, Writer};
+
 /// Consolidation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
@@ -276,6 +278,54 @@ impl Archive {
             *prep = CdpPrep::fresh(cf, 0);
         }
         self.filled = 0;
+    }
+
+    /// Writes the row in progress and the rings (for [`crate::Metering::save`]).
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.u32(self.filled);
+        for (ring, prep) in self.rings.iter().zip(&self.preps) {
+            w.f64(prep.value);
+            w.u32(prep.known);
+            w.u32(prep.unknown);
+            w.u32(ring.head as u32);
+            for value in &ring.values {
+                w.f64(*value);
+            }
+        }
+    }
+
+    /// Reads what [`Archive::encode`] wrote into an archive of the same shape (made by
+    /// `Archive::new` with the same CF, timescale and number of sources), so nothing the
+    /// input says is allocated.
+    pub(crate) fn decode_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        let per_row = self.timescale.pdp_per_row;
+        let filled = r.u32()?;
+        if filled >= per_row {
+            return Err(DecodeError::BadValue);
+        }
+        for (ring, prep) in self.rings.iter_mut().zip(self.preps.iter_mut()) {
+            let value = r.f64()?;
+            let known = r.u32()?;
+            let unknown = r.u32()?;
+            if u64::from(known) + u64::from(unknown) != u64::from(filled) {
+                return Err(DecodeError::BadValue);
+            }
+            *prep = CdpPrep {
+                value,
+                known,
+                unknown,
+            };
+            let head = r.u32()? as usize;
+            if head >= ring.values.len() {
+                return Err(DecodeError::BadValue);
+            }
+            ring.head = head;
+            for slot in ring.values.iter_mut() {
+                *slot = r.f64()?;
+            }
+        }
+        self.filled = filled;
+        Ok(())
     }
 
     /// Bytes held by this archive's rings and preparation areas.

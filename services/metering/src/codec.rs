@@ -14,6 +14,8 @@ pub enum DecodeError {
     BadText,
     BadTag(u8),
     TooLong,
+    /// A value out of its range (an index past its ring, an unknown unit…).
+    BadValue,
 }
 
 #[derive(Default)]
@@ -40,6 +42,10 @@ impl Writer {
 
     pub fn bool(&mut self, v: bool) {
         self.u8(u8::from(v));
+    }
+
+    pub fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
     }
 
     pub fn text(&mut self, v: &str) {
@@ -107,6 +113,10 @@ impl<'a> Reader<'a> {
 
     pub fn u128(&mut self) -> Result<u128, DecodeError> {
         Ok(u128::from_le_bytes(self.array()?))
+    }
+
+    pub fn f64(&mut self) -> Result<f64, DecodeError> {
+        Ok(f64::from_bits(self.u64()?))
     }
 
     pub fn bool(&mut self) -> Result<bool, DecodeError> {

@@ -6,7 +6,8 @@
 //!   the caller hands in.
 //! - [`Metering`]: the host's and the VMs' RRDs fed from sampled [`figures`], and what
 //!   `/rrd_updates`, `/host_rrd`, `/vm_rrd`, `*.get_data_sources` and
-//!   `*.query_data_source` return.
+//!   `*.query_data_source` return; [`Metering::save`] / [`Metering::restore`] keep the
+//!   archives across host reboots.
 //! - [`Usage`]: hourly per-VM usage rows for billing, journaled through a [`UsageStore`]
 //!   (crash-tested with [`fakes::MemUsageStore`]), exported as CSV or JSON and dropped only
 //!   once exported and acknowledged.
@@ -26,6 +27,7 @@ mod ledger;
 mod meter;
 mod report;
 mod rrd;
+mod snapshot;
 pub mod source;
 mod store;
 mod text;
@@ -39,6 +41,7 @@ pub use ledger::{tenant_of, Baseline, Entry, Ledger, UsageCounters, VmIdentity, 
 pub use meter::{is_uuid, MeterError, Metering, SampleReport, DEFAULT_MAX_VMS};
 pub use report::{render_csv, render_json, UsageFormat, UsageRow, CSV_HEADER};
 pub use rrd::{Rrd, RrdError, HEARTBEAT_MS, ROWS_PER_SOURCE, STEP_MS};
+pub use snapshot::RestoreError;
 pub use store::{push_frame, split_frames, UsageStore, FRAME_HEADER, MAX_FRAME};
 pub use text::parse_time;
 pub use updates::{

@@ -62,25 +62,25 @@ pub fn is_uuid(text: &str) -> bool {
         })
 }
 
-struct HostMeter {
-    shape: HostShape,
-    rrd: Rrd,
-    previous: Option<(u64, HostFigures)>,
+pub(crate) struct HostMeter {
+    pub shape: HostShape,
+    pub rrd: Rrd,
+    pub previous: Option<(u64, HostFigures)>,
 }
 
-struct VmMeter {
-    shape: VmShape,
-    rrd: Rrd,
-    previous: Option<VmFigures>,
-    running: bool,
+pub(crate) struct VmMeter {
+    pub shape: VmShape,
+    pub rrd: Rrd,
+    pub previous: Option<VmFigures>,
+    pub running: bool,
 }
 
 /// The RRDs of one host and its VMs.
 pub struct Metering {
-    host_uuid: String,
-    host: Option<HostMeter>,
-    vms: BTreeMap<String, VmMeter>,
-    max_vms: usize,
+    pub(crate) host_uuid: String,
+    pub(crate) host: Option<HostMeter>,
+    pub(crate) vms: BTreeMap<String, VmMeter>,
+    pub(crate) max_vms: usize,
 }
 
 fn ns_to_s(ns: u64) -> f64 {

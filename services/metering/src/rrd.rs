@@ -11,7 +11,8 @@ use alloc::collections::TryReserveError;
 use alloc::vec::Vec;
 
 use crate::archive::{Archive, Cf, CFS, TIMESCALES};
-use crate::source::{DataSourceSpec, DsType};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::source::{known_units, DataSourceSpec, DsType};
 
 /// The sampling step, 5 s.
 pub const STEP_MS: u64 = 5_000;
@@ -208,7 +209,9 @@ impl Rrd {
             accumulate(ds, rate, current_start - self.last_update_ms);
             let span_ms = current_start - processed_start;
             let known_ms = span_ms.saturating_sub(ds.unknown_ms);
-            let pdp = if interval_ms > HEARTBEAT_MS || ds.unknown_ms * 2 > STEP_MS || known_ms == 0
+            let pdp = if interval_ms > HEARTBEAT_MS
+                || ds.unknown_ms.saturating_mul(2) > STEP_MS
+                || known_ms == 0
             {
                 f64::NAN
             } else {
@@ -226,6 +229,87 @@ impl Rrd {
         }
         self.last_update_ms = now_ms;
         Ok(())
+    }
+}
+
+impl Rrd {
+    /// Writes the whole RRD (for [`crate::Metering::save`]).
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.u64(self.last_update_ms);
+        w.len(self.sources.len());
+        for ds in &self.sources {
+            let spec = &ds.spec;
+            w.text(&spec.name);
+            w.text(&spec.description);
+            w.text(spec.units);
+            w.u8(match spec.ds_type {
+                DsType::Gauge => 0,
+                DsType::Derive => 1,
+                DsType::Absolute => 2,
+            });
+            w.f64(spec.min);
+            w.f64(spec.max);
+            w.bool(spec.standard);
+            match ds.last_raw {
+                Some(v) => {
+                    w.bool(true);
+                    w.f64(v);
+                }
+                None => w.bool(false),
+            }
+            w.f64(ds.acc);
+            w.u64(ds.unknown_ms);
+        }
+        for archive in &self.archives {
+            archive.encode(w);
+        }
+    }
+
+    /// Reads what [`Rrd::encode`] wrote. The number of sources is checked against the bytes
+    /// left (each needs its rings' worth), so a corrupt count cannot make it allocate.
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let last_update_ms = r.u64()?;
+        let count = r.len(ROWS_PER_SOURCE * 8)?;
+        let mut specs = Vec::new();
+        let mut states = Vec::new();
+        for _ in 0..count {
+            let name = r.text()?;
+            let description = r.text()?;
+            let units = known_units(&r.text()?).ok_or(DecodeError::BadValue)?;
+            let ds_type = match r.u8()? {
+                0 => DsType::Gauge,
+                1 => DsType::Derive,
+                2 => DsType::Absolute,
+                t => return Err(DecodeError::BadTag(t)),
+            };
+            let (min, max, standard) = (r.f64()?, r.f64()?, r.bool()?);
+            let last_raw = if r.bool()? { Some(r.f64()?) } else { None };
+            let (acc, unknown_ms) = (r.f64()?, r.u64()?);
+            // Between updates only the part of the step in progress can be unknown.
+            if unknown_ms >= STEP_MS {
+                return Err(DecodeError::BadValue);
+            }
+            specs.push(DataSourceSpec {
+                name,
+                description,
+                units,
+                ds_type,
+                min,
+                max,
+                standard,
+            });
+            states.push((last_raw, acc, unknown_ms));
+        }
+        let mut rrd = Rrd::new(specs, last_update_ms).map_err(|_| DecodeError::BadValue)?;
+        for (ds, (last_raw, acc, unknown_ms)) in rrd.sources.iter_mut().zip(states) {
+            ds.last_raw = last_raw;
+            ds.acc = acc;
+            ds.unknown_ms = unknown_ms;
+        }
+        for archive in &mut rrd.archives {
+            archive.decode_into(r)?;
+        }
+        Ok(rrd)
     }
 }
 

@@ -127,6 +127,22 @@ pub struct VmShape {
 
 const UNBOUNDED: f64 = f64::INFINITY;
 
+/// Every unit string the catalogue uses.
+const UNITS: [&str; 7] = [
+    "(fraction)",
+    "KiB",
+    "B",
+    "B/s",
+    "μs",
+    "requests/s",
+    "(errors/s)",
+];
+
+/// The catalogue's own copy of a unit string (restoring a saved RRD).
+pub(crate) fn known_units(units: &str) -> Option<&'static str> {
+    UNITS.iter().copied().find(|u| *u == units)
+}
+
 fn check_device(name: &str, seen: &[String]) -> Result<(), ShapeError> {
     let well_formed = !name.is_empty()
         && name.len() <= MAX_DEVICE_NAME

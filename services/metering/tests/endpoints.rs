@@ -796,3 +796,114 @@ fn xen_orchestras_four_granularities_get_the_step_they_ask_for() {
             .all(|e| e.as_str().unwrap().starts_with("AVERAGE:")));
     }
 }
+
+#[test]
+fn archives_survive_a_host_reboot_through_save_and_restore() {
+    use keel_metering::RestoreError;
+    let mut sim = Sim::new();
+    let mut guest = Guest::new(VM);
+    for _ in 0..40 {
+        sim.step(&mut [&mut guest], |g, ns| {
+            g.figures.vcpu_time_ns[0] += ns / 2
+        });
+    }
+    let snapshot = sim.metering.save();
+    let vm_before = sim.metering.vm_rrd_xml(VM).unwrap();
+    let host_before = sim.metering.host_rrd_xml().unwrap();
+
+    // The host reboots: a new Metering restores the snapshot.
+    let mut restored = Metering::new(HOST).unwrap();
+    restored.restore(&snapshot).unwrap();
+    assert_eq!(restored.vm_rrd_xml(VM).unwrap(), vm_before);
+    assert_eq!(restored.host_rrd_xml().unwrap(), host_before);
+    assert_eq!(
+        restored.vm_data_sources(VM).unwrap(),
+        sim.metering.vm_data_sources(VM).unwrap()
+    );
+
+    // Ten minutes later the VM runs again in a new domain (counters from zero): the outage
+    // reads unknown, the history before it is kept, and new samples record.
+    sim.metering = restored;
+    sim.now_ms += 600_000;
+    guest.figures.instance += 1;
+    guest.figures.vcpu_time_ns = vec![0, 0];
+    for _ in 0..12 {
+        sim.step(&mut [&mut guest], |g, ns| {
+            g.figures.vcpu_time_ns[0] += ns / 4
+        });
+    }
+    let start = (sim.now_s() - 3000).to_string();
+    let minutes = parse_xport(
+        &sim.updates(&[("start", &start), ("interval", "60"), ("cf", "AVERAGE")])
+            .unwrap(),
+    );
+    let cpu: Vec<f64> = column(&minutes, &format!("AVERAGE:vm:{VM}:cpu0")).collect();
+    assert!(
+        cpu.iter().any(|v| (v - 0.5).abs() < 0.01),
+        "before: {cpu:?}"
+    );
+    assert!(cpu.iter().any(|v| v.is_nan()), "the outage: {cpu:?}");
+    assert!((sim.metering.query_vm(VM, "cpu0").unwrap() - 0.25).abs() < 0.01);
+
+    // Refusals: another host's snapshot, a torn one, a flipped bit.
+    let mut other = Metering::new(OTHER_VM).unwrap();
+    assert_eq!(
+        other.restore(&snapshot),
+        Err(RestoreError::OtherHost(HOST.to_string()))
+    );
+    let mut fresh = Metering::new(HOST).unwrap();
+    assert_eq!(
+        fresh.restore(&snapshot[..snapshot.len() - 1]),
+        Err(RestoreError::Torn)
+    );
+    let mut flipped = snapshot.clone();
+    flipped[snapshot.len() / 2] ^= 1;
+    assert_eq!(fresh.restore(&flipped), Err(RestoreError::Torn));
+    assert!(
+        fresh.vm_rrd(VM).is_none(),
+        "a refused snapshot changes nothing"
+    );
+}
+
+#[test]
+fn any_checksummed_snapshot_restores_or_is_refused_without_panicking() {
+    let mut sim = Sim::new();
+    let mut guest = Guest::new(VM);
+    for _ in 0..5 {
+        sim.step(&mut [&mut guest], |g, ns| {
+            g.figures.vcpu_time_ns[0] += ns / 2
+        });
+    }
+    let snapshot = sim.metering.save();
+    let payload = keel_metering::split_frames(&snapshot).0[0].to_vec();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    };
+    for round in 0..400 {
+        let mut mutated = payload.clone();
+        if round % 2 == 0 {
+            // A few bytes anywhere.
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % mutated.len();
+                mutated[at] = next() as u8;
+            }
+        } else {
+            // Cut short.
+            mutated.truncate((next() as usize) % mutated.len());
+        }
+        let mut frame = Vec::new();
+        keel_metering::push_frame(&mut frame, &mutated);
+        let mut metering = Metering::new(HOST).unwrap();
+        if metering.restore(&frame).is_ok() {
+            // Whatever restored is usable.
+            let _ = metering.vm_rrd_xml(VM);
+            let _ = metering.host_rrd_xml();
+            let host = HostFigures::default();
+            let _ = metering.sample(sim.now_ms + 5_000, &host, &[guest.figures.clone()]);
+        }
+    }
+}
