@@ -174,6 +174,8 @@ pub struct Io {
     waiting: VecDeque<Tag>,
     next_tag: Tag,
     bytes_in_flight: usize,
+    /// Barriers in `pending` (while any is, no new request is taken).
+    barriers: usize,
 }
 
 /// Everything a call needs besides the rings.
@@ -209,6 +211,7 @@ impl Io {
             waiting: VecDeque::new(),
             next_tag: 1,
             bytes_in_flight: 0,
+            barriers: 0,
         }
     }
 
@@ -234,9 +237,7 @@ impl Io {
     /// kept until they complete (their buffers are ours), the rest are dropped.
     pub fn orphan_all(&mut self) {
         for tag in core::mem::take(&mut self.waiting) {
-            if let Some(p) = self.pending.remove(&tag) {
-                self.bytes_in_flight -= p.bytes;
-            }
+            self.remove(tag);
         }
         for p in self.pending.values_mut() {
             p.queue = None;
@@ -314,8 +315,7 @@ impl Io {
         status: Status,
         progress: &mut Progress,
     ) {
-        if let Some(p) = self.pending.remove(&tag) {
-            self.bytes_in_flight -= p.bytes;
+        if let Some(p) = self.remove(tag) {
             Self::answer(queues, p.queue, p.id, p.op, status, progress);
         }
     }
@@ -369,10 +369,30 @@ impl Io {
 
     /// A barrier is unfinished: nothing new is taken.
     fn gated(&self) -> bool {
-        self.pending.values().any(|p| p.fence == Fence::AfterAll)
+        self.barriers > 0
+    }
+
+    fn insert(&mut self, tag: Tag, p: Pending) {
+        self.bytes_in_flight += p.bytes;
+        if p.fence == Fence::AfterAll {
+            self.barriers += 1;
+        }
+        self.pending.insert(tag, p);
+    }
+
+    fn remove(&mut self, tag: Tag) -> Option<Pending> {
+        let p = self.pending.remove(&tag)?;
+        self.bytes_in_flight -= p.bytes;
+        if p.fence == Fence::AfterAll {
+            self.barriers -= 1;
+        }
+        Some(p)
     }
 
     fn may_start(&self, tag: Tag, fence: Fence) -> bool {
+        if fence == Fence::None && self.barriers == 0 {
+            return true;
+        }
         let mut earlier = self.pending.range(..tag).map(|(_, p)| p);
         match fence {
             Fence::AfterAll => earlier.next().is_none(),
@@ -481,8 +501,7 @@ impl Io {
                     }
                     let tag = self.next_tag;
                     self.next_tag += 1;
-                    self.bytes_in_flight += prep.bytes;
-                    self.pending.insert(
+                    self.insert(
                         tag,
                         Pending {
                             queue: Some(index),

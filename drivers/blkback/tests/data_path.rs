@@ -528,3 +528,87 @@ fn events_are_routed_by_port_and_indirect_can_be_withheld() {
     w.settle(&mut dev);
     assert_eq!(fe.take_responses(), [(1, op::READ, -2), (2, op::READ, 0)]);
 }
+
+/// Deterministic pseudo-random mixes of writes, flushes, barriers and reads against a
+/// target that completes in changing orders: every request is answered once, and an
+/// acknowledged flush or barrier means every write pushed before it is durable.
+#[test]
+fn random_mixes_keep_flush_and_barrier_promises() {
+    for seed in 1..=12u64 {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut w = World::new(4096);
+        let mut dev = device_with(|c| c.limits.max_requests_per_poll = 4);
+        let fe = w.connected(&mut dev);
+        w.target.queue_depth = 3;
+        let mut writes: Vec<(u64, u64, u8)> = Vec::new(); // (id, sector, byte)
+        let mut fences: Vec<(u64, usize)> = Vec::new(); // (id, writes pushed before it)
+        let mut answered = std::collections::BTreeSet::new();
+        let mut id = 0u64;
+        let mut outstanding = 0u32;
+        for _ in 0..300 {
+            let roll = next() % 10;
+            if outstanding < fe.size() {
+                id += 1;
+                outstanding += 1;
+                let gref = 10_000 + (id % 64) as u32;
+                w.data_page(gref, false);
+                match roll {
+                    0..=4 => {
+                        let sector = id * 8;
+                        let byte = (next() % 250) as u8 + 1;
+                        w.fill(gref, 0, &[byte; 4096]);
+                        fe.push_request(&write(id, sector, &[seg(gref, 0, 7)]));
+                        writes.push((id, sector, byte));
+                    }
+                    5 => {
+                        fe.push_request(&flush(id));
+                        fences.push((id, writes.len()));
+                    }
+                    6 => {
+                        fe.push_request(&encode::direct(op::WRITE_BARRIER, id, 0, 0, &[]));
+                        fences.push((id, writes.len()));
+                    }
+                    _ => fe.push_request(&read(id, (next() % 500) * 8, &[seg(gref, 0, 7)])),
+                }
+            }
+            w.target.order = match next() % 3 {
+                0 => Order::Fifo,
+                1 => Order::Lifo,
+                _ => Order::Stalled,
+            };
+            w.poll(&mut dev);
+            for (rid, _, status) in fe.take_responses() {
+                assert_eq!(status, 0, "seed {seed} id {rid}");
+                assert!(answered.insert(rid), "seed {seed}: id {rid} answered twice");
+                outstanding -= 1;
+                if let Some((_, before)) = fences.iter().find(|(f, _)| *f == rid) {
+                    for (wid, sector, byte) in &writes[..*before] {
+                        let at = *sector as usize * 512;
+                        assert!(
+                            w.target.durable[at..at + 4096].iter().all(|b| b == byte),
+                            "seed {seed}: write {wid} not durable at fence {rid}"
+                        );
+                    }
+                }
+            }
+        }
+        w.target.order = Order::Fifo;
+        w.settle(&mut dev);
+        for (rid, _, status) in fe.take_responses() {
+            assert_eq!(status, 0);
+            assert!(answered.insert(rid));
+        }
+        assert_eq!(
+            answered.len() as u64,
+            id,
+            "seed {seed}: every request answered"
+        );
+        assert_eq!(dev.in_flight(), 0);
+    }
+}
