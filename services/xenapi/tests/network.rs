@@ -739,7 +739,15 @@ fn a_running_vm_gets_its_vifs_and_hot_plugs_more() {
         "VM_BAD_POWER_STATE"
     );
     let domid = h.start(&vm);
-    assert!(h.guests.domain(domid).is_some());
+    // Built paused, its VIF attached, then unpaused: the guest finds its NIC at boot.
+    let domain = h.guests.domain(domid).unwrap();
+    assert!(domain.spec.paused && !domain.paused);
+    let calls = h.guests.calls();
+    let start = calls.iter().position(|c| c.starts_with("start")).unwrap();
+    assert!(
+        calls[start + 1..].contains(&format!("unpause {domid}")),
+        "{calls:?}"
+    );
     let port = h.switch.port(domid, 0).expect("VIF 0 attached at start");
     assert_eq!(port.mac.to_string(), mac);
     assert_eq!(port.bridge, bridge);

@@ -361,6 +361,11 @@ fn write_attached(
 
 // ---- a VM's start and stop ----
 
+/// Whether the VM has VIFs (its start keeps the domain paused until they are attached).
+pub(crate) fn has_vifs(db: &Db, vm: &str) -> bool {
+    !refs(db, vm, "VIFs").is_empty()
+}
+
 /// The VM just started as `domid`: every VIF gets its netback device and switch port, in
 /// device order. A VIF the switch refuses stays detached with the reason in
 /// `status_detail` (`status_code` 1): the VM runs without it rather than not at all.

@@ -238,12 +238,22 @@ impl PowerJob {
                     self.phase = Phase::Load(loading);
                     return Ok(false);
                 }
-                let spec = loading.into_spec(&state.db, &vm)?;
+                let mut spec = loading.into_spec(&state.db, &vm)?;
                 let (paused, vcpus) = (spec.paused, spec.vcpus_at_startup);
+                // The guest must find its network interfaces when it boots (its DHCP client
+                // runs early): the domain stays paused until its VIFs are attached.
+                let hold = !paused && super::vif::has_vifs(&state.db, &vm);
+                spec.paused |= hold;
                 let domid = guests(state)?
                     .start(spec)
                     .map_err(|e| e.to_api_error(&vm))?;
                 record_started(state, &vm, domid, paused, vcpus, now)?;
+                if hold {
+                    if let Err(e) = guests(state)?.unpause(domid) {
+                        hard_stop(state, &vm, now)?;
+                        return Err(e.to_api_error(&vm));
+                    }
+                }
                 refresh_host_memory(state, now)?;
                 return Ok(true);
             }
