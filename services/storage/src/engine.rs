@@ -33,6 +33,10 @@ use crate::Uuid;
 
 /// Most VDI requests accepted at once per SR (a caller gets `QueueFull` beyond it).
 pub const MAX_QUEUED_IO: usize = 1024;
+/// Most copy-on-writes under way at once per SR. Each holds up to an extent's worth of
+/// buffers (old contents or zeros around the written range), so this bounds the memory a
+/// flood of small writes into holes can pin; further writes that need one wait.
+pub const MAX_COPY_ON_WRITES: usize = 16;
 
 /// The queue's state, part of [`Sr`].
 #[derive(Default)]
@@ -50,6 +54,9 @@ pub(crate) struct Engine {
     cows: BTreeMap<u64, Cow>,
     /// Virtual extents being copied-on-write.
     locked: BTreeSet<(Uuid, u64)>,
+    /// In this pass over the waiting requests, an older write already waits for room for
+    /// its copy-on-writes: younger ones that need one wait behind it (no overtaking).
+    cow_gate_closed: bool,
     /// The flush whose commit is under way (one at a time).
     committing: Option<u64>,
     /// Finished requests of callers of `submit_io`.
@@ -197,6 +204,11 @@ impl<D: BlockDevice> Sr<D> {
         self.engine.ops.len()
     }
 
+    /// Copy-on-writes under way (at most [`MAX_COPY_ON_WRITES`] unless one write needs more).
+    pub fn copy_on_writes_in_flight(&self) -> usize {
+        self.engine.cows.len()
+    }
+
     /// Device requests in flight or waiting for room in the device's queue.
     pub fn device_requests_in_flight(&self) -> usize {
         self.engine.requests.len() + self.engine.backlog.len()
@@ -328,6 +340,7 @@ impl<D: BlockDevice> Sr<D> {
     /// Starts every waiting request that may start now, oldest first.
     fn start_waiting(&mut self) -> bool {
         let mut progress = false;
+        self.engine.cow_gate_closed = false;
         let mut index = 0;
         while let Some(&id) = self.engine.waiting.get(index) {
             if self.try_start(id) {
@@ -505,6 +518,19 @@ impl<D: BlockDevice> Sr<D> {
                 old => (vext, Target::Cow { old }),
             })
             .collect();
+        let cows = targets
+            .iter()
+            .filter(|(_, t)| matches!(t, Target::Cow { .. }))
+            .count();
+        // A write needing more than the bound at once still runs when nothing else copies.
+        if cows > 0
+            && (self.engine.cow_gate_closed
+                || (!self.engine.cows.is_empty()
+                    && self.engine.cows.len() + cows > MAX_COPY_ON_WRITES))
+        {
+            self.engine.cow_gate_closed = true;
+            return false;
+        }
         // Every fresh extent first, so a write the SR has no room for writes nothing.
         let mut fresh = Vec::new();
         for _ in targets

@@ -34,7 +34,7 @@ mod vdi;
 mod vdi_io;
 
 pub use check::{CheckFailure, CheckReport};
-pub use engine::MAX_QUEUED_IO;
+pub use engine::{MAX_COPY_ON_WRITES, MAX_QUEUED_IO};
 pub use error::{Corruption, FrameProblem, Inconsistency, Space, SrError};
 pub use format::FormatOptions;
 pub use frame::crc32c;

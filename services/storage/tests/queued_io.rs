@@ -355,3 +355,35 @@ fn metadata_operations_wait_for_queued_writes_so_a_snapshot_sees_them_whole() {
     // The completions of the drained requests are kept for their user.
     assert_eq!(std::iter::from_fn(|| sr.take_io_completion()).count(), 8);
 }
+
+#[test]
+fn a_flood_of_small_writes_into_holes_holds_a_bounded_number_of_copy_on_writes() {
+    use keel_storage::MAX_COPY_ON_WRITES;
+    let (mut sr, _) = lifo_sr(32);
+    let vdi = sr.create_vdi("v", 200 * EXTENT).unwrap();
+    let mut most = 0;
+    for i in 0..150u64 {
+        sr.submit_io(vdi, i, write(i * EXTENT + 512, pattern(i as u8, 512)))
+            .unwrap();
+        most = most.max(sr.copy_on_writes_in_flight());
+    }
+    assert_eq!(most, MAX_COPY_ON_WRITES);
+    let mut polls = 0;
+    while sr.io_in_flight() > 0 {
+        sr.poll_io();
+        most = most.max(sr.copy_on_writes_in_flight());
+        polls += 1;
+        assert!(polls < 100_000);
+    }
+    assert_eq!(most, MAX_COPY_ON_WRITES);
+    let done: Vec<VdiCompletion> = std::iter::from_fn(|| sr.take_io_completion()).collect();
+    assert_eq!(done.len(), 150);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    for i in 0..150u64 {
+        let mut back = vec![0; 1024];
+        sr.read(vdi, i * EXTENT, &mut back).unwrap();
+        assert_eq!(back[..512], [0; 512]);
+        assert_eq!(back[512..], pattern(i as u8, 512)[..]);
+    }
+    sr.check().unwrap();
+}
