@@ -31,7 +31,7 @@ use keel_xen::hypercall::DOMID_FIRST_RESERVED;
 use keel_xen::{Hypervisor, XenError};
 
 use crate::grant_io::GrantIo;
-use crate::io::{Io, Limits, Offer, Progress, Queue, Services, Violation};
+use crate::io::{Io, Limits, Offer, Progress, Queue, Services, Stats, Violation};
 use crate::persistent::{PersistentGrants, PersistentIo};
 use crate::ring::{BlkRing, PageWords, RingError, RingFrames, RingPages, MAX_RING_PAGE_ORDER};
 use crate::store::{read_state, read_u64, ReadError, StoreError, XenbusState, Xenstore};
@@ -275,6 +275,11 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
     /// Ring frames that would not unmap (never reused).
     pub fn leaked_frames(&self) -> usize {
         self.leaked_frames
+    }
+
+    /// Requests served since the device was created (across reconnections).
+    pub fn stats(&self) -> Stats {
+        self.io.stats()
     }
 
     /// Whether the connected frontend uses persistent grants, and how many are mapped.

@@ -29,8 +29,8 @@ use crate::grant_io::{GrantIo, GrantSpan};
 use crate::ring::{BlkRing, PageWords, RingError};
 use crate::target::{BlockRequest, BlockTarget, Busy, Completion, Geometry, IoError, Tag};
 use crate::wire::{
-    indirect_segments, DirectRequest, DiscardRequest, IndirectRequest, Request, Response, RwKind,
-    Segment, Status, SECTOR_SIZE,
+    indirect_segments, op, DirectRequest, DiscardRequest, IndirectRequest, Request, Response,
+    RwKind, Segment, Status, SECTOR_SIZE,
 };
 
 /// Bounds on one device's work and memory.
@@ -158,6 +158,48 @@ pub struct Progress {
     pub more: bool,
 }
 
+/// What a device has done, for `VBD_metrics` and logs (successful requests; failures are
+/// counted by status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+    /// Flushes and barriers (their data, if any, counts as written bytes).
+    pub flushes: u64,
+    pub discards: u64,
+    /// Answered `BLKIF_RSP_ERROR`.
+    pub errors: u64,
+    /// Answered `BLKIF_RSP_EOPNOTSUPP`.
+    pub unsupported: u64,
+}
+
+impl Stats {
+    fn count(&mut self, op: u8, status: Status, bytes: usize) {
+        let bytes = bytes as u64;
+        match status {
+            Status::Error => self.errors += 1,
+            Status::NotSupported => self.unsupported += 1,
+            Status::Okay => match op {
+                op::READ => {
+                    self.reads += 1;
+                    self.read_bytes += bytes;
+                }
+                op::WRITE => {
+                    self.writes += 1;
+                    self.write_bytes += bytes;
+                }
+                op::DISCARD => self.discards += 1,
+                _ => {
+                    self.flushes += 1;
+                    self.write_bytes += bytes;
+                }
+            },
+        }
+    }
+}
+
 /// A frontend broke the ring protocol: disconnect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violation {
@@ -176,6 +218,7 @@ pub struct Io {
     bytes_in_flight: usize,
     /// Barriers in `pending` (while any is, no new request is taken).
     barriers: usize,
+    stats: Stats,
 }
 
 /// Everything a call needs besides the rings.
@@ -212,6 +255,7 @@ impl Io {
             next_tag: 1,
             bytes_in_flight: 0,
             barriers: 0,
+            stats: Stats::default(),
         }
     }
 
@@ -227,6 +271,10 @@ impl Io {
     /// Requests in the pipeline (including orphans still in the target).
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     pub fn bytes_in_flight(&self) -> usize {
@@ -316,6 +364,9 @@ impl Io {
         progress: &mut Progress,
     ) {
         if let Some(p) = self.remove(tag) {
+            if p.queue.is_some() {
+                self.stats.count(p.op, status, p.bytes);
+            }
             Self::answer(queues, p.queue, p.id, p.op, status, progress);
         }
     }
@@ -493,8 +544,14 @@ impl Io {
             let request = Request::parse(&raw);
             let (id, op) = (request.id(), request.response_op());
             match self.prepare(&request, svc) {
-                Err(status) => Self::answer(queues, Some(index), id, op, status, progress),
-                Ok(None) => Self::answer(queues, Some(index), id, op, Status::Okay, progress),
+                Err(status) => {
+                    self.stats.count(op, status, 0);
+                    Self::answer(queues, Some(index), id, op, status, progress);
+                }
+                Ok(None) => {
+                    self.stats.count(op, Status::Okay, 0);
+                    Self::answer(queues, Some(index), id, op, Status::Okay, progress);
+                }
                 Ok(Some(prep)) => {
                     if prep.writes {
                         progress.copied += prep.bytes;

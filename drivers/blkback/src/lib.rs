@@ -35,7 +35,7 @@ pub mod fake;
 
 pub use backend::{Blkback, Config, ConfigError, ConnectError, Env, Failure};
 pub use grant_io::{CopyError, GrantIo, GrantSpan, IdentityMapped, LocalFrames, XenGrantCopy};
-pub use io::{Limits, Offer, Progress};
+pub use io::{Limits, Offer, Progress, Stats};
 pub use ring::{PageWords, RingFrames};
 pub use store::{StoreError, XenbusState, Xenstore};
 pub use target::{

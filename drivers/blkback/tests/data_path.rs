@@ -39,6 +39,10 @@ fn partial_segments_write_then_read_back() {
     fe.push_request(&read(2, 10, &[seg(1002, 1, 5), seg(1003, 0, 4)]));
     w.settle(&mut dev);
     assert_eq!(fe.take_responses(), [(2, op::READ, 0)]);
+    let stats = dev.stats();
+    assert_eq!((stats.writes, stats.write_bytes), (1, 5120));
+    assert_eq!((stats.reads, stats.read_bytes), (1, 5120));
+    assert_eq!((stats.errors, stats.unsupported, stats.flushes), (0, 0, 0));
     let p2 = w.page(1002);
     let p3 = w.page(1003);
     assert_eq!(p2[..512], [0; 512], "sector 0 of the page untouched");
@@ -527,6 +531,7 @@ fn events_are_routed_by_port_and_indirect_can_be_withheld() {
     assert_eq!(p.taken, 2);
     w.settle(&mut dev);
     assert_eq!(fe.take_responses(), [(1, op::READ, -2), (2, op::READ, 0)]);
+    assert_eq!(dev.stats().unsupported, 1);
 }
 
 /// Deterministic pseudo-random mixes of writes, flushes, barriers and reads against a
