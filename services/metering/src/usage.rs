@@ -30,7 +30,8 @@ pub const MAX_PERIOD_S: u64 = 400 * 86_400;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageConfig {
-    /// Journal bytes after which the next change is written as a checkpoint.
+    /// Journal bytes after which the next change is written as a checkpoint (or twice the
+    /// latest checkpoint, if that is more).
     pub compact_after_bytes: usize,
     /// The most hourly rows held (~200 bytes each in memory); samples that would need more
     /// are refused with [`UsageError::LedgerFull`] until acknowledged rows are dropped.
@@ -103,6 +104,9 @@ pub struct Usage<S: UsageStore> {
     /// VM only sets its clock, so no time is billed across an outage).
     last_seen_ms: BTreeMap<String, u64>,
     journal_bytes: usize,
+    /// The size of the latest checkpoint: the journal may grow to twice it before the next,
+    /// so a large ledger is not rewritten at every sample.
+    checkpoint_bytes: usize,
     needs_compaction: bool,
 }
 
@@ -179,6 +183,7 @@ impl<S: UsageStore> Usage<S> {
             ledger,
             last_seen_ms: BTreeMap::new(),
             journal_bytes: journal.len() - torn_tail_bytes,
+            checkpoint_bytes: frames.first().map_or(0, |f| f.len()),
             // Appending behind a torn tail would be ignored on the next replay.
             needs_compaction: torn_tail_bytes > 0,
         };
@@ -215,7 +220,11 @@ impl<S: UsageStore> Usage<S> {
         let mut frame = Vec::new();
         push_frame(&mut frame, &w.bytes);
         if self.needs_compaction
-            || self.journal_bytes + frame.len() > self.config.compact_after_bytes
+            || self.journal_bytes + frame.len()
+                > self
+                    .config
+                    .compact_after_bytes
+                    .max(self.checkpoint_bytes.saturating_mul(2))
         {
             let mut next = self.ledger.clone();
             for entry in entries {
@@ -228,6 +237,7 @@ impl<S: UsageStore> Usage<S> {
             }
             self.ledger = next;
             self.journal_bytes = checkpoint.len();
+            self.checkpoint_bytes = checkpoint.len();
             self.needs_compaction = false;
             return Ok(());
         }

@@ -418,3 +418,59 @@ fn any_journal_opens_or_is_refused_without_panicking() {
         open_and_use(&journal);
     }
 }
+
+#[test]
+fn a_large_ledger_is_not_rewritten_at_every_sample() {
+    // 40 VMs over 30 hours: ~1200 rows, a checkpoint far above the 3000-byte threshold.
+    let store = MemUsageStore::new();
+    let config = UsageConfig {
+        max_rows: 10_000,
+        ..config()
+    };
+    let (mut usage, _) = Usage::open(store.clone(), config).unwrap();
+    let uuids: Vec<String> = (0..40)
+        .map(|i| format!("0c0c0c0c-0000-4000-8000-{i:012}"))
+        .collect();
+    let identity = identity("vm");
+    for hour in 0..30u64 {
+        let figures: Vec<VmFigures> = uuids
+            .iter()
+            .map(|u| figures(u, hour + 1, MEMORY_B))
+            .collect();
+        let samples: Vec<VmUsageSample<'_>> = figures
+            .iter()
+            .map(|f| VmUsageSample {
+                identity: &identity,
+                figures: f,
+            })
+            .collect();
+        usage.record((H0 + hour * 3600) * 1000, &samples).unwrap();
+    }
+    assert_eq!(usage.ledger().row_count(), 1200);
+    let before = store.stats();
+    let identity_only = figures(&uuids[0], 31, MEMORY_B);
+    for i in 0..20u64 {
+        let f = VmFigures {
+            vcpu_time_ns: vec![(31 + i) * 4_900_000_000, 0],
+            ..identity_only.clone()
+        };
+        usage
+            .record(
+                (H0 + 30 * 3600) * 1000 + i * STEP_MS,
+                &[VmUsageSample {
+                    identity: &identity,
+                    figures: &f,
+                }],
+            )
+            .unwrap();
+    }
+    let after = store.stats();
+    assert_eq!(after.writes - before.writes, 20);
+    assert!(
+        after.compactions - before.compactions <= 1,
+        "{} checkpoints for 20 small samples",
+        after.compactions - before.compactions
+    );
+    let (reopened, _) = Usage::open(store.clone(), config).unwrap();
+    assert_eq!(reopened.ledger(), usage.ledger());
+}
