@@ -125,8 +125,11 @@ pub enum ApiError {
     DeviceAlreadyExists { device: String },
     /// `INVALID_DEVICE [device]`: a `userdevice` that is not `0`..`15` or `autodetect`.
     InvalidDevice { device: String },
-    /// `VDI_INCOMPATIBLE_TYPE [vdi, type]`: e.g. a disk image put in a CD drive.
+    /// `VDI_INCOMPATIBLE_TYPE [vdi, type]`: a VDI of a type no VBD attaches
+    /// (`ha_statefile`, `redo_log`, `cbt_metadata`).
     VdiIncompatibleType { vdi: String, vdi_type: String },
+    /// `VDI_IS_NOT_ISO [vdi, reason]`: a disk image put in a CD drive.
+    VdiIsNotIso { vdi: String, reason: String },
 }
 
 impl ApiError {
@@ -177,6 +180,7 @@ impl ApiError {
             ApiError::DeviceAlreadyExists { .. } => "DEVICE_ALREADY_EXISTS",
             ApiError::InvalidDevice { .. } => "INVALID_DEVICE",
             ApiError::VdiIncompatibleType { .. } => "VDI_INCOMPATIBLE_TYPE",
+            ApiError::VdiIsNotIso { .. } => "VDI_IS_NOT_ISO",
         }
     }
 
@@ -271,6 +275,7 @@ impl ApiError {
             ApiError::VdiIncompatibleType { vdi, vdi_type } => {
                 vec![vdi.clone(), vdi_type.clone()]
             }
+            ApiError::VdiIsNotIso { vdi, reason } => vec![vdi.clone(), reason.clone()],
         }
     }
 

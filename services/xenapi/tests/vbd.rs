@@ -332,7 +332,10 @@ fn userdevices_name_devices_and_are_unique_per_vm() {
     assert_eq!(text(&h.get("VBD", &third, "device")), "xvdp");
     // A disk needs a VDI; a read-only VDI (a snapshot) is not attached read-write.
     let args = record(&[("VM", s(&vm)), ("userdevice", s("5"))]);
-    assert_eq!(code(&h.err("VBD.create", vec![args])), "HANDLE_INVALID");
+    assert_eq!(
+        h.err("VBD.create", vec![args]).description(),
+        ["VBD_NOT_REMOVABLE_MEDIA", "in constructor"]
+    );
     let snap = text(&h.ok("VDI.snapshot", vec![s(&a)])).to_string();
     let args = record(&[("VM", s(&vm)), ("VDI", s(&snap)), ("mode", s("RW"))]);
     assert_eq!(code(&h.err("VBD.create", vec![args])), "VDI_READ_ONLY");
@@ -340,6 +343,24 @@ fn userdevices_name_devices_and_are_unique_per_vm() {
     assert_eq!(
         code(&h.err("VBD.set_mode", vec![s(&ro), s("RW")])),
         "VDI_READ_ONLY"
+    );
+    // xapi's internal VDIs are never attached.
+    let sr = h.sr("sr-a");
+    let args = record(&[
+        ("SR", s(&sr)),
+        ("name_label", s("statefile")),
+        ("virtual_size", Value::Int(MIB as i64)),
+        ("type", s("ha_statefile")),
+    ]);
+    let statefile = text(&h.ok("VDI.create", vec![args])).to_string();
+    let args = record(&[
+        ("VM", s(&vm)),
+        ("VDI", s(&statefile)),
+        ("userdevice", s("7")),
+    ]);
+    assert_eq!(
+        h.err("VBD.create", vec![args]).description(),
+        ["VDI_INCOMPATIBLE_TYPE", statefile.as_str(), "ha_statefile"]
     );
     // The control domain gets none.
     let host_ref = h.api.host_ref().to_string();
@@ -369,10 +390,7 @@ fn cd_drives_are_read_only_and_take_only_isos() {
         ("type", s("CD")),
         ("mode", s("RO")),
     ]);
-    assert_eq!(
-        code(&h.err("VBD.create", vec![args])),
-        "VDI_INCOMPATIBLE_TYPE"
-    );
+    assert_eq!(code(&h.err("VBD.create", vec![args])), "VDI_IS_NOT_ISO");
     // An empty drive.
     let args = record(&[
         ("VM", s(&vm)),
@@ -388,7 +406,7 @@ fn cd_drives_are_read_only_and_take_only_isos() {
     assert_eq!(code(&h.err("VBD.eject", vec![s(&cd)])), "VBD_IS_EMPTY");
     assert_eq!(
         code(&h.err("VBD.insert", vec![s(&cd), s(&disk)])),
-        "VDI_INCOMPATIBLE_TYPE"
+        "VDI_IS_NOT_ISO"
     );
     h.ok("VBD.insert", vec![s(&cd), s(&iso)]);
     assert!(!h.flag("VBD", &cd, "empty"));
@@ -490,10 +508,9 @@ fn start_attaches_every_vbd_in_order_and_shutdown_detaches_them() {
     }
     assert_eq!(h.allowed(&root_vbd), ["unplug", "unplug_force"]);
     assert_eq!(h.allowed(&cd), ["eject", "unplug", "unplug_force"]);
-    assert_eq!(
-        code(&h.err("VBD.destroy", vec![s(&root_vbd)])),
-        "OPERATION_NOT_ALLOWED"
-    );
+    let refused = h.err("VBD.destroy", vec![s(&root_vbd)]).description();
+    assert_eq!(refused[0], "OPERATION_NOT_ALLOWED");
+    assert!(refused[1].contains("still attached"), "{refused:?}");
     h.ok("VM.hard_shutdown", vec![s(&vm)]);
     for vbd in [&root_vbd, &data_vbd, &cd] {
         assert!(!h.flag("VBD", vbd, "currently_attached"));

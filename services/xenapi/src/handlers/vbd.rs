@@ -6,8 +6,10 @@
 //! - `userdevice` is `0` to `15` (or `autodetect`: the lowest free one) and unique per VM;
 //!   the guest sees it as `xvda` to `xvdp` (`device`), devid `202 << 8 | index << 4`.
 //! - A CD is read-only (`VBD_CDS_MUST_BE_READONLY`) and holds an ISO VDI or nothing
-//!   (`empty`). A VDI is an ISO when its `name_label` ends in `.iso`, its `sm_config:type`
-//!   is `iso`, or its SR's `content_type` is `iso`.
+//!   (`empty`; only CDs may be empty: `VBD_NOT_REMOVABLE_MEDIA`). A VDI is an ISO when its
+//!   `name_label` ends in `.iso`, its `sm_config:type` is `iso`, or its SR's `content_type`
+//!   is `iso` (`VDI_IS_NOT_ISO`). VDIs of xapi's internal types (`ha_statefile`,
+//!   `redo_log`, `cbt_metadata`) are never attached (`VDI_INCOMPATIBLE_TYPE`).
 //! - A VDI is attached read-write by at most one VBD, and never read-write while attached
 //!   read-only elsewhere (`VDI_IN_USE`); a read-only VDI (a snapshot) only in `RO` mode
 //!   (`VDI_READ_ONLY`). Checked when the VBD is attached: at `VM.start` and `VBD.plug`.
@@ -122,9 +124,32 @@ fn check_cd_medium(db: &Db, vdi: &str) -> Result<(), ApiError> {
     if is_iso(db, vdi) {
         return Ok(());
     }
+    Err(ApiError::VdiIsNotIso {
+        vdi: vdi.to_string(),
+        reason: "not an ISO image (its name_label ends in .iso for one)".to_string(),
+    })
+}
+
+/// xapi's VDI types a VBD may attach (not `ha_statefile`, `redo_log`, `cbt_metadata`).
+const ATTACHABLE_TYPES: &[&str] = &[
+    "system",
+    "user",
+    "ephemeral",
+    "suspend",
+    "crashdump",
+    "metadata",
+    "rrd",
+    "pvs_cache",
+];
+
+fn check_vdi_type(db: &Db, vdi: &str) -> Result<(), ApiError> {
+    let vdi_type = text(db, vdi, "type");
+    if ATTACHABLE_TYPES.contains(&vdi_type.as_str()) {
+        return Ok(());
+    }
     Err(ApiError::VdiIncompatibleType {
         vdi: vdi.to_string(),
-        vdi_type: "not an ISO image (name it <name>.iso)".to_string(),
+        vdi_type,
     })
 }
 
@@ -443,11 +468,15 @@ pub fn create(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErro
         return Err(ApiError::VbdCdsMustBeReadonly);
     }
     let empty = is_null(&vdi);
+    // Only CDs may be empty (xapi's words: "in constructor").
     if empty && !cd {
-        return Err(ApiError::handle_invalid("VDI", &vdi));
+        return Err(ApiError::VbdNotRemovableMedia {
+            vbd: "in constructor".to_string(),
+        });
     }
     if !empty {
         db.expect("VDI", &vdi)?;
+        check_vdi_type(db, &vdi)?;
         if cd {
             check_cd_medium(db, &vdi)?;
         } else if mode == "RW" && flag(db, &vdi, "read_only") {
@@ -487,9 +516,15 @@ pub fn create(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErro
 /// `VBD.destroy(self)`: only a detached VBD.
 pub fn destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vbd = args.str(0)?.to_string();
-    if flag(&ctx.state.db, &vbd, "currently_attached") {
+    let db = &ctx.state.db;
+    if flag(db, &vbd, "currently_attached") {
+        let vm = text(db, &vbd, "VM");
         return Err(ApiError::OperationNotAllowed {
-            reason: "VBD is currently attached to a running VM; unplug it first".to_string(),
+            reason: format!(
+                "VBD '{}' still attached to '{}'",
+                text(db, &vbd, "uuid"),
+                text(db, &vm, "uuid")
+            ),
         });
     }
     let now = ctx.now;
@@ -642,6 +677,7 @@ pub fn insert(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErro
     if !flag(db, &vbd, "empty") {
         return Err(ApiError::VbdNotEmpty { vbd });
     }
+    check_vdi_type(db, &vdi)?;
     check_cd_medium(db, &vdi)?;
     if let Some(operation) = busy_with(db, &vdi) {
         return Err(ApiError::VdiInUse { vdi, operation });
