@@ -176,6 +176,8 @@ pub struct Blkback<P> {
     config: Config,
     state: XenbusState,
     started: bool,
+    /// The frontend's state node has existed (its absence now means it went away).
+    seen_frontend: bool,
     io: Io,
     queues: Vec<Queue<P>>,
     /// The frontend asked for persistent grants (and they are offered).
@@ -238,6 +240,7 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
             io: Io::new(config.domid, config.limits, offer),
             state: XenbusState::Initialising,
             started: false,
+            seen_frontend: false,
             queues: Vec::new(),
             persistent: false,
             grants: PersistentGrants::new(config.max_persistent_grants),
@@ -403,6 +406,7 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
         }
         let online = !matches!(read_u64(env.store, &self.backend("online")), Ok(Some(0)));
         let frontend = read_state(env.store, &self.config.frontend_path);
+        self.seen_frontend |= frontend != XenbusState::Unknown;
         match frontend {
             XenbusState::Initialising => {
                 if self.state == XenbusState::Closed && online {
@@ -434,6 +438,9 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
                     self.switch(env, XenbusState::Closing);
                 }
             }
+            // Unknown before the frontend ever showed up: the toolstack has not written its
+            // directory yet.
+            XenbusState::Unknown if !self.seen_frontend => {}
             XenbusState::Closed | XenbusState::Unknown => {
                 if self.state != XenbusState::Closed {
                     self.disconnect(env);

@@ -325,3 +325,20 @@ fn a_reconnect_seen_as_one_event_still_connects() {
     w.settle(&mut dev);
     assert_eq!(rings[0].0.take_responses(), [(1, 0, 0)]);
 }
+
+#[test]
+fn a_frontend_directory_written_after_the_backend_starts_is_waited_for() {
+    let mut w = World::new(64);
+    let mut dev = device();
+    w.toolstack("w");
+    w.store.nodes.retain(|k, _| !k.starts_with(FE));
+    w.start(&mut dev);
+    w.watch(&mut dev);
+    assert_eq!(dev.state(), XenbusState::InitWait);
+    w.set_fe_state(1);
+    w.watch(&mut dev);
+    assert_eq!(dev.state(), XenbusState::InitWait);
+    w.blkfront(1, None);
+    w.watch(&mut dev);
+    assert_eq!(dev.state(), XenbusState::Connected);
+}
