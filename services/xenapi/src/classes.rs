@@ -126,7 +126,31 @@ pub static POOL: ClassDecl = ClassDecl {
         ro("allowed_operations", STRING_SET),
         ro("current_operations", STRING_MAP),
     ],
-    messages: &[msg("sync_database", &[], host::pool_sync_database).asyncable()],
+    messages: &[
+        msg("sync_database", &[], host::pool_sync_database).asyncable(),
+        // Pool-wide VLANs: on a one-host pool, VLAN.create on that host's interface. Xen
+        // Orchestra makes its VLAN networks with create_VLAN_from_PIF.
+        msg(
+            "create_VLAN_from_PIF",
+            &[
+                param("pif", Ref("PIF")),
+                param("network", Ref("network")),
+                param("VLAN", Int),
+            ],
+            crate::handlers::vlan::pool_create_vlan_from_pif,
+        )
+        .asyncable(),
+        msg(
+            "create_VLAN",
+            &[
+                param("device", String),
+                param("network", Ref("network")),
+                param("VLAN", Int),
+            ],
+            crate::handlers::vlan::pool_create_vlan,
+        )
+        .asyncable(),
+    ],
 };
 
 pub static HOST: ClassDecl = ClassDecl {

@@ -609,6 +609,25 @@ fn vlans_tag_a_network_onto_the_physical_interface() {
     assert_eq!(code(&e), "INVALID_VALUE");
     h.ok("PIF.destroy", vec![s(&untagged)]);
     assert!(h.ok("VLAN.get_all", vec![]).as_array().unwrap().is_empty());
+    // The pool-wide forms Xen Orchestra and old scripts use: the new interfaces come back.
+    let made = h.ok(
+        "pool.create_VLAN_from_PIF",
+        vec![s(&eth0), s(&other), Value::Int(40)],
+    );
+    let untagged = strings(&made);
+    assert_eq!(untagged.len(), 1);
+    assert_eq!(h.get("PIF", &untagged[0], "VLAN"), Value::Int(40));
+    h.ok("PIF.destroy", vec![s(&untagged[0])]);
+    let made = h.ok(
+        "pool.create_VLAN",
+        vec![s("eth0"), s(&other), Value::Int(41)],
+    );
+    assert_eq!(h.get("PIF", &strings(&made)[0], "VLAN"), Value::Int(41));
+    let e = h.err(
+        "pool.create_VLAN",
+        vec![s("eth9"), s(&other), Value::Int(42)],
+    );
+    assert_eq!(code(&e), "INVALID_VALUE");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use super::network::{
-    configure_bridge, create_management_network, flag, int, live_ref, text, DEFAULT_MTU,
+    configure_bridge, create_management_network, flag, live_ref, text, DEFAULT_MTU,
     MANAGEMENT_DEVICE,
 };
 use super::value;
@@ -179,10 +179,6 @@ impl XenApi {
     }
 }
 
-fn is_vlan(db: &Db, pif: &str) -> bool {
-    live_ref(db, pif, "VLAN_master_of").is_some() || int(db, pif, "VLAN") >= 0
-}
-
 /// `PIF.plug(self)`: brings the interface up; the network's bridge gets it as its uplink.
 pub fn plug(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let pif = args.str(0)?.to_string();
@@ -248,17 +244,7 @@ pub fn create_vlan(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, Ap
     let network = args.str(1)?.to_string();
     let host = args.str(2)?.to_string();
     let tag = args.int(3)?;
-    let db = &ctx.state.db;
-    let tagged = db
-        .refs("PIF")
-        .into_iter()
-        .find(|pif| {
-            text(db, pif, "device") == device && text(db, pif, "host") == host && !is_vlan(db, pif)
-        })
-        .ok_or_else(|| NetworkError::InvalidValue {
-            field: "device".to_string(),
-            value: crate::codec::truncate(device.clone(), 64),
-        })?;
+    let tagged = super::vlan::physical_pif(&ctx.state.db, &host, &device)?;
     let (_, untagged) = super::vlan::create_vlan(ctx, &tagged, tag, &network)?;
     value(Value::String(untagged))
 }

@@ -18,6 +18,7 @@ use crate::classes_network::{PIF, VLAN};
 use crate::dispatch::{Args, CallContext, Outcome};
 use crate::error::ApiError;
 use crate::error_network::NetworkError;
+use crate::store::Db;
 use crate::value::Value;
 
 /// The MAC xapi gives VLAN interfaces (they send with the physical interface's).
@@ -111,6 +112,50 @@ pub(crate) fn create_vlan(
         return Err(e);
     }
     Ok((vlan, untagged))
+}
+
+/// `pool.create_VLAN_from_PIF(pif, network, VLAN)`: the VLAN on every host's interface
+/// like `pif` — on Keel's one-host pool, `pif` itself. Returns the new interfaces.
+pub fn pool_create_vlan_from_pif(
+    ctx: &mut CallContext<'_>,
+    args: &Args,
+) -> Result<Outcome, ApiError> {
+    let tagged = args.str(0)?.to_string();
+    let network = args.str(1)?.to_string();
+    let tag = args.int(2)?;
+    let (_, untagged) = create_vlan(ctx, &tagged, tag, &network)?;
+    value(Value::Array(vec![Value::String(untagged)]))
+}
+
+/// `pool.create_VLAN(device, network, VLAN)` (deprecated): the VLAN on this host's physical
+/// interface named `device`. Returns the new interfaces.
+pub fn pool_create_vlan(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
+    let device = args.str(0)?.to_string();
+    let network = args.str(1)?.to_string();
+    let tag = args.int(2)?;
+    let host = ctx.host_ref().to_string();
+    let tagged = physical_pif(&ctx.state.db, &host, &device)?;
+    let (_, untagged) = create_vlan(ctx, &tagged, tag, &network)?;
+    value(Value::Array(vec![Value::String(untagged)]))
+}
+
+/// The physical (not VLAN) interface of `host` named `device`, or `INVALID_VALUE`.
+pub(crate) fn physical_pif(db: &Db, host: &str, device: &str) -> Result<String, ApiError> {
+    db.refs("PIF")
+        .into_iter()
+        .find(|pif| {
+            text(db, pif, "device") == device
+                && text(db, pif, "host") == host
+                && live_ref(db, pif, "VLAN_master_of").is_none()
+                && int(db, pif, "VLAN") < 0
+        })
+        .ok_or_else(|| {
+            NetworkError::InvalidValue {
+                field: "device".to_string(),
+                value: crate::codec::truncate(device.to_string(), 64),
+            }
+            .into()
+        })
 }
 
 /// `VLAN.destroy(self)`.
