@@ -7,7 +7,7 @@
 use core::ptr::NonNull;
 
 use keel_e1000::{DmaRegion, Hal, Model, Options, Registers, E1000};
-use keel_pci::{reg, Bar, Function};
+use keel_pci::{reg, Bar, DeviceKind, Function};
 
 use crate::memory;
 use crate::pci::PciConfig;
@@ -82,11 +82,27 @@ unsafe impl Hal for FrameDma {
     }
 }
 
-/// The model of the first Intel NIC the driver supports, with its function.
+/// The model of the first Intel NIC the driver supports, with its function. Intel NICs it
+/// does not support are named in the log, so an operator sees why there is no network.
 pub fn find(functions: &[Function]) -> Option<(&Function, Model)> {
-    functions
+    let found = functions
         .iter()
-        .find_map(|f| Some((f, Model::from_pci_id(f.vendor_id, f.device_id)?)))
+        .find_map(|f| Some((f, Model::from_pci_id(f.vendor_id, f.device_id)?)));
+    if found.is_none() {
+        for f in functions
+            .iter()
+            .filter(|f| matches!(f.kind, DeviceKind::E1000 | DeviceKind::E1000e))
+        {
+            log::warn!(
+                "net: {} {:04x}:{:04x} at {} is not a part keel-e1000 drives (82540EM, 82574L)",
+                f.kind.name(),
+                f.vendor_id,
+                f.device_id,
+                f.address
+            );
+        }
+    }
+    found
 }
 
 /// Starts the driver on one function; errors are logged.
