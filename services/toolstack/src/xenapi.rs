@@ -109,6 +109,10 @@ fn device_error(e: DeviceError) -> GuestError {
         DeviceError::Backend(DiskBackendError::Unavailable) => {
             GuestError::Unsupported("disks (this host has no disk backend)".to_string())
         }
+        DeviceError::DevidInUse(devid) => GuestError::Failed(format!(
+            "the guest's device {devid} is still being removed (its frontend has up to 10 s \
+             to close it); try again"
+        )),
         other => GuestError::Failed(format!("{other:?}")),
     }
 }
