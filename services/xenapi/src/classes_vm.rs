@@ -390,6 +390,12 @@ pub static VM: ClassDecl = ClassDecl {
             &[param("vm", VM_REF)],
             crate::handlers::vif::get_allowed_vif_devices,
         ),
+        // The free `userdevice`s for a new VBD (clients pick a disk's slot from it).
+        msg(
+            "get_allowed_VBD_devices",
+            &[param("vm", VM_REF)],
+            crate::handlers::vbd::get_allowed_vbd_devices,
+        ),
     ],
 };
 

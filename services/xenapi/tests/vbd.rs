@@ -330,6 +330,10 @@ fn userdevices_name_devices_and_are_unique_per_vm() {
     );
     h.ok("VBD.set_userdevice", vec![s(&third), s("15")]);
     assert_eq!(text(&h.get("VBD", &third, "device")), "xvdp");
+    let free = h.ok("VM.get_allowed_VBD_devices", vec![s(&vm)]);
+    let mut free: Vec<u32> = strings(&free).iter().map(|d| d.parse().unwrap()).collect();
+    free.sort();
+    assert_eq!(free, (2..15).collect::<Vec<u32>>());
     // A disk needs a VDI; a read-only VDI (a snapshot) is not attached read-write.
     let args = record(&[("VM", s(&vm)), ("userdevice", s("5"))]);
     assert_eq!(

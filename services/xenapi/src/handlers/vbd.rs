@@ -513,6 +513,24 @@ pub fn create(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErro
     value(Value::String(vbd))
 }
 
+/// `VM.get_allowed_VBD_devices(vm)`: the `userdevice`s (`0` to `15`) no VBD of the VM has.
+pub fn get_allowed_vbd_devices(
+    ctx: &mut CallContext<'_>,
+    args: &Args,
+) -> Result<Outcome, ApiError> {
+    let db = &ctx.state.db;
+    let vm = args.str(0)?;
+    let taken: Vec<u32> = vbds_of(db, vm)
+        .iter()
+        .filter_map(|v| device_index(&text(db, v, "userdevice")))
+        .collect();
+    let free = (0..MAX_DISKS)
+        .filter(|i| !taken.contains(i))
+        .map(|i| Value::String(i.to_string()))
+        .collect();
+    value(Value::Array(free))
+}
+
 /// `VBD.destroy(self)`: only a detached VBD.
 pub fn destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vbd = args.str(0)?.to_string();
