@@ -31,8 +31,12 @@ use crate::sr::Sr;
 use crate::vdi_io::{IoRejected, VdiCompletion, VdiIo, VdiIoKind};
 use crate::Uuid;
 
-/// Most VDI requests accepted at once per SR (a caller gets `QueueFull` beyond it).
+/// Most VDI requests accepted and not yet taken back per SR (in flight, or completed and
+/// waiting for their user); a caller gets `QueueFull` beyond it.
 pub const MAX_QUEUED_IO: usize = 1024;
+/// Most device completions one `poll_io` handles, so one call never runs for long; it
+/// reports progress and the caller polls again.
+const MAX_COMPLETIONS_PER_POLL: usize = 256;
 /// Most copy-on-writes under way at once per SR. Each holds up to an extent's worth of
 /// buffers (old contents or zeros around the written range), so this bounds the memory a
 /// flood of small writes into holes can pin; further writes that need one wait.
@@ -162,7 +166,7 @@ impl<D: BlockDevice> Sr<D> {
     /// submits what the device has room for. Returns whether anything happened. Never waits.
     pub fn poll_io(&mut self) -> bool {
         let mut progress = false;
-        loop {
+        for _ in 0..MAX_COMPLETIONS_PER_POLL {
             progress |= self.start_waiting();
             self.submit_backlog();
             let Some(completion) = self.dev.poll_completion() else {
@@ -174,6 +178,10 @@ impl<D: BlockDevice> Sr<D> {
                 self.piece_done(piece, result, completion.buffer);
             }
         }
+        // What the last completions made possible is started even when the bound ended
+        // the loop.
+        progress |= self.start_waiting();
+        self.submit_backlog();
         progress
     }
 
@@ -251,7 +259,7 @@ impl<D: BlockDevice> Sr<D> {
         if let Err(error) = self.check_io(vdi, &io) {
             return Err(IoRejected { error, io });
         }
-        if self.engine.ops.len() >= MAX_QUEUED_IO {
+        if self.engine.ops.len() + self.engine.done.len() >= MAX_QUEUED_IO {
             return Err(IoRejected {
                 error: SrError::QueueFull,
                 io,

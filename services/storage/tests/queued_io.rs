@@ -387,3 +387,27 @@ fn a_flood_of_small_writes_into_holes_holds_a_bounded_number_of_copy_on_writes()
     }
     sr.check().unwrap();
 }
+
+#[test]
+fn completions_not_taken_count_against_the_queue() {
+    let (mut sr, _) = lifo_sr(32);
+    let vdi = sr.create_vdi("v", 8 * 1024).unwrap();
+    let read = || VdiIo::Read {
+        offset: 0,
+        buffer: vec![0; 512],
+    };
+    for tag in 0..MAX_QUEUED_IO as u64 {
+        sr.submit_io(vdi, tag, read()).unwrap();
+    }
+    while sr.io_in_flight() > 0 {
+        sr.poll_io();
+    }
+    // All completed, none taken: still full, so a user that never takes its completions
+    // cannot make the SR hold more and more of them.
+    assert_eq!(
+        sr.submit_io(vdi, 0, read()).unwrap_err().error,
+        SrError::QueueFull
+    );
+    assert!(sr.take_io_completion().is_some());
+    sr.submit_io(vdi, 0, read()).unwrap();
+}
