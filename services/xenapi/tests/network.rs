@@ -1306,3 +1306,48 @@ fn async_variants_and_list_methods_are_there() {
         .collect();
     assert!(names.contains_key("async"));
 }
+
+#[test]
+fn vif_operations_follow_the_vm_and_an_empty_network_takes_its_unplugged_vifs() {
+    let mut h = host();
+    let net = h.network("tenant-a");
+    let vm = h.guest("web");
+    let vif = h.vif(&vm, &net, "0", "").unwrap();
+    let domid = h.start(&vm);
+    assert_eq!(h.allowed(&vif), vec!["attach", "unplug"]);
+    // While a clean shutdown waits for the guest, the VIF stays as it is.
+    let task = text(&h.ok("Async.VM.clean_shutdown", vec![s(&vm)]));
+    for _ in 0..5 {
+        h.api.run_tasks(h.now);
+    }
+    assert_eq!(h.text("task", &task, "status"), "pending");
+    assert_eq!(h.allowed(&vif), vec!["attach"]);
+    let e = h.err("VIF.unplug", vec![s(&vif)]);
+    assert_eq!(code(&e), "OPERATION_NOT_ALLOWED");
+    assert!(e.description()[1].contains("clean_shutdown"), "{e:?}");
+    // The guest stops; its VIF is detached with the domain.
+    h.api.shutdown_acknowledged(domid, h.now);
+    h.api
+        .domain_exited(domid, keel_xenapi::ExitReason::PowerOff, h.now)
+        .unwrap();
+    for _ in 0..5 {
+        h.api.run_tasks(h.now);
+    }
+    assert_eq!(h.text("task", &task, "status"), "success");
+    assert!(h.guests.domain(domid).is_none());
+    h.switch.domain_destroyed(domid);
+    assert_eq!(h.get("VIF", &vif, "currently_attached"), Value::Bool(false));
+    assert_eq!(h.allowed(&vif), vec!["attach"]);
+    // A halted VM's VIF does not keep its network: it goes with it, as in xapi.
+    let metrics = h.text("VIF", &vif, "metrics");
+    h.ok("network.destroy", vec![s(&net)]);
+    assert_eq!(
+        code(&h.err("VIF.get_record", vec![s(&vif)])),
+        "HANDLE_INVALID"
+    );
+    assert_eq!(
+        code(&h.err("VIF_metrics.get_record", vec![s(&metrics)])),
+        "HANDLE_INVALID"
+    );
+    assert!(strings(&h.get("VM", &vm, "VIFs")).is_empty());
+}

@@ -44,6 +44,12 @@ impl FakeSwitch {
         self.0.borrow_mut().fail_next = Some(e);
     }
 
+    /// What the kernel does when the toolstack destroys a domain: its netback devices, and
+    /// so its ports, go with it (network_backend.rs).
+    pub fn domain_destroyed(&self, domid: DomId) {
+        self.0.borrow_mut().ports.retain(|(d, _), _| *d != domid);
+    }
+
     fn begin(&self, call: String) -> Result<(), NetworkBackendError> {
         let mut state = self.0.borrow_mut();
         state.calls.push(call);
