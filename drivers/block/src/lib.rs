@@ -5,7 +5,8 @@
 //! - submit/complete: [`BlockDevice::submit`] queues a [`Request`] (up to
 //!   [`DeviceInfo::queue_depth`] may be outstanding) and [`BlockDevice::poll_completion`]
 //!   hands back finished ones, in whatever order the device finishes them;
-//! - synchronous: the helpers in [`sync`] submit one request and wait for it.
+//! - synchronous: the helpers in [`sync`] submit one request and wait for it (tests, and
+//!   small metadata work on a device nobody else is using at that moment).
 //!
 //! Buffers are owned by the request while it is in flight: a `Read` or `Write` carries a
 //! `Vec<u8>` that the device keeps until the matching [`Completion`] gives it back. That makes

@@ -1,8 +1,10 @@
 //! Synchronous helpers: submit one request and wait for its completion.
 //!
-//! They are meant for a device that has nothing else in flight (a single-threaded user such as
-//! the storage manager): a completion belonging to someone else would otherwise be swallowed,
-//! so they refuse with [`BlockError::NotIdle`] when `in_flight() != 0`.
+//! They are meant for a device that has nothing else in flight and for small, bounded work:
+//! tests, and the storage manager's format, attach and metadata commits, which first drain
+//! its queue. Data I/O does not use them: it is queued (many requests in flight, completions
+//! polled) by `keel_storage::Sr::submit_io`. A completion belonging to someone else would
+//! otherwise be swallowed, so they refuse with [`BlockError::NotIdle`] when `in_flight() != 0`.
 
 use alloc::vec;
 use alloc::vec::Vec;
