@@ -27,6 +27,18 @@
 //! domain's backends, and the kernel removes their switch ports with them; the XenAPI then
 //! records the VM's VIFs detached.
 //!
+//! # Wiring (the kernel's implementation)
+//! With `keel-vswitch` and `keel-netback`: `configure_bridge` is `Switch::add_network` (or
+//! `reconfigure_network` for a bridge it has) with the uplink's port, `vlan` and `mtu`, and
+//! `default_locking_mode` left `Unlocked` (the filter of each VIF is already resolved here);
+//! `attach_vif` writes the vif backend and frontend nodes (`mac`, `bridge`, `handle`,
+//! ../shared/notes/pvh-guests.md §5), starts a `Netback` with
+//! `RateLimit::from_xapi_kbps(rate_limit_kbps)` and adds a `PortConfig::Vif` whose
+//! `locking_mode` is the [`TrafficFilter`] (`Locked` with its addresses); `update_vif` is
+//! `reconfigure_port` plus `Netback::set_rate`; counters are the switch's port counters.
+//! keel-vswitch takes VLAN tags 1 to 4094; xapi (and so `VLAN.create`) also allows 0, a
+//! bridge the switch will refuse with its reason.
+//!
 //! # The reports
 //! | the kernel sees | it calls |
 //! |---|---|
