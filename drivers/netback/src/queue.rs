@@ -11,6 +11,7 @@
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use keel_xen::evtchn::{send, Port};
 use keel_xen::grant_table::{grant_copy, CopyEnd, GnttabCopy, GrantRef, MappedGrant};
@@ -18,7 +19,7 @@ use keel_xen::hypercall::PAGE_SIZE;
 use keel_xen::ring::BackRing;
 use keel_xen::Hypervisor;
 
-use crate::env::{CopyBuffer, FramePort};
+use crate::env::{CopyBuffer, FramePort, BUFFER_PAGES};
 use crate::fault::Fault;
 use crate::packet::{fill_l4_checksum, l2_header_len, segment_tcp};
 use crate::ratelimit::Credit;
@@ -27,6 +28,9 @@ use crate::wire::{
     rsp, rxf, txf, Extra, ExtraInfo, GsoType, RxRequest, RxResponse, RxSlot, TxRequest, TxResponse,
     TxRspSlot, TxSlot, ETH_HLEN, FATAL_SLOTS, LEGACY_SLOTS_MAX,
 };
+
+/// Bytes the copy buffer holds.
+const BUFFER_BYTES: usize = BUFFER_PAGES * PAGE_SIZE;
 
 /// Linux's `XEN_NETBK_MCAST_MAX`.
 pub const MCAST_MAX: usize = 64;
@@ -59,6 +63,8 @@ pub(crate) struct Scratch {
     pub ops: Vec<GnttabCopy>,
     pub responses: Vec<(u16, i16)>,
     pub frags: Vec<TxRequest>,
+    pub planned: Vec<Planned>,
+    pub rx_planned: Vec<RxPlanned>,
 }
 
 /// Everything a queue's work borrows from its VIF.
@@ -85,9 +91,45 @@ pub(crate) struct Pass {
 }
 
 /// How a packet's slots are answered.
+#[derive(Debug, Clone, Copy)]
 enum Verdict {
     Okay,
     Error,
+}
+
+/// What happens to a gathered packet once the batch's copies are done.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    /// Nothing to copy (a multicast request, or refused before copying).
+    Answer(Verdict),
+    /// Copied into the buffer: checksum or segment, then hand to the switch.
+    Deliver {
+        gso: Option<(GsoType, u16)>,
+        csum_blank: bool,
+    },
+}
+
+/// A tx packet gathered and checked, waiting for its batch's copies.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    /// Its slots' answers in `Scratch::responses`.
+    responses: Range<usize>,
+    /// Its copies in `Scratch::ops`.
+    ops: Range<usize>,
+    /// Where its bytes land in the copy buffer.
+    pos: usize,
+    total: usize,
+    action: Action,
+}
+
+/// An rx frame written to the buffer, waiting for its batch's copies.
+#[derive(Debug, Clone)]
+pub(crate) struct RxPlanned {
+    responses: Range<usize>,
+    ops: Range<usize>,
+    len: usize,
+    /// Every copy op could be built.
+    ok: bool,
 }
 
 /// `len` bytes at `guest_offset` in the frontend's granted page `gref`, and where they sit
@@ -143,16 +185,30 @@ fn push_copy_ops<B: CopyBuffer + ?Sized>(
     true
 }
 
-/// Issues the copies; `true` if every one succeeded.
+/// Issues a batch of copies; `true` if every one succeeded. Otherwise each packet looks
+/// at its own ops' status ([`ops_ok`]): one bad grant fails only its packet.
 fn run_copies<H: Hypervisor + ?Sized>(hv: &H, ops: &mut [GnttabCopy]) -> bool {
     if ops.is_empty() {
         return true;
     }
-    grant_copy(hv, ops).is_ok() && ops.iter().all(|op| op.result().is_ok())
+    if grant_copy(hv, ops).is_err() {
+        // The hypercall itself failed: no status was written, so fail every op.
+        for op in ops.iter_mut() {
+            op.status = keel_xen::GntStatus::GeneralError.code();
+        }
+        return false;
+    }
+    ops_ok(ops)
+}
+
+fn ops_ok(ops: &[GnttabCopy]) -> bool {
+    ops.iter().all(|op| op.result().is_ok())
 }
 
 impl Queue {
     /// Takes up to `budget` packets from the tx ring and hands their frames to `port`.
+    /// Packets are gathered and checked first, then copied with one `GNTTABOP_copy` per
+    /// batch (as many packets as the copy buffer holds), then delivered and answered.
     pub fn process_tx<H, B, P>(
         &mut self,
         ctx: &mut Ctx<'_, H, B>,
@@ -166,22 +222,48 @@ impl Queue {
     {
         let mut pass = Pass::default();
         let mut answered = false;
-        while pass.done < budget {
-            let first = match self.held.take() {
-                Some(r) => r,
-                None => match self.tx.take_request().map_err(Fault::TxRingOverflow)? {
-                    Some(slot) => TxRequest::parse(&slot),
-                    None => break,
-                },
-            };
-            if let Err(when) = ctx.credit.try_take(u64::from(first.size), ctx.now_ns) {
-                self.held = Some(first);
-                pass.wake_at_ns = Some(when);
-                break;
+        let mut ring_done = false;
+        while !ring_done && pass.done < budget {
+            ctx.scratch.ops.clear();
+            ctx.scratch.responses.clear();
+            let mut planned = core::mem::take(&mut ctx.scratch.planned);
+            planned.clear();
+            let mut pos = 0;
+            while pass.done < budget {
+                let first = match self.held.take() {
+                    Some(r) => r,
+                    None => match self.tx.take_request().map_err(Fault::TxRingOverflow)? {
+                        Some(slot) => TxRequest::parse(&slot),
+                        None => {
+                            ring_done = true;
+                            break;
+                        }
+                    },
+                };
+                if !planned.is_empty() && pos + usize::from(first.size) > BUFFER_BYTES {
+                    // The buffer is full: copy this batch, then start the next with it.
+                    self.held = Some(first);
+                    break;
+                }
+                if let Err(when) = ctx.credit.try_take(u64::from(first.size), ctx.now_ns) {
+                    self.held = Some(first);
+                    pass.wake_at_ns = Some(when);
+                    ring_done = true;
+                    break;
+                }
+                let plan = self.plan_packet(ctx, first, pos)?;
+                if matches!(plan.action, Action::Deliver { .. }) {
+                    pos += plan.total;
+                }
+                planned.push(plan);
+                pass.done += 1;
             }
-            self.one_packet(ctx, port, first)?;
-            answered = true;
-            pass.done += 1;
+            let copied = run_copies(ctx.hv, &mut ctx.scratch.ops);
+            for plan in &planned {
+                self.finish_packet(ctx, port, plan, copied);
+                answered = true;
+            }
+            ctx.scratch.planned = planned;
         }
         if answered && self.tx.push_responses() {
             let _ = send(ctx.hv, self.tx_port);
@@ -198,25 +280,26 @@ impl Queue {
         Ok(pass)
     }
 
-    /// Gathers, checks, copies and delivers one packet whose first request was taken.
-    fn one_packet<H, B, P>(
+    /// Gathers and checks one packet whose first request was taken, and plans its copies
+    /// to buffer position `pos` (`xenvif_count_requests` and friends).
+    fn plan_packet<H, B>(
         &mut self,
         ctx: &mut Ctx<'_, H, B>,
-        port: &mut P,
         mut first: TxRequest,
-    ) -> Result<(), Fault>
+        pos: usize,
+    ) -> Result<Planned, Fault>
     where
         H: Hypervisor + ?Sized,
         B: CopyBuffer + ?Sized,
-        P: FramePort + ?Sized,
     {
         let mut work = self
             .tx
             .unconsumed_requests()
             .map_err(Fault::TxRingOverflow)? as usize;
-        ctx.scratch.responses.clear();
-        ctx.scratch.frags.clear();
-        ctx.scratch.responses.push((first.id, rsp::OKAY));
+        let s = &mut *ctx.scratch;
+        let responses_start = s.responses.len();
+        s.frags.clear();
+        s.responses.push((first.id, rsp::OKAY));
 
         // Extra-info slots.
         let mut gso: Option<(GsoType, u16)> = None;
@@ -234,7 +317,7 @@ impl Queue {
             work -= 1;
             let extra = ExtraInfo::parse_tx_slot(&slot).map_err(Fault::BadExtra)?;
             more_extras = extra.more;
-            ctx.scratch.responses.push((0, rsp::NULL));
+            s.responses.push((0, rsp::NULL));
             match extra.extra {
                 Extra::Gso { size, kind, .. } => gso = Some((kind, size)),
                 m @ (Extra::McastAdd(_) | Extra::McastDel(_)) => mcast = Some(m),
@@ -242,7 +325,7 @@ impl Queue {
             }
         }
 
-        // Data slots after the first (`xenvif_count_requests`).
+        // Data slots after the first.
         let total = usize::from(first.size);
         let mut remaining = first.size;
         let mut drop = false;
@@ -276,8 +359,8 @@ impl Queue {
                 });
             }
             more = frag.has(txf::MORE_DATA);
-            ctx.scratch.responses.push((frag.id, rsp::OKAY));
-            ctx.scratch.frags.push(frag);
+            s.responses.push((frag.id, rsp::OKAY));
+            s.frags.push(frag);
         }
         // The first slot holds what the fragments do not.
         first.size = remaining;
@@ -287,87 +370,96 @@ impl Queue {
                 size: first.size,
             });
         }
-
-        let verdict = if let Some(m) = mcast {
-            self.multicast(ctx, m)
+        let responses = responses_start..s.responses.len();
+        let ops_start = s.ops.len();
+        let action = if let Some(m) = mcast {
+            Action::Answer(multicast(ctx.mcast, m))
         } else if drop
             || usize::from(first.size) < ETH_HLEN
             || (gso.is_none() && total > ctx.mtu + ETH_HLEN + 4)
-            || !self.copy_in(ctx, &first, total)
-            || (gso.is_none() && total > ctx.mtu + l2_header_len(&ctx.scratch.frame))
         {
             ctx.counters.from_guest_errors += 1;
-            Verdict::Error
+            Action::Answer(Verdict::Error)
         } else {
-            deliver(ctx, port, &first, gso);
-            Verdict::Okay
+            let mut at = pos;
+            let mut ok = true;
+            for r in core::iter::once(&first).chain(s.frags.iter()) {
+                let span = Span {
+                    gref: r.gref,
+                    guest_offset: usize::from(r.offset),
+                    pos: at,
+                    len: usize::from(r.size),
+                };
+                ok &= push_copy_ops(&mut s.ops, &*ctx.buffer, ctx.domid, span, false);
+                at += usize::from(r.size);
+            }
+            if ok && at == pos + total {
+                Action::Deliver {
+                    gso,
+                    csum_blank: first.has(txf::CSUM_BLANK),
+                }
+            } else {
+                s.ops.truncate(ops_start);
+                ctx.counters.from_guest_errors += 1;
+                Action::Answer(Verdict::Error)
+            }
         };
-        for (id, status) in ctx.scratch.responses.iter().copied() {
-            let status = match (&verdict, status) {
-                (Verdict::Error, rsp::OKAY) => rsp::ERROR,
-                _ => status,
-            };
-            // Cannot fail: every response answers a request taken above.
-            let _ = self.tx.queue_response(TxResponse { id, status }.encode());
-        }
-        Ok(())
+        Ok(Planned {
+            responses,
+            ops: ops_start..s.ops.len(),
+            pos,
+            total,
+            action,
+        })
     }
 
-    fn multicast<H: ?Sized, B: ?Sized>(&mut self, ctx: &mut Ctx<'_, H, B>, m: Extra) -> Verdict {
-        match m {
-            Extra::McastAdd(addr) => {
-                if ctx.mcast.contains(&addr) {
-                    Verdict::Okay
-                } else if ctx.mcast.len() >= MCAST_MAX {
+    /// After the batch's copies: delivers the packet's frames and answers its slots.
+    fn finish_packet<H, B, P>(
+        &mut self,
+        ctx: &mut Ctx<'_, H, B>,
+        port: &mut P,
+        plan: &Planned,
+        copied: bool,
+    ) where
+        H: Hypervisor + ?Sized,
+        B: CopyBuffer + ?Sized,
+        P: FramePort + ?Sized,
+    {
+        let verdict = match plan.action {
+            Action::Answer(v) => v,
+            Action::Deliver { gso, csum_blank } => {
+                let s = &mut *ctx.scratch;
+                let ok = (copied || ops_ok(&s.ops[plan.ops.clone()]))
+                    && s.frame.try_reserve(plan.total).is_ok();
+                if ok {
+                    s.frame.clear();
+                    s.frame.resize(plan.total, 0);
+                    read_span(&*ctx.buffer, plan.pos, &mut s.frame);
+                }
+                if !ok || (gso.is_none() && plan.total > ctx.mtu + l2_header_len(&s.frame)) {
+                    ctx.counters.from_guest_errors += 1;
                     Verdict::Error
                 } else {
-                    ctx.mcast.push(addr);
+                    deliver(ctx, port, csum_blank, gso);
                     Verdict::Okay
                 }
             }
-            Extra::McastDel(addr) => {
-                ctx.mcast.retain(|a| *a != addr);
-                Verdict::Okay
-            }
-            _ => Verdict::Okay,
-        }
-    }
-
-    /// Copies the packet's slots into the copy buffer and then into `scratch.frame`.
-    fn copy_in<H, B>(&mut self, ctx: &mut Ctx<'_, H, B>, first: &TxRequest, total: usize) -> bool
-    where
-        H: Hypervisor + ?Sized,
-        B: CopyBuffer + ?Sized,
-    {
-        let s = &mut *ctx.scratch;
-        s.ops.clear();
-        let mut pos = 0;
-        let mut ok = true;
-        for r in core::iter::once(first).chain(s.frags.iter()) {
-            let span = Span {
-                gref: r.gref,
-                guest_offset: usize::from(r.offset),
-                pos,
-                len: usize::from(r.size),
+        };
+        for (id, status) in ctx.scratch.responses[plan.responses.clone()]
+            .iter()
+            .copied()
+        {
+            let status = match (verdict, status) {
+                (Verdict::Error, rsp::OKAY) => rsp::ERROR,
+                _ => status,
             };
-            ok &= push_copy_ops(&mut s.ops, &*ctx.buffer, ctx.domid, span, false);
-            pos += usize::from(r.size);
+            // Cannot fail: every response answers a request taken when it was planned.
+            let _ = self.tx.queue_response(TxResponse { id, status }.encode());
         }
-        if !ok || pos != total || !run_copies(ctx.hv, &mut s.ops) {
-            return false;
-        }
-        s.frame.clear();
-        if s.frame.try_reserve(total).is_err() {
-            return false;
-        }
-        s.frame.resize(total, 0);
-        for (page, chunk) in s.frame.chunks_mut(PAGE_SIZE).enumerate() {
-            ctx.buffer.read(page, 0, chunk);
-        }
-        true
     }
 
-    /// Answers up to `budget` pending frames into the guest's posted receive buffers.
+    /// Answers up to `budget` pending frames into the guest's posted receive buffers,
+    /// copying as many frames per `GNTTABOP_copy` as the copy buffer holds.
     pub fn process_rx<H, B>(
         &mut self,
         ctx: &mut Ctx<'_, H, B>,
@@ -379,72 +471,101 @@ impl Queue {
     {
         let mut pass = Pass::default();
         let mut answered = false;
-        let mut starved = false;
-        while pass.done < budget {
-            let Some(frame) = self.rx_pending.front() else {
-                break;
-            };
-            let len = frame.len();
-            let needed = len.div_ceil(PAGE_SIZE).max(1);
-            let avail = self
-                .rx
-                .unconsumed_requests()
-                .map_err(Fault::RxRingOverflow)? as usize;
-            if avail < needed {
-                starved = true;
-                break;
-            }
-            for (page, chunk) in frame.chunks(PAGE_SIZE).enumerate() {
-                ctx.buffer.write(page, 0, chunk);
-            }
-            let s = &mut *ctx.scratch;
-            s.ops.clear();
-            s.responses.clear();
-            let mut ok = true;
-            for i in 0..needed {
-                let slot = self
+        let mut stop = false;
+        while !stop && pass.done < budget {
+            ctx.scratch.ops.clear();
+            ctx.scratch.responses.clear();
+            let mut planned = core::mem::take(&mut ctx.scratch.rx_planned);
+            planned.clear();
+            let mut pos = 0;
+            while pass.done < budget {
+                let Some(frame) = self.rx_pending.front() else {
+                    stop = true;
+                    break;
+                };
+                let len = frame.len();
+                let needed = len.div_ceil(PAGE_SIZE).max(1);
+                let avail = self
                     .rx
-                    .take_request()
-                    .map_err(Fault::RxRingOverflow)?
-                    .ok_or(Fault::RxRingOverflow(keel_xen::ring::RingError::Full))?;
-                let req = RxRequest::parse(&slot);
-                let n = (len - i * PAGE_SIZE).min(PAGE_SIZE);
-                let span = Span {
-                    gref: req.gref,
-                    guest_offset: 0,
-                    pos: i * PAGE_SIZE,
-                    len: n,
-                };
-                ok &= push_copy_ops(&mut s.ops, &*ctx.buffer, ctx.domid, span, true);
-                s.responses.push((req.id, n as i16));
+                    .unconsumed_requests()
+                    .map_err(Fault::RxRingOverflow)? as usize;
+                if avail < needed {
+                    pass.starved = true;
+                    stop = true;
+                    break;
+                }
+                if !planned.is_empty() && pos + len > BUFFER_BYTES {
+                    break;
+                }
+                write_span(&mut *ctx.buffer, pos, frame);
+                let s = &mut *ctx.scratch;
+                let (responses_start, ops_start) = (s.responses.len(), s.ops.len());
+                let mut ok = true;
+                for i in 0..needed {
+                    let slot = self
+                        .rx
+                        .take_request()
+                        .map_err(Fault::RxRingOverflow)?
+                        .ok_or(Fault::RxRingOverflow(keel_xen::ring::RingError::Full))?;
+                    let req = RxRequest::parse(&slot);
+                    let n = (len - i * PAGE_SIZE).min(PAGE_SIZE);
+                    let span = Span {
+                        gref: req.gref,
+                        guest_offset: 0,
+                        pos: pos + i * PAGE_SIZE,
+                        len: n,
+                    };
+                    ok &= push_copy_ops(&mut s.ops, &*ctx.buffer, ctx.domid, span, true);
+                    s.responses.push((req.id, n as i16));
+                }
+                planned.push(RxPlanned {
+                    responses: responses_start..s.responses.len(),
+                    ops: ops_start..s.ops.len(),
+                    len,
+                    ok,
+                });
+                pos += len;
+                self.rx_pending_bytes -= len;
+                self.rx_pending.pop_front();
+                pass.done += 1;
             }
-            ok = ok && run_copies(ctx.hv, &mut s.ops);
-            for (i, (id, n)) in s.responses.iter().copied().enumerate() {
-                let more = if i + 1 < needed { rxf::MORE_DATA } else { 0 };
-                let r = RxResponse {
-                    id,
-                    offset: 0,
-                    flags: if ok { more } else { 0 },
-                    status: if ok { n } else { rsp::ERROR },
-                };
-                let _ = self.rx.queue_response(r.encode());
+            let copied = run_copies(ctx.hv, &mut ctx.scratch.ops);
+            for plan in &planned {
+                let s = &*ctx.scratch;
+                let ok = plan.ok && (copied || ops_ok(&s.ops[plan.ops.clone()]));
+                let last = plan.responses.end.saturating_sub(1);
+                for (i, (id, n)) in s.responses[plan.responses.clone()]
+                    .iter()
+                    .copied()
+                    .enumerate()
+                {
+                    let more = if plan.responses.start + i < last {
+                        rxf::MORE_DATA
+                    } else {
+                        0
+                    };
+                    let r = RxResponse {
+                        id,
+                        offset: 0,
+                        flags: if ok { more } else { 0 },
+                        status: if ok { n } else { rsp::ERROR },
+                    };
+                    let _ = self.rx.queue_response(r.encode());
+                }
+                answered = true;
+                if ok {
+                    ctx.counters.to_guest_frames += 1;
+                    ctx.counters.to_guest_bytes += plan.len as u64;
+                } else {
+                    ctx.counters.to_guest_errors += 1;
+                }
             }
-            answered = true;
-            if ok {
-                ctx.counters.to_guest_frames += 1;
-                ctx.counters.to_guest_bytes += len as u64;
-            } else {
-                ctx.counters.to_guest_errors += 1;
-            }
-            self.rx_pending_bytes -= len;
-            self.rx_pending.pop_front();
-            pass.done += 1;
+            ctx.scratch.rx_planned = planned;
         }
         if answered && self.rx.push_responses() {
             let _ = send(ctx.hv, self.rx_port);
         }
-        pass.starved = starved;
-        if starved {
+        if pass.starved {
             // Ask for an event when more buffers are posted (`feature-rx-notify`); if some
             // arrived meanwhile, come back at once.
             pass.more = self
@@ -458,11 +579,56 @@ impl Queue {
     }
 }
 
+/// Updates the multicast subscriptions (`xenvif_mcast_add`/`_del`).
+fn multicast(list: &mut Vec<[u8; 6]>, m: Extra) -> Verdict {
+    match m {
+        Extra::McastAdd(addr) => {
+            if list.contains(&addr) {
+                Verdict::Okay
+            } else if list.len() >= MCAST_MAX {
+                Verdict::Error
+            } else {
+                list.push(addr);
+                Verdict::Okay
+            }
+        }
+        Extra::McastDel(addr) => {
+            list.retain(|a| *a != addr);
+            Verdict::Okay
+        }
+        _ => Verdict::Okay,
+    }
+}
+
+/// Reads packet bytes `pos..pos + out.len()` of the copy buffer.
+fn read_span<B: CopyBuffer + ?Sized>(buffer: &B, mut pos: usize, out: &mut [u8]) {
+    let mut done = 0;
+    while done < out.len() {
+        let off = pos % PAGE_SIZE;
+        let n = (out.len() - done).min(PAGE_SIZE - off);
+        buffer.read(pos / PAGE_SIZE, off, &mut out[done..done + n]);
+        done += n;
+        pos += n;
+    }
+}
+
+/// Writes `data` at packet bytes `pos..` of the copy buffer.
+fn write_span<B: CopyBuffer + ?Sized>(buffer: &mut B, mut pos: usize, data: &[u8]) {
+    let mut done = 0;
+    while done < data.len() {
+        let off = pos % PAGE_SIZE;
+        let n = (data.len() - done).min(PAGE_SIZE - off);
+        buffer.write(pos / PAGE_SIZE, off, &data[done..done + n]);
+        done += n;
+        pos += n;
+    }
+}
+
 /// Checksums or segments the copied frame and hands the result to the switch.
 fn deliver<H: ?Sized, B: ?Sized, P: FramePort + ?Sized>(
     ctx: &mut Ctx<'_, H, B>,
     port: &mut P,
-    first: &TxRequest,
+    csum_blank: bool,
     gso: Option<(GsoType, u16)>,
 ) {
     let s = &mut *ctx.scratch;
@@ -486,7 +652,7 @@ fn deliver<H: ?Sized, B: ?Sized, P: FramePort + ?Sized>(
             }
         }
         None => {
-            if first.has(txf::CSUM_BLANK) && fill_l4_checksum(&mut s.frame).is_err() {
+            if csum_blank && fill_l4_checksum(&mut s.frame).is_err() {
                 counters.from_guest_dropped += 1;
                 return;
             }

@@ -453,3 +453,81 @@ fn a_guest_mss_beyond_the_mtu_still_gives_mtu_frames() {
     assert!(sw.frames.iter().all(|f| f.len() <= 1514));
     assert_eq!(sw.frames[0].len(), 1514);
 }
+
+/// `GNTTABOP_copy` hypercalls issued so far.
+fn copy_calls(w: &World) -> usize {
+    w.fx.call_log()
+        .iter()
+        .filter(|(op, cmd)| {
+            *op == keel_xen::hypercall::HypercallOp::GrantTableOp as u32 && *cmd == 5
+        })
+        .count()
+}
+
+#[test]
+fn copies_are_batched_across_packets_in_order() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    // 60 frames of 1500 bytes: 90 000 bytes, more than the 64 KiB buffer holds at once.
+    let frames: Vec<Vec<u8>> = (0..60u8)
+        .map(|i| {
+            let mut f = tcp4(&pattern(1446), 0);
+            f[60] = i;
+            f
+        })
+        .collect();
+    for f in &frames {
+        fe.send(&w, 0, f, 0, &[], 1000, 0);
+    }
+    let before = copy_calls(&w);
+    let mut sw = Switch::default();
+    let p = poll(&mut w, &mut nb, 0, &mut sw);
+    assert_eq!(p.tx_packets, 60);
+    assert_eq!(sw.frames, frames, "every frame, in order");
+    assert_eq!(copy_calls(&w) - before, 2, "one copy per buffer-full");
+    assert!(fe.tx_responses(0).iter().all(|r| r.status == rsp::OKAY));
+
+    // The same the other way, with frames that straddle the buffer's pages.
+    fe.post_rx(&w, 0, 120);
+    let odd: Vec<Vec<u8>> = (0..60).map(|i| tcp4(&pattern(1000 + 37 * i), 0)).collect();
+    for f in &odd {
+        nb.push_rx(f).unwrap();
+    }
+    // Frames are packed back to back until the next would not fit.
+    let (mut batches, mut pos) = (1, 0);
+    for f in &odd {
+        if pos + f.len() > keel_netback::BUFFER_PAGES * PAGE {
+            batches += 1;
+            pos = 0;
+        }
+        pos += f.len();
+    }
+    assert!(batches >= 2);
+    let before = copy_calls(&w);
+    let p = poll(&mut w, &mut nb, 0, &mut sw);
+    assert_eq!(p.rx_frames, 60);
+    assert_eq!(copy_calls(&w) - before, batches);
+    let rsps = fe.rx_responses(0);
+    assert_eq!(fe.received(&w, &rsps), odd);
+}
+
+#[test]
+fn a_failed_copy_hypercall_fails_its_batch_only() {
+    let (mut w, mut nb, mut fe) = connected(Options::default());
+    let frame = tcp4(b"batch", 0);
+    for _ in 0..3 {
+        fe.send(&w, 0, &frame, 0, &[], PAGE, 0);
+    }
+    w.fx.fail_next(
+        keel_xen::hypercall::HypercallOp::GrantTableOp,
+        keel_xen::XenError::EFAULT,
+    );
+    let mut sw = Switch::default();
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert!(sw.frames.is_empty());
+    assert!(fe.tx_responses(0).iter().all(|r| r.status == rsp::ERROR));
+    assert_eq!(nb.counters().from_guest_errors, 3);
+    assert_eq!(nb.state(), XenbusState::Connected);
+    fe.send(&w, 0, &frame, 0, &[], PAGE, 0);
+    poll(&mut w, &mut nb, 0, &mut sw);
+    assert_eq!(sw.frames.len(), 1);
+}

@@ -118,12 +118,19 @@ pub struct FakeBuffer(pub Rc<FakeXen>);
 
 impl CopyBuffer for FakeBuffer {
     fn gfn(&self, page: usize) -> u64 {
+        // The kernel's buffer has exactly this many pages.
+        assert!(
+            page < keel_netback::BUFFER_PAGES,
+            "page {page} beyond the buffer"
+        );
         BUFFER_GFN + page as u64
     }
     fn read(&self, page: usize, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= PAGE, "read crosses page {page}");
         out.copy_from_slice(&self.0.read_local(self.gfn(page), offset, out.len()));
     }
     fn write(&mut self, page: usize, offset: usize, data: &[u8]) {
+        assert!(offset + data.len() <= PAGE, "write crosses page {page}");
         self.0.write_local(self.gfn(page), offset, data);
     }
 }
