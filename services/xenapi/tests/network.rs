@@ -476,7 +476,14 @@ fn networks_are_created_with_xapi_defaults_and_checked_bridges() {
     let e = h.err("network.create", vec![record(&[("name_label", s("x"))])]);
     assert_eq!(code(&e), "INTERNAL_ERROR");
     assert_eq!(strings(&h.ok("network.get_all", vec![])).len(), count);
-    // Destroying an empty network removes its bridge.
+    // Destroying an empty network removes its bridge; if the switch refuses, it stays.
+    h.switch
+        .fail_next(NetworkBackendError::Failed("busy".into()));
+    assert_eq!(
+        code(&h.err("network.destroy", vec![s(&b)])),
+        "INTERNAL_ERROR"
+    );
+    assert_eq!(h.text("network", &b, "bridge"), "xapi1");
     h.ok("network.destroy", vec![s(&b)]);
     assert!(h.switch.bridge("xapi1").is_none());
     assert_eq!(
@@ -788,6 +795,17 @@ fn a_running_vm_gets_its_vifs_and_hot_plugs_more() {
             "VIF currently attached to a running VM"
         ]
     );
+    // Nor while the VM is paused.
+    h.ok("VM.pause", vec![s(&vm)]);
+    assert_eq!(
+        code(&h.err("VIF.destroy", vec![s(&eth0)])),
+        "OPERATION_NOT_ALLOWED"
+    );
+    assert_eq!(
+        code(&h.err("VIF.unplug", vec![s(&eth0)])),
+        "VM_BAD_POWER_STATE"
+    );
+    h.ok("VM.unpause", vec![s(&vm)]);
     // A plugged VIF keeps its network.
     let e = h.err("network.destroy", vec![s(&net)]);
     assert_eq!(

@@ -296,17 +296,18 @@ pub fn destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErr
     if !pifs.is_empty() {
         return Err(NetworkError::NetworkContainsPif { pifs }.into());
     }
-    let now = ctx.now;
-    for vif in vifs {
-        super::vif::destroy_record(&mut ctx.state.db, &vif, now)?;
-    }
-    let bridge = text(&ctx.state.db, &network, "bridge");
-    let managed = flag(&ctx.state.db, &network, "managed");
+    // The bridge first: if the switch refuses, nothing has changed.
+    let bridge = text(db, &network, "bridge");
+    let managed = flag(db, &network, "managed");
     if let (true, Some(backend)) = (managed, ctx.state.network.backend.as_deref_mut()) {
         match backend.remove_bridge(&bridge) {
             Ok(()) | Err(crate::network_backend::NetworkBackendError::NoSuchBridge(_)) => {}
             Err(e) => return Err(e.to_api_error()),
         }
+    }
+    let now = ctx.now;
+    for vif in vifs {
+        super::vif::destroy_record(&mut ctx.state.db, &vif, now)?;
     }
     ctx.state.db.destroy(&network, now)?;
     value(Value::void())

@@ -660,12 +660,13 @@ pub fn get_allowed_vif_devices(
     value(Value::string_array(free.iter().map(String::as_str)))
 }
 
-/// `VIF.destroy(self)`: not while attached to a running VM.
+/// `VIF.destroy(self)`: not while attached to a VM's domain (running or paused: its port
+/// would outlive the record).
 pub fn destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let vif = args.str(0)?.to_string();
     let db = &ctx.state.db;
     let vm = text(db, &vif, "VM");
-    if text(db, &vm, "power_state") == "Running" && flag(db, &vif, "currently_attached") {
+    if domid_of_vm(db, &vm).is_some() && flag(db, &vif, "currently_attached") {
         return Err(ApiError::OperationNotAllowed {
             reason: "VIF currently attached to a running VM".to_string(),
         });
