@@ -20,7 +20,9 @@ mod netback;
 pub mod packet;
 mod queue;
 pub mod ratelimit;
+mod rx;
 pub mod stats;
+mod tx;
 pub mod wire;
 pub mod xenbus;
 
