@@ -10,6 +10,7 @@ const XEN_DOMCTL_PAUSEDOMAIN: u32 = 3;
 const XEN_DOMCTL_UNPAUSEDOMAIN: u32 = 4;
 const XEN_DOMCTL_GETDOMAININFO: u32 = 5;
 const XEN_DOMCTL_MAX_MEM: u32 = 11;
+const XEN_DOMCTL_GETVCPUINFO: u32 = 14;
 const XEN_DOMCTL_MAX_VCPUS: u32 = 15;
 const XEN_DOMCTL_GETHVMCONTEXT: u32 = 33;
 const XEN_DOMCTL_SETHVMCONTEXT: u32 = 34;
@@ -153,11 +154,29 @@ pub struct HvmContextArg {
     pub buffer: u64,
 }
 
+/// `struct xen_domctl_getvcpuinfo` (24 bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VcpuInfo {
+    /// IN: the vCPU asked about.
+    pub vcpu: u32,
+    pub online: u8,
+    pub blocked: u8,
+    pub running: u8,
+    pub pad: u8,
+    /// Nanoseconds this vCPU has run (its runstate's running time).
+    pub cpu_time: u64,
+    /// The physical CPU it is on.
+    pub cpu: u32,
+    pub pad2: u32,
+}
+
 /// The domctl payload union; `pad` fixes it at 128 bytes like Xen's.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub union DomctlPayload {
     pub getdomaininfo: DomainInfo,
+    pub getvcpuinfo: VcpuInfo,
     pub createdomain: CreateDomain,
     pub hvmcontext: HvmContextArg,
     /// `xen_domctl_max_vcpus.max`, `xen_domctl_max_mem.max_memkb` and
@@ -223,6 +242,23 @@ pub fn domain_info<H: Hypervisor + ?Sized>(hv: &H, domid: u16) -> Result<DomainI
         Some(info) if info.domain == domid => Ok(info),
         _ => Err(ControlError::Xen(XenError::ESRCH)),
     }
+}
+
+/// `XEN_DOMCTL_getvcpuinfo`: vCPU `vcpu` of `domid` (its running time, for metering).
+/// `EINVAL` past the domain's vCPUs, `ESRCH` for a vCPU never brought up.
+pub fn vcpu_info<H: Hypervisor + ?Sized>(
+    hv: &H,
+    domid: u16,
+    vcpu: u32,
+) -> Result<VcpuInfo, ControlError> {
+    let mut op = XenDomctl::new(XEN_DOMCTL_GETVCPUINFO, domid);
+    op.u.getvcpuinfo = VcpuInfo {
+        vcpu,
+        ..VcpuInfo::default()
+    };
+    domctl(hv, &mut op)?;
+    // SAFETY: every field of `VcpuInfo` is an integer.
+    Ok(unsafe { op.u.getvcpuinfo })
 }
 
 /// `XEN_DOMCTL_pausedomain`.
@@ -348,6 +384,32 @@ mod tests {
     use super::*;
     use crate::fake::FakeXen;
     use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn vcpu_info_layout_and_reads() {
+        assert_eq!(size_of::<VcpuInfo>(), 24);
+        assert_eq!(offset_of!(VcpuInfo, online), 4);
+        assert_eq!(offset_of!(VcpuInfo, running), 6);
+        assert_eq!(offset_of!(VcpuInfo, cpu_time), 8);
+        assert_eq!(offset_of!(VcpuInfo, cpu), 16);
+        let xen = FakeXen::new();
+        assert_eq!(
+            vcpu_info(&xen, 3, 0),
+            Err(ControlError::Xen(XenError::ESRCH))
+        );
+        xen.add_domain(3, dominf::RUNNING);
+        xen.set_vcpu_time_ns(3, 0, 1_500_000_000);
+        let info = vcpu_info(&xen, 3, 0).unwrap();
+        assert_eq!(
+            (info.vcpu, info.online, info.cpu_time),
+            (0, 1, 1_500_000_000)
+        );
+        // A legacy fake domain has one vCPU.
+        assert_eq!(
+            vcpu_info(&xen, 3, 1),
+            Err(ControlError::Xen(XenError::EINVAL))
+        );
+    }
 
     #[test]
     fn layouts_match_xen_417() {

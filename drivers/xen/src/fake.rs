@@ -96,6 +96,10 @@ struct State {
     pci: Vec<(u16, u8, u8)>,
     domains: BTreeMap<u16, domains::Domain>,
     free_pages: u64,
+    /// `XEN_SYSCTL_getcpuinfo`: each physical CPU's idle time (ns).
+    cpu_idle_ns: Vec<u64>,
+    /// `XEN_DOMCTL_getvcpuinfo`: `(domain, vcpu)` running time (ns).
+    vcpu_time_ns: BTreeMap<(u16, u32), u64>,
     /// Dom0 hole frames showing another domain's page.
     foreign_maps: BTreeMap<u64, domains::MapSource>,
     dom0_ram_clobbered: Vec<u64>,
@@ -158,6 +162,8 @@ impl FakeXen {
                 pci: Vec::new(),
                 domains: BTreeMap::new(),
                 free_pages: domains::INITIAL_FREE_PAGES,
+                cpu_idle_ns: alloc::vec![0; 2],
+                vcpu_time_ns: BTreeMap::new(),
                 foreign_maps: BTreeMap::new(),
                 dom0_ram_clobbered: Vec::new(),
                 ports: BTreeMap::new(),
@@ -263,6 +269,21 @@ impl FakeXen {
 
     pub fn pci_devices(&self) -> Vec<(u16, u8, u8)> {
         self.state.borrow().pci.clone()
+    }
+
+    /// Sets physical CPU `cpu`'s idle time (`XEN_SYSCTL_getcpuinfo`; the fake has 2 CPUs).
+    pub fn set_cpu_idle_ns(&self, cpu: usize, ns: u64) {
+        if let Some(slot) = self.state.borrow_mut().cpu_idle_ns.get_mut(cpu) {
+            *slot = ns;
+        }
+    }
+
+    /// Sets the running time of `domid`'s vCPU `vcpu` (`XEN_DOMCTL_getvcpuinfo`).
+    pub fn set_vcpu_time_ns(&self, domid: u16, vcpu: u32, ns: u64) {
+        self.state
+            .borrow_mut()
+            .vcpu_time_ns
+            .insert((domid, vcpu), ns);
     }
 
     /// Adds a domain for domctl with `XEN_DOMINF_*` flags.
@@ -697,6 +718,17 @@ impl FakeXen {
                 };
                 Ok(0)
             }
+            8 => {
+                // SAFETY: the wrapper wrote a `GetCpuInfo` into the union.
+                let arg = unsafe { &mut op.u.getcpuinfo };
+                let n = s.cpu_idle_ns.len().min(arg.max_cpus as usize);
+                // SAFETY: the wrapper passes `max_cpus` u64s.
+                let out = unsafe { args::<u64>(arg.info, u64::from(arg.max_cpus)) }
+                    .ok_or(XenError::EFAULT)?;
+                out[..n].copy_from_slice(&s.cpu_idle_ns[..n]);
+                arg.nr_cpus = n as u32;
+                Ok(0)
+            }
             _ => Err(XenError::ENOSYS),
         }
     }
@@ -739,6 +771,18 @@ impl FakeXen {
                     3 => d.flags |= dominf::PAUSED,
                     _ => d.flags &= !dominf::PAUSED,
                 }
+                Ok(0)
+            }
+            14 => {
+                let d = s.domains.get(&dom).ok_or(XenError::ESRCH)?;
+                // SAFETY: the wrapper wrote a `VcpuInfo` into the union.
+                let arg = unsafe { &mut op.u.getvcpuinfo };
+                if arg.vcpu >= d.online_vcpus() {
+                    return Err(XenError::EINVAL);
+                }
+                arg.online = 1;
+                arg.running = u8::from(d.flags & dominf::RUNNING != 0);
+                arg.cpu_time = s.vcpu_time_ns.get(&(dom, arg.vcpu)).copied().unwrap_or(0);
                 Ok(0)
             }
             11 | 15 | 86 => Self::domctl_value(&mut s, op),

@@ -2,8 +2,15 @@
 
 use crate::control::{ControlError, ControlInterface, SYSCTL_INTERFACE_VERSION};
 use crate::hypercall::{call_single, HypercallOp, Hypervisor};
+use alloc::vec;
+use alloc::vec::Vec;
 
 const XEN_SYSCTL_PHYSINFO: u32 = 3;
+const XEN_SYSCTL_GETCPUINFO: u32 = 8;
+
+/// The most physical CPUs [`cpu_idle_times`] asks about in one call (Xen 4.17 allows up to
+/// `NR_CPUS`, far more than Keel meters: keel-metering takes 128).
+pub const MAX_CPUINFO: usize = 256;
 
 /// `XEN_SYSCTL_PHYSCAP_*` bits of [`Physinfo::capabilities`].
 pub mod physcap {
@@ -49,11 +56,25 @@ impl Physinfo {
     }
 }
 
+/// `struct xen_sysctl_getcpuinfo` (24 bytes): `info` points at `max_cpus`
+/// `struct xen_sysctl_cpuinfo`s (one `u64` each, the CPU's idle time in ns); Xen writes
+/// `nr_cpus`, how many it filled.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GetCpuInfo {
+    pub max_cpus: u32,
+    pub pad: u32,
+    pub info: u64,
+    pub nr_cpus: u32,
+    pub pad2: u32,
+}
+
 /// The sysctl payload union; `pad` fixes it at 128 bytes like Xen's.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub union SysctlPayload {
     pub physinfo: Physinfo,
+    pub getcpuinfo: GetCpuInfo,
     pub pad: [u8; 128],
 }
 
@@ -90,6 +111,24 @@ pub fn physinfo<H: Hypervisor + ?Sized>(hv: &H) -> Result<Physinfo, ControlError
     Ok(unsafe { op.u.physinfo })
 }
 
+/// `XEN_SYSCTL_getcpuinfo`: the cumulative idle time in nanoseconds of each physical CPU
+/// (index = CPU id, at most [`MAX_CPUINFO`]). A CPU's busy time is the time since boot minus
+/// this (what xcp-rrdd's `cpuN` sources are made of).
+pub fn cpu_idle_times<H: Hypervisor + ?Sized>(hv: &H) -> Result<Vec<u64>, ControlError> {
+    let mut idle = vec![0u64; MAX_CPUINFO];
+    let mut op = XenSysctl::new(XEN_SYSCTL_GETCPUINFO);
+    op.u.getcpuinfo = GetCpuInfo {
+        max_cpus: MAX_CPUINFO as u32,
+        info: idle.as_mut_ptr() as u64,
+        ..GetCpuInfo::default()
+    };
+    sysctl(hv, &mut op)?;
+    // SAFETY: `GetCpuInfo` is plain integers.
+    let filled = unsafe { op.u.getcpuinfo }.nr_cpus as usize;
+    idle.truncate(filled.min(MAX_CPUINFO));
+    Ok(idle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +157,24 @@ mod tests {
         assert_eq!(info.nr_cpus, 2);
         assert_eq!(info.total_pages, 262_144);
         assert!(info.capabilities & physcap::HVM != 0);
+    }
+
+    #[test]
+    fn getcpuinfo_layout_matches_xen_417() {
+        assert_eq!(size_of::<GetCpuInfo>(), 24);
+        assert_eq!(offset_of!(GetCpuInfo, info), 8);
+        assert_eq!(offset_of!(GetCpuInfo, nr_cpus), 16);
+    }
+
+    #[test]
+    fn reads_cpu_idle_times() {
+        let xen = FakeXen::new();
+        assert_eq!(cpu_idle_times(&xen).unwrap(), [0, 0]);
+        xen.set_cpu_idle_ns(1, 7_000_000_000);
+        xen.set_cpu_idle_ns(0, 5);
+        assert_eq!(cpu_idle_times(&xen).unwrap(), [5, 7_000_000_000]);
+        xen.fail_next(HypercallOp::Sysctl, crate::error::XenError::EPERM);
+        assert!(cpu_idle_times(&xen).is_err());
     }
 
     #[test]
