@@ -1369,3 +1369,24 @@ fn vif_operations_follow_the_vm_and_an_empty_network_takes_its_unplugged_vifs() 
     );
     assert!(strings(&h.get("VM", &vm, "VIFs")).is_empty());
 }
+
+#[test]
+fn a_save_whose_management_pif_does_not_match_gives_no_second_xenbr0() {
+    let storage = FakeStorage::two_srs(256 * MIB);
+    let first = boot(&storage, None, 1);
+    let mut saved = first.disk.last();
+    for pif in saved.classes.get_mut("PIF").unwrap().values_mut() {
+        pif.insert(
+            "host".into(),
+            keel_xenapi::keel_hostdb::FieldValue::Ref("OpaqueRef:another-host".into()),
+        );
+    }
+    let mut second = boot(&storage, Some(saved), 2);
+    let networks = strings(&second.ok("network.get_all", vec![]));
+    let bridges: Vec<String> = networks
+        .iter()
+        .map(|n| second.text("network", n, "bridge"))
+        .collect();
+    assert_eq!(bridges, vec!["xenbr0"]);
+    assert_eq!(strings(&second.ok("PIF.get_all", vec![])).len(), 1);
+}

@@ -52,7 +52,15 @@ fn flag_of(record: &Record, field: &str) -> bool {
 pub(crate) fn restore(state: &mut State, saved: &Database, now: Timestamp) {
     let continued = continue_management(state, saved, now);
     for (reference, record) in saved.objects("network") {
-        if continued.contains(reference) {
+        // Two networks on one bridge would share frames: a saved network whose bridge a
+        // live one has (the management network not continued) stays out.
+        let bridge = text_of(record, "bridge").unwrap_or("");
+        let taken = state
+            .db
+            .refs("network")
+            .iter()
+            .any(|n| text(&state.db, n, "bridge") == bridge);
+        if continued.contains(reference) || taken {
             continue;
         }
         state
