@@ -14,6 +14,7 @@
 
 extern crate alloc;
 
+pub mod blkbacks;
 pub mod builder;
 pub mod console;
 pub mod control;

@@ -1,0 +1,313 @@
+//! The host's disk backends: one [`Blkback`] per guest vbd, started and stopped by the
+//! toolstack through [`DiskBackends`] and served by the kernel's guest task.
+//!
+//! The toolstack calls [`DiskBackends`] while it holds the host (xenstored included), so
+//! those calls only record what to do; [`Blkbacks::serve`], called by the guest task with
+//! xenstored lent, runs it: a new device's `start` (features, `InitWait`), the watch events
+//! of the devices' own xenstored connection (the frontend's state changes), each device's
+//! rings and its VDI's completions, and the draining of stopped devices — a device that is
+//! stopped with requests in flight is closed and kept until the storage has answered them,
+//! so no completion ever lands in a buffer that is gone.
+//!
+//! Storage comes in through [`DiskTargets`] (the kernel opens a VDI as a
+//! [`BlockTarget`]), ring pages through blkback's [`RingFrames`], grant copies through
+//! [`GrantIo`]: the kernel's parts are small and this file holds the logic.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ops::Deref;
+
+use keel_blkback::{
+    Blkback, BlockTarget, Config, Env, GrantIo, PageWords, RingFrames, StoreError as BlkStoreError,
+    Xenstore,
+};
+use keel_xen::evtchn::Port;
+use keel_xen::hypercall::Hypervisor;
+use keel_xenstored::{LocalClient, Xenstored, XsError};
+
+use crate::devices::{BackendDisk, DiskBackendError, DiskBackends, DiskMedium};
+
+/// Opens the storage behind a disk: the kernel's storage service.
+pub trait DiskTargets {
+    type Target: BlockTarget;
+    /// The VDI `disk.medium` names, ready for requests. `user` tells this disk's requests
+    /// apart on a shared queue (`domid << 16 | devid & 0xffff`).
+    fn open(&mut self, disk: &BackendDisk<'_>, user: u32)
+        -> Result<Self::Target, DiskBackendError>;
+}
+
+/// One served vbd.
+struct Device<P, T> {
+    blkback: Blkback<P>,
+    target: T,
+    /// `start` has run (the toolstack's call only queued it).
+    started: bool,
+    /// `close` has run (the device was stopped and drains).
+    closed: bool,
+}
+
+/// Every blkback device of the host.
+pub struct Blkbacks<P, K: DiskTargets> {
+    targets: K,
+    devices: BTreeMap<(u16, u32), Device<P, K::Target>>,
+    /// Stopped devices whose storage requests are still in flight.
+    draining: Vec<Device<P, K::Target>>,
+    /// The devices' own xenstored connection (their watches live on it); opened at the
+    /// first [`Blkbacks::serve`].
+    client: Option<LocalClient>,
+}
+
+/// What one [`Blkbacks::serve`] call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DisksServiced {
+    /// A device has more to do now, or storage requests in flight whose completions only
+    /// polling finds: call again soon.
+    pub more: bool,
+    /// Every event channel of every device, for the kernel to route to the guest task.
+    pub ports: Vec<Port>,
+    /// Devices that failed since the last call: (domid, devid, reason).
+    pub failures: Vec<(u16, u32, String)>,
+}
+
+impl<P, K> Blkbacks<P, K>
+where
+    P: Deref<Target = PageWords>,
+    K: DiskTargets,
+{
+    pub fn new(targets: K) -> Self {
+        Blkbacks {
+            targets,
+            devices: BTreeMap::new(),
+            draining: Vec::new(),
+            client: None,
+        }
+    }
+
+    /// Devices served (not counting the draining ones).
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Stopped devices still waiting for their storage requests.
+    pub fn draining(&self) -> usize {
+        self.draining.len()
+    }
+
+    /// The storage service the disks are opened on.
+    pub fn targets(&self) -> &K {
+        &self.targets
+    }
+
+    /// The storage of the stopped devices still draining.
+    pub fn draining_targets_mut(&mut self) -> impl Iterator<Item = &mut K::Target> {
+        self.draining.iter_mut().map(|d| &mut d.target)
+    }
+
+    /// The blkback of `(domid, devid)`, e.g. for its statistics.
+    pub fn device(&self, domid: u16, devid: u32) -> Option<&Blkback<P>> {
+        self.devices.get(&(domid, devid)).map(|d| &d.blkback)
+    }
+
+    /// Serves every device: starts new ones, hands them their watch events, moves their
+    /// rings and completions, and drains stopped ones.
+    pub fn serve<H, F>(
+        &mut self,
+        hv: &H,
+        xenstored: &mut Xenstored,
+        frames: &mut F,
+        grants: &mut dyn GrantIo,
+    ) -> DisksServiced
+    where
+        H: Hypervisor + ?Sized,
+        F: RingFrames<Page = P>,
+    {
+        let client = *self.client.get_or_insert_with(|| xenstored.open_local());
+        let mut out = DisksServiced::default();
+        let mut events: Vec<String> = Vec::new();
+        for device in self.devices.values_mut() {
+            if device.started {
+                continue;
+            }
+            device.started = true;
+            let mut store = DeviceStore { xenstored, client };
+            let mut env = Env {
+                hv,
+                frames,
+                store: &mut store,
+                grants,
+                target: &mut device.target,
+            };
+            match device.blkback.start(&mut env) {
+                Ok(progress) => out.more |= progress.more,
+                Err(e) => {
+                    let config = device.blkback.config();
+                    out.failures.push((
+                        config.domid,
+                        config.devid,
+                        format!("publishing the backend: {e:?}"),
+                    ));
+                }
+            }
+        }
+        while let Some(event) = xenstored.poll_event(client) {
+            if !events.contains(&event.token) && events.try_reserve(1).is_ok() {
+                events.push(event.token);
+            }
+        }
+        for device in self.devices.values_mut() {
+            let had_failed = device.blkback.failure().is_some();
+            let mut store = DeviceStore { xenstored, client };
+            let mut env = Env {
+                hv,
+                frames,
+                store: &mut store,
+                grants,
+                target: &mut device.target,
+            };
+            if events
+                .iter()
+                .any(|t| *t == device.blkback.config().watch_token)
+            {
+                out.more |= device.blkback.on_watch(&mut env).more;
+            }
+            out.more |= device.blkback.poll(&mut env).more;
+            // Storage completions come from polling (Keel's disks raise no interrupt), so
+            // a device with requests in flight asks to be served again soon.
+            out.more |= device.blkback.in_flight() > 0;
+            if let (false, Some(failure)) = (had_failed, device.blkback.failure()) {
+                let config = device.blkback.config();
+                out.failures
+                    .push((config.domid, config.devid, format!("{failure:?}")));
+            }
+            out.ports.extend(device.blkback.ports());
+        }
+        self.draining.retain_mut(|device| {
+            let mut store = DeviceStore { xenstored, client };
+            let mut env = Env {
+                hv,
+                frames,
+                store: &mut store,
+                grants,
+                target: &mut device.target,
+            };
+            if !device.closed {
+                device.closed = true;
+                device.blkback.close(&mut env);
+            }
+            out.more |= device.blkback.poll(&mut env).more;
+            let draining = device.blkback.in_flight() > 0;
+            out.more |= draining;
+            draining
+        });
+        out
+    }
+}
+
+impl<P, K> DiskBackends for Blkbacks<P, K>
+where
+    P: Deref<Target = PageWords>,
+    K: DiskTargets,
+{
+    fn start(&mut self, disk: &BackendDisk<'_>) -> Result<(), DiskBackendError> {
+        if self.devices.contains_key(&(disk.domid, disk.devid)) {
+            return Err(DiskBackendError::Failed(format!(
+                "vbd {} of domain {} is already served",
+                disk.devid, disk.domid
+            )));
+        }
+        let config = Config {
+            backend_path: String::from(disk.backend_path),
+            frontend_path: String::from(disk.frontend_path),
+            ..Config::vbd(disk.domid, disk.devid)
+        };
+        let blkback = Blkback::new(config)
+            .map_err(|e| DiskBackendError::Failed(format!("blkback: {e:?}")))?;
+        let user = (u32::from(disk.domid) << 16) | (disk.devid & 0xffff);
+        let target = self.targets.open(disk, user)?;
+        self.devices.insert(
+            (disk.domid, disk.devid),
+            Device {
+                blkback,
+                target,
+                started: false,
+                closed: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn change_medium(
+        &mut self,
+        domid: u16,
+        devid: u32,
+        _medium: Option<&DiskMedium>,
+    ) -> Result<(), DiskBackendError> {
+        // blkback serves one VDI for a device's life; a CD change while the guest runs
+        // needs the frontend to re-read the medium, which Linux's blkfront does not do.
+        Err(DiskBackendError::Failed(format!(
+            "changing the medium of vbd {devid} of running domain {domid} is not supported"
+        )))
+    }
+
+    fn stop(&mut self, domid: u16, devid: u32) {
+        if let Some(device) = self.devices.remove(&(domid, devid)) {
+            // Closed and drained at the next `serve`; the VDI stays open until then.
+            self.draining.push(device);
+        }
+    }
+}
+
+/// blkback's xenstore over the devices' own privileged xenstored connection.
+struct DeviceStore<'a> {
+    xenstored: &'a mut Xenstored,
+    client: LocalClient,
+}
+
+fn store_error(e: XsError) -> BlkStoreError {
+    match e {
+        XsError::ENOENT => BlkStoreError::NotFound,
+        other => BlkStoreError::Other(format!("{other:?}")),
+    }
+}
+
+impl Xenstore for DeviceStore<'_> {
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, BlkStoreError> {
+        match self.xenstored.read(self.client, 0, path) {
+            Ok(v) => Ok(Some(v)),
+            Err(XsError::ENOENT) => Ok(None),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    fn write(&mut self, path: &str, value: &[u8]) -> Result<(), BlkStoreError> {
+        self.xenstored
+            .write(self.client, 0, path, value)
+            .map_err(store_error)
+    }
+
+    fn rm(&mut self, path: &str) -> Result<(), BlkStoreError> {
+        match self.xenstored.rm(self.client, 0, path) {
+            Ok(()) | Err(XsError::ENOENT) => Ok(()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    fn watch(&mut self, path: &str, token: &str) -> Result<(), BlkStoreError> {
+        self.xenstored
+            .watch(self.client, path, token)
+            .map_err(store_error)
+    }
+
+    fn unwatch(&mut self, path: &str, token: &str) -> Result<(), BlkStoreError> {
+        match self.xenstored.unwatch(self.client, path, token) {
+            Ok(()) | Err(XsError::ENOENT) => Ok(()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
