@@ -2,6 +2,8 @@
 //! published and connected when the frontend comes, serves a guest's write and read, and a
 //! stopped one drains its storage requests before it goes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
