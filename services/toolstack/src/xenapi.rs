@@ -243,6 +243,8 @@ pub enum Report {
     Acknowledged(DomId),
     Failed(DomId, ApiFailure),
     Exited(DomId, ApiExit),
+    /// A hot-unplugged disk (its devid) is gone from the guest.
+    DiskDetached(DomId, u32),
 }
 
 /// What the XenAPI hears of `event` (`Destroyed` completes what the XenAPI asked for and
@@ -270,8 +272,8 @@ pub fn report(event: &Event) -> Option<Report> {
             },
         ),
         EventKind::Vanished { .. } => Report::Exited(d, ApiExit::Vanished),
-        // Completes what the XenAPI asked for (the VBD is already detached there).
-        EventKind::Destroyed { .. } | EventKind::DiskDetached { .. } => return None,
+        EventKind::DiskDetached { devid, .. } => Report::DiskDetached(d, *devid),
+        EventKind::Destroyed { .. } => return None,
     })
 }
 
@@ -289,6 +291,10 @@ impl Report {
                 Ok(())
             }
             Report::Exited(d, reason) => api.domain_exited(d, reason, now),
+            Report::DiskDetached(d, devid) => {
+                api.disk_detached(d, devid, now);
+                Ok(())
+            }
         }
     }
 }

@@ -467,8 +467,11 @@ fn disks_cross_the_seam_and_unplug_through_xenstored_watches() {
             "stop 8 51728"
         ]
     );
-    // The XenAPI hears nothing of it (VBD.unplug already answered).
-    assert_eq!(take_reports(&mut g.0.toolstack), []);
+    // The XenAPI hears of it (its VBD.unplug is waiting).
+    assert_eq!(
+        take_reports(&mut g.0.toolstack),
+        [Report::DiskDetached(8, 51728)]
+    );
     assert!(matches!(
         g.change_medium(d, 51712, None),
         Err(GuestError::Failed(_))

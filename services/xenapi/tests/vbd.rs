@@ -592,9 +592,19 @@ fn disks_are_hot_plugged_and_unplugged_on_a_running_guest() {
     let clash = h.vbd(&other, &extra, "0", "RO", "Disk");
     assert_eq!(code(&h.err("VBD.plug", vec![s(&clash)])), "VDI_IN_USE");
     h.ok("VBD.destroy", vec![s(&clash)]);
-    h.ok("VBD.unplug", vec![s(&vbd)]);
-    assert!(!h.flag("VBD", &vbd, "currently_attached"));
+    // VBD.unplug waits for the toolstack to report the disk gone.
+    let task = text(&h.ok("Async.VBD.unplug", vec![s(&vbd)])).to_string();
+    h.api.run_tasks(h.now);
+    assert_eq!(text(&h.get("task", &task, "status")), "pending");
+    assert!(h.flag("VBD", &vbd, "currently_attached"));
+    assert!(h.allowed(&vbd).is_empty(), "busy unplugging");
     assert_eq!(h.guests.domain(domid).unwrap().unplugged, [(51728, false)]);
+    assert!(h.api.disk_detached(domid, 51728, h.now));
+    h.api.run_tasks(h.now);
+    assert_eq!(text(&h.get("task", &task, "status")), "success");
+    assert!(!h.flag("VBD", &vbd, "currently_attached"));
+    assert_eq!(h.allowed(&vbd), ["plug"]);
+    assert!(!h.api.disk_detached(domid, 51728, h.now), "reported once");
     assert_eq!(
         code(&h.err("VBD.unplug", vec![s(&vbd)])),
         "DEVICE_ALREADY_DETACHED"
@@ -608,12 +618,21 @@ fn disks_are_hot_plugged_and_unplugged_on_a_running_guest() {
         "VBD_NOT_UNPLUGGABLE"
     );
     h.ok("VBD.set_unpluggable", vec![s(&vbd), Value::Bool(true)]);
+    // A toolstack that never reports: the VBD is detached after the wait.
+    let task = text(&h.ok("Async.VBD.unplug", vec![s(&vbd)])).to_string();
+    h.now = h
+        .now
+        .plus_ms(keel_xenapi::handlers::vbd_unplug::UNPLUG_WAIT_MS);
+    h.api.run_tasks(h.now);
+    assert_eq!(text(&h.get("task", &task, "status")), "success");
+    assert!(!h.flag("VBD", &vbd, "currently_attached"));
+    h.ok("VBD.plug", vec![s(&vbd)]);
     // unplug_force, as an Async task.
     let task = text(&h.ok("Async.VBD.unplug_force", vec![s(&vbd)])).to_string();
     assert_eq!(text(&h.get("task", &task, "status")), "success");
     assert_eq!(
         h.guests.domain(domid).unwrap().unplugged,
-        [(51728, false), (51728, true)]
+        [(51728, false), (51728, false), (51728, true)]
     );
     h.ok("VBD.destroy", vec![s(&vbd)]);
 }

@@ -29,6 +29,7 @@
 //! | `vif` | `VIF.*`: hot-plug, locking, QoS; a VM's VIFs at start and stop |
 //! | `network_persist` | the network classes across a host reboot |
 //! | `vbd` | `VBD.*`: disks and CD drives, hot-plug, media, `VDI_IN_USE` |
+//! | `vbd_unplug` | `VBD.unplug` waiting for the toolstack's removal of the disk |
 
 pub mod console;
 pub mod event;
@@ -42,6 +43,7 @@ pub mod sr;
 pub mod storage_mirror;
 pub mod task;
 pub mod vbd;
+pub mod vbd_unplug;
 pub mod vdi;
 pub mod vdi_copy;
 pub mod vif;

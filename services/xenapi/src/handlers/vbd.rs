@@ -623,6 +623,11 @@ fn unplug_with(ctx: &mut CallContext<'_>, args: &Args, force: bool) -> Result<Ou
         .detach_disk(domid, devid, force)
         .map_err(|e| e.to_api_error(&vm))?;
     let now = ctx.now;
+    if !force {
+        return Ok(Outcome::Job(alloc::boxed::Box::new(
+            super::vbd_unplug::UnplugJob::new(&vbd, now),
+        )));
+    }
     write_vbd(
         &mut ctx.state.db,
         &vbd,
@@ -632,8 +637,8 @@ fn unplug_with(ctx: &mut CallContext<'_>, args: &Args, force: bool) -> Result<Ou
     value(Value::void())
 }
 
-/// `VBD.unplug(self)`: asks the guest to let go of the disk; the toolstack removes it when
-/// the guest has closed it, or by force after its timeout.
+/// `VBD.unplug(self)`: asks the guest to let go of the disk and waits until the toolstack
+/// has removed it (the guest closed it, or its timeout forced it: `vbd_unplug`).
 pub fn unplug(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     unplug_with(ctx, args, false)
 }
