@@ -828,3 +828,39 @@ fn a_guest_that_reboots_itself_gets_its_disks_again() {
     assert!(!h.flag("VBD", &vbd, "currently_attached"));
     assert_eq!(h.allowed(&vbd), Vec::<String>::new());
 }
+
+#[test]
+fn after_a_reboot_vbds_of_lost_vdis_point_at_nothing() {
+    let storage = FakeStorage::two_srs(256 * MIB);
+    let mut h = boot(&storage, None);
+    let vm = h.vm("web");
+    let root = h.vdi("root");
+    let iso = h.vdi("tools.iso");
+    let disk = h.vbd(&vm, &root, "0", "RW", "Disk");
+    let cd = h.vbd(&vm, &iso, "3", "RO", "CD");
+    let saved = h.disk.0.borrow().clone().expect("saved");
+    // The VDIs are gone from the storage manager by the next boot.
+    for vdi in [&root, &iso] {
+        let uuid = h.uuid("VDI", vdi);
+        for sr in storage.0.borrow_mut().srs.iter_mut() {
+            sr.vdis.remove(&uuid);
+        }
+    }
+    let mut h = boot(&storage, Some(saved));
+    assert_eq!(text(&h.get("VBD", &disk, "VDI")), "OpaqueRef:NULL");
+    assert_eq!(text(&h.get("VBD", &cd, "VDI")), "OpaqueRef:NULL");
+    assert!(h.flag("VBD", &cd, "empty"), "the CD drive is empty");
+    assert_eq!(h.allowed(&cd), ["insert"]);
+    assert!(!h.flag("VBD", &disk, "empty"));
+    // The disk refuses to start rather than start the guest without it.
+    assert_eq!(
+        code(&h.err(
+            "VM.start",
+            vec![s(&vm), Value::Bool(false), Value::Bool(false)]
+        )),
+        "HANDLE_INVALID"
+    );
+    // Each VBD keeps its metrics; none is left over.
+    let count = strings(&h.ok("VBD_metrics.get_all", vec![])).len();
+    assert_eq!(count, 2, "one metrics object per VBD, no orphans");
+}
