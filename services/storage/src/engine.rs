@@ -26,7 +26,8 @@ use keel_block::{BlockDevice, BlockError, Rejected, Request, RequestId};
 
 use crate::commit::CommitPlan;
 use crate::error::{Space, SrError};
-use crate::io::piece_len;
+use crate::io::transfer_len;
+use crate::layout::MAX_DATA_IO_BYTES;
 use crate::sr::Sr;
 use crate::vdi_io::{IoRejected, VdiCompletion, VdiIo, VdiIoKind};
 use crate::Uuid;
@@ -442,7 +443,7 @@ impl<D: BlockDevice> Sr<D> {
 
     fn start_read(&mut self, id: u64, vdi: Uuid, offset: u64, len: u64) {
         let extent_size = self.geometry.extent_size;
-        let piece = piece_len(&self.dev) as u64;
+        let piece = transfer_len(&self.dev, MAX_DATA_IO_BYTES) as u64;
         // One mapped piece that fits one device request: the caller's buffer goes as it is.
         let first = offset / extent_size;
         let within = offset % extent_size;
@@ -556,7 +557,7 @@ impl<D: BlockDevice> Sr<D> {
                 }
             }
         }
-        let piece = piece_len(&self.dev) as u64;
+        let piece = transfer_len(&self.dev, MAX_DATA_IO_BYTES) as u64;
         // One in-place piece that fits one device request: the caller's buffer goes as it is.
         if let [(vext, Target::InPlace(extent))] = targets.as_slice() {
             let within = offset - vext * extent_size;
@@ -640,7 +641,7 @@ impl<D: BlockDevice> Sr<D> {
         extent: u32,
         cow: Option<u64>,
     ) -> Result<(), SrError> {
-        let piece = piece_len(&self.dev) as u64;
+        let piece = transfer_len(&self.dev, MAX_DATA_IO_BYTES) as u64;
         let mut at = from;
         while at < to {
             let n = piece.min(to - at);
@@ -677,7 +678,7 @@ impl<D: BlockDevice> Sr<D> {
         from: u64,
         to: u64,
     ) -> Result<(), SrError> {
-        let piece = piece_len(&self.dev) as u64;
+        let piece = transfer_len(&self.dev, MAX_DATA_IO_BYTES) as u64;
         let mut at = from;
         while at < to {
             let n = piece.min(to - at);

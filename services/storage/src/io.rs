@@ -12,11 +12,16 @@ use crate::error::SrError;
 use crate::layout::{BLOCK_SIZE, MAX_IO_BYTES};
 
 /// The largest transfer to issue: `MAX_IO_BYTES`, or less if the device says so.
-pub(crate) fn piece_len(dev: &impl BlockDevice) -> usize {
+fn piece_len(dev: &impl BlockDevice) -> usize {
+    transfer_len(dev, MAX_IO_BYTES)
+}
+
+/// The largest transfer of at most `limit` bytes the device takes, in whole sectors.
+pub(crate) fn transfer_len(dev: &impl BlockDevice, limit: usize) -> usize {
     let info = dev.info();
     let sector = info.sector_size.max(1) as usize;
     let device_max = (info.max_transfer_sectors.max(1) as usize).saturating_mul(sector);
-    (MAX_IO_BYTES.min(device_max) / sector).max(1) * sector
+    (limit.min(device_max) / sector).max(1) * sector
 }
 
 fn lba(dev: &impl BlockDevice, offset: u64) -> u64 {

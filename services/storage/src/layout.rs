@@ -22,8 +22,12 @@ pub const MAX_METADATA_BLOCKS: u32 = 1 << 24;
 /// Format refuses a device unless this many leading bytes (and the backup superblock's
 /// block) are zero, or the caller forces it.
 pub const BLANK_CHECK_BYTES: u64 = 1 << 20;
-/// Largest single device transfer the SR issues (bounds its bounce buffers).
+/// Largest single device transfer the SR issues for metadata and format (bounds its bounce
+/// buffers).
 pub const MAX_IO_BYTES: usize = 64 * 1024;
+/// Largest single device transfer of the queued data path (or the device's limit, if lower):
+/// a guest's request up to this size inside one extent goes to the device in its own buffer.
+pub const MAX_DATA_IO_BYTES: usize = 1 << 20;
 /// Default extent size.
 pub const DEFAULT_EXTENT_SIZE: u64 = 1 << 20;
 

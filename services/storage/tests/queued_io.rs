@@ -411,3 +411,57 @@ fn completions_not_taken_count_against_the_queue() {
     assert!(sr.take_io_completion().is_some());
     sr.submit_io(vdi, 0, read()).unwrap();
 }
+
+#[test]
+fn requests_larger_than_the_device_takes_are_cut_into_pieces_and_put_back_together() {
+    // 4 KiB per device request (metadata blocks need that much): every 16 KiB extent takes
+    // four, copy-on-writes too.
+    let mut config = MemDiskConfig::new(512, 4096);
+    config.completion_order = CompletionOrder::Lifo;
+    config.max_transfer_sectors = 8;
+    config.queue_depth = 5;
+    let disk = MemDisk::new(config);
+    let mut format = options();
+    format.extent_size = 16 * 1024;
+    let mut sr = Sr::format(disk.clone(), format).unwrap();
+    let vdi = sr.create_vdi("v", 64 * 1024).unwrap();
+    sr.write(vdi, 0, &pattern(1, 12 * 1024)).unwrap();
+    let snap = sr.snapshot_vdi(vdi).unwrap();
+    let mut model = read_all(&mut sr, vdi);
+    let snap_before = model.clone();
+    for (tag, (offset, len)) in [
+        (1536u64, 5120usize),
+        (9 * 1024, 7 * 1024),
+        (20 * 1024, 3072),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = pattern(tag as u8 + 7, len);
+        model[offset as usize..offset as usize + len].copy_from_slice(&data);
+        sr.submit_io(vdi, tag as u64, write(offset, data)).unwrap();
+    }
+    sr.submit_io(
+        vdi,
+        9,
+        VdiIo::Read {
+            offset: 0,
+            buffer: vec![0xaa; 24 * 1024],
+        },
+    )
+    .unwrap();
+    let done = run_all(&mut sr);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    let read = done.iter().find(|c| c.tag == 9).unwrap();
+    // Issued before the writes completed: each sector old or new.
+    for (i, sector) in read.buffer.as_ref().unwrap().chunks(512).enumerate() {
+        assert!(
+            sector == &snap_before[i * 512..][..512] || sector == &model[i * 512..][..512],
+            "sector {i}"
+        );
+    }
+    assert_eq!(read_all(&mut sr, vdi), model);
+    assert_eq!(read_all(&mut sr, snap), snap_before);
+    assert!(disk.stats().writes > 20, "pieces, not whole requests");
+    sr.check().unwrap();
+}
