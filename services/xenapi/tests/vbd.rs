@@ -864,3 +864,36 @@ fn after_a_reboot_vbds_of_lost_vdis_point_at_nothing() {
     let count = strings(&h.ok("VBD_metrics.get_all", vec![])).len();
     assert_eq!(count, 2, "one metrics object per VBD, no orphans");
 }
+
+#[test]
+fn a_cancelled_vm_copy_leaves_no_vm_and_no_vdi_behind() {
+    let mut h = host();
+    let vm = h.vm("web");
+    let first = h.vdi_in("sr-a", "first", 8 * MIB);
+    let second = h.vdi_in("sr-a", "second", 16 * MIB);
+    h.vbd(&vm, &first, "0", "RW", "Disk");
+    h.vbd(&vm, &second, "1", "RW", "Disk");
+    let sr_b = h.sr("sr-b");
+    let vms = strings(&h.ok("VM.get_all", vec![])).len();
+    let task = text(&h.ok("Async.VM.copy", vec![s(&vm), s("copy"), s(&sr_b)])).to_string();
+    // Part of the way: the first disk copied, the second under way.
+    for _ in 0..4 {
+        h.api.run_tasks(h.now);
+    }
+    assert_eq!(text(&h.get("task", &task, "status")), "pending");
+    assert!(!strings(&h.get("SR", &sr_b, "VDIs")).is_empty());
+    h.ok("task.cancel", vec![s(&task)]);
+    for _ in 0..20 {
+        h.api.run_tasks(h.now);
+    }
+    assert_eq!(text(&h.get("task", &task, "status")), "cancelled");
+    assert!(strings(&h.get("SR", &sr_b, "VDIs")).is_empty());
+    assert_eq!(strings(&h.ok("VM.get_all", vec![])).len(), vms);
+    let busy = h.get("VM", &vm, "current_operations");
+    assert!(busy.as_struct().unwrap().is_empty());
+    assert!(h
+        .get("VM", &vm, "allowed_operations")
+        .as_array()
+        .unwrap()
+        .contains(&s("copy")));
+}
