@@ -119,6 +119,8 @@ pub struct Config {
     /// Where every change to the kept objects is saved before its call is answered; `None` =
     /// nothing persists.
     pub database_sink: Option<Box<dyn DatabaseSink>>,
+    /// The host's performance data for the data source calls (metrics.rs); `None` = none.
+    pub metering: Option<Box<dyn crate::metrics::MeteringView>>,
 }
 
 impl Config {
@@ -134,6 +136,7 @@ impl Config {
             network: None,
             restore: None,
             database_sink: None,
+            metering: None,
         }
     }
 }
@@ -188,6 +191,8 @@ pub struct State {
     pub(crate) persist: Persistence,
     /// What the host boot did to the restored objects (`None` without a restore).
     pub(crate) host_boot: Option<keel_hostdb::BootPlan>,
+    /// The host's performance data (metrics.rs).
+    pub(crate) metering: Option<Box<dyn crate::metrics::MeteringView>>,
 }
 
 /// Which codec a request came in on.
@@ -287,6 +292,7 @@ impl XenApi {
             network: NetworkState::new(config.network),
             persist: Persistence::new(config.database_sink),
             host_boot: None,
+            metering: config.metering,
         };
         let mut api = XenApi { state };
         api.refresh_storage(now);

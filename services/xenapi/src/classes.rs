@@ -190,11 +190,29 @@ pub static HOST: ClassDecl = ClassDecl {
         inverse("PIFs", "PIF", "host"),
         inverse("PBDs", "PBD", "host"),
     ],
-    messages: &[msg(
-        "get_servertime",
-        &[param("host", Ref("host"))],
-        host::host_get_servertime,
-    )],
+    messages: &[
+        msg(
+            "get_servertime",
+            &[param("host", Ref("host"))],
+            host::host_get_servertime,
+        ),
+        // Performance data (metrics.rs, docs/metering.md).
+        msg(
+            "get_data_sources",
+            &[param("host", Ref("host"))],
+            crate::metrics::host_get_data_sources,
+        ),
+        msg(
+            "query_data_source",
+            &[param("host", Ref("host")), param("data_source", String)],
+            crate::metrics::host_query_data_source,
+        ),
+        msg(
+            "record_data_source",
+            &[param("host", Ref("host")), param("data_source", String)],
+            crate::metrics::host_record_data_source,
+        ),
+    ],
 };
 
 pub static HOST_METRICS: ClassDecl = ClassDecl {

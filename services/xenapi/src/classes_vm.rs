@@ -396,6 +396,22 @@ pub static VM: ClassDecl = ClassDecl {
             &[param("vm", VM_REF)],
             crate::handlers::vbd::get_allowed_vbd_devices,
         ),
+        // Performance data (metrics.rs, docs/metering.md).
+        msg(
+            "get_data_sources",
+            &[param("self", VM_REF)],
+            crate::metrics::vm_get_data_sources,
+        ),
+        msg(
+            "query_data_source",
+            &[param("self", VM_REF), param("data_source", String)],
+            crate::metrics::vm_query_data_source,
+        ),
+        msg(
+            "record_data_source",
+            &[param("self", VM_REF), param("data_source", String)],
+            crate::metrics::vm_record_data_source,
+        ),
     ],
 };
 

@@ -32,6 +32,7 @@ pub mod events;
 pub mod guest;
 pub mod handlers;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod network_backend;
 pub mod persist;
 pub mod schema;
@@ -58,6 +59,8 @@ pub use guest::{
 };
 pub use handlers::vm_power::ShutdownFailure;
 pub use keel_hostdb;
+pub use keel_metering;
+pub use metrics::{MeteredVm, MeteringView};
 pub use network_backend::{
     BridgeConfig, ByteCounters, IpConfigurationMode, Mac, ManagementInterface, NetworkBackend,
     NetworkBackendError, NetworkCounters, NicIdentity, TrafficFilter, Uplink, VifPort,
