@@ -247,7 +247,6 @@ print("auto", x.VM.get_domid(auto), flush=True)
 /// Under Xen, with real guests: a power cut with two guests running; at the next host boot
 /// the plain one is `Halted` and the `auto_poweron` one runs again (its console says so).
 #[test]
-#[ignore = "Keel as dom0 sometimes stops answering during VM.start under QEMU TCG nested SVM (cause not yet found, docs/guests.md); run them with `cargo test -p keel-tests --test guests --test hostdb -- --ignored`"]
 fn after_a_power_cut_running_vms_are_halted_and_auto_poweron_ones_boot() -> Result<(), HarnessError>
 {
     let dir = disk_dir("hostdb_xen");
