@@ -12,6 +12,7 @@ use keel_xenapi::{ApiError, Direction, Endpoint, Handled, PendingCall, Timestamp
 use crate::{ServerConfig, Shared};
 
 mod console;
+mod metering;
 mod transfer;
 
 /// The request a connection is working on.
@@ -275,6 +276,10 @@ impl Conn {
         shared.stats.requests += 1;
         if console::is_console_path(&request.path) {
             self.on_console_head(request, api, shared.consoles.as_deref_mut());
+            return;
+        }
+        if metering::is_metering_path(&request.path) {
+            self.on_metering_head(request, api, shared.metering.as_deref_mut(), now);
             return;
         }
         if let Some(direction) = Direction::from_path(&request.path) {

@@ -9,6 +9,7 @@
 //! | `GET /` | a one-line text page naming the service |
 //! | `CONNECT /console?ref=…`, `GET /console?ref=…` | a guest's console through [`ConsoleAccess`] (docs/guests.md, "Console") |
 //! | `PUT /import_raw_vdi`, `GET /export_raw_vdi` | VDI data through the XenAPI's transfers |
+//! | `GET /rrd_updates`, `/host_rrd`, `/vm_rrd`, `/usage`; `POST /usage/ack` | performance data and usage through [`MeteringAccess`] (docs/metering.md) |
 //! | anything else | `404` (wrong method on an API path: `405`) |
 //!
 //! Calls that wait (`event.from`, `event.next`, a synchronous call on a running task) are
@@ -24,6 +25,7 @@ extern crate alloc;
 
 mod connection;
 mod console;
+mod metering;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -35,6 +37,7 @@ use keel_net::{ListenerConfig, MemoryBudget, TcpListener};
 use keel_xenapi::{Timestamp, XenApi};
 
 pub use console::ConsoleAccess;
+pub use metering::{MeteringAccess, Meters, UsageFailure};
 
 /// Heap that decoding a request body may take, per byte of body, at most: what the server
 /// charges to its memory budget while a call runs. Measured against bodies built to make the
@@ -128,6 +131,8 @@ pub struct ManagementServer {
     budget: MemoryBudget,
     /// The guests' consoles, once the kernel has a toolstack; without, `/console` is `404`.
     consoles: Option<Box<dyn ConsoleAccess>>,
+    /// The host's metering, once the kernel has one; without, its routes are `404`.
+    metering: Option<Box<dyn MeteringAccess>>,
 }
 
 impl ManagementServer {
@@ -159,12 +164,18 @@ impl ManagementServer {
             stats: ServerStats::default(),
             budget,
             consoles: None,
+            metering: None,
         }
     }
 
     /// Serves the guests' consoles on `/console` (docs/guests.md, "Console").
     pub fn set_consoles(&mut self, consoles: Box<dyn ConsoleAccess>) {
         self.consoles = Some(consoles);
+    }
+
+    /// Serves the metering routes (`/rrd_updates`, `/usage`, …; docs/metering.md).
+    pub fn set_metering(&mut self, metering: Box<dyn MeteringAccess>) {
+        self.metering = Some(metering);
     }
 
     pub fn api(&mut self) -> &mut XenApi {
@@ -230,6 +241,7 @@ impl ManagementServer {
                     stats: &mut self.stats,
                     budget: &mut self.budget,
                     consoles: self.consoles.as_deref_mut(),
+                    metering: self.metering.as_deref_mut(),
                 },
                 mono_ms,
                 now,
@@ -284,6 +296,7 @@ pub(crate) struct Shared<'a> {
     pub(crate) stats: &'a mut ServerStats,
     pub(crate) budget: &'a mut MemoryBudget,
     pub(crate) consoles: Option<&'a mut (dyn ConsoleAccess + 'static)>,
+    pub(crate) metering: Option<&'a mut (dyn MeteringAccess + 'static)>,
 }
 
 #[cfg(test)]
