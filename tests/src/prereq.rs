@@ -51,6 +51,12 @@ pub enum Tool {
     Gcc,
     /// The static C library that `gcc -static` links.
     StaticLibc,
+    /// GRUB built for Xen PVH guests (pvgrub2), the kernel of a `PV_bootloader = "pygrub"`
+    /// VM: the guest disk boot tests upload it (docs/guests.md, "Booting from the guest's own
+    /// disk").
+    GrubXenPvh,
+    /// `mke2fs`, which makes the guest disk boot tests' ext4 image from a directory.
+    Mke2fs,
 }
 
 impl Tool {
@@ -70,6 +76,8 @@ impl Tool {
         Tool::PythonVenv,
         Tool::Gcc,
         Tool::StaticLibc,
+        Tool::GrubXenPvh,
+        Tool::Mke2fs,
     ];
 
     /// What `cargo xtask image --iso` needs.
@@ -81,6 +89,11 @@ impl Tool {
         Tool::Mtools,
     ];
 }
+
+/// Debian's prebuilt GRUB for Xen PVH guests (package `grub-xen-host`): an ELF32 with a
+/// `XEN_ELFNOTE_PHYS32_ENTRY` note whose built-in config reads the guest disk's
+/// `/boot/grub/grub.cfg`.
+pub const GRUB_XEN_PVH_IMAGE: &str = "/usr/lib/grub-xen/grub-i386-xen_pvh.bin";
 
 /// How to tell whether a tool is present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +122,8 @@ impl Tool {
             Tool::PythonVenv => Probe::PythonModule("ensurepip"),
             Tool::Gcc => Probe::Binary("gcc"),
             Tool::StaticLibc => Probe::File("/usr/lib/x86_64-linux-gnu/libc.a"),
+            Tool::GrubXenPvh => Probe::File(GRUB_XEN_PVH_IMAGE),
+            Tool::Mke2fs => Probe::Binary("mke2fs"),
         }
     }
 
@@ -128,6 +143,8 @@ impl Tool {
             Tool::PythonVenv => "python3-venv",
             Tool::Gcc => "gcc",
             Tool::StaticLibc => "libc6-dev",
+            Tool::GrubXenPvh => "grub-xen-host",
+            Tool::Mke2fs => "e2fsprogs",
         }
     }
 }
@@ -440,10 +457,12 @@ mod tests {
             Tool::PythonVenv => 10,
             Tool::Gcc => 11,
             Tool::StaticLibc => 12,
+            Tool::GrubXenPvh => 13,
+            Tool::Mke2fs => 14,
         };
         let mut seen: Vec<usize> = Tool::ALL.iter().map(|&t| index(t)).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..=12).collect::<Vec<_>>());
+        assert_eq!(seen, (0..=14).collect::<Vec<_>>());
         assert!(Tool::ISO.iter().all(|t| Tool::ALL.contains(t)));
     }
 
