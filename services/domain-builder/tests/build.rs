@@ -686,3 +686,31 @@ fn an_unmap_that_keeps_failing_is_reported() {
     assert_eq!(a.xen.foreign_mapping_count(), 1);
     assert_eq!(holes.free_frames(), HOLE_FRAMES - 1);
 }
+
+/// Debian's GRUB for Xen PVH guests (`grub-xen-host`, installed by `cargo xtask prereq`), the
+/// kernel of a `PV_bootloader = "pygrub"` VM: an ELF32 whose PHYS32_ENTRY note comes after
+/// its segments in the file.
+#[test]
+fn loads_debians_grub_for_xen_pvh() {
+    let path = "/usr/lib/grub-xen/grub-i386-xen_pvh.bin";
+    let Ok(image) = std::fs::read(path) else {
+        eprintln!("no {path} (package grub-xen-host); skipped");
+        return;
+    };
+    let xen = FakeXen::with_dom0_holes(HOLES, 16384);
+    xen.set_free_pages(1 << 20);
+    let mut holes = FakeHoles::new(&xen);
+    let built = build_pvh(
+        &xen,
+        &mut holes,
+        &config(64, 1),
+        &mut BytesSource(&image),
+        None,
+        &BuildOptions::default(),
+    )
+    .unwrap();
+    // Linked at 1 MiB, entered there.
+    assert_eq!(built.kernel.start, 0x10_0000);
+    assert_eq!(built.entry, 0x10_0000);
+    eprintln!("GRUB for Xen PVH: {built:#x?}");
+}
