@@ -34,6 +34,7 @@ mod text;
 mod updates;
 mod usage;
 mod usage_query;
+mod volume_store;
 
 pub use archive::{Archive, Cf, Timescale, CFS, TIMESCALES, XFF};
 pub use dump::dump_xml;
@@ -52,3 +53,4 @@ pub use usage::{
     AckReport, OpenReport, Usage, UsageConfig, UsageError, VmUsageSample, MAX_PERIOD_S,
 };
 pub use usage_query::{UsageParamError, UsageQuery};
+pub use volume_store::{JournalVolume, VolumeStore, VolumeStoreError, VOLUME_BLOCK};
