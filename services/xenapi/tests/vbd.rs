@@ -897,3 +897,55 @@ fn a_cancelled_vm_copy_leaves_no_vm_and_no_vdi_behind() {
         .unwrap()
         .contains(&s("copy")));
 }
+
+#[test]
+fn revert_puts_back_the_snapshots_disks_and_configuration() {
+    let mut h = host();
+    let vm = h.vm("web");
+    let root = h.vdi("root");
+    let iso = h.vdi("tools.iso");
+    let root_uuid = h.uuid("VDI", &root);
+    let mut storage = h.storage.clone();
+    storage.write("sr-a", &root_uuid, 0, &[0xaa; 512]).unwrap();
+    h.vbd(&vm, &root, "0", "RW", "Disk");
+    h.vbd(&vm, &iso, "3", "RO", "CD");
+    h.ok("VM.set_PV_args", vec![s(&vm), s("console=hvc0 before")]);
+    let snap = text(&h.ok("VM.snapshot", vec![s(&vm), s("before")])).to_string();
+    // Changes after the snapshot.
+    storage.write("sr-a", &root_uuid, 0, &[0xbb; 512]).unwrap();
+    h.ok("VM.set_PV_args", vec![s(&vm), s("console=hvc0 after")]);
+    assert_eq!(
+        code(&h.err("VM.revert", vec![s(&vm)])),
+        "OPERATION_NOT_ALLOWED",
+        "only to a snapshot"
+    );
+    h.start(&vm);
+    assert_eq!(
+        code(&h.err("VM.revert", vec![s(&snap)])),
+        "VM_BAD_POWER_STATE"
+    );
+    h.ok("VM.hard_shutdown", vec![s(&vm)]);
+    h.ok("VM.revert", vec![s(&snap)]);
+    assert_eq!(text(&h.get("VM", &vm, "PV_args")), "console=hvc0 before");
+    assert_eq!(text(&h.get("VM", &vm, "name_label")), "web");
+    assert!(!h.flag("VM", &vm, "is_a_template"));
+    assert!(!h.flag("VM", &vm, "is_a_snapshot"));
+    let vdis = vm_vdis(&mut h, &vm);
+    assert_eq!(vdis.len(), 2);
+    let (_, disk) = &vdis[0];
+    assert_ne!(disk, &root);
+    assert_eq!(vdis[1], ("3".to_string(), iso.clone()));
+    let uuid = h.uuid("VDI", disk);
+    let mut sector = [0u8; 512];
+    storage.read("sr-a", &uuid, 0, &mut sector).unwrap();
+    assert_eq!(sector, [0xaa; 512], "the data as it was at the snapshot");
+    // The replaced disk is gone; the ISO and the snapshot's own disk stay.
+    assert_eq!(
+        code(&h.err("VDI.get_record", vec![s(&root)])),
+        "HANDLE_INVALID"
+    );
+    assert!(h.call("VDI.get_record", vec![s(&iso)]).is_ok());
+    assert_eq!(vm_vdis(&mut h, &snap).len(), 2);
+    // It starts with the reverted disk.
+    h.start(&vm);
+}

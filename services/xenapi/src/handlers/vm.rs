@@ -137,6 +137,19 @@ pub fn create(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiErro
 /// Fields a clone or copy does not take from its source.
 const NOT_INHERITED: &[&str] = &["uuid", "name_label", "is_default_template", "metrics"];
 
+/// The configuration of a VM a clone, copy or snapshot takes over (or a revert puts back).
+pub(crate) fn configuration(db: &Db, source: &str) -> Vec<(&'static str, Value)> {
+    VM.fields
+        .iter()
+        .filter(|decl| {
+            decl.source == Source::Stored
+                && !NOT_INHERITED.contains(&decl.name)
+                && !RUNTIME_FIELDS.contains(&decl.name)
+        })
+        .filter_map(|decl| Some((decl.name, db.get(source, decl.name)?)))
+        .collect()
+}
+
 /// A new VM with `source`'s configuration, named `name`, with `extra` fields over it (and
 /// no VBDs: the caller gives it disks).
 pub(crate) fn duplicate(
@@ -145,18 +158,7 @@ pub(crate) fn duplicate(
     name: &str,
     extra: Vec<(&'static str, Value)>,
 ) -> Result<String, ApiError> {
-    let db = &ctx.state.db;
-    let mut fields = Vec::new();
-    for decl in VM.fields {
-        let inherit = decl.source == Source::Stored
-            && !NOT_INHERITED.contains(&decl.name)
-            && !RUNTIME_FIELDS.contains(&decl.name);
-        if inherit {
-            if let Some(v) = db.get(source, decl.name) {
-                fields.push((decl.name, v));
-            }
-        }
-    }
+    let mut fields = configuration(&ctx.state.db, source);
     fields.push(("name_label", Value::str(name)));
     fields.extend(extra);
     // A copy of a built-in template is the client's own: not marked as built in.

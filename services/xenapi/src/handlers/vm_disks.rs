@@ -1,5 +1,6 @@
 //! A VM's disks when the VM is duplicated: `VM.clone` (VDI clones), `VM.copy` (full VDI
-//! copies, a job) and `VM.snapshot` (VDI snapshots, also of a running guest).
+//! copies, a job) and `VM.snapshot` (VDI snapshots, also of a running guest); and
+//! `VM.revert` to a snapshot (clones of the snapshot's disks replace the VM's).
 //!
 //! The VDI work goes through the `VDI.clone`, `VDI.copy` and `VDI.snapshot` handlers, so the
 //! new VDIs are exactly what those messages make. Only `Disk` VBDs with a VDI get new VDIs;
@@ -17,10 +18,10 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::vbd::{duplicate_vbds, vbds_of};
+use super::vbd::{destroy_vbd, duplicate_vbds, vbds_of};
 use super::vdi::{vdi_clone, vdi_copy, vdi_destroy, vdi_snapshot};
-use super::vm::duplicate;
-use super::vm_rules::{check_operation, mark_operation, text};
+use super::vm::{configuration, duplicate};
+use super::vm_rules::{check_operation, mark_operation, text, write_vm};
 use crate::dispatch::{Args, CallContext, Job, JobStep, Outcome};
 use crate::error::ApiError;
 use crate::store::{consistent, Db};
@@ -127,6 +128,61 @@ pub fn snapshot(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiEr
     ];
     let snapshot = duplicate_with(ctx, &vm, &name, extra, &ignore, vdi_snapshot)?;
     Ok(Outcome::Value(Value::String(snapshot)))
+}
+
+/// `VM.revert(snapshot)`: the halted VM the snapshot was taken of gets the snapshot's
+/// configuration and, as its disks, clones of the snapshot's disks (`VDI.clone`); its own
+/// disks, unless another VBD still uses them, are destroyed (xapi's revert). The new disks
+/// are made first, so a failure leaves the VM as it was. VIFs are left as they are.
+pub fn revert(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
+    let snapshot = args.str(0)?.to_string();
+    let db = &ctx.state.db;
+    if db.get(&snapshot, "is_a_snapshot") != Some(Value::Bool(true)) {
+        return Err(ApiError::OperationNotAllowed {
+            reason: "only a snapshot can be reverted to".to_string(),
+        });
+    }
+    let vm = text(db, &snapshot, "snapshot_of");
+    if !db.is_a(&vm, "VM") {
+        return Err(ApiError::OperationNotAllowed {
+            reason: "the VM this snapshot was taken of no longer exists".to_string(),
+        });
+    }
+    check_operation(db, &vm, "revert")?;
+    let mut made: BTreeMap<String, String> = BTreeMap::new();
+    for vdi in disk_vdis(db, &snapshot) {
+        let clone = vdi_clone(ctx, &Args::new(vec![Value::String(vdi.clone())])).and_then(made_vdi);
+        match clone {
+            Ok(new) => {
+                made.insert(vdi, new);
+            }
+            Err(e) => {
+                discard_vdis(ctx, made.into_values());
+                return Err(e);
+            }
+        }
+    }
+    let now = ctx.now;
+    let db = &mut ctx.state.db;
+    let old_disks = disk_vdis(db, &vm);
+    for vbd in vbds_of(db, &vm) {
+        destroy_vbd(db, &vbd, now)?;
+    }
+    let mut changes = configuration(db, &snapshot);
+    // The VM stays what it is: not a template, not a snapshot.
+    changes.retain(|(k, _)| *k != "is_a_template");
+    write_vm(db, &vm, changes, now)?;
+    duplicate_vbds(db, &snapshot, &vm, &made, &[], now)?;
+    // Its old disks go, unless something else still uses them (a failure to destroy one
+    // leaves it, unused: the revert itself is done).
+    let unused =
+        |db: &Db, vdi: &str| matches!(db.get(vdi, "VBDs"), Some(Value::Array(v)) if v.is_empty());
+    let doomed: Vec<String> = old_disks
+        .into_iter()
+        .filter(|v| unused(&ctx.state.db, v))
+        .collect();
+    discard_vdis(ctx, doomed);
+    Ok(Outcome::Value(Value::void()))
 }
 
 /// `VM.copy`: copies the disks one after another (each `VDI.copy`, itself a job across

@@ -94,6 +94,7 @@ const RULES: &[Rule] = &[
     rule("hard_shutdown", &[Running, Paused, Suspended], true),
     rule("hard_reboot", &[Running, Paused], true),
     rule("snapshot", &[Halted, Running, Paused], false),
+    rule("revert", &[Halted], false),
     rule("clone", &[Halted], false),
     rule("copy", &[Halted], false),
     rule("provision", &[Halted], false),
