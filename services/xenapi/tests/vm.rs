@@ -826,6 +826,94 @@ fn boot_images_must_be_readable_vdis() {
     assert!(h.guests.domids().is_empty());
 }
 
+/// `PV_bootloader = "pygrub"` (all an XCP client sets) boots GRUB for Xen PVH from the VDI the
+/// host's `other_config:keel_pvgrub` names, with the VM's own disks and `PV_args`; whatever
+/// is missing is a BOOTLOADER_FAILED naming it.
+#[test]
+fn pygrub_boots_the_hosts_grub_with_the_vms_own_disk() {
+    const GRUB: &[u8] = b"\x7fELF GRUB for Xen PVH, for tests";
+    let mut h = host();
+    let host_ref = h.api.host_ref().to_string();
+    let vm = h.guest("pygrub");
+    h.ok("VM.set_PV_kernel", vec![s(&vm), s("")]);
+    h.ok("VM.set_PV_ramdisk", vec![s(&vm), s("")]);
+    h.ok("VM.set_PV_args", vec![s(&vm), s("console=hvc0 for-grub")]);
+    let start_fails = |h: &mut Host, expect: &str| {
+        let e = h.err(
+            "VM.start",
+            vec![s(&vm), Value::Bool(false), Value::Bool(false)],
+        );
+        assert_eq!(code(&e), "BOOTLOADER_FAILED", "{expect}: {e:?}");
+        assert!(e.params()[1].contains(expect), "{expect}: {e:?}");
+        assert_eq!(h.power(&vm), "Halted");
+    };
+    h.ok("VM.set_PV_bootloader", vec![s(&vm), s("eliloader")]);
+    start_fails(&mut h, "Keel knows");
+    h.ok("VM.set_PV_bootloader", vec![s(&vm), s("pygrub")]);
+    start_fails(&mut h, "no VBD with a VDI");
+
+    let disk = h.image_vdi("guest disk", &[0; 4096]);
+    let disk_ref = text(&h.ok("VDI.get_by_uuid", vec![s(&disk)])).to_string();
+    let record = |pairs: &[(&str, Value)]| {
+        Value::Struct(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    };
+    let vbd = record(&[
+        ("VM", s(&vm)),
+        ("VDI", s(&disk_ref)),
+        ("userdevice", s("0")),
+        ("mode", s("RW")),
+        ("type", s("Disk")),
+        ("bootable", Value::Bool(true)),
+        ("unpluggable", Value::Bool(true)),
+        ("empty", Value::Bool(false)),
+        ("other_config", record(&[])),
+        ("qos_algorithm_type", s("")),
+        ("qos_algorithm_params", record(&[])),
+    ]);
+    h.ok("VBD.create", vec![vbd]);
+    start_fails(&mut h, "other_config:keel_pvgrub");
+    h.ok(
+        "host.add_to_other_config",
+        vec![
+            s(&host_ref),
+            s("keel_pvgrub"),
+            s("vdi:00000000-0000-4000-8000-00000000dead"),
+        ],
+    );
+    start_fails(&mut h, "does not exist");
+
+    let grub = h.image_vdi("grub-i386-xen_pvh.bin", GRUB);
+    h.ok(
+        "host.remove_from_other_config",
+        vec![s(&host_ref), s("keel_pvgrub")],
+    );
+    h.ok(
+        "host.add_to_other_config",
+        vec![s(&host_ref), s("keel_pvgrub"), s(&format!("vdi:{grub}"))],
+    );
+    // The VM's own kernel fields are not read: a stale PV_ramdisk is no error.
+    h.ok("VM.set_PV_ramdisk", vec![s(&vm), s("/boot/initrd.img")]);
+    h.ok(
+        "VM.start",
+        vec![s(&vm), Value::Bool(false), Value::Bool(false)],
+    );
+    let domid = h.domid(&vm);
+    let spec = h.guests.domain(domid).unwrap().spec;
+    assert_eq!(&spec.kernel[..GRUB.len()], GRUB);
+    assert_eq!(spec.kernel.len(), 512, "the VDI's whole content");
+    assert_eq!(spec.ramdisk, None);
+    assert_eq!(spec.cmdline, "console=hvc0 for-grub");
+    assert_eq!(spec.disks.len(), 1);
+    assert_eq!(spec.disks[0].device, "xvda");
+    assert!(spec.disks[0].bootable);
+    assert_eq!(spec.disks[0].vdi.as_ref().unwrap().vdi_uuid, disk);
+}
+
 #[test]
 fn memory_is_checked_against_the_host_and_the_constraints() {
     let mut h = host_with_memory(128 * MIB);

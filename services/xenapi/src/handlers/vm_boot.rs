@@ -1,6 +1,12 @@
 //! Boot images and plans: `PV_kernel` / `PV_ramdisk` as `vdi:<VDI uuid>`, everything a start
 //! needs checked before it begins, and the images read from the storage manager a few MiB
 //! per job step into memory reserved fallibly (docs/guests.md, "Boot images").
+//!
+//! A VM whose `PV_bootloader` is `pygrub` (what XCP clients set; `pvgrub` and `grub` too)
+//! boots GRUB built for Xen PVH as its kernel instead, which reads `/boot/grub/grub.cfg` from
+//! the VM's own disks. Keel has no filesystem to keep GRUB in, so the host's
+//! `other_config:keel_pvgrub` names the VDI holding it, as `vdi:<VDI uuid>` (docs/guests.md,
+//! "Booting from the guest's own disk (pygrub)").
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -23,6 +29,36 @@ pub const MAX_RAMDISK_BYTES: u64 = 512 << 20;
 const LOAD_PER_STEP: u64 = 4 << 20;
 /// Prefix of `PV_kernel` / `PV_ramdisk` values naming a VDI.
 pub const VDI_PREFIX: &str = "vdi:";
+
+/// The host `other_config` key naming the VDI that holds GRUB for Xen PVH.
+pub const PVGRUB_HOST_KEY: &str = "keel_pvgrub";
+/// What the errors call the GRUB image's source.
+const PVGRUB_FIELD: &str = "the host's other_config:keel_pvgrub";
+
+/// How a VM's kernel is found, from `PV_bootloader`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bootloader {
+    /// Empty: `PV_kernel` / `PV_ramdisk` are the images.
+    Direct,
+    /// GRUB for Xen PVH, which boots what the guest's own `/boot/grub/grub.cfg` names.
+    Pvgrub,
+}
+
+fn bootloader(db: &Db, vm: &str) -> Result<Bootloader, ApiError> {
+    let named = text(db, vm, "PV_bootloader");
+    match named.as_str() {
+        "" => Ok(Bootloader::Direct),
+        // xapi's name for its bootloader; Keel's is GRUB itself, in the guest.
+        "pygrub" | "pvgrub" | "grub" => Ok(Bootloader::Pvgrub),
+        _ => Err(boot_failed(
+            vm,
+            format!(
+                "PV_bootloader is {:?}: Keel knows \"pygrub\" (GRUB from the guest's disk) and \"\" (PV_kernel)",
+                crate::codec::truncate(named.clone(), 64)
+            ),
+        )),
+    }
+}
 
 /// Where one boot image comes from.
 #[derive(Clone, Debug)]
@@ -55,7 +91,17 @@ fn image_source(
     field: &'static str,
     max: u64,
 ) -> Result<Option<ImageSource>, ApiError> {
-    let named = text(db, vm, field);
+    named_image(db, vm, field, text(db, vm, field), max)
+}
+
+/// Resolves `named` (`vdi:<uuid>`, from `field`); `None` when it is empty.
+fn named_image(
+    db: &Db,
+    vm: &str,
+    field: &'static str,
+    named: String,
+    max: u64,
+) -> Result<Option<ImageSource>, ApiError> {
     if named.is_empty() {
         return Ok(None);
     }
@@ -83,6 +129,25 @@ fn image_source(
         ));
     }
     Ok(Some(ImageSource { field, at, size }))
+}
+
+/// GRUB for Xen PVH, from the VDI the host's `other_config:keel_pvgrub` names.
+fn pvgrub_image(state: &State, vm: &str) -> Result<ImageSource, ApiError> {
+    let named = string_pairs(&state.db, &state.host, "other_config")
+        .into_iter()
+        .find(|(k, _)| k == PVGRUB_HOST_KEY)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    named_image(&state.db, vm, PVGRUB_FIELD, named, MAX_KERNEL_BYTES)?.ok_or_else(|| {
+        boot_failed(
+            vm,
+            format!(
+                "PV_bootloader is pygrub but this host has no GRUB for Xen PVH: upload \
+                 grub-i386-xen_pvh.bin (Debian's grub-xen-host) into a VDI and set the host's \
+                 other_config:{PVGRUB_HOST_KEY} to {VDI_PREFIX}<its uuid>"
+            ),
+        )
+    })
 }
 
 fn string_pairs(db: &Db, r: &str, field: &str) -> Vec<(String, String)> {
@@ -129,13 +194,36 @@ pub(crate) fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<Boo
             reason: "need 1 <= VCPUs_at_startup <= VCPUs_max <= 128".to_string(),
         });
     }
-    let kernel = image_source(db, vm, "PV_kernel", MAX_KERNEL_BYTES)?.ok_or_else(|| {
-        boot_failed(
-            vm,
-            format!("PV_kernel is empty: set it to {VDI_PREFIX}<uuid> of a VDI holding the kernel"),
-        )
-    })?;
-    let ramdisk = image_source(db, vm, "PV_ramdisk", MAX_RAMDISK_BYTES)?;
+    let disks = super::vbd::plan_disks(db, vm)?;
+    // With pygrub, PV_kernel / PV_ramdisk are not read: GRUB loads what grub.cfg names, and
+    // PV_args become GRUB's own command line.
+    let (kernel, ramdisk) = match bootloader(db, vm)? {
+        Bootloader::Direct => {
+            let kernel = image_source(db, vm, "PV_kernel", MAX_KERNEL_BYTES)?.ok_or_else(|| {
+                boot_failed(
+                    vm,
+                    format!(
+                        "PV_kernel is empty: set it to {VDI_PREFIX}<uuid> of a VDI holding the kernel"
+                    ),
+                )
+            })?;
+            (
+                kernel,
+                image_source(db, vm, "PV_ramdisk", MAX_RAMDISK_BYTES)?,
+            )
+        }
+        Bootloader::Pvgrub => {
+            if !disks.iter().any(|d| d.vdi.is_some()) {
+                return Err(boot_failed(
+                    vm,
+                    "PV_bootloader is pygrub, which boots from the VM's own disk, and the VM has \
+                     no VBD with a VDI"
+                        .to_string(),
+                ));
+            }
+            (pvgrub_image(state, vm)?, None)
+        }
+    };
     let spec = BootSpec {
         vm_uuid: text(db, vm, "uuid"),
         name: text(db, vm, "name_label"),
@@ -149,7 +237,7 @@ pub(crate) fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<Boo
         paused,
         platform: string_pairs(db, vm, "platform"),
         xenstore_data: string_pairs(db, vm, "xenstore_data"),
-        disks: super::vbd::plan_disks(db, vm)?,
+        disks,
     };
     let needed = spec.max_memory_bytes;
     let available = guests(state)?.free_memory();
