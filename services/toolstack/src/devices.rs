@@ -17,9 +17,10 @@
 //! toolstack never speaks the block protocol. Hot-unplug is libxl's: the toolstack writes
 //! the backend's `online = 0` and `state = 5` (Closing); the frontend closes, the backend
 //! sees it and goes `Closed` (6); the toolstack then stops the backend and removes both
-//! directories. A guest that does not close within [`DETACH_TIMEOUT_NS`] is not waited
-//! for: the device is removed by force (as libxl does after its timeout). Destroying the
-//! domain stops every backend and removes every node.
+//! directories (and the backend's error node, if it wrote one). A guest that does not close
+//! within [`DETACH_TIMEOUT_NS`] is not waited for: the device is removed by force (as libxl
+//! does after its timeout). Destroying the domain stops every backend and removes every
+//! node.
 
 use alloc::format;
 use alloc::string::String;
@@ -132,6 +133,17 @@ pub fn vbd_backend_root(domid: u16) -> String {
 /// A vbd's backend directory.
 pub fn vbd_backend_path(domid: u16, devid: u32) -> String {
     format!("{}/{devid}", vbd_backend_root(domid))
+}
+
+/// Where a backend's fatal errors go (`xenbus_dev_fatal`: `error/<backend path>` under dom0's
+/// home); removed with the device so that no node outlives it.
+pub fn vbd_error_path(domid: u16, devid: u32) -> String {
+    format!("/local/domain/0/error/backend/vbd/{domid}/{devid}")
+}
+
+/// Every vbd error node of a guest.
+fn vbd_error_root(domid: u16) -> String {
+    format!("/local/domain/0/error/backend/vbd/{domid}")
 }
 
 /// A vbd's frontend directory.
@@ -305,6 +317,7 @@ where
     for path in [
         vbd_backend_path(domid, devid),
         vbd_frontend_path(domid, devid),
+        vbd_error_path(domid, devid),
     ] {
         if let Err(e) = env.store.rm(&path) {
             problems.push(CleanupProblem::RemoveDevice(e));
@@ -334,10 +347,11 @@ where
         env.disks.stop(domid, disk.vbd.devid);
     }
     disks.clear();
-    match env.store.rm(&vbd_backend_root(domid)) {
-        Ok(()) => Vec::new(),
-        Err(e) => vec![CleanupProblem::RemoveDevice(e)],
-    }
+    [vbd_backend_root(domid), vbd_error_root(domid)]
+        .iter()
+        .filter_map(|path| env.store.rm(path).err())
+        .map(CleanupProblem::RemoveDevice)
+        .collect()
 }
 
 impl Toolstack {

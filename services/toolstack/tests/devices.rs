@@ -212,8 +212,13 @@ fn start_writes_every_vbd_with_libxls_permissions_and_starts_its_backend() {
     let flags = keel_xen::domctl::domain_info(&rig.xen, d).unwrap().flags;
     assert_eq!(flags & dominf::PAUSED, 0);
 
-    // Destroy stops every backend and removes every node.
+    // Destroy stops every backend and removes every node, error nodes too.
+    let error = format!("/local/domain/0/error/backend/vbd/{d}/51760/error");
+    rig.store
+        .nodes
+        .insert(error.clone(), b"22 bad protocol".to_vec());
     rig.with(|t, env| t.destroy(env, d, 1)).unwrap();
+    assert_eq!(rig.store.value(&error), None);
     let mut stopped = rig.disks.take();
     stopped.sort();
     assert_eq!(
@@ -291,12 +296,18 @@ fn hot_plug_then_unplug_through_the_closing_handshake() {
         rig.with(|t, env| t.attach_disk(env, d, data.clone())),
         Err(DeviceError::DevidInUse(51728))
     );
+    // A backend's fatal error node goes with the device.
+    let error = keel_toolstack::devices::vbd_error_path(d, 51728);
+    rig.store
+        .nodes
+        .insert(format!("{error}/error"), b"12 mapping".to_vec());
     // The backend reaches Closed: the watch fires.
     rig.store.nodes.insert(format!("{be}/state"), b"6".to_vec());
     rig.with(|t, env| t.on_watch(env, &format!("{be}/state"), 6 * SEC));
     assert_eq!(rig.disks.take(), [format!("stop {d} 51728")]);
     assert!(rig.store.under(&be).is_empty());
     assert!(rig.store.under(&vbd_frontend_path(d, 51728)).is_empty());
+    assert!(rig.store.under(&error).is_empty());
     assert!(rig.store.watches.is_empty());
     assert_eq!(
         rig.events(),
