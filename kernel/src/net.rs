@@ -1,5 +1,6 @@
 //! Wiring of the management network: the first virtio-net NIC (or else the first Intel NIC,
-//! `net/e1000.rs`), a `keel-net` stack on it, and the task that drives the stack.
+//! `net/e1000.rs`) as the virtual switch's uplink (`net/switch.rs`), a `keel-net` stack on
+//! the switch's local port, and the task that drives both.
 //!
 //! Pacing: neither driver configures MSI-X vectors and legacy INTx routing needs the
 //! DSDT's AML `_PRT`, which Keel does not interpret, so the NIC is polled. The task polls
@@ -14,6 +15,7 @@ use keel_net::{Addressing, NetEvent, NetStack};
 use keel_netdev::NetDevice;
 use keel_pci::{DeviceKind, Function};
 use keel_virtio::VirtioNet;
+use keel_vswitch::LocalDevice;
 use keel_xenapi::HostFacts;
 
 use crate::dma::KeelHal;
@@ -22,6 +24,9 @@ use crate::platform::xen::guests::GuestService;
 use crate::storage::SharedRepositories;
 
 mod e1000;
+pub mod switch;
+
+use switch::Uplink;
 
 /// Longest sleep between polls of an idle NIC.
 const IDLE_POLL_MS: u64 = 1;
@@ -29,6 +34,8 @@ const IDLE_POLL_MS: u64 = 1;
 /// Brings up the management NIC, if there is one, with the management API on it: the first
 /// virtio-net NIC, or else the first Intel NIC `keel-e1000` drives. Returns the signal set
 /// once the NIC has an address and the API listens.
+// The services the XenAPI serves (guests, storage, metering) are passed through to it.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     handle: &Handle,
     pci: &'static PciConfig,
@@ -37,6 +44,7 @@ pub fn start(
     facts: HostFacts,
     guests: Option<GuestService>,
     storage: Option<SharedRepositories>,
+    metering: crate::metering::MeteringService,
 ) -> Option<Signal> {
     if let Some(function) = functions.iter().find(|f| f.kind == DeviceKind::VirtioNet) {
         let device = open_virtio(pci, function)?;
@@ -49,6 +57,7 @@ pub fn start(
             facts,
             guests,
             storage,
+            metering,
         );
     }
     let (function, model) = e1000::find(functions)?;
@@ -64,7 +73,7 @@ pub fn start(
         }
     );
     launch(
-        handle, device, name, function, config, facts, guests, storage,
+        handle, device, name, function, config, facts, guests, storage, metering,
     )
 }
 
@@ -100,6 +109,7 @@ fn launch<D: NetDevice + 'static>(
     facts: HostFacts,
     guests: Option<GuestService>,
     storage: Option<SharedRepositories>,
+    metering: crate::metering::MeteringService,
 ) -> Option<Signal> {
     let addressing = match config.ip {
         Some((address, prefix_len)) => Addressing::Static {
@@ -110,7 +120,16 @@ fn launch<D: NetDevice + 'static>(
         None => Addressing::Dhcp,
     };
     let now_ms = handle.now_ns() / 1_000_000;
-    let mut stack = NetStack::new(device, addressing, now_ms, crate::arch::rdtsc());
+    let fabric = switch::new_fabric();
+    let attached = match switch::attach(&fabric, device, now_ms) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("net: {name} cannot join the switch: {e:?}");
+            return None;
+        }
+    };
+    let uplink = attached.uplink;
+    let mut stack = NetStack::new(attached.local, addressing, now_ms, crate::arch::rdtsc());
     let mut server = crate::api::start_server(
         config,
         facts.clone(),
@@ -120,6 +139,10 @@ fn launch<D: NetDevice + 'static>(
     );
     if let (Some(server), Some(guests)) = (server.as_mut(), guests.as_ref()) {
         server.set_consoles(guests.consoles());
+    }
+    if let Some(server) = server.as_mut() {
+        server.set_metering(metering.access());
+        server.api().set_metering(metering.view());
     }
     let mac = stack.mac_address();
     log::info!(
@@ -140,27 +163,35 @@ fn launch<D: NetDevice + 'static>(
     let up = Signal::new();
     handle.spawn(drive(
         handle.clone(),
+        uplink,
         stack,
         server,
         guests,
         facts,
+        metering,
         up.clone(),
     ));
     Some(up)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive<D: NetDevice>(
     handle: Handle,
-    mut stack: NetStack<D>,
+    mut uplink: Uplink<D>,
+    mut stack: NetStack<LocalDevice>,
     mut server: Option<ManagementServer>,
     guests: Option<GuestService>,
     mut facts: HostFacts,
+    metering: crate::metering::MeteringService,
     up: Signal,
 ) {
     let mut next_wait_report_ms = 10_000;
     loop {
         let now_ms = handle.now_ns() / 1_000_000;
-        let mut busy = match server.as_mut() {
+        // What the NIC brought reaches the stack in this round, and what the stack sent
+        // leaves in it.
+        let mut busy = uplink.poll(now_ms);
+        busy |= match server.as_mut() {
             // The listener is refilled before every frame: a burst of connects all find a
             // listening socket instead of a reset (keel-net's TcpListener).
             Some(server) => stack.poll_with(now_ms, |sockets| {
@@ -175,6 +206,7 @@ async fn drive<D: NetDevice>(
         }
         if let Some(server) = server.as_mut() {
             busy |= crate::storage::hostdb::start_auto_poweron_when_ready(server.api());
+            busy |= metering.sync(server.api(), crate::rtc::now());
             if server.poll(stack.sockets(), now_ms, crate::rtc::now()) {
                 // Send what the server just queued without waiting for the next round. Frames
                 // that arrived meanwhile are taken in too, so the listener is refilled before
@@ -185,6 +217,8 @@ async fn drive<D: NetDevice>(
                 busy = true;
             }
         }
+        busy |= uplink.poll(now_ms);
+        busy |= uplink.pending() > 0;
         match stack.take_event() {
             Some(NetEvent::Configured(c)) => {
                 match c.gateway {
