@@ -10,6 +10,7 @@
 //! `query_data_source` fails as for an unknown source, as xapi does for a host whose rrdd
 //! holds nothing yet.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
@@ -71,6 +72,28 @@ impl<M: MeteringView> MeteringView for alloc::rc::Rc<core::cell::RefCell<M>> {
 
     fn query_vm(&self, vm_uuid: &str, name: &str) -> Option<f64> {
         self.borrow().query_vm(vm_uuid, name)
+    }
+}
+
+/// A metering not made yet (the kernel makes it once it knows the host's uuid): nothing
+/// to show.
+impl<M: MeteringView> MeteringView for Option<M> {
+    fn host_data_sources(&self) -> Vec<DataSourceRecord> {
+        self.as_ref()
+            .map(|m| m.host_data_sources())
+            .unwrap_or_default()
+    }
+
+    fn vm_data_sources(&self, vm_uuid: &str) -> Option<Vec<DataSourceRecord>> {
+        self.as_ref()?.vm_data_sources(vm_uuid)
+    }
+
+    fn query_host(&self, name: &str) -> Option<f64> {
+        self.as_ref()?.query_host(name)
+    }
+
+    fn query_vm(&self, vm_uuid: &str, name: &str) -> Option<f64> {
+        self.as_ref()?.query_vm(vm_uuid, name)
     }
 }
 
@@ -227,6 +250,20 @@ impl XenApi {
         self.state.db.is_a(session_id, "session")
     }
 
+    /// Hands the service the host's metering (when it is made after the service).
+    pub fn set_metering(&mut self, metering: Box<dyn MeteringView>) {
+        self.state.metering = Some(metering);
+    }
+
+    /// This host's uuid (the metering's legends name it).
+    pub fn host_uuid(&self) -> String {
+        self.state
+            .db
+            .get(&self.state.host, "uuid")
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
     /// The VMs that have a domain on this host (the control domain included), with what the
     /// bill shows of them.
     pub fn metered_vms(&self) -> Vec<MeteredVm> {
@@ -314,7 +351,14 @@ impl XenApi {
             updates.push((self.state.host_metrics.clone(), host_fields));
         }
         let db = &self.state.db;
-        for vm in self.metered_vms() {
+        // The control domain's `memory` is Keel's heap in use, which moves all the time;
+        // its VM_metrics (a kept class: every change is a host database save) keep the
+        // figure the control domain was made with.
+        for vm in self
+            .metered_vms()
+            .into_iter()
+            .filter(|vm| !vm.is_control_domain)
+        {
             let Some(bytes) = view.query_vm(&vm.uuid, "memory") else {
                 continue;
             };
