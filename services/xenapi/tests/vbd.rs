@@ -515,10 +515,21 @@ fn start_attaches_every_vbd_in_order_and_shutdown_detaches_them() {
     let refused = h.err("VBD.destroy", vec![s(&root_vbd)]).description();
     assert_eq!(refused[0], "OPERATION_NOT_ALLOWED");
     assert!(refused[1].contains("still attached"), "{refused:?}");
+    // An attached disk is neither destroyed nor resized; one attached read-only still
+    // exports, one attached read-write does not.
+    assert_eq!(
+        h.err("VDI.destroy", vec![s(&root)]).description(),
+        ["VDI_IN_USE", root.as_str(), "destroy"]
+    );
+    assert_eq!(
+        code(&h.err("VDI.resize", vec![s(&data), Value::Int(16 * MIB as i64)])),
+        "VDI_IN_USE"
+    );
     h.ok("VM.hard_shutdown", vec![s(&vm)]);
     for vbd in [&root_vbd, &data_vbd, &cd] {
         assert!(!h.flag("VBD", vbd, "currently_attached"));
     }
+    h.ok("VDI.resize", vec![s(&data), Value::Int(16 * MIB as i64)]);
     assert!(h.allowed(&root_vbd).is_empty());
 }
 

@@ -312,10 +312,18 @@ pub(crate) fn busy_with(db: &Db, vdi: &str) -> Option<String> {
     }
 }
 
-/// `VDI_IN_USE [vdi, operation]` while a transfer or copy runs on the VDI.
+/// `VDI_IN_USE [vdi, operation]` while a transfer or copy runs on the VDI, or while a guest
+/// has it attached (its disk backend may be writing it); an export of a disk attached only
+/// read-only is fine.
 pub(crate) fn ensure_idle(db: &Db, vdi: &str, operation: &str) -> Result<(), ApiError> {
+    let (readers, writers) = super::vbd::attachments(db, vdi);
+    let attached = writers > 0 || (readers > 0 && operation != "export");
     match busy_with(db, vdi) {
         Some(_) => Err(ApiError::VdiInUse {
+            vdi: vdi.to_string(),
+            operation: operation.to_string(),
+        }),
+        None if attached => Err(ApiError::VdiInUse {
             vdi: vdi.to_string(),
             operation: operation.to_string(),
         }),

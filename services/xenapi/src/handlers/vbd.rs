@@ -327,6 +327,21 @@ fn check_vdi_free(
     Ok(())
 }
 
+/// How many attached VBDs hold `vdi` read-only and read-write.
+pub(crate) fn attachments(db: &Db, vdi: &str) -> (usize, usize) {
+    let modes = match db.get(vdi, "VBDs") {
+        Some(Value::Array(vbds)) => vbds
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|vbd| flag(db, vbd, "currently_attached"))
+            .map(|vbd| text(db, vbd, "mode") == "RW")
+            .collect::<Vec<bool>>(),
+        _ => Vec::new(),
+    };
+    let writers = modes.iter().filter(|rw| **rw).count();
+    (modes.len() - writers, writers)
+}
+
 /// The disks a VM starts with, in `userdevice` order, checked (module docs).
 pub(crate) fn plan_disks(db: &Db, vm: &str) -> Result<Vec<DiskSpec>, ApiError> {
     let mut vbds: Vec<(u32, String)> = vbds_of(db, vm)
