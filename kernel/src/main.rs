@@ -35,6 +35,8 @@ mod entropy;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
+mod metering;
+#[cfg(target_os = "none")]
 mod net;
 #[cfg(target_os = "none")]
 mod pci;
@@ -219,6 +221,7 @@ mod kernel {
         // Storage first: it finishes before the API starts, which is handed the SRs.
         let storage = crate::storage::start(pci, &functions, &config);
         let repositories = storage.as_ref().map(|s| s.repositories.clone());
+        let metering = crate::metering::start(&handle, repositories.clone());
         let bench_disks = storage.map(|s| s.disks).unwrap_or_default();
         let services: Vec<Signal> = [
             net::start(
@@ -229,6 +232,7 @@ mod kernel {
                 facts,
                 guests,
                 repositories,
+                metering,
             ),
             platform::start(&handle),
         ]

@@ -7,7 +7,9 @@
 //! [`map_firmware`] as write-back. Page-table frames come from below 4 GiB while the boot
 //! tables are live, since only that much is reachable then.
 
+use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use keel_memory::{align_down, align_up, FrameAllocator, Range, FRAME_SIZE};
 use spin::Mutex;
@@ -30,8 +32,55 @@ static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());
 static PAGE_TABLES: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
 
 #[global_allocator]
-static HEAP: talc::TalcLock<spin::Mutex<()>, talc::source::Manual> =
-    talc::TalcLock::new(talc::source::Manual);
+static HEAP: CountingHeap = CountingHeap {
+    talc: talc::TalcLock::new(talc::source::Manual),
+    used: AtomicUsize::new(0),
+    size: AtomicUsize::new(0),
+};
+
+/// The heap, counting the bytes it has handed out (dom0's `memory` data source in the
+/// metering, docs/metering.md).
+struct CountingHeap {
+    talc: talc::TalcLock<spin::Mutex<()>, talc::source::Manual>,
+    used: AtomicUsize,
+    size: AtomicUsize,
+}
+
+// SAFETY: every call forwards to talc's allocator unchanged; the counters only observe.
+unsafe impl GlobalAlloc for CountingHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let ptr = unsafe { self.talc.alloc(layout) };
+        if !ptr.is_null() {
+            self.used.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.talc.dealloc(ptr, layout) };
+        self.used.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let moved = unsafe { self.talc.realloc(ptr, layout, new_size) };
+        if !moved.is_null() {
+            self.used.fetch_add(new_size, Ordering::Relaxed);
+            self.used.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        moved
+    }
+}
+
+/// Heap bytes handed out and not yet freed, and the heap's size.
+pub fn heap_usage() -> (usize, usize) {
+    (
+        HEAP.used.load(Ordering::Relaxed),
+        HEAP.size.load(Ordering::Relaxed),
+    )
+}
 
 /// How memory was set up, for the boot log.
 pub struct MemoryReport {
@@ -194,8 +243,13 @@ pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> Result<MemoryReport, Init
         })?;
     let heap_bytes = heap_frames * FRAME_SIZE;
     // SAFETY: the range is RAM, mapped, and now owned by the heap alone.
-    unsafe { HEAP.lock().claim(heap_base as *mut u8, heap_bytes as usize) }
-        .ok_or(InitError::HeapTooSmall { bytes: heap_bytes })?;
+    unsafe {
+        HEAP.talc
+            .lock()
+            .claim(heap_base as *mut u8, heap_bytes as usize)
+    }
+    .ok_or(InitError::HeapTooSmall { bytes: heap_bytes })?;
+    HEAP.size.store(heap_bytes as usize, Ordering::Relaxed);
     Ok(MemoryReport {
         ram_bytes,
         heap_bytes,

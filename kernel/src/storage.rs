@@ -15,6 +15,7 @@
 mod disk;
 pub mod hostdb;
 mod nvme;
+pub mod usage;
 
 use alloc::boxed::Box;
 use alloc::format;
