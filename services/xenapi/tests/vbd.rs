@@ -311,7 +311,7 @@ fn userdevices_name_devices_and_are_unique_per_vm() {
     let second = h.vbd(&vm, &c, "autodetect", "RO", "Disk");
     assert_eq!(text(&h.get("VBD", &second, "userdevice")), "1");
     assert_eq!(text(&h.get("VBD", &second, "device")), "xvdb");
-    for bad in ["16", "01", "-1", "x", ""] {
+    for bad in ["16", "01", "-1", "+1", "x", "", "99999999999999999999"] {
         let args = record(&[("VM", s(&vm)), ("VDI", s(&a)), ("userdevice", s(bad))]);
         assert_eq!(
             code(&h.err("VBD.create", vec![args])),

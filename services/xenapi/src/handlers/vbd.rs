@@ -63,7 +63,9 @@ pub(crate) fn vbds_of(db: &Db, vm: &str) -> Vec<String> {
 
 /// The slot of a `userdevice` (`"0"` to `"15"`).
 pub(crate) fn device_index(userdevice: &str) -> Option<u32> {
-    let canonical = userdevice == "0" || !userdevice.starts_with('0');
+    // Decimal digits without leading zeros (`parse` would also take `+1`).
+    let canonical = userdevice.bytes().all(|b| b.is_ascii_digit())
+        && (userdevice == "0" || !userdevice.starts_with('0'));
     let index: u32 = userdevice.parse().ok().filter(|_| canonical)?;
     (index < MAX_DISKS).then_some(index)
 }
