@@ -13,6 +13,7 @@
 //! | `poweroff` | powers itself off (`SCHEDOP_shutdown` poweroff) |
 //! | `reboot` | reboots itself |
 //! | `crash` | panics the kernel (`sysrq c`): Xen sees a crash |
+//! | `burn` | keeps its vCPU busy forever (a shell loop): metering tests read one vCPU's worth |
 //!
 //! As PID 1 the shell must turn the signals busybox's `poweroff`/`reboot` send to init (and
 //! the kernel's reboot request) into the real thing, or a clean shutdown never completes
@@ -52,6 +53,7 @@ case "$action" in
   poweroff) poweroff -f ;;
   reboot) reboot -f ;;
   crash) echo c > /proc/sysrq-trigger ;;
+  burn) while :; do :; done ;;
 esac
 while true; do sleep 1; done
 "#;
@@ -112,7 +114,7 @@ mod tests {
         let line = cmdline("crash");
         assert!(line.contains("console=hvc0"));
         assert!(line.split(' ').any(|w| w == "keel_guest=crash"));
-        for action in ["poweroff", "reboot", "crash"] {
+        for action in ["poweroff", "reboot", "crash", "burn"] {
             assert!(
                 GUEST_INIT.contains(&format!("  {action})")),
                 "no case for {action}"
