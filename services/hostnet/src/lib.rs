@@ -5,6 +5,8 @@
 //!
 //! - [`Fabric`]: the switch, the queues, the management stack's port ([`keel_vswitch::local_link`])
 //!   and the table's ageing. The kernel shares one ([`SharedFabric`]) between its tasks.
+//! - [`netbacks::Netbacks`]: one netback per guest VIF with its switch port, and the XenAPI's
+//!   `NetworkBackend` (bridges are the switch's networks).
 //!
 //! See docs/architecture.md ("Network data path").
 
@@ -14,5 +16,6 @@
 extern crate alloc;
 
 mod fabric;
+pub mod netbacks;
 
 pub use fabric::{Fabric, FabricError, SharedFabric, AGE_INTERVAL_MS, UPLINK_QUEUE, VIF_QUEUE};
