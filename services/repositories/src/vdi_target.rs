@@ -9,7 +9,10 @@
 //! - Several targets may serve one VDI (or SR): each tags its requests with its own `user`
 //!   number in the top 32 bits and takes only its own completions.
 //! - [`BlockTarget::poll`] moves the SR's queue on, so the task serving the guest's rings
-//!   also drives the disk.
+//!   also drives the disk. Keel's disk drivers are polled (no completion interrupts): while
+//!   [`VdiTarget::in_flight`] is non-zero, poll again soon.
+//! - The SR checks offsets against its own sector size: on an SR of 4096-byte sectors,
+//!   512-byte-aligned requests that are not 4096-aligned are answered with an error.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::rc::Rc;
