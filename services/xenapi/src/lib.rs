@@ -57,6 +57,7 @@ pub use error_network::NetworkError;
 pub use guest::{
     BootSpec, DiskSpec, DiskVdi, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest,
 };
+pub use handlers::vbd_metrics::DiskIoSample;
 pub use handlers::vm_power::ShutdownFailure;
 pub use keel_hostdb;
 pub use keel_metering;

@@ -46,7 +46,6 @@ pub const PERSISTED: &[&str] = &[
     "VDI",
     "VM_metrics",
     "VM",
-    "VBD_metrics",
     "VBD",
     "message",
     "network",
@@ -429,7 +428,7 @@ pub(crate) fn restore(state: &mut State, mut saved: Database, now: Timestamp) ->
     let continued_saved: BTreeSet<&str> = matches.iter().map(|m| m.saved.as_str()).collect();
     let mut restored_vms = Vec::new();
     let mut restored_vbds = Vec::new();
-    for name in ["VM_metrics", "VM", "VBD_metrics", "VBD", "message"] {
+    for name in ["VM_metrics", "VM", "VBD", "message"] {
         let Some(class) = state.db.class(name) else {
             continue;
         };

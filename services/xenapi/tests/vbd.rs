@@ -960,3 +960,39 @@ fn revert_puts_back_the_snapshots_disks_and_configuration() {
     // It starts with the reverted disk.
     h.start(&vm);
 }
+
+#[test]
+fn vbd_metrics_follow_the_disk_backends_counters() {
+    use keel_xenapi::DiskIoSample;
+    let mut h = host();
+    let vm = h.vm("web");
+    let root = h.vdi("root");
+    let vbd = h.vbd(&vm, &root, "0", "RW", "Disk");
+    h.start(&vm);
+    let domid = h.domid(&vm);
+    let metrics = text(&h.get("VBD", &vbd, "metrics")).to_string();
+    let sample = |read: u64, write: u64| DiskIoSample {
+        domid,
+        devid: 51712,
+        read_bytes: read,
+        write_bytes: write,
+    };
+    h.api.record_disk_io(&[sample(0, 0)], h.now);
+    h.now = h.now.plus_ms(2000);
+    h.api
+        .record_disk_io(&[sample(4 << 20, 1 << 20), sample(1, 1)], h.now);
+    let rec = h.ok("VBD_metrics.get_record", vec![s(&metrics)]);
+    assert_eq!(field(&rec, "io_read_kbs"), &Value::Float(2048.0));
+    assert_eq!(field(&rec, "io_write_kbs"), &Value::Float(512.0));
+    // A disk that is not attached (an unknown devid) changes nothing.
+    h.api.record_disk_io(
+        &[DiskIoSample {
+            domid,
+            devid: 51728,
+            read_bytes: 9,
+            write_bytes: 9,
+        }],
+        h.now,
+    );
+    assert_eq!(h.ok("VBD_metrics.get_record", vec![s(&metrics)]), rec);
+}

@@ -30,6 +30,7 @@
 //! | `network_persist` | the network classes across a host reboot |
 //! | `vbd` | `VBD.*`: disks and CD drives, hot-plug, media, `VDI_IN_USE` |
 //! | `vbd_unplug` | `VBD.unplug` waiting for the toolstack's removal of the disk |
+//! | `vbd_metrics` | `VBD_metrics` rates from the disk backends' counters |
 
 pub mod console;
 pub mod event;
@@ -43,6 +44,7 @@ pub mod sr;
 pub mod storage_mirror;
 pub mod task;
 pub mod vbd;
+pub mod vbd_metrics;
 pub mod vbd_unplug;
 pub mod vdi;
 pub mod vdi_copy;

@@ -91,7 +91,7 @@ impl Job for UnplugJob {
 }
 
 /// The VBD of the running or paused VM `domid` attached as `devid`.
-fn attached_vbd(db: &Db, domid: DomId, devid: u32) -> Option<String> {
+pub(crate) fn attached_vbd(db: &Db, domid: DomId, devid: u32) -> Option<String> {
     let vm = db.refs("VM").into_iter().find(|vm| {
         int_field(db, vm, "domid") == i64::from(domid)
             && matches!(
