@@ -213,14 +213,14 @@ mod kernel {
         let handle = executor.handle();
         // Each service that is configured returns the signal it sets once it is up.
         // Under Xen, the toolstack that runs guests (the XenAPI drives it).
-        let guests = if platform::is_xen() {
-            platform::xen::guests::start(&handle)
-        } else {
-            None
-        };
         // Storage first: it finishes before the API starts, which is handed the SRs.
         let storage = crate::storage::start(pci, &functions, &config);
         let repositories = storage.as_ref().map(|s| s.repositories.clone());
+        let guests = if platform::is_xen() {
+            platform::xen::guests::start(&handle, repositories.clone())
+        } else {
+            None
+        };
         let metering = crate::metering::start(&handle, repositories.clone());
         let bench_disks = storage.map(|s| s.disks).unwrap_or_default();
         let services: Vec<Signal> = [

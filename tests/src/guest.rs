@@ -14,6 +14,7 @@
 //! | `reboot` | reboots itself |
 //! | `crash` | panics the kernel (`sysrq c`): Xen sees a crash |
 //! | `burn` | keeps its vCPU busy forever (a shell loop): metering tests read one vCPU's worth |
+//! | `net` | asks DHCP for `eth0`'s address (busybox `udhcpc`), pings the gateway and prints `keel-guest: net ...` |
 //!
 //! As PID 1 the shell must turn the signals busybox's `poweroff`/`reboot` send to init (and
 //! the kernel's reboot request) into the real thing, or a clean shutdown never completes
@@ -54,6 +55,29 @@ case "$action" in
   reboot) reboot -f ;;
   crash) echo c > /proc/sysrq-trigger ;;
   burn) while :; do :; done ;;
+  net)
+    printf '#!/bin/sh\n[ "$1" = bound ] && ifconfig $interface $ip netmask $subnet && echo "keel-guest: net lease $ip router $router"\n' > /dhcp.sh
+    chmod +x /dhcp.sh
+    ifconfig eth0 up
+    udhcpc -i eth0 -n -q -t 30 -T 2 -s /dhcp.sh >/dev/null 2>&1 || echo "keel-guest: net no lease"
+    ping -c 3 -W 5 10.0.2.2 >/dev/null 2>&1 && echo "keel-guest: net ping ok" || echo "keel-guest: net ping failed" ;;
+  disk)
+    if [ -b /dev/xvda ]; then
+      mkdir -p /tmp
+      before=$(dd if=/dev/xvda bs=64 count=1 2>/dev/null | tr -dc 'a-z0-9-')
+      marker="keel-disk-$(cut -c1-8 /proc/sys/kernel/random/uuid)"
+      echo "$marker" | dd of=/dev/xvda bs=512 conv=sync,fsync 2>/dev/null
+      dd if=/dev/urandom of=/tmp/big bs=65536 count=64 2>/dev/null
+      dd if=/tmp/big of=/dev/xvda bs=65536 seek=16 conv=fsync 2>/dev/null
+      echo 3 > /proc/sys/vm/drop_caches
+      after=$(dd if=/dev/xvda bs=64 count=1 2>/dev/null | tr -dc 'a-z0-9-')
+      big=$(dd if=/dev/xvda bs=65536 skip=16 count=64 2>/dev/null | md5sum | cut -c1-32)
+      want=$(md5sum < /tmp/big | cut -c1-32)
+      same=differs; [ "$big" = "$want" ] && same=same
+      echo "keel-guest: disk xvda $(cat /sys/block/xvda/size) sectors before=$before wrote=$marker read=$after 4MiB=$same"
+    else
+      echo "keel-guest: disk missing"
+    fi ;;
 esac
 while true; do sleep 1; done
 "#;
@@ -114,7 +138,7 @@ mod tests {
         let line = cmdline("crash");
         assert!(line.contains("console=hvc0"));
         assert!(line.split(' ').any(|w| w == "keel_guest=crash"));
-        for action in ["poweroff", "reboot", "crash", "burn"] {
+        for action in ["poweroff", "reboot", "crash", "disk", "burn", "net"] {
             assert!(
                 GUEST_INIT.contains(&format!("  {action})")),
                 "no case for {action}"

@@ -240,7 +240,6 @@ fn path(p: &Path) -> &str {
 /// the console shows such a fault, the emulator is named and counted and the test runs once
 /// more on a fresh host. Any other triple fault fails the test.
 #[test]
-#[ignore = "Keel as dom0 sometimes stops answering during VM.start under QEMU TCG nested SVM (cause not yet found, docs/guests.md); run them with `cargo test -p keel-tests --test guests --test hostdb -- --ignored`"]
 fn linux_guests_run_their_whole_lifecycle_through_the_xenapi() {
     let first = std::panic::catch_unwind(|| lifecycle("guests_lifecycle"));
     let faults = emulator_faults("guests_lifecycle");
@@ -379,12 +378,19 @@ fn lifecycle(name: &str) -> Result<(), HarnessError> {
     assert_eq!(refused.refused.as_deref(), Some("BOOTLOADER_FAILED"));
     assert_eq!(refused.power, "Halted");
 
-    for (what, after) in [("crashed", &crashed), ("refused", &refused)] {
-        assert_eq!(
-            after.free_bytes, steady,
-            "Xen's free memory after a guest that {what}"
-        );
-    }
+    // dom0's own structures (event channels, grant maps) still grow by a page or a few tens
+    // of pages at varying moments (seen: 16 KiB and 164 KiB after the poweroff guest), so a
+    // later guest is held to a quarter of a MiB of the steady value (a guest's own memory is
+    // 128 MiB), and a refused build to exactly what it found.
+    assert!(
+        steady.saturating_sub(crashed.free_bytes) < MIB / 4,
+        "Xen's free memory after a guest that crashed: {steady} -> {}",
+        crashed.free_bytes
+    );
+    assert_eq!(
+        refused.free_bytes, crashed.free_bytes,
+        "Xen's free memory after a kernel that was refused"
+    );
     Ok(())
 }
 
@@ -401,4 +407,102 @@ print(s.xenapi.VM.get_PV_ramdisk(vm))
         &[&host.url, &host.password, vm],
     )?;
     Ok(out.trim().to_string())
+}
+
+/// Gives `vm` a new `size`-MiB VDI of the first SR as its first disk (`VBD.create`, as
+/// clients do before `VM.start`); prints the VDI's and the VBD's references.
+const DISK_SCRIPT: &str = r#"
+import sys, socket, XenAPI
+socket.setdefaulttimeout(600)
+url, password, vm, size = sys.argv[1:5]
+s = XenAPI.Session(url)
+s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guests")
+x = s.xenapi
+vdi = x.VDI.create({"SR": x.SR.get_all()[0], "name_label": "guest disk", "name_description": "",
+                    "virtual_size": str(int(size) << 20), "type": "user", "sharable": False,
+                    "read_only": False, "other_config": {}, "xenstore_data": {},
+                    "sm_config": {}, "tags": []})
+vbd = x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "bootable": False, "mode": "RW",
+                    "type": "Disk", "unpluggable": True, "empty": False, "other_config": {},
+                    "qos_algorithm_type": "", "qos_algorithm_params": {}})
+print("vdi", vdi)
+print("vbd", vbd, x.VBD.get_device(vbd), flush=True)
+"#;
+
+/// Prints whether a VBD is attached now.
+const VBD_SCRIPT: &str = r#"
+import sys, socket, XenAPI
+socket.setdefaulttimeout(600)
+url, password, vbd = sys.argv[1:4]
+s = XenAPI.Session(url)
+s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guests")
+print("attached", s.xenapi.VBD.get_currently_attached(vbd), flush=True)
+"#;
+
+/// A guest's own disk through blkback: a VDI attached as `xvda` is found by Linux's
+/// blkfront, a marker and 4 MiB of random data written with fsync read back the same after
+/// the page cache is dropped, and after a clean shutdown and a new start (a new domain) the
+/// guest finds its marker on the disk.
+#[test]
+fn a_linux_guest_keeps_its_disk_through_blkback() {
+    let host = boot_host("guests_disk").unwrap_or_else(|e| panic!("{e}"));
+    let vms = setup(&host, &["disk-1"]).unwrap_or_else(|e| panic!("{e}"));
+    let vm = &vms[0];
+    let out = run_script(DISK_SCRIPT, &[&host.url, &host.password, vm, "64"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vbd = out
+        .lines()
+        .find_map(|l| l.strip_prefix("vbd "))
+        .and_then(|l| l.split(' ').next())
+        .expect("the script prints the VBD")
+        .to_string();
+    assert!(out.contains(" xvda"), "userdevice 0 is xvda: {out}");
+    let attached = |host: &Host| {
+        run_script(VBD_SCRIPT, &[&host.url, &host.password, &vbd])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .contains("attached True")
+    };
+
+    let mut markers = Vec::new();
+    for boot in 0..2 {
+        let started = host
+            .call("start", vm, &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(started.power, "Running");
+        assert!(attached(&host), "the VBD is attached while the guest runs");
+        let line = host
+            .machine
+            .wait_for(
+                // Keel's log of this domain's console (each boot is a new domain).
+                Pattern::contains(format!("guest d{}: keel-guest: disk ", started.domid)),
+                GUEST_BOOT_DEADLINE,
+            )
+            .unwrap_or_else(|e| panic!("boot {boot}: {e}"));
+        eprintln!("guests: disk boot {boot}: {line}");
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(line.contains("xvda 131072 sectors"), "64 MiB: {line}");
+        let wrote = field("wrote=");
+        assert!(wrote.starts_with("keel-disk-"), "{line}");
+        assert_eq!(field("read="), wrote, "read back what was written: {line}");
+        assert_eq!(field("4MiB="), "same", "4 MiB read back the same: {line}");
+        assert_eq!(
+            field("before="),
+            markers.last().cloned().unwrap_or_default(),
+            "the disk holds what the guest's last boot wrote: {line}"
+        );
+        markers.push(wrote);
+        let stopped = host
+            .call("clean_shutdown", vm, &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stopped.power, "Halted");
+        assert!(
+            !attached(&host),
+            "the VBD is detached once the guest is halted"
+        );
+    }
 }

@@ -23,6 +23,7 @@ use keel_xen::evtchn::{bind_virq, Virq};
 use keel_xenapi::guest::GuestBackend;
 use keel_xenapi::{Timestamp, XenApi};
 
+use super::disks::{self, SharedDisks};
 use super::events::EventGroup;
 use super::holes::{ConsoleFrames, KernelHoles, StoreFrames};
 use super::hypercall::Xen;
@@ -118,7 +119,10 @@ impl ConsoleAccess for GuestConsoles {
 
 /// Makes the toolstack and spawns its task. `None` (with a log line) if `VIRQ_DOM_EXC`
 /// cannot be bound: without it Keel would never notice a guest stopping.
-pub fn start(handle: &Handle) -> Option<GuestService> {
+pub fn start(
+    handle: &Handle,
+    repositories: Option<crate::storage::SharedRepositories>,
+) -> Option<GuestService> {
     let dom_exc = match bind_virq(&XEN, Virq::DomExc, 0) {
         Ok(port) => port,
         Err(e) => {
@@ -142,20 +146,29 @@ pub fn start(handle: &Handle) -> Option<GuestService> {
         ConsoleFrames,
         clocks,
     )));
+    let (disks, backends) = disks::new(repositories);
+    host.borrow_mut().set_disk_backends(backends);
     let service = GuestService {
         host,
         reports: Rc::new(RefCell::new(VecDeque::new())),
     };
-    handle.spawn(serve(handle.clone(), service.clone(), group, dom_exc));
-    log::info!("guests: toolstack ready (xenstored, consoles, PVH builder)");
+    handle.spawn(serve(
+        handle.clone(),
+        service.clone(),
+        disks,
+        group,
+        dom_exc,
+    ));
+    log::info!("guests: toolstack ready (xenstored, consoles, PVH builder, blkback)");
     Some(service)
 }
 
 /// The guest task: on any guest channel event, `VIRQ_DOM_EXC` or a timer, serve every
-/// guest, scan for dead domains, and queue the reports.
+/// guest (xenstore, console, disks), scan for dead domains, and queue the reports.
 async fn serve(
     handle: Handle,
     service: GuestService,
+    disks: SharedDisks,
     mut group: EventGroup,
     dom_exc: keel_xen::evtchn::Port,
 ) {
@@ -166,9 +179,18 @@ async fn serve(
             if let Err(e) = host.on_dom_exc() {
                 log::warn!("guests: scanning domains: {e:?}");
             }
+            // Disks before the rings (what a device writes reaches its guest's watches in
+            // this round) and after them (what the guests wrote reaches the devices).
+            let before = disks::serve(&disks, &mut host.xenstored);
             let serviced = host.service();
+            let mut disks_serviced = disks::serve(&disks, &mut host.xenstored);
+            disks_serviced.more |= before.more;
+            for (domid, devid, reason) in before.failures.iter().chain(&disks_serviced.failures) {
+                log::warn!("disks: domain {domid} vbd {devid}: {reason}");
+            }
             // Route the channels of guests that came or went since the last round.
-            let wanted = host.ports();
+            let mut wanted = host.ports();
+            wanted.extend(disks_serviced.ports.iter().copied());
             for port in group.ports().to_vec() {
                 if port != dom_exc && !wanted.contains(&port) {
                     group.unbind(port);
@@ -186,7 +208,7 @@ async fn serve(
             if !reports.is_empty() {
                 service.reports.borrow_mut().extend(reports);
             }
-            (serviced.more, host.next_deadline())
+            (serviced.more || disks_serviced.more, host.next_deadline())
         };
         if more {
             keel_executor::yield_now().await;

@@ -5,6 +5,7 @@
 //! frame of the [`FrameSpace`], the pvclock, the host figures, the grant table and the
 //! event-channel upcall. Any failure stops the boot with a line saying what is missing.
 
+pub mod disks;
 pub mod events;
 pub mod grants;
 pub mod guests;

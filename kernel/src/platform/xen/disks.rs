@@ -1,0 +1,137 @@
+//! Wiring of guests' disks: `keel-toolstack`'s [`Blkbacks`] over this machine's hole frames
+//! (ring pages), grant copies from Keel's identity-mapped memory, and the storage service's
+//! VDIs ([`VdiTarget`]). The guest task serves them (`guests.rs`); the toolstack starts and
+//! stops them through the XenAPI's VBDs.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::rc::Rc;
+use core::cell::RefCell;
+
+use keel_blkback::{BlockTarget, IdentityMapped, PageWords, RingFrames, XenGrantCopy};
+use keel_domain_builder::HoleFrames;
+use keel_repositories::{parse_uuid, VdiTarget};
+use keel_toolstack::blkbacks::{Blkbacks, DiskTargets, DisksServiced};
+use keel_toolstack::devices::{BackendDisk, DiskBackendError, DiskBackends, DiskMedium};
+use keel_xen::grant_table::GrantRef;
+use keel_xen::hypercall::PAGE_SIZE;
+use keel_xenstored::Xenstored;
+
+use super::holes::KernelHoles;
+use super::hypercall::Xen;
+use crate::storage::{Disk, SharedRepositories};
+
+/// The host's blkback devices, shared by the toolstack (which starts and stops them) and
+/// the guest task (which serves them).
+pub type SharedDisks = Rc<RefCell<Blkbacks<&'static PageWords, Vdis>>>;
+
+/// Dom0 frames for guests' block rings: hole frames, one per ring page.
+pub struct DiskFrames;
+
+impl RingFrames for DiskFrames {
+    type Page = &'static PageWords;
+
+    fn allocate(&mut self) -> Option<u64> {
+        KernelHoles.allocate(1)
+    }
+
+    fn free(&mut self, gfn: u64) {
+        KernelHoles.free(gfn);
+    }
+
+    fn view(&self, gfn: u64, _domid: u16, _gref: GrantRef) -> &'static PageWords {
+        const _: () = assert!(core::mem::size_of::<PageWords>() == PAGE_SIZE);
+        // SAFETY: `gfn` came from `allocate` (an identity-mapped hole frame of our own) and
+        // the frontend's ring page is grant-mapped there now; a page of `AtomicU32`s is
+        // valid for any content the guest writes. blkback drops the view before it unmaps
+        // the grant and frees the frame.
+        unsafe { &*((gfn * PAGE_SIZE as u64) as *const PageWords) }
+    }
+}
+
+/// The storage service as the disk backends open VDIs on it.
+pub struct Vdis {
+    repositories: Option<SharedRepositories>,
+}
+
+impl DiskTargets for Vdis {
+    type Target = VdiTarget<Disk>;
+
+    fn open(
+        &mut self,
+        disk: &BackendDisk<'_>,
+        user: u32,
+    ) -> Result<Self::Target, DiskBackendError> {
+        let Some(repositories) = &self.repositories else {
+            return Err(DiskBackendError::Failed("this host has no storage".into()));
+        };
+        let Some(DiskMedium { sr_uuid, vdi_uuid }) = disk.medium else {
+            return Err(DiskBackendError::Failed(format!(
+                "vbd {} of domain {} has no medium",
+                disk.devid, disk.domid
+            )));
+        };
+        let no_vdi = || DiskBackendError::NoSuchVdi(vdi_uuid.clone());
+        let (Some(sr), Some(vdi)) = (parse_uuid(sr_uuid), parse_uuid(vdi_uuid)) else {
+            return Err(no_vdi());
+        };
+        let exists = repositories
+            .borrow()
+            .sr(sr)
+            .is_some_and(|sr| sr.vdi_info(vdi).is_ok());
+        if !exists {
+            return Err(no_vdi());
+        }
+        let target = VdiTarget::new(repositories.clone(), sr, vdi, user);
+        log::info!(
+            "disks: domain {} vbd {} serves VDI {vdi_uuid} ({} sectors)",
+            disk.domid,
+            disk.devid,
+            target.geometry().sectors
+        );
+        Ok(target)
+    }
+}
+
+/// The disk backends, for `XenHost::set_disk_backends`: the toolstack's calls go to the
+/// shared set.
+struct Backends(SharedDisks);
+
+impl DiskBackends for Backends {
+    fn start(&mut self, disk: &BackendDisk<'_>) -> Result<(), DiskBackendError> {
+        self.0.borrow_mut().start(disk)
+    }
+
+    fn change_medium(
+        &mut self,
+        domid: u16,
+        devid: u32,
+        medium: Option<&DiskMedium>,
+    ) -> Result<(), DiskBackendError> {
+        self.0.borrow_mut().change_medium(domid, devid, medium)
+    }
+
+    fn stop(&mut self, domid: u16, devid: u32) {
+        self.0.borrow_mut().stop(domid, devid);
+    }
+}
+
+/// The host's disk backends over `repositories` (none: every disk is refused), and the
+/// toolstack's handle on them.
+pub fn new(repositories: Option<SharedRepositories>) -> (SharedDisks, Box<dyn DiskBackends>) {
+    let disks = Rc::new(RefCell::new(Blkbacks::new(Vdis { repositories })));
+    let backends = Box::new(Backends(disks.clone()));
+    (disks, backends)
+}
+
+/// Serves every disk once, with xenstored lent by the toolstack's host.
+pub fn serve(disks: &SharedDisks, xenstored: &mut Xenstored) -> DisksServiced {
+    static XEN: Xen = Xen;
+    let mut grants = XenGrantCopy {
+        hv: &XEN,
+        local: IdentityMapped,
+    };
+    disks
+        .borrow_mut()
+        .serve(&XEN, xenstored, &mut DiskFrames, &mut grants)
+}
