@@ -126,6 +126,9 @@ pub fn start_server(
         root_password_phc: config.root_hash.map(String::from),
         storage: storage.map(|s| Box::new(s.clone()) as Box<dyn StorageBackend>),
         guests: guests.map(GuestService::backend),
+        network: guests
+            .and_then(|g| g.vifs.as_ref())
+            .map(|v| v.network_backend()),
         restore: host_database.restore,
         database_sink: host_database.sink,
         ..ApiConfig::new(String::new(), facts)

@@ -16,17 +16,25 @@ use keel_netdev::NetDevice;
 use keel_pci::{DeviceKind, Function};
 use keel_virtio::VirtioNet;
 use keel_vswitch::LocalDevice;
+use keel_xenapi::network_backend::{IpConfigurationMode, Mac, ManagementInterface, NicIdentity};
 use keel_xenapi::HostFacts;
 
 use crate::dma::KeelHal;
 use crate::pci::PciConfig;
 use crate::platform::xen::guests::GuestService;
+use crate::platform::xen::vifs::Vifs;
 use crate::storage::SharedRepositories;
 
 mod e1000;
 pub mod switch;
 
 use switch::Uplink;
+
+/// The management NIC's name in the XenAPI (`PIF.device`).
+const MANAGEMENT_DEVICE: &str = "eth0";
+
+/// How often the switch's counters go to the XenAPI (`PIF_metrics`, `VIF_metrics`).
+const COUNTERS_INTERVAL_MS: u64 = 5_000;
 
 /// Longest sleep between polls of an idle NIC.
 const IDLE_POLL_MS: u64 = 1;
@@ -120,7 +128,12 @@ fn launch<D: NetDevice + 'static>(
         None => Addressing::Dhcp,
     };
     let now_ms = handle.now_ns() / 1_000_000;
-    let fabric = switch::new_fabric();
+    // Under Xen the switch is the guests' (their VIFs are its other ports).
+    let vifs = guests.as_ref().and_then(|g| g.vifs.clone());
+    let fabric = match &vifs {
+        Some(v) => v.fabric(),
+        None => switch::new_fabric(),
+    };
     let attached = match switch::attach(&fabric, device, now_ms) {
         Ok(a) => a,
         Err(e) => {
@@ -128,6 +141,15 @@ fn launch<D: NetDevice + 'static>(
             return None;
         }
     };
+    if let Some(v) = &vifs {
+        // Bridges name the NIC `eth0` (the management PIF's device); the management
+        // network becomes the first untagged bridge on it.
+        v.netbacks().borrow_mut().add_uplink(
+            MANAGEMENT_DEVICE,
+            attached.uplink_port,
+            Some(attached.management),
+        );
+    }
     let uplink = attached.uplink;
     let mut stack = NetStack::new(attached.local, addressing, now_ms, crate::arch::rdtsc());
     let mut server = crate::api::start_server(
@@ -145,6 +167,16 @@ fn launch<D: NetDevice + 'static>(
         server.api().set_metering(metering.view());
     }
     let mac = stack.mac_address();
+    let reporting = Reporting {
+        iface: management_interface(mac, function, config.ip.is_some()),
+        vifs,
+        next_counters_ms: now_ms + COUNTERS_INTERVAL_MS,
+    };
+    if let Some(server) = server.as_mut() {
+        server
+            .api()
+            .update_management_interface(&reporting.iface, crate::rtc::now());
+    }
     log::info!(
         "net: {name} at {} MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
         function.address,
@@ -166,6 +198,7 @@ fn launch<D: NetDevice + 'static>(
         uplink,
         stack,
         server,
+        reporting,
         guests,
         facts,
         metering,
@@ -180,6 +213,7 @@ async fn drive<D: NetDevice>(
     mut uplink: Uplink<D>,
     mut stack: NetStack<LocalDevice>,
     mut server: Option<ManagementServer>,
+    mut reporting: Reporting,
     guests: Option<GuestService>,
     mut facts: HostFacts,
     metering: crate::metering::MeteringService,
@@ -228,11 +262,25 @@ async fn drive<D: NetDevice>(
                 if let Some(server) = server.as_mut() {
                     facts.address = alloc::format!("{}", c.address);
                     server.api().update_host_facts(&facts, crate::rtc::now());
+                    reporting.iface.ipv4 = Some((c.address, c.prefix_len));
+                    reporting.iface.gateway = c.gateway;
+                    server
+                        .api()
+                        .update_management_interface(&reporting.iface, crate::rtc::now());
                 }
                 up.set();
             }
             Some(NetEvent::Deconfigured) => log::warn!("net: lease lost; no address"),
             None => {}
+        }
+        if let (Some(server), Some(vifs)) = (server.as_mut(), reporting.vifs.as_ref()) {
+            if now_ms >= reporting.next_counters_ms {
+                reporting.next_counters_ms = now_ms + COUNTERS_INTERVAL_MS;
+                let counters = vifs.netbacks().borrow().counters();
+                server
+                    .api()
+                    .record_network_counters(&counters, crate::rtc::now());
+            }
         }
         if !up.is_set() && now_ms >= next_wait_report_ms {
             log::warn!(
@@ -250,5 +298,37 @@ async fn drive<D: NetDevice>(
             .unwrap_or(IDLE_POLL_MS)
             .min(IDLE_POLL_MS);
         handle.sleep(delay * 1_000_000).await;
+    }
+}
+
+/// What the network task reports to the XenAPI: the management interface (at boot and on
+/// each lease) and, under Xen, the switch's counters every [`COUNTERS_INTERVAL_MS`].
+struct Reporting {
+    iface: ManagementInterface,
+    vifs: Option<Vifs>,
+    next_counters_ms: u64,
+}
+
+/// The management interface before it has an address.
+fn management_interface(mac: [u8; 6], function: &Function, static_ip: bool) -> ManagementInterface {
+    ManagementInterface {
+        device: alloc::string::String::from(MANAGEMENT_DEVICE),
+        mac: Mac(mac),
+        mtu: 1500,
+        mode: if static_ip {
+            IpConfigurationMode::Static
+        } else {
+            IpConfigurationMode::Dhcp
+        },
+        ipv4: None,
+        gateway: None,
+        dns: alloc::vec::Vec::new(),
+        nic: NicIdentity {
+            vendor_id: function.vendor_id,
+            device_id: function.device_id,
+            pci_bus_path: alloc::format!("0000:{}", function.address),
+            carrier: true,
+            ..NicIdentity::default()
+        },
     }
 }

@@ -5,7 +5,9 @@
 
 use keel_hostnet::{Fabric, FabricError, SharedFabric};
 use keel_netdev::{NetDevice, MAX_FRAME};
-use keel_vswitch::{local_link, LocalDevice, MacAddr, NetworkConfig, NetworkLockingMode, PortId};
+use keel_vswitch::{
+    local_link, LocalDevice, MacAddr, NetworkConfig, NetworkId, NetworkLockingMode, PortId,
+};
 
 /// Frames moved each way per [`Uplink::poll`] at most, so one busy direction cannot hold
 /// the task.
@@ -25,9 +27,12 @@ pub struct Uplink<D> {
     rx: [u8; RX_FRAME],
 }
 
-/// What [`attach`] made: the uplink and the device the management stack runs on.
+/// What [`attach`] made: the uplink, the management network on it (untagged), and the
+/// device the management stack runs on.
 pub struct Attached<D> {
     pub uplink: Uplink<D>,
+    pub uplink_port: PortId,
+    pub management: NetworkId,
     pub local: LocalDevice,
 }
 
@@ -58,6 +63,8 @@ pub fn attach<D: NetDevice>(
             fabric: fabric.clone(),
             rx: [0; RX_FRAME],
         },
+        uplink_port: port,
+        management,
         local,
     })
 }

@@ -27,6 +27,7 @@ use super::disks::{self, SharedDisks};
 use super::events::EventGroup;
 use super::holes::{ConsoleFrames, KernelHoles, StoreFrames};
 use super::hypercall::Xen;
+use super::vifs::{self, Vifs};
 use crate::{rtc, time};
 
 /// The hypervisor as the toolstack holds it (for the whole run).
@@ -43,6 +44,8 @@ type Host = SharedHost<Xen, KernelHoles, StoreFrames, ConsoleFrames>;
 pub struct GuestService {
     host: Host,
     reports: Rc<RefCell<VecDeque<Report>>>,
+    /// Guests' network interfaces (`vifs.rs`); `None` without memory for them.
+    pub(crate) vifs: Option<Vifs>,
 }
 
 fn monotonic_ns() -> u64 {
@@ -151,6 +154,7 @@ pub fn start(
     let service = GuestService {
         host,
         reports: Rc::new(RefCell::new(VecDeque::new())),
+        vifs: vifs::new(),
     };
     handle.spawn(serve(
         handle.clone(),
@@ -191,6 +195,11 @@ async fn serve(
             // Route the channels of guests that came or went since the last round.
             let mut wanted = host.ports();
             wanted.extend(disks_serviced.ports.iter().copied());
+            let nets = service
+                .vifs
+                .as_ref()
+                .map(|v| vifs::serve(v, &mut host.xenstored));
+            wanted.extend(nets.iter().flat_map(|n| n.ports.iter().copied()));
             for port in group.ports().to_vec() {
                 if port != dom_exc && !wanted.contains(&port) {
                     group.unbind(port);
@@ -208,7 +217,14 @@ async fn serve(
             if !reports.is_empty() {
                 service.reports.borrow_mut().extend(reports);
             }
-            (serviced.more || disks_serviced.more, host.next_deadline())
+            let more =
+                serviced.more || disks_serviced.more || nets.as_ref().is_some_and(|n| n.more);
+            let net_wake = nets.and_then(|n| n.wake_at_ns);
+            let deadline = match (host.next_deadline(), net_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            (more, deadline)
         };
         if more {
             keel_executor::yield_now().await;

@@ -13,6 +13,7 @@ pub mod holes;
 pub mod hypercall;
 pub mod selftest;
 pub mod timer;
+pub mod vifs;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
