@@ -59,7 +59,7 @@ case "$action" in
     printf '#!/bin/sh\n[ "$1" = bound ] && ifconfig $interface $ip netmask $subnet && echo "keel-guest: net lease $ip router $router"\n' > /dhcp.sh
     chmod +x /dhcp.sh
     ifconfig eth0 up
-    udhcpc -i eth0 -n -q -t 30 -T 2 -s /dhcp.sh >/dev/null 2>&1 || echo "keel-guest: net no lease"
+    udhcpc -i eth0 -n -q -t 30 -T 2 -s /dhcp.sh 2>/dev/null || echo "keel-guest: net no lease"
     ping -c 3 -W 5 10.0.2.2 >/dev/null 2>&1 && echo "keel-guest: net ping ok" || echo "keel-guest: net ping failed" ;;
   disk)
     if [ -b /dev/xvda ]; then
