@@ -260,7 +260,10 @@ impl<D: BlockDevice> Sr<D> {
         if let Err(error) = self.check_io(vdi, &io) {
             return Err(IoRejected { error, io });
         }
-        if self.engine.ops.len() + self.engine.done.len() >= MAX_QUEUED_IO {
+        // The synchronous facade waits for its one request, so it adds at most one and is
+        // never refused for room: a XenAPI call must not fail because guests keep the queue
+        // full (their completions wait for their task, which cannot run during the call).
+        if !sync && self.engine.ops.len() + self.engine.done.len() >= MAX_QUEUED_IO {
             return Err(IoRejected {
                 error: SrError::QueueFull,
                 io,

@@ -465,3 +465,25 @@ fn requests_larger_than_the_device_takes_are_cut_into_pieces_and_put_back_togeth
     assert!(disk.stats().writes > 20, "pieces, not whole requests");
     sr.check().unwrap();
 }
+
+#[test]
+fn synchronous_calls_go_through_while_queued_users_fill_the_queue() {
+    let (mut sr, _) = lifo_sr(32);
+    let vdi = sr.create_vdi("v", 64 * 1024).unwrap();
+    for tag in 0..MAX_QUEUED_IO as u64 {
+        sr.submit_io(vdi, tag, write(0, vec![1; 512])).unwrap();
+    }
+    // An import or a database save meanwhile: it waits for its own request only.
+    sr.write(vdi, 8192, &pattern(3, 4096)).unwrap();
+    let mut back = vec![0; 4096];
+    sr.read(vdi, 8192, &mut back).unwrap();
+    assert_eq!(back, pattern(3, 4096));
+    // The queued users' completions are all kept for them.
+    while sr.io_in_flight() > 0 {
+        sr.poll_io();
+    }
+    assert_eq!(
+        std::iter::from_fn(|| sr.take_io_completion()).count(),
+        MAX_QUEUED_IO
+    );
+}
