@@ -123,9 +123,16 @@ impl<R: Registers, H: Hal> E1000<R, H> {
                 | regs::TCTL_CT_RECOMMENDED
                 | regs::TCTL_COLD_FULL_DUPLEX,
         );
+        // Promiscuous: the NIC is the virtual switch's uplink, so frames for guests' MACs
+        // (and their multicast groups) must come in too; the switch filters.
         regs.write32(
             regs::RCTL,
-            regs::RCTL_EN | regs::RCTL_BAM | regs::RCTL_SECRC | regs::RCTL_BSIZE_2048,
+            regs::RCTL_EN
+                | regs::RCTL_UPE
+                | regs::RCTL_MPE
+                | regs::RCTL_BAM
+                | regs::RCTL_SECRC
+                | regs::RCTL_BSIZE_2048,
         );
     }
 
