@@ -535,7 +535,16 @@ impl NetworkBackend for Netbacks {
         let network = self
             .bridge(&port.bridge)
             .ok_or_else(|| NetworkBackendError::NoSuchBridge(port.bridge.clone()))?;
-        let mtu = mtu16(port.mtu)?;
+        // No MTU of its own (0): the network's.
+        let mtu = match port.mtu {
+            0 => self
+                .fabric
+                .borrow()
+                .switch()
+                .network(network)
+                .map_or(1500, |n| n.mtu),
+            mtu => mtu16(mtu)?,
+        };
         let max_frame = usize::from(mtu) + ETH_HLEN;
         let config = Config {
             mtu: usize::from(mtu),

@@ -195,6 +195,14 @@ fn bridges_become_networks_and_the_management_network_is_taken_over() {
         }),
         Err(NetworkBackendError::NoSuchDevice("eth9".into()))
     );
+    // A VIF without an MTU of its own takes its network's.
+    h.nbs
+        .attach_vif(&VifPort {
+            mtu: 0,
+            ..vif(7, "xenbr0", TrafficFilter::Unlocked)
+        })
+        .unwrap();
+    assert_eq!(h.nbs.netback(FE, 7).unwrap().config().mtu, 1400);
     // A private network.
     h.nbs
         .configure_bridge(&BridgeConfig {
