@@ -36,7 +36,7 @@ use crate::persistent::{PersistentGrants, PersistentIo};
 use crate::ring::{BlkRing, PageWords, RingError, RingFrames, RingPages, MAX_RING_PAGE_ORDER};
 use crate::store::{read_state, read_u64, ReadError, StoreError, XenbusState, Xenstore};
 use crate::target::{BlockTarget, Geometry};
-use crate::wire::{vdisk, NATIVE_PROTOCOL, SECTOR_SIZE};
+use crate::wire::{vdisk, Abi, SECTOR_SIZE};
 
 /// How the toolstack set the device up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +92,7 @@ pub enum ConfigError {
 /// Why a connection could not be made (written to xenstore, then the device closes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectError {
-    /// `protocol` other than `x86_64-abi`.
+    /// `protocol` other than `x86_64-abi` or `x86_32-abi`.
     Protocol(String),
     /// `multi-queue-num-queues` is 0 or above the maximum.
     Queues(u64),
@@ -578,16 +578,17 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
         env: &mut Env<'_, H, F>,
     ) -> Result<(), ConnectError> {
         let fe = self.config.frontend_path.clone();
+        // No `protocol` node: the backend's own ABI (xenbus's default).
+        let mut abi = Abi::X86_64;
         if let Some(p) = env
             .store
             .read(&format!("{fe}/protocol"))
             .map_err(store_err)?
         {
             let p = p.strip_suffix(&[0]).unwrap_or(&p);
-            if p != NATIVE_PROTOCOL.as_bytes() {
-                let shown = String::from_utf8_lossy(&p[..p.len().min(32)]).into_owned();
-                return Err(ConnectError::Protocol(shown));
-            }
+            abi = Abi::from_protocol(p).ok_or_else(|| {
+                ConnectError::Protocol(String::from_utf8_lossy(&p[..p.len().min(32)]).into_owned())
+            })?;
         }
         let queues = match read_num(env.store, format!("{fe}/multi-queue-num-queues"), 1 << 16)? {
             None => 1,
@@ -647,7 +648,8 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
                     return Err(ConnectError::Bind { queue, error });
                 }
             };
-            self.queues.push(Queue::new(BlkRing::new(pages), port));
+            self.queues
+                .push(Queue::new(BlkRing::with_abi(pages, abi), port));
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 //! [`MAX_RING_PAGE_ORDER`]), each granted by the frontend and mapped into a dom0 frame.
 //!
 //! The layout is `ring.h`'s: a 64-byte header (`req_prod@0`, `req_event@4`, `rsp_prod@8`,
-//! `rsp_event@12`) then a power-of-two array of 112-byte slots, as if the pages were one
-//! contiguous buffer. The pages need not be contiguous in dom0: every access is a 32-bit
+//! `rsp_event@12`) then a power-of-two array of slots (112 bytes; 108 for a 32-bit
+//! frontend, [`Abi`]), as if the pages were one contiguous buffer. The pages need not be contiguous in dom0: every access is a 32-bit
 //! word at a 4-byte-aligned ring offset, so it never straddles a page, and is an atomic
 //! load or store on the mapped page (the frontend writes the same memory concurrently).
 //! keel-xen's `BackRing` needs one contiguous mapping and raw pointers; this ring does not.
@@ -21,7 +21,7 @@ use keel_xen::hypercall::PAGE_SIZE;
 use keel_xen::ring::{ring_entries, SRING_HEADER_SIZE};
 use keel_xen::Hypervisor;
 
-use crate::wire::{REQUEST_SIZE, RESPONSE_SIZE};
+use crate::wire::{Abi, REQUEST_SIZE, RESPONSE_SIZE};
 
 /// A 4 KiB page seen as 1024 atomic words.
 pub type PageWords = [AtomicU32; PAGE_SIZE / 4];
@@ -170,17 +170,24 @@ const RSP_EVENT: usize = 12;
 /// The back end of a blkif ring (request consumer, response producer).
 pub struct BlkRing<P> {
     pages: RingPages<P>,
+    abi: Abi,
     size: u32,
     req_cons: u32,
     rsp_prod_pvt: u32,
 }
 
 impl<P: Deref<Target = PageWords>> BlkRing<P> {
-    /// `BACK_RING_INIT` over the frontend's freshly initialised ring.
+    /// `BACK_RING_INIT` over the frontend's freshly initialised x86_64 ring.
     pub fn new(pages: RingPages<P>) -> Self {
-        let size = ring_entries(pages.len_bytes(), REQUEST_SIZE);
+        Self::with_abi(pages, Abi::X86_64)
+    }
+
+    /// `BACK_RING_INIT` over a ring whose slots are laid out as `abi` says.
+    pub fn with_abi(pages: RingPages<P>, abi: Abi) -> Self {
+        let size = ring_entries(pages.len_bytes(), abi.slot_size());
         BlkRing {
             pages,
+            abi,
             size,
             req_cons: 0,
             rsp_prod_pvt: 0,
@@ -227,31 +234,34 @@ impl<P: Deref<Target = PageWords>> BlkRing<P> {
     }
 
     fn slot_offset(&self, index: u32) -> usize {
-        SRING_HEADER_SIZE + (index & (self.size - 1)) as usize * REQUEST_SIZE
+        SRING_HEADER_SIZE + (index & (self.size - 1)) as usize * self.abi.slot_size()
     }
 
-    /// Copies the next request out of its slot.
+    /// Copies the next request out of its slot, in the x86_64 layout whatever the ABI.
     pub fn take_request(&mut self) -> Result<Option<[u8; REQUEST_SIZE]>, RingError> {
         if self.unconsumed_requests()? == 0 {
             return Ok(None);
         }
         let base = self.slot_offset(self.req_cons);
         let mut out = [0u8; REQUEST_SIZE];
-        for (i, chunk) in out.chunks_exact_mut(4).enumerate() {
+        // Both slot sizes are whole words, so every slot starts word-aligned.
+        let slot = self.abi.slot_size();
+        for (i, chunk) in out[..slot].chunks_exact_mut(4).enumerate() {
             let w = self.pages.load(base + 4 * i, Ordering::Relaxed);
             chunk.copy_from_slice(&w.to_le_bytes());
         }
         self.req_cons = self.req_cons.wrapping_add(1);
-        Ok(Some(out))
+        Ok(Some(self.abi.to_native(&out)))
     }
 
-    /// Writes a response into the next response slot (not yet published).
+    /// Writes a response (the x86_64 encoding; a 32-bit frontend's is its first 12 bytes)
+    /// into the next response slot (not yet published).
     pub fn queue_response(&mut self, rsp: &[u8; RESPONSE_SIZE]) -> Result<(), RingError> {
         if self.outstanding() == 0 {
             return Err(RingError::NoRequestToAnswer);
         }
         let base = self.slot_offset(self.rsp_prod_pvt);
-        for (i, chunk) in rsp.chunks_exact(4).enumerate() {
+        for (i, chunk) in rsp[..self.abi.response_size()].chunks_exact(4).enumerate() {
             let w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             self.pages.store(base + 4 * i, w, Ordering::Relaxed);
         }
@@ -345,6 +355,54 @@ mod tests {
         }
         assert_eq!(ring.into_pages().unmap(&xen, &mut frames), 0);
         assert_eq!(frames.in_use(), 0);
+    }
+
+    /// A 32-bit frontend (GRUB for Xen PVH): 108-byte slots, and 12-byte responses (the
+    /// rest of the slot is not the response's).
+    #[test]
+    fn x86_32_ring_uses_its_own_slots() {
+        let (xen, front, refs) = setup(1);
+        let mut frames = FakeFrames::new(&front);
+        let pages = RingPages::map(&xen, &mut frames, 5, &refs).unwrap();
+        let mut ring = BlkRing::with_abi(pages, Abi::X86_32);
+        assert_eq!(ring.size(), 32);
+        let slot = |i: usize| SRING_HEADER_SIZE + i * 108;
+        for i in 0..3u64 {
+            let mut b = [0u8; 108];
+            b[0] = op::READ;
+            b[1] = 1;
+            b[4..12].copy_from_slice(&(100 + i).to_le_bytes());
+            b[12..20].copy_from_slice(&(8 * (i + 1)).to_le_bytes());
+            b[20..24].copy_from_slice(&(7u32).to_le_bytes());
+            b[25] = 7;
+            front.write(5, refs[0], slot(i as usize), &b);
+        }
+        front.ring(5, &refs).set_req_prod(3);
+        let first = ring.take_request().unwrap().unwrap();
+        match Request::parse(&first) {
+            Request::Direct(r) => assert_eq!((r.id, r.sector, r.nr_segments), (100, 8, 1)),
+            other => panic!("{other:?}"),
+        }
+        let rsp = Response {
+            id: 100,
+            operation: op::READ,
+            status: Status::Error,
+        };
+        ring.queue_response(&rsp.encode()).unwrap();
+        ring.push_responses();
+        let page = front.read(5, refs[0]);
+        assert_eq!(&page[slot(0)..slot(0) + 8], &100u64.to_le_bytes());
+        assert_eq!(&page[slot(0) + 10..slot(0) + 12], &(-1i16).to_le_bytes());
+        // Written: 12 bytes; the request's sector after them is as the frontend left it.
+        assert_eq!(&page[slot(0) + 12..slot(0) + 16], &8u32.to_le_bytes());
+        for want in [101, 102] {
+            let raw = ring.take_request().unwrap().unwrap();
+            match Request::parse(&raw) {
+                Request::Direct(r) => assert_eq!((r.id, r.sector), (want, 8 * (want - 99))),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ring.take_request(), Ok(None));
     }
 
     #[test]

@@ -36,8 +36,68 @@ pub const MAX_INDIRECT_PAGES: usize = 8;
 pub const SEGMENT_SIZE: usize = 8;
 /// Segments in one indirect page (4096 / 8).
 pub const SEGMENTS_PER_INDIRECT_PAGE: usize = 4096 / SEGMENT_SIZE;
-/// The one protocol this backend speaks (`XEN_IO_PROTO_ABI_X86_64`).
+/// The native protocol (`XEN_IO_PROTO_ABI_X86_64`), also assumed when the frontend writes
+/// no `protocol` node.
 pub const NATIVE_PROTOCOL: &str = "x86_64-abi";
+/// `XEN_IO_PROTO_ABI_X86_32`: what a 32-bit frontend writes — GRUB for Xen PVH
+/// (`grub-i386-xen_pvh.bin`, the pygrub boot) is one.
+pub const X86_32_PROTOCOL: &str = "x86_32-abi";
+
+/// The frontend's ABI (`protocol` node): how its ring slots are laid out.
+///
+/// x86_32 aligns `u64` to 4 bytes: every request field after the first word sits 4 bytes
+/// earlier than in x86_64 (`id@4`, `sector_number@12`, `seg[]`/`nr_sectors`/indirect
+/// `handle` from 20), a slot is 108 bytes, and a response 12 (`id@0`, `operation@8`,
+/// `status@10`, as x86_64's first 12 bytes). Linux's blkback converts the same way
+/// (`blkif_get_x86_32_req`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abi {
+    X86_64,
+    X86_32,
+}
+
+impl Abi {
+    /// The ABI a `protocol` node names (without its NUL); `None` for one not spoken.
+    pub fn from_protocol(protocol: &[u8]) -> Option<Abi> {
+        if protocol == NATIVE_PROTOCOL.as_bytes() {
+            Some(Abi::X86_64)
+        } else if protocol == X86_32_PROTOCOL.as_bytes() {
+            Some(Abi::X86_32)
+        } else {
+            None
+        }
+    }
+
+    /// Bytes of one ring slot (the request, the larger of the two).
+    pub const fn slot_size(self) -> usize {
+        match self {
+            Abi::X86_64 => REQUEST_SIZE,
+            Abi::X86_32 => 108,
+        }
+    }
+
+    /// Bytes of a response written into a slot: no more, or the next slot is overwritten.
+    pub const fn response_size(self) -> usize {
+        match self {
+            Abi::X86_64 => RESPONSE_SIZE,
+            Abi::X86_32 => 12,
+        }
+    }
+
+    /// A request slot of this ABI (its first [`Abi::slot_size`] bytes) in the x86_64
+    /// layout the parsers read.
+    pub fn to_native(self, slot: &[u8; REQUEST_SIZE]) -> [u8; REQUEST_SIZE] {
+        match self {
+            Abi::X86_64 => *slot,
+            Abi::X86_32 => {
+                let mut out = [0; REQUEST_SIZE];
+                out[..4].copy_from_slice(&slot[..4]);
+                out[8..].copy_from_slice(&slot[4..Abi::X86_32.slot_size()]);
+                out
+            }
+        }
+    }
+}
 
 /// `BLKIF_OP_*`.
 pub mod op {
@@ -581,6 +641,48 @@ mod tests {
         assert_eq!(Response::decode(&b), (0xAB, op::WRITE, -2));
         assert_eq!(Status::Error.code(), -1);
         assert_eq!(Status::Okay.code(), 0);
+    }
+
+    #[test]
+    fn x86_32_slots_become_x86_64_requests() {
+        // GRUB's read as a 32-bit frontend lays it out: id@4, sector@12, seg[0]@20.
+        let mut slot = [0xEEu8; REQUEST_SIZE];
+        slot[0] = op::READ;
+        slot[1] = 1;
+        slot[2..4].copy_from_slice(&51712u16.to_le_bytes());
+        slot[4..12].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        slot[12..20].copy_from_slice(&2048u64.to_le_bytes());
+        slot[20..28].copy_from_slice(&seg(77, 0, 7).encode());
+        let native = Abi::X86_32.to_native(&slot);
+        match Request::parse(&native) {
+            Request::Direct(rw) => {
+                assert_eq!(rw.id, 0x1122_3344_5566_7788);
+                assert_eq!(rw.kind, RwKind::Read);
+                assert_eq!(rw.sector, 2048);
+                assert_eq!(rw.handle, 51712);
+                assert_eq!(rw.segments(), Some(&[seg(77, 0, 7)][..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Bytes past the 108-byte slot belong to the next one and are not read.
+        assert_eq!(&native[108..], &slot[104..108]);
+        let mut discard = [0u8; REQUEST_SIZE];
+        discard[0] = op::DISCARD;
+        discard[4..12].copy_from_slice(&9u64.to_le_bytes());
+        discard[12..20].copy_from_slice(&64u64.to_le_bytes());
+        discard[20..28].copy_from_slice(&16u64.to_le_bytes());
+        assert_eq!(
+            Abi::X86_32.to_native(&discard),
+            encode::discard(9, 64, 16, false)
+        );
+        assert_eq!(Abi::X86_64.to_native(&slot), slot);
+        assert_eq!(Abi::from_protocol(b"x86_32-abi"), Some(Abi::X86_32));
+        assert_eq!(Abi::from_protocol(b"x86_64-abi"), Some(Abi::X86_64));
+        assert_eq!(Abi::from_protocol(b"arm-abi"), None);
+        assert_eq!(
+            (Abi::X86_32.slot_size(), Abi::X86_32.response_size()),
+            (108, 12)
+        );
     }
 
     #[test]

@@ -139,11 +139,7 @@ fn queue_and_ring_limits_are_enforced_at_connect() {
             "x",
             "22 malformed /local/domain/5/device/vbd/51712/ring-page-order",
         ),
-        (
-            "protocol",
-            "x86_32-abi",
-            "22 unknown fe protocol x86_32-abi",
-        ),
+        ("protocol", "arm-abi", "22 unknown fe protocol arm-abi"),
     ] {
         let mut w = World::new(64);
         let mut dev = device();
@@ -245,6 +241,47 @@ fn frontend_close_then_reinitialise_reconnects_like_grub_handing_over() {
     ring.push_request(&read(2, 0, &[seg(1000, 0, 7)]));
     w.settle(&mut dev);
     assert_eq!(ring.take_responses(), [(2, 0, 0)]);
+}
+
+/// GRUB for Xen PVH is a 32-bit program: its `protocol` is `x86_32-abi`, its slots 108
+/// bytes (`id@4`, `sector@12`, `seg@20`), its responses 12.
+#[test]
+fn a_32_bit_frontend_like_grub_connects_and_is_served_in_its_layout() {
+    let mut w = World::new(64);
+    let mut dev = device();
+    w.toolstack("w");
+    w.start(&mut dev);
+    let rings = w.blkfront(1, None);
+    w.store.set(&format!("{FE}/protocol"), "x86_32-abi");
+    w.watch(&mut dev);
+    assert_eq!(dev.state(), XenbusState::Connected);
+    w.data_page(1000, false);
+    let ring_page = GrantRef(100);
+    let slot = |i: usize| 64 + 108 * i;
+    for (i, id) in [(0usize, 0x0102_0304_0506_0708u64), (1, 9)] {
+        let mut b = [0u8; 108];
+        b[0] = 0; // BLKIF_OP_READ
+        b[1] = 1;
+        b[2..4].copy_from_slice(&51712u16.to_le_bytes());
+        b[4..12].copy_from_slice(&id.to_le_bytes());
+        b[12..20].copy_from_slice(&(8 * i as u64).to_le_bytes());
+        b[20..28].copy_from_slice(&seg(1000, 0, 7).encode());
+        w.front.write(DOMID, ring_page, slot(i), &b);
+    }
+    rings[0].0.set_req_prod(2);
+    w.settle(&mut dev);
+    let page = w.front.read(DOMID, ring_page);
+    assert_eq!(&page[8..12], &2u32.to_le_bytes(), "rsp_prod");
+    for (i, id) in [(0usize, 0x0102_0304_0506_0708u64), (1, 9)] {
+        let r = slot(i);
+        assert_eq!(&page[r..r + 8], &id.to_le_bytes(), "response {i} id");
+        assert_eq!(page[r + 8], 0, "response {i} operation");
+        assert_eq!(
+            &page[r + 10..r + 12],
+            &0i16.to_le_bytes(),
+            "response {i} status"
+        );
+    }
 }
 
 #[test]
