@@ -62,7 +62,23 @@ struct Vif {
     started: bool,
     /// xenstored knew the domain at some `serve` (so its absence later means it is gone).
     domain_seen: bool,
+    /// Set once the VIF is detached.
+    detach: Option<Detach>,
 }
+
+/// A detached VIF on its way out.
+#[derive(Debug, Clone, Copy)]
+struct Detach {
+    /// Do not wait for the frontend (`VIF.unplug_force`, a domain that is gone, a VIF that
+    /// failed to start).
+    force: bool,
+    /// netback was closed (backend `Closing`) at this time; the VIF goes when the frontend
+    /// has closed too, or [`DETACH_TIMEOUT_NS`] after.
+    closed_at_ns: Option<u64>,
+}
+
+/// How long a detached VIF waits for its frontend to close before it goes anyway.
+pub const DETACH_TIMEOUT_NS: u64 = 5_000_000_000;
 
 /// What one [`Netbacks::serve`] call did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,6 +254,26 @@ impl Netbacks {
         out
     }
 
+    /// Takes the VIF off the switch at once and queues its closing; false if there is no
+    /// such VIF.
+    fn detach(&mut self, key: (u16, u32), force: bool) -> bool {
+        let Some(mut vif) = self.vifs.remove(&key) else {
+            return false;
+        };
+        let _ = self.fabric.borrow_mut().remove_port(vif.switch_port);
+        vif.detach = Some(Detach {
+            force,
+            closed_at_ns: None,
+        });
+        self.detached.push(vif);
+        true
+    }
+
+    /// Detached VIFs still waiting for their frontend to close.
+    pub fn closing(&self) -> usize {
+        self.detached.len()
+    }
+
     /// Serves every VIF: writes new ones' nodes and starts them, hands them their watch
     /// events, moves frames both ways, closes detached ones, and drops the VIFs of
     /// domains that are gone.
@@ -273,27 +309,51 @@ impl Netbacks {
             }
         }
         for key in gone {
-            if let Some(vif) = self.vifs.remove(&key) {
-                let _ = self.fabric.borrow_mut().remove_port(vif.switch_port);
-                self.detached.push(vif);
-            }
+            self.detach(key, true);
         }
 
-        // Detached VIFs: close netback, remove the nodes and the watches.
+        // Detached VIFs: close netback (backend Closing), and once the frontend has closed
+        // too (or will not), remove the nodes and the watches.
         for mut vif in core::mem::take(&mut self.detached) {
             let (domid, device) = (
                 vif.netback.config().frontend_domid,
                 vif.netback.config().devid,
             );
-            let mut store = DeviceStore { xenstored, client };
+            let mut detach = vif.detach.unwrap_or(Detach {
+                force: true,
+                closed_at_ns: None,
+            });
+            let closed_at = match detach.closed_at_ns {
+                Some(t) => t,
+                None => {
+                    if vif.started {
+                        let mut store = DeviceStore { xenstored, client };
+                        let mut env = Env {
+                            hv,
+                            store: &mut store,
+                            rings: &mut *rings,
+                            buffer: &mut *buffer,
+                        };
+                        vif.netback.close(&mut env);
+                    }
+                    detach.closed_at_ns = Some(now_ns);
+                    now_ns
+                }
+            };
+            let deadline = closed_at.saturating_add(DETACH_TIMEOUT_NS);
+            let frontend_state = xenstored
+                .read(client, 0, &vif.netback.config().frontend_state_path())
+                .ok()
+                .and_then(|v| core::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok());
+            // Closed, gone, or never started (Unknown/Initialising).
+            let frontend_done = matches!(frontend_state, None | Some(0 | 1 | 6));
+            if !(detach.force || !vif.started || frontend_done || now_ns >= deadline) {
+                vif.detach = Some(detach);
+                out.wake_at_ns = Some(out.wake_at_ns.map_or(deadline, |w| w.min(deadline)));
+                self.detached.push(vif);
+                continue;
+            }
             if vif.started {
-                let mut env = Env {
-                    hv,
-                    store: &mut store,
-                    rings: &mut *rings,
-                    buffer: &mut *buffer,
-                };
-                vif.netback.close(&mut env);
                 let token = vif_token(domid, device);
                 for path in vif.netback.watch_paths() {
                     let _ = xenstored.unwatch(client, &path, &token);
@@ -341,11 +401,8 @@ impl Netbacks {
         }
         for (key, reason) in failed {
             out.failures.push((key.0, key.1, reason));
-            if let Some(vif) = self.vifs.remove(&key) {
-                let _ = self.fabric.borrow_mut().remove_port(vif.switch_port);
-                self.detached.push(vif);
-                out.more = true;
-            }
+            self.detach(key, true);
+            out.more = true;
         }
 
         // Watch events: (token, path) to the VIF the token names.
@@ -568,6 +625,7 @@ impl NetworkBackend for Netbacks {
                 netback: Netback::new(config),
                 started: false,
                 domain_seen: false,
+                detach: None,
             },
         );
         Ok(())
@@ -577,16 +635,14 @@ impl NetworkBackend for Netbacks {
         &mut self,
         domid: u32,
         device: u32,
-        _force: bool,
+        force: bool,
     ) -> Result<(), NetworkBackendError> {
         let key = (domid16(domid)?, device);
-        let vif = self
-            .vifs
-            .remove(&key)
-            .ok_or(NetworkBackendError::NoSuchDomain(domid))?;
-        let _ = self.fabric.borrow_mut().remove_port(vif.switch_port);
-        self.detached.push(vif);
-        Ok(())
+        if self.detach(key, force) {
+            Ok(())
+        } else {
+            Err(NetworkBackendError::NoSuchDomain(domid))
+        }
     }
 
     fn update_vif(&mut self, port: &VifPort) -> Result<(), NetworkBackendError> {

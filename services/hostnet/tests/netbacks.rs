@@ -298,14 +298,23 @@ fn a_vif_connects_and_frames_flow_to_and_from_the_uplink() {
     assert_eq!((vif_bytes.tx_bytes, vif_bytes.rx_bytes), (100, 90));
     assert_eq!(counters.pifs[0].0, "eth0");
 
-    // Detach: the port goes at once, the nodes and netback at the next serve.
+    // Detach: the port goes at once; netback closes (backend Closing) at the next serve and
+    // the nodes stay until the frontend has closed too.
     let port = h.nbs.switch_port(FE, 0).unwrap();
     h.nbs.detach_vif(u32::from(FE), 0, false).unwrap();
     assert!(h.fabric.borrow().switch().port(port).is_none());
+    assert!(h.nbs.is_empty());
+    h.serve();
+    assert_eq!(h.read(&format!("{be}/state")).as_deref(), Some("5"));
+    assert_eq!(h.nbs.closing(), 1);
+    h.serve();
+    assert_eq!(h.nbs.closing(), 1, "waits for the frontend");
+    let c = h.xs.open_local();
+    h.xs.write(c, 0, &format!("{fe}/state"), b"6").unwrap();
     h.serve();
     assert_eq!(h.read(&format!("{be}/state")), None);
     assert_eq!(h.read(&format!("{fe}/state")), None);
-    assert!(h.nbs.is_empty());
+    assert_eq!(h.nbs.closing(), 0);
     assert_eq!(
         h.nbs.detach_vif(u32::from(FE), 0, true),
         Err(NetworkBackendError::NoSuchDomain(u32::from(FE)))
@@ -419,5 +428,50 @@ fn a_destroyed_domain_takes_its_vifs_with_it() {
         assert!(h.fabric.borrow().switch().port(port).is_none());
     }
     assert_eq!(h.read("/local/domain/0/backend/vif/5/0/state"), None);
+    assert_eq!(h.read("/local/domain/0/backend/vif/5/1/state"), None);
+}
+
+#[test]
+fn a_detached_vif_whose_frontend_never_closes_goes_after_the_timeout() {
+    let mut h = Host::new();
+    h.nbs.configure_bridge(&bridge("xenbr0", None)).unwrap();
+    h.nbs
+        .attach_vif(&vif(0, "xenbr0", TrafficFilter::Unlocked))
+        .unwrap();
+    h.serve();
+    let _front = h.connect_frontend(0);
+    h.serve();
+    assert_eq!(
+        h.nbs.netback(FE, 0).unwrap().state(),
+        XenbusState::Connected
+    );
+    h.nbs.detach_vif(u32::from(FE), 0, false).unwrap();
+    let serviced = h.serve();
+    let deadline = serviced
+        .wake_at_ns
+        .expect("serve asks to be called by the deadline");
+    assert_eq!(h.nbs.closing(), 1);
+    h.now_ns = deadline - 2_000_000;
+    h.serve();
+    assert_eq!(h.nbs.closing(), 1);
+    h.now_ns = deadline;
+    h.serve();
+    assert_eq!(h.nbs.closing(), 0);
+    assert_eq!(h.read("/local/domain/0/backend/vif/5/0/state"), None);
+
+    // Forced: no waiting at all.
+    h.nbs
+        .attach_vif(&vif(1, "xenbr0", TrafficFilter::Unlocked))
+        .unwrap();
+    h.serve();
+    let _front = h.connect_frontend(1);
+    h.serve();
+    assert_eq!(
+        h.nbs.netback(FE, 1).unwrap().state(),
+        XenbusState::Connected
+    );
+    h.nbs.detach_vif(u32::from(FE), 1, true).unwrap();
+    h.serve();
+    assert_eq!(h.nbs.closing(), 0);
     assert_eq!(h.read("/local/domain/0/backend/vif/5/1/state"), None);
 }
