@@ -24,6 +24,7 @@ pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod guest;
+pub mod guest_host;
 pub mod image;
 pub mod kernel_lines;
 pub mod linux;
