@@ -48,6 +48,26 @@ struct Device<P, T> {
     closed: bool,
 }
 
+impl<P, T: BlockTarget> Device<P, T> {
+    /// The device and the environment it acts through, for one call.
+    fn lend<'a, H: ?Sized, F>(
+        &'a mut self,
+        hv: &'a H,
+        store: &'a mut DeviceStore<'_>,
+        frames: &'a mut F,
+        grants: &'a mut dyn GrantIo,
+    ) -> (&'a mut Blkback<P>, Env<'a, H, F>) {
+        let env = Env {
+            hv,
+            frames,
+            store,
+            grants,
+            target: &mut self.target,
+        };
+        (&mut self.blkback, env)
+    }
+}
+
 /// Every blkback device of the host.
 pub struct Blkbacks<P, K: DiskTargets> {
     targets: K,
@@ -130,31 +150,6 @@ where
         let client = *self.client.get_or_insert_with(|| xenstored.open_local());
         let mut out = DisksServiced::default();
         let mut events: Vec<String> = Vec::new();
-        for device in self.devices.values_mut() {
-            if device.started {
-                continue;
-            }
-            device.started = true;
-            let mut store = DeviceStore { xenstored, client };
-            let mut env = Env {
-                hv,
-                frames,
-                store: &mut store,
-                grants,
-                target: &mut device.target,
-            };
-            match device.blkback.start(&mut env) {
-                Ok(progress) => out.more |= progress.more,
-                Err(e) => {
-                    let config = device.blkback.config();
-                    out.failures.push((
-                        config.domid,
-                        config.devid,
-                        format!("publishing the backend: {e:?}"),
-                    ));
-                }
-            }
-        }
         while let Some(event) = xenstored.poll_event(client) {
             if !events.contains(&event.token) && events.try_reserve(1).is_ok() {
                 events.push(event.token);
@@ -162,46 +157,42 @@ where
         }
         for device in self.devices.values_mut() {
             let had_failed = device.blkback.failure().is_some();
-            let mut store = DeviceStore { xenstored, client };
-            let mut env = Env {
-                hv,
-                frames,
-                store: &mut store,
-                grants,
-                target: &mut device.target,
-            };
-            if events
+            let (domid, devid) = (device.blkback.config().domid, device.blkback.config().devid);
+            let fired = events
                 .iter()
-                .any(|t| *t == device.blkback.config().watch_token)
-            {
-                out.more |= device.blkback.on_watch(&mut env).more;
+                .any(|t| *t == device.blkback.config().watch_token);
+            let first = !core::mem::replace(&mut device.started, true);
+            let mut store = DeviceStore { xenstored, client };
+            let (blkback, mut env) = device.lend(hv, &mut store, frames, grants);
+            if first {
+                match blkback.start(&mut env) {
+                    Ok(progress) => out.more |= progress.more,
+                    Err(e) => {
+                        out.failures
+                            .push((domid, devid, format!("publishing the backend: {e:?}")))
+                    }
+                }
+            } else if fired {
+                out.more |= blkback.on_watch(&mut env).more;
             }
-            out.more |= device.blkback.poll(&mut env).more;
+            out.more |= blkback.poll(&mut env).more;
             // Storage completions come from polling (Keel's disks raise no interrupt), so
             // a device with requests in flight asks to be served again soon.
-            out.more |= device.blkback.in_flight() > 0;
-            if let (false, Some(failure)) = (had_failed, device.blkback.failure()) {
-                let config = device.blkback.config();
-                out.failures
-                    .push((config.domid, config.devid, format!("{failure:?}")));
+            out.more |= blkback.in_flight() > 0;
+            if let (false, Some(failure)) = (had_failed, blkback.failure()) {
+                out.failures.push((domid, devid, format!("{failure:?}")));
             }
-            out.ports.extend(device.blkback.ports());
+            out.ports.extend(blkback.ports());
         }
         self.draining.retain_mut(|device| {
             let mut store = DeviceStore { xenstored, client };
-            let mut env = Env {
-                hv,
-                frames,
-                store: &mut store,
-                grants,
-                target: &mut device.target,
-            };
-            if !device.closed {
-                device.closed = true;
-                device.blkback.close(&mut env);
+            let first = !core::mem::replace(&mut device.closed, true);
+            let (blkback, mut env) = device.lend(hv, &mut store, frames, grants);
+            if first {
+                blkback.close(&mut env);
             }
-            out.more |= device.blkback.poll(&mut env).more;
-            let draining = device.blkback.in_flight() > 0;
+            out.more |= blkback.poll(&mut env).more;
+            let draining = blkback.in_flight() > 0;
             out.more |= draining;
             draining
         });

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use keel_blkback::fake::{FakeFrames, FakeGrantCopy, FrontPages, MemTarget, Order};
+use keel_blkback::fake::{FakeFrames, FakeGrantCopy, FrontPages, FrontRing, MemTarget, Order};
 use keel_blkback::wire::{encode, op, Segment};
 use keel_blkback::PageWords;
 use keel_toolstack::blkbacks::{Blkbacks, DiskTargets};
@@ -108,6 +108,25 @@ impl World {
         }
     }
 
+    /// blkfront: one ring page, an event channel, `Initialised`.
+    fn blkfront(&mut self) -> FrontRing {
+        let ring_ref = GrantRef(100);
+        self.xen.add_foreign_grant(
+            DOMID,
+            ring_ref,
+            0,
+            gtf::PERMIT_ACCESS,
+            FOREIGN_FRAME_BASE + 100,
+        );
+        self.front.add(DOMID, ring_ref);
+        let port = self.xen.foreign_unbound_port(DOMID, 0);
+        self.set(&format!("{FE}/ring-ref"), "100");
+        self.set(&format!("{FE}/event-channel"), &port.0.to_string());
+        self.set(&format!("{FE}/protocol"), "x86_64-abi");
+        self.set(&format!("{FE}/state"), "3");
+        self.front.ring(DOMID, &[ring_ref])
+    }
+
     fn serve(&mut self) -> keel_toolstack::blkbacks::DisksServiced {
         let mut grants = FakeGrantCopy::new(&self.xen);
         self.disks.serve(
@@ -165,21 +184,7 @@ fn a_started_disk_is_published_connected_and_serves_the_guest() {
         vec![(u32::from(DOMID) << 16) | (DEVID & 0xffff)]
     );
 
-    // blkfront: one ring page, an event channel, Initialised.
-    let ring_ref = GrantRef(100);
-    w.xen.add_foreign_grant(
-        DOMID,
-        ring_ref,
-        0,
-        gtf::PERMIT_ACCESS,
-        FOREIGN_FRAME_BASE + 100,
-    );
-    w.front.add(DOMID, ring_ref);
-    let port = w.xen.foreign_unbound_port(DOMID, 0);
-    w.set(&format!("{FE}/ring-ref"), "100");
-    w.set(&format!("{FE}/event-channel"), &port.0.to_string());
-    w.set(&format!("{FE}/protocol"), "x86_64-abi");
-    w.set(&format!("{FE}/state"), "3");
+    let ring = w.blkfront();
     let served = w.serve();
     assert_eq!(
         w.get(&format!("{BE}/state")).as_deref(),
@@ -190,7 +195,6 @@ fn a_started_disk_is_published_connected_and_serves_the_guest() {
     assert!(served.failures.is_empty(), "{:?}", served.failures);
 
     // A write of one sector from a granted page, then a read of it into another.
-    let ring = w.front.ring(DOMID, &[ring_ref]);
     let data = FOREIGN_FRAME_BASE + 0x10_0000 + 200;
     w.xen
         .add_foreign_grant(DOMID, GrantRef(200), 0, gtf::PERMIT_ACCESS, data);
@@ -255,21 +259,8 @@ fn a_stopped_disk_drains_its_storage_requests_before_it_goes() {
     let m = medium();
     w.disks.start(&disk(&m)).unwrap();
     w.serve();
-    let ring_ref = GrantRef(100);
-    w.xen.add_foreign_grant(
-        DOMID,
-        ring_ref,
-        0,
-        gtf::PERMIT_ACCESS,
-        FOREIGN_FRAME_BASE + 100,
-    );
-    w.front.add(DOMID, ring_ref);
-    let port = w.xen.foreign_unbound_port(DOMID, 0);
-    w.set(&format!("{FE}/ring-ref"), "100");
-    w.set(&format!("{FE}/event-channel"), &port.0.to_string());
-    w.set(&format!("{FE}/state"), "3");
+    let ring = w.blkfront();
     w.serve();
-    let ring = w.front.ring(DOMID, &[ring_ref]);
     let data = FOREIGN_FRAME_BASE + 0x10_0000 + 200;
     w.xen
         .add_foreign_grant(DOMID, GrantRef(200), 0, gtf::PERMIT_ACCESS, data);
