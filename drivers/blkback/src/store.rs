@@ -34,43 +34,7 @@ pub trait Xenstore {
     fn unwatch(&mut self, path: &str, token: &str) -> Result<(), StoreError>;
 }
 
-/// `enum xenbus_state` (`xen/include/public/io/xenbus.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum XenbusState {
-    Unknown = 0,
-    Initialising = 1,
-    /// Backend: features published, waiting for the frontend's transport parameters.
-    InitWait = 2,
-    /// Frontend: transport parameters published.
-    Initialised = 3,
-    Connected = 4,
-    /// Going away: the other end should close.
-    Closing = 5,
-    Closed = 6,
-    Reconfiguring = 7,
-    Reconfigured = 8,
-}
-
-impl XenbusState {
-    pub fn from_code(code: u64) -> Option<Self> {
-        Some(match code {
-            0 => XenbusState::Unknown,
-            1 => XenbusState::Initialising,
-            2 => XenbusState::InitWait,
-            3 => XenbusState::Initialised,
-            4 => XenbusState::Connected,
-            5 => XenbusState::Closing,
-            6 => XenbusState::Closed,
-            7 => XenbusState::Reconfiguring,
-            8 => XenbusState::Reconfigured,
-            _ => return None,
-        })
-    }
-
-    pub const fn code(self) -> u32 {
-        self as u32
-    }
-}
+pub use keel_xen::xenbus::XenbusState;
 
 /// Longest value read from a frontend node; anything longer is malformed.
 pub const MAX_VALUE_LEN: usize = 64;

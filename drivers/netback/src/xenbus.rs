@@ -20,48 +20,7 @@ use alloc::vec::Vec;
 use crate::env::{read_str, NetStore, StoreError};
 use crate::ratelimit::RateLimit;
 
-/// `enum xenbus_state` (`io/xenbus.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum XenbusState {
-    Unknown = 0,
-    Initialising = 1,
-    InitWait = 2,
-    Initialised = 3,
-    Connected = 4,
-    Closing = 5,
-    Closed = 6,
-    Reconfiguring = 7,
-    Reconfigured = 8,
-}
-
-impl XenbusState {
-    pub fn from_code(code: u32) -> Option<Self> {
-        Some(match code {
-            0 => XenbusState::Unknown,
-            1 => XenbusState::Initialising,
-            2 => XenbusState::InitWait,
-            3 => XenbusState::Initialised,
-            4 => XenbusState::Connected,
-            5 => XenbusState::Closing,
-            6 => XenbusState::Closed,
-            7 => XenbusState::Reconfiguring,
-            8 => XenbusState::Reconfigured,
-            _ => return None,
-        })
-    }
-
-    /// A missing or unparsable state node reads as Unknown (the frontend went away).
-    pub fn parse(value: Option<&str>) -> Self {
-        value
-            .and_then(|v| v.parse().ok())
-            .and_then(Self::from_code)
-            .unwrap_or(XenbusState::Unknown)
-    }
-
-    pub fn code(self) -> u32 {
-        self as u32
-    }
-}
+pub use keel_xen::xenbus::XenbusState;
 
 /// Feature nodes the backend writes as `1` (or `0`) before InitWait. netfront refuses a
 /// backend without `feature-rx-copy`.
@@ -342,15 +301,6 @@ mod tests {
             "/local/domain/0/error/backend/vif/3/0/error"
         );
         assert_eq!(Config::new(3, 0, 0).max_queues, 1);
-    }
-
-    #[test]
-    fn states_parse_like_xenbus() {
-        assert_eq!(XenbusState::parse(Some("4")), XenbusState::Connected);
-        assert_eq!(XenbusState::parse(Some("9")), XenbusState::Unknown);
-        assert_eq!(XenbusState::parse(Some("x")), XenbusState::Unknown);
-        assert_eq!(XenbusState::parse(None), XenbusState::Unknown);
-        assert_eq!(XenbusState::InitWait.code(), 2);
     }
 
     #[test]

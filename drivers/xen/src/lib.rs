@@ -34,6 +34,7 @@ pub mod sysctl;
 pub mod time;
 pub mod vcpu;
 pub mod version;
+pub mod xenbus;
 pub mod xenstore_ring;
 pub mod xenstore_wire;
 
