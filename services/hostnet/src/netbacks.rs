@@ -592,6 +592,17 @@ impl NetworkBackend for Netbacks {
         let network = self
             .bridge(&port.bridge)
             .ok_or_else(|| NetworkBackendError::NoSuchBridge(port.bridge.clone()))?;
+        // Plugged again while the old device still waits for its frontend: the old one goes
+        // at the next serve without waiting, before the new one's nodes are written (so its
+        // removal cannot take them).
+        for old in &mut self.detached {
+            let config = old.netback.config();
+            if (config.frontend_domid, config.devid) == key {
+                if let Some(d) = old.detach.as_mut() {
+                    d.force = true;
+                }
+            }
+        }
         // No MTU of its own (0): the network's.
         let mtu = match port.mtu {
             0 => self

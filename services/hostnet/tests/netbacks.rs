@@ -459,6 +459,36 @@ fn a_detached_vif_whose_frontend_never_closes_goes_after_the_timeout() {
     assert_eq!(h.nbs.closing(), 0);
     assert_eq!(h.read("/local/domain/0/backend/vif/5/0/state"), None);
 
+    // Unplugged and plugged again before the frontend closed: the old device goes without
+    // waiting, the new one gets fresh nodes and connects.
+    h.nbs
+        .attach_vif(&vif(2, "xenbr0", TrafficFilter::Unlocked))
+        .unwrap();
+    h.serve();
+    let _front = h.connect_frontend(2);
+    h.serve();
+    h.nbs.detach_vif(u32::from(FE), 2, false).unwrap();
+    h.serve();
+    assert_eq!(h.nbs.closing(), 1);
+    assert_eq!(
+        h.read("/local/domain/0/backend/vif/5/2/state").as_deref(),
+        Some("5")
+    );
+    h.nbs
+        .attach_vif(&vif(2, "xenbr0", TrafficFilter::Unlocked))
+        .unwrap();
+    h.serve();
+    assert_eq!(h.nbs.closing(), 0);
+    assert_eq!(
+        h.read("/local/domain/0/backend/vif/5/2/state").as_deref(),
+        Some("2"),
+        "the new device's nodes survive the old one's removal"
+    );
+    assert_eq!(
+        h.read("/local/domain/5/device/vif/2/backend").as_deref(),
+        Some("/local/domain/0/backend/vif/5/2")
+    );
+
     // Forced: no waiting at all.
     h.nbs
         .attach_vif(&vif(1, "xenbr0", TrafficFilter::Unlocked))
