@@ -14,6 +14,7 @@
 //! | `reboot` | reboots itself |
 //! | `crash` | panics the kernel (`sysrq c`): Xen sees a crash |
 //! | `burn` | keeps its vCPU busy forever (a shell loop): metering tests read one vCPU's worth |
+//! | `hostile` | runs `/bin/hostile_blkfront` (only in [`hostile_initramfs`], which has no blkfront): a hostile frontend for the first VBD |
 //! | `net` | asks DHCP for `eth0`'s address (busybox `udhcpc`), pings the gateway and prints `keel-guest: net ...` |
 //!
 //! As PID 1 the shell must turn the signals busybox's `poweroff`/`reboot` send to init (and
@@ -55,6 +56,7 @@ case "$action" in
   reboot) reboot -f ;;
   crash) echo c > /proc/sysrq-trigger ;;
   burn) while :; do :; done ;;
+  hostile) mkdir -p /proc/xen; mount -t xenfs xenfs /proc/xen 2>/dev/null; /bin/hostile_blkfront ;;
   net)
     printf '#!/bin/sh\n[ "$1" = bound ] && ifconfig $interface $ip netmask $subnet && echo "keel-guest: net lease $ip router $router"\n' > /dhcp.sh
     chmod +x /dhcp.sh
@@ -129,6 +131,61 @@ pub fn initramfs() -> Result<PathBuf, HarnessError> {
     linux::initramfs("guest.cpio", GUEST_INIT, GUEST_MODULES)
 }
 
+/// Modules of the hostile frontend's guest: the user interfaces to grants, event channels and
+/// xenstore, and no `xen-blkfront`, so that the guest's VBD is left to the program.
+pub const HOSTILE_MODULES: &[&str] = &["xen-gntalloc", "xen-evtchn", "xenfs"];
+
+/// `tests/guest-tools/hostile_blkfront.c` built with `gcc -static -O2` (cached under
+/// `target/keel/linux/`, rebuilt when the source is newer).
+pub fn hostile_blkfront() -> Result<PathBuf, HarnessError> {
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-tools/hostile_blkfront.c");
+    let out = linux::artifact("hostile_blkfront");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if out.exists() && modified(&out) >= modified(&source) {
+        return Ok(out);
+    }
+    if let Some(dir) = out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let built = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .output()
+        .map_err(|error| HarnessError::Io {
+            what: "running gcc for the hostile blkfront".into(),
+            error,
+        })?;
+    if !built.status.success() {
+        return Err(HarnessError::Io {
+            what: format!("gcc -static {}", source.display()),
+            error: std::io::Error::other(String::from_utf8_lossy(&built.stderr).into_owned()),
+        });
+    }
+    Ok(out)
+}
+
+/// The guest initramfs with [`hostile_blkfront`] as `/bin/hostile_blkfront` and
+/// [`HOSTILE_MODULES`] instead of the frontends; boot it with `keel_guest=hostile`.
+pub fn hostile_initramfs() -> Result<PathBuf, HarnessError> {
+    let tool = hostile_blkfront()?;
+    let data = std::fs::read(&tool).map_err(|error| HarnessError::Io {
+        what: format!("reading {}", tool.display()),
+        error,
+    })?;
+    linux::initramfs_with(
+        "guest-hostile.cpio",
+        GUEST_INIT,
+        HOSTILE_MODULES,
+        vec![linux::CpioEntry {
+            path: "bin/hostile_blkfront".into(),
+            mode: 0o100755,
+            data,
+        }],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +195,9 @@ mod tests {
         let line = cmdline("crash");
         assert!(line.contains("console=hvc0"));
         assert!(line.split(' ').any(|w| w == "keel_guest=crash"));
-        for action in ["poweroff", "reboot", "crash", "disk", "burn", "net"] {
+        for action in [
+            "poweroff", "reboot", "crash", "disk", "burn", "net", "hostile",
+        ] {
             assert!(
                 GUEST_INIT.contains(&format!("  {action})")),
                 "no case for {action}"

@@ -378,6 +378,17 @@ pub const LOAD_MODULES: &str =
 /// An initramfs with busybox, the given kernel modules (loaded by [`LOAD_MODULES`]) and
 /// `init_script` as `/init`, written to `name` under the baseline directory.
 pub fn initramfs(name: &str, init_script: &str, modules: &[&str]) -> Result<PathBuf, HarnessError> {
+    initramfs_with(name, init_script, modules, Vec::new())
+}
+
+/// [`initramfs`] with `extra` files as well (their parent directories among the usual ones:
+/// `bin`, `sbin`, `usr/bin`, `etc`, `lib`…).
+pub fn initramfs_with(
+    name: &str,
+    init_script: &str,
+    modules: &[&str],
+    extra: Vec<CpioEntry>,
+) -> Result<PathBuf, HarnessError> {
     let busybox = fs::read(busybox()?).map_err(|error| HarnessError::Io {
         what: "reading busybox".into(),
         error,
@@ -411,6 +422,7 @@ pub fn initramfs(name: &str, init_script: &str, modules: &[&str]) -> Result<Path
             data: init_script.as_bytes().to_vec(),
         },
     ];
+    entries.extend(extra);
     if !modules.is_empty() {
         let kernel_dir = unpack(&kernel_package()?)?.join("lib/modules");
         let version = fs::read_dir(&kernel_dir)
