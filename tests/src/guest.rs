@@ -15,6 +15,7 @@
 //! | `crash` | panics the kernel (`sysrq c`): Xen sees a crash |
 //! | `burn` | keeps its vCPU busy forever (a shell loop): metering tests read one vCPU's worth |
 //! | `hostile` | runs `/bin/hostile_blkfront` (only in [`hostile_initramfs`], which has no blkfront): a hostile frontend for the first VBD |
+//! | `fs` | a filesystem on `xvda` (`tests/tests/guest_disks.rs`): makes one if none mounts, checks and adds files, `sync`s, prints `keel-guest: fs ...`; then waits for a hot-plugged `xvdb` and its removal, then frees 16 MiB and runs `fstrim` |
 //! | `net` | asks DHCP for `eth0`'s address (busybox `udhcpc`), pings the gateway and prints `keel-guest: net ...` |
 //!
 //! As PID 1 the shell must turn the signals busybox's `poweroff`/`reboot` send to init (and
@@ -30,7 +31,7 @@ use crate::linux;
 pub const GUEST_READY: &str = "keel-guest: ready";
 
 /// Kernel modules the guest loads at boot (Debian builds the Xen frontends as modules).
-pub const GUEST_MODULES: &[&str] = &["xen-blkfront", "xen-netfront"];
+pub const GUEST_MODULES: &[&str] = &["xen-blkfront", "xen-netfront", "ext4"];
 
 /// The kernel command line for a guest on `hvc0` that then does `action`.
 pub fn cmdline(action: &str) -> String {
@@ -63,6 +64,30 @@ case "$action" in
     ifconfig eth0 up
     udhcpc -i eth0 -n -q -t 30 -T 2 -s /dhcp.sh 2>/dev/null || echo "keel-guest: net no lease"
     ping -c 3 -W 5 10.0.2.2 >/dev/null 2>&1 && echo "keel-guest: net ping ok" || echo "keel-guest: net ping failed" ;;
+  fs)
+    mkdir -p /mnt
+    made=no
+    if ! mount -t ext4 /dev/xvda /mnt 2>/dev/null; then
+      mke2fs -q -F /dev/xvda >/dev/null 2>&1; made=yes
+      mount -t ext4 /dev/xvda /mnt || echo "keel-guest: fs mount failed"
+    fi
+    mkdir -p /mnt/files; touch /mnt/sums
+    before=$(cat /mnt/marker 2>/dev/null)
+    files=$(ls /mnt/files | wc -l)
+    check=ok; md5sum -c /mnt/sums >/dev/null 2>&1 || check=bad
+    marker="keel-fs-$(cut -c1-8 /proc/sys/kernel/random/uuid)"
+    dd if=/dev/urandom of=/mnt/files/$marker bs=65536 count=4 2>/dev/null
+    md5sum /mnt/files/$marker >> /mnt/sums
+    echo "$marker" > /mnt/marker
+    dd if=/dev/urandom of=/mnt/trim bs=65536 count=256 2>/dev/null
+    sync
+    echo "keel-guest: fs made=$made before=$before files=$files check=$check wrote=$marker synced"
+    while [ ! -b /dev/xvdb ]; do sleep 1; done
+    echo "keel-guest: fs xvdb $(cat /sys/block/xvdb/size) sectors"
+    while [ -e /sys/block/xvdb ]; do sleep 1; done
+    echo "keel-guest: fs xvdb gone"
+    rm -f /mnt/trim; sync
+    echo "keel-guest: fs trimmed $(fstrim -v /mnt 2>&1 | tr -dc 'a-zA-Z0-9 ()')" ;;
   disk)
     if [ -b /dev/xvda ]; then
       mkdir -p /tmp
