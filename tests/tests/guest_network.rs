@@ -45,9 +45,28 @@ vif = x.VIF.create({"device": "0", "network": networks[0], "VM": vm, "MAC": "", 
                     "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
                     "locking_mode": "network_default", "ipv4_allowed": [], "ipv6_allowed": []})
 x.VM.start(vm, False, False)
+print("vm", vm)
+print("vif", vif)
 print("mac", x.VIF.get_MAC(vif))
 print("domid", x.VM.get_domid(vm))
 print("attached", x.VIF.get_currently_attached(vif), flush=True)
+"#;
+
+/// Hot-unplugs and plugs the VIF back while the guest runs, then shuts the guest down
+/// cleanly (its VIF is detached with it). Prints what the XenAPI says after each step.
+const UNPLUG_SCRIPT: &str = r#"
+import sys, socket, XenAPI
+socket.setdefaulttimeout(600)
+url, password, vm, vif = sys.argv[1:5]
+s = XenAPI.Session(url)
+s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guest-network")
+x = s.xenapi
+x.VIF.unplug(vif)
+print("unplugged", x.VIF.get_currently_attached(vif), flush=True)
+x.VIF.plug(vif)
+print("plugged", x.VIF.get_currently_attached(vif), flush=True)
+x.VM.clean_shutdown(vm)
+print("shutdown", x.VM.get_power_state(vm), x.VIF.get_currently_attached(vif), flush=True)
 "#;
 
 #[test]
@@ -102,11 +121,31 @@ fn run() -> Result<(), HarnessError> {
         !lease.contains("lease 10.0.2.15 "),
         "the guest was given Keel's own address: {lease}"
     );
-    let ping = vm.wait_for(Pattern::contains("keel-guest: net ping"), GUEST_NET_DEADLINE)?;
+    let ping = vm.wait_for(
+        Pattern::contains("keel-guest: net ping"),
+        GUEST_NET_DEADLINE,
+    )?;
     assert!(
         ping.contains("ping ok"),
         "the guest cannot reach the gateway: {ping}\nlog: {}",
         vm.log_path().display()
     );
+
+    // Hot-unplug and plug while the guest runs, then a clean shutdown.
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .expect("the script prints it")
+            .to_string()
+    };
+    let (vm_ref, vif_ref) = (field("vm "), field("vif "));
+    let steps = run_script(
+        UNPLUG_SCRIPT,
+        &[&url, &test_credentials().password, &vm_ref, &vif_ref],
+    )?;
+    eprintln!("guest_network: {}", steps.trim().replace('\n', "; "));
+    assert!(steps.contains("unplugged False"), "{steps}");
+    assert!(steps.contains("plugged True"), "{steps}");
+    assert!(steps.contains("shutdown Halted False"), "{steps}");
     Ok(())
 }
