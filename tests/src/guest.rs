@@ -16,6 +16,7 @@
 //! | `burn` | keeps its vCPU busy forever (a shell loop): metering tests read one vCPU's worth |
 //! | `hostile` | runs `/bin/hostile_blkfront` (only in [`hostile_initramfs`], which has no blkfront): a hostile frontend for the first VBD |
 //! | `fs` | a filesystem on `xvda` (`tests/tests/guest_disks.rs`): makes one if none mounts, checks and adds files, `sync`s, prints `keel-guest: fs ...`; then waits for a hot-plugged `xvdb` and its removal, then frees 16 MiB and runs `fstrim` |
+//! | `kbench` | runs `/bin/kbench /dev/xvda` (only in `cargo xtask bench guest-disk`'s initramfs) and prints `keel-guest: kbench done` |
 //! | `net` | asks DHCP for `eth0`'s address (busybox `udhcpc`), pings the gateway and prints `keel-guest: net ...` |
 //!
 //! As PID 1 the shell must turn the signals busybox's `poweroff`/`reboot` send to init (and
@@ -88,6 +89,9 @@ case "$action" in
     echo "keel-guest: fs xvdb gone"
     rm -f /mnt/trim; sync
     echo "keel-guest: fs trimmed $(fstrim -v /mnt 2>&1 | tr -dc 'a-zA-Z0-9 ()')" ;;
+  kbench)
+    [ -x /bin/kbench ] && /bin/kbench /dev/xvda xvda
+    echo "keel-guest: kbench done" ;;
   disk)
     if [ -b /dev/xvda ]; then
       mkdir -p /tmp
@@ -221,7 +225,7 @@ mod tests {
         assert!(line.contains("console=hvc0"));
         assert!(line.split(' ').any(|w| w == "keel_guest=crash"));
         for action in [
-            "poweroff", "reboot", "crash", "disk", "burn", "net", "hostile",
+            "poweroff", "reboot", "crash", "disk", "fs", "burn", "net", "hostile",
         ] {
             assert!(
                 GUEST_INIT.contains(&format!("  {action})")),

@@ -226,15 +226,25 @@ pub fn boot_host_on(name: &str, disk: &Path) -> Result<Host, HarnessError> {
 }
 
 pub fn setup(host: &Host, names: &[&str]) -> Result<Vec<String>, HarnessError> {
-    let kernel = guest::kernel()?;
-    let initrd = guest::initramfs()?;
+    setup_with(host, &guest::kernel()?, &guest::initramfs()?, names)
+}
+
+/// [`setup`] with another kernel or initramfs (e.g. the guest initramfs with a benchmark
+/// program added): uploads them and makes one VM per name, whose first word (before `-`)
+/// is its `keel_guest=` action. Returns the VMs' references.
+pub fn setup_with(
+    host: &Host,
+    kernel: &Path,
+    initrd: &Path,
+    names: &[&str],
+) -> Result<Vec<String>, HarnessError> {
     let port = host.url.rsplit(':').next().unwrap_or_default().to_string();
     let mut args = vec![
         host.url.as_str(),
         host.password.as_str(),
         port.as_str(),
-        path(&kernel),
-        path(&initrd),
+        path(kernel),
+        path(initrd),
     ];
     args.extend_from_slice(names);
     let out = run_script(&format!("{GUEST_VM_PY}\n{SETUP_SCRIPT}"), &args)?;

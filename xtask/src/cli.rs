@@ -65,6 +65,10 @@ commands:
                            IOPS at QD 1 and 32, Keel's drivers against Linux 6.1 on
                            the same QEMU disks (N runs each, default 1), and VDI
                            import/export MB/s over HTTP
+  bench guest-disk [--runs N] [--record]
+                           a Linux guest's xvda through blkback (kbench, O_DIRECT,
+                           QD 1 and 32) beside Keel's own driver on the same kind
+                           of virtio-blk disk (N runs each, default 1)
   bench soak [--clients N] [--minutes M] [--record]
                            N clients (default 64) for M minutes (default 10) of
                            mixed API calls, event.from long-polls and VDI transfers;
@@ -111,6 +115,10 @@ pub enum Command {
     },
     BenchSoak(SoakOptions),
     BenchVm {
+        runs: u32,
+        record: bool,
+    },
+    BenchGuestDisk {
         runs: u32,
         record: bool,
     },
@@ -383,6 +391,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         Some("boot") => ("bench boot", DEFAULT_BENCH_RUNS),
         Some("api") => ("bench api", DEFAULT_API_BENCH_RUNS),
         Some("dom0") => ("bench dom0", DEFAULT_DOM0_BENCH_RUNS),
+        Some("guest-disk") => ("bench guest-disk", DEFAULT_STORAGE_BENCH_RUNS),
         Some("storage") => ("bench storage", DEFAULT_STORAGE_BENCH_RUNS),
         Some("vm") => ("bench vm", DEFAULT_VM_BENCH_RUNS),
         other => return Err(CliError::UnknownBenchmark(other.map(str::to_string))),
@@ -407,6 +416,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
     Ok(match name {
         "bench api" => Command::BenchApi { runs, record },
         "bench dom0" => Command::BenchDom0 { runs, record },
+        "bench guest-disk" => Command::BenchGuestDisk { runs, record },
         "bench storage" => Command::BenchStorage { runs, record },
         "bench vm" => Command::BenchVm { runs, record },
         _ => Command::BenchBoot { runs, record },

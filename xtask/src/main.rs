@@ -58,6 +58,9 @@ fn run(args: impl Iterator<Item = String>) -> Result<ExitCode, XtaskError> {
         Command::BenchSoak(options) => {
             commands::bench_soak::run(&options).map(|()| ExitCode::SUCCESS)
         }
+        Command::BenchGuestDisk { runs, record } => {
+            commands::bench_guest_disk::run(runs, record).map(|()| ExitCode::SUCCESS)
+        }
         Command::BenchVm { runs, record } => {
             commands::bench_vm::run(runs, record).map(|()| ExitCode::SUCCESS)
         }

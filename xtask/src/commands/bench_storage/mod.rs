@@ -163,8 +163,18 @@ fn measure(machine: Machine, done: &str) -> Result<Vec<Figures>, XtaskError> {
     Ok(figures)
 }
 
+/// One boot of Keel running the workloads through its own drivers on fresh disks (also
+/// `bench guest-disk`'s baseline).
+pub(crate) fn keel_run(image: &Path, name: &str) -> Result<Vec<Figures>, XtaskError> {
+    let (nvme, blk) = fresh_disks()?;
+    let machine = Machine::new(name)
+        .image(image)
+        .append("keel.test=bench-storage");
+    measure(with_disks(machine, &nvme, &blk), "keel: powering off")
+}
+
 /// The static kbench binary (built once per source change).
-fn kbench() -> Result<PathBuf, XtaskError> {
+pub(crate) fn kbench() -> Result<PathBuf, XtaskError> {
     let dir = bench_dir();
     let source = dir.join("kbench.c");
     let binary = dir.join("kbench");
@@ -351,14 +361,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     let (mut keel, mut linux_runs) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         let step = progress::step(format!("Keel, run {run}/{runs} ({accel})"));
-        let (nvme, blk) = fresh_disks()?;
-        let machine = Machine::new(format!("bench-storage-keel-{run}"))
-            .image(&image)
-            .append("keel.test=bench-storage");
-        keel.push(measure(
-            with_disks(machine, &nvme, &blk),
-            "keel: powering off",
-        )?);
+        keel.push(keel_run(&image, &format!("bench-storage-keel-{run}"))?);
         step.done();
         let step = progress::step(format!("Linux, run {run}/{runs}"));
         let (nvme, blk) = fresh_disks()?;
