@@ -32,7 +32,9 @@ use crate::linux;
 pub const GUEST_READY: &str = "keel-guest: ready";
 
 /// Kernel modules the guest loads at boot (Debian builds the Xen frontends as modules).
-pub const GUEST_MODULES: &[&str] = &["xen-blkfront", "xen-netfront", "ext4"];
+/// `ext4` (which also mounts the ext2 that busybox's `mke2fs` makes) needs `crc32c` through
+/// the crypto API, which no module dependency names.
+pub const GUEST_MODULES: &[&str] = &["xen-blkfront", "xen-netfront", "crc32c_generic", "ext4"];
 
 /// The kernel command line for a guest on `hvc0` that then does `action`.
 pub fn cmdline(action: &str) -> String {
@@ -70,7 +72,7 @@ case "$action" in
     made=no
     if ! mount -t ext4 /dev/xvda /mnt 2>/dev/null; then
       mke2fs -q -F /dev/xvda >/dev/null 2>&1; made=yes
-      mount -t ext4 /dev/xvda /mnt || echo "keel-guest: fs mount failed"
+      mount -t ext4 /dev/xvda /mnt || made=unmountable
     fi
     mkdir -p /mnt/files; touch /mnt/sums
     before=$(cat /mnt/marker 2>/dev/null)
