@@ -712,3 +712,56 @@ fn five_hundred_long_polls_wait_beside_five_hundred_callers() {
     }
     assert_eq!(w.server.connections(), 1001);
 }
+
+#[test]
+fn metering_routes_are_served_over_tcp_once_the_kernel_hands_the_meters_over() {
+    use keel_xenapi::keel_metering::fakes::MemUsageStore;
+    use keel_xenapi::keel_metering::figures::HostFigures;
+    use keel_xenapi::keel_metering::{Metering, Usage, UsageConfig};
+
+    let mut w = world();
+    let c = w.connect(40100);
+    w.send(
+        c,
+        &xml_call(
+            "session.login_with_password",
+            &["root", PASSWORD, "1.0", "test"],
+        ),
+    );
+    let session = session_of(&w.response(c, 200).expect("login").1);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: keel\r\n\r\n").into_bytes();
+    // No session: refused before anything else; no meters yet: 404.
+    w.send(c, &get("/host_rrd"));
+    assert_eq!(w.response(c, 200).unwrap().0, 401);
+    w.send(c, &get(&format!("/host_rrd?session_id={session}")));
+    assert_eq!(w.response(c, 200).unwrap().0, 404);
+
+    let (usage, _) = Usage::open(MemUsageStore::new(), UsageConfig::default()).unwrap();
+    let mut metering = Metering::new("c0ffee00-0000-4000-8000-000000000001").unwrap();
+    let host = HostFigures {
+        cpu_busy_ns: vec![0],
+        memory_total_bytes: 1 << 30,
+        memory_free_bytes: 1 << 29,
+        pifs: Vec::new(),
+    };
+    metering.sample(now(0).unix_ms, &host, &[]);
+    let meters = alloc::rc::Rc::new(core::cell::RefCell::new(Some(crate::Meters {
+        metering,
+        usage,
+    })));
+    w.server.set_metering(Box::new(meters));
+    w.send(c, &get(&format!("/host_rrd?session_id={session}")));
+    let (status, body) = w.response(c, 2000).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("<rrd><version>0003</version>"), "{body}");
+    // The same connection carries on (keep-alive) after a refusal of nonsense.
+    w.send(c, &get(&format!("/rrd_updates?session_id={session}")));
+    assert_eq!(w.response(c, 200).unwrap().0, 400);
+    w.send(
+        c,
+        &get(&format!("/usage?session_id={session}&from=0&to=3600")),
+    );
+    let (status, body) = w.response(c, 200).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("vm_uuid,"), "{body}");
+}
