@@ -123,10 +123,12 @@ print("memory_actual", x.VM_metrics.get_memory_actual(x.VM.get_metrics(vm)))
 print("future", status_of("/rrd_updates", start=str(now + 3600)))
 print("unknown_vm", status_of("/vm_rrd", uuid="00000000-0000-0000-0000-000000000000"))
 print("bad_period", status_of("/usage", **{"from": "1", "to": "2"}))
-# The host's whole RRD, in rrdtool's dump format.
+# The VM's whole RRD, in rrdtool's dump format.
 status, ctype, body = get("/vm_rrd", uuid=uuid)
 doc = xml.dom.minidom.parseString(body)
-print("vm_rrd_sources %d" % len(doc.getElementsByTagName("ds")))
+top = [n for n in doc.documentElement.childNodes if n.nodeType == n.ELEMENT_NODE and n.tagName == "ds"]
+print("vm_rrd_sources %d" % len(top))
+print("vm_rrd_archives %d" % len(doc.getElementsByTagName("rra")))
 hour = now // 3600 * 3600
 rows = usage_rows(hour - 3600, hour + 3600, uuid)
 assert rows, "no usage row"
@@ -185,7 +187,9 @@ fn script(vm: &Vm, body: &str, extra: &[&str]) -> BTreeMap<String, String> {
 }
 
 fn number(facts: &BTreeMap<String, String>, name: &str) -> f64 {
-    facts[name].parse().unwrap_or_else(|_| panic!("{name}: {}", facts[name]))
+    facts[name]
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}: {}", facts[name]))
 }
 
 #[test]
@@ -246,6 +250,8 @@ fn a_burning_guest_shows_one_vcpu_in_the_rrd_and_its_usage_survives_a_power_cut(
     assert_eq!(read["unknown_vm"], "404");
     assert_eq!(read["bad_period"], "400");
     assert_eq!(read["vm_rrd_sources"], "3");
+    // AVERAGE, MIN and MAX at xapi's four resolutions.
+    assert_eq!(read["vm_rrd_archives"], "12");
     assert_eq!(read["usage_tenant"], "acme");
     assert_eq!(read["usage_name"], "burner");
     // Usage counts vCPU time since the domain was made (boot included), so at least the
