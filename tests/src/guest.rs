@@ -77,7 +77,7 @@ case "$action" in
     mkdir -p /mnt/files; touch /mnt/sums
     before=$(cat /mnt/marker 2>/dev/null)
     files=$(ls /mnt/files | wc -l)
-    check=ok; md5sum -c /mnt/sums >/dev/null 2>&1 || check=bad
+    check=none; [ -s /mnt/sums ] && { check=ok; md5sum -c /mnt/sums >/dev/null 2>&1 || check=bad; }
     marker="keel-fs-$(cut -c1-8 /proc/sys/kernel/random/uuid)"
     dd if=/dev/urandom of=/mnt/files/$marker bs=65536 count=4 2>/dev/null
     md5sum /mnt/files/$marker >> /mnt/sums

@@ -46,14 +46,17 @@ else:
 print("attached", x.VBD.get_currently_attached(vbd), flush=True)
 "#;
 
-/// Prints the first SR's `physical_utilisation` (bytes of the device in use).
+/// Prints the first SR's `physical_utilisation` (bytes of the device in use) after an
+/// `SR.scan`, which re-reads the SR's sizes from the storage manager.
 const SR_SCRIPT: &str = r#"
 import sys, socket, XenAPI
 socket.setdefaulttimeout(600)
 url, password = sys.argv[1:3]
 s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guest-disks")
-print("used", s.xenapi.SR.get_physical_utilisation(s.xenapi.SR.get_all()[0]), flush=True)
+sr = s.xenapi.SR.get_all()[0]
+s.xenapi.SR.scan(sr)
+print("used", s.xenapi.SR.get_physical_utilisation(sr), flush=True)
 "#;
 
 fn check<T>(result: Result<T, HarnessError>) -> T {
@@ -113,6 +116,7 @@ fn a_linux_guest_filesystem_survives_crash_hot_plug_trim_and_power_cut() {
     let (domid, first) = start(&host, &vm);
     assert_eq!(field(&first, "made"), "yes", "{first}");
     assert_eq!(field(&first, "files"), "0", "{first}");
+    assert_eq!(field(&first, "check"), "none", "{first}");
     let marker1 = field(&first, "wrote");
     assert!(marker1.starts_with("keel-fs-"), "{first}");
     let full = sr_used(&host);
