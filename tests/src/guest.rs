@@ -15,7 +15,7 @@
 //! | `crash` | panics the kernel (`sysrq c`): Xen sees a crash |
 //! | `burn` | keeps its vCPU busy forever (a shell loop): metering tests read one vCPU's worth |
 //! | `hostile` | runs `/bin/hostile_blkfront` (only in [`hostile_initramfs`], which has no blkfront): a hostile frontend for the first VBD |
-//! | `fs` | a filesystem on `xvda` (`tests/tests/guest_disks.rs`): makes one if none mounts, checks and adds files, `sync`s, prints `keel-guest: fs ...`; then waits for a hot-plugged `xvdb` and its removal, then frees 16 MiB and runs `fstrim` |
+//! | `fs` | a filesystem on `xvda` (`tests/tests/guest_disks.rs`): makes one if none mounts, checks and adds files, `sync`s, prints `keel-guest: fs ...`; from its third boot on keeps rewriting a 1 MiB file with fsync; then waits for a hot-plugged `xvdb` and its removal, then frees 16 MiB and runs `fstrim` |
 //! | `kbench` | runs `/bin/kbench /dev/xvda` (only in `cargo xtask bench guest-disk`'s initramfs) and prints `keel-guest: kbench done` |
 //! | `net` | asks DHCP for `eth0`'s address (busybox `udhcpc`), pings the gateway and prints `keel-guest: net ...` |
 //!
@@ -85,6 +85,7 @@ case "$action" in
     dd if=/dev/urandom of=/mnt/trim bs=65536 count=256 2>/dev/null
     sync
     echo "keel-guest: fs made=$made before=$before files=$files check=$check wrote=$marker synced"
+    [ "$files" -ge 2 ] && { while :; do dd if=/dev/urandom of=/mnt/churn bs=65536 count=16 conv=fsync 2>/dev/null; done & }
     while [ ! -b /dev/xvdb ]; do sleep 1; done
     echo "keel-guest: fs xvdb $(cat /sys/block/xvdb/size) sectors"
     while [ -e /sys/block/xvdb ]; do sleep 1; done

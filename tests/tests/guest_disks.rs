@@ -1,9 +1,10 @@
 //! A Linux guest's filesystem on a VDI, served by Keel's blkback to Linux's own
 //! `xen-blkfront`, through what a cloud disk lives through: the guest's crash
 //! (`VM.hard_shutdown`), a hot-plugged second disk coming and going, `fstrim` giving SR space
-//! back, and a host power cut right after the guest's `sync` returned.
+//! back, a host power cut right after the guest's `sync` returned, and a snapshot taken while
+//! the guest writes.
 //!
-//! One host boot (and one more after the power cut) and three guest boots serve every step:
+//! One host boot (and one more after the power cut) and four guest boots serve every step:
 //! guests under nested TCG are slow. The guest runs the initramfs's `fs` action
 //! (`keel_tests::guest`): it mounts `xvda` (making a filesystem the first time: busybox's
 //! `mke2fs`, mounted by Debian's `ext4` module), checks the files earlier boots wrote against
@@ -44,6 +45,26 @@ else:
     vbd = target
     x.VBD.unplug(vbd)
 print("attached", x.VBD.get_currently_attached(vbd), flush=True)
+"#;
+
+/// `VM.snapshot` of the running `VM`, a `VDI.clone` of the snapshot's disk attached to the
+/// halted `OTHER` as its `xvda`; prints the snapshot's VDI and the clone.
+const SNAPSHOT_SCRIPT: &str = r#"
+import sys, socket, XenAPI
+socket.setdefaulttimeout(600)
+url, password, vm, other = sys.argv[1:5]
+s = XenAPI.Session(url)
+s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guest-disks")
+x = s.xenapi
+snap = x.VM.snapshot(vm, "fs snapshot")
+disks = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(snap) if x.VBD.get_type(b) == "Disk"]
+assert len(disks) == 1, disks
+assert x.VDI.get_is_a_snapshot(disks[0]), "the snapshot's disk is a snapshot"
+clone = x.VDI.clone(disks[0], {})
+vbd = x.VBD.create({"VM": other, "VDI": clone, "userdevice": "0", "bootable": False, "mode": "RW",
+                    "type": "Disk", "unpluggable": True, "empty": False, "other_config": {},
+                    "qos_algorithm_type": "", "qos_algorithm_params": {}})
+print("snapshot", disks[0], "clone", clone, x.VBD.get_device(vbd), flush=True)
 "#;
 
 /// Prints the first SR's `physical_utilisation` (bytes of the device in use) after an
@@ -101,11 +122,11 @@ fn start(host: &Host, vm: &str) -> (String, String) {
 
 #[test]
 #[ignore = "boots Xen and a Linux guest under QEMU TCG (minutes); run with `cargo test -p keel-tests --test guest_disks -- --ignored`"]
-fn a_linux_guest_filesystem_survives_crash_hot_plug_trim_and_power_cut() {
+fn a_linux_guest_filesystem_survives_crash_hot_plug_trim_power_cut_and_snapshot() {
     let disk = fresh_disk("guest_disks");
     let host = check(boot_host_on("guest_disks", &disk));
-    let vms = check(setup(&host, &["fs-1"]));
-    let vm = vms[0].clone();
+    let vms = check(setup(&host, &["fs-1", "fs-2"]));
+    let (vm, other) = (vms[0].clone(), vms[1].clone());
     let out = check(run_script(
         DISK_SCRIPT,
         &[&host.url, &host.password, &vm, "64"],
@@ -175,4 +196,21 @@ fn a_linux_guest_filesystem_survives_crash_hot_plug_trim_and_power_cut() {
     assert_eq!(field(&third, "before"), marker2, "{third}");
     assert_eq!(field(&third, "files"), "2", "{third}");
     assert_eq!(field(&third, "check"), "ok", "{third}");
+    let marker3 = field(&third, "wrote");
+
+    // A snapshot taken while the guest keeps writing (from its third boot on it rewrites a
+    // file with fsync in a loop) is a consistent disk: a clone of it mounts in a second
+    // guest with every file the first had synced.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let snapped = check(run_script(
+        SNAPSHOT_SCRIPT,
+        &[&host.url, &host.password, &vm, &other],
+    ));
+    eprintln!("guest_disks: {}", snapped.trim());
+    assert!(snapped.contains(" xvda"), "{snapped}");
+    let (_, copy) = start(&host, &other);
+    assert_eq!(field(&copy, "made"), "no", "the snapshot mounts: {copy}");
+    assert_eq!(field(&copy, "before"), marker3, "{copy}");
+    assert_eq!(field(&copy, "files"), "3", "{copy}");
+    assert_eq!(field(&copy, "check"), "ok", "{copy}");
 }
