@@ -197,6 +197,21 @@ static void notify(void)
 }
 
 static struct sring *ring;
+/* The data page every segment names: filled with 0xa5 before each request, so that a
+ * response shows whether the backend wrote into it. */
+static uint8_t *data_page;
+
+/* "untouched" (still all 0xa5), "zeros" (all zero: a read of unwritten VDI blocks), or
+ * "changed". */
+static const char *page_state(void)
+{
+    int untouched = 1, zeros = 1;
+    for (int i = 0; i < PAGE; i++) {
+        untouched &= data_page[i] == 0xa5;
+        zeros &= data_page[i] == 0;
+    }
+    return untouched ? "untouched" : zeros ? "zeros" : "changed";
+}
 static uint32_t req_prod, rsp_cons;
 static uint64_t next_id = 1;
 
@@ -228,10 +243,17 @@ static uint64_t put_request(uint8_t op, uint8_t nr_segments, uint64_t sector, co
     return id;
 }
 
+/* Whether exchange() prints each case (the first round) or only tallies (the repeats). */
+static int verbose = 1;
+/* Responses of the repeats that were not what the first round's checks demand: a control
+ * read answered 0 with zeros, every other case -1 or -2 with the data page untouched. */
+static unsigned long requests, unexpected;
+
 /* Publishes the request, notifies, waits for its response; prints and returns the status
  * (or 1000 when no response came). */
 static int exchange(const char *name, uint64_t id)
 {
+    memset(data_page, 0xa5, PAGE);
     __sync_synchronize();
     req_prod++;
     ring->req_prod = req_prod;
@@ -249,101 +271,31 @@ static int exchange(const char *name, uint64_t id)
             uint8_t op = r[8];
             rsp_cons++;
             ring->rsp_event = rsp_cons + 1;
-            say("case %s id=%llu response id=%llu op=%u status=%d", name,
-                (unsigned long long)id, (unsigned long long)rid, op, status);
+            const char *page = page_state();
+            int control = strncmp(name, "control", 7) == 0;
+            int expected = control ? status == 0 && strcmp(page, "zeros") == 0
+                                   : (status == -1 || status == -2) && strcmp(page, "untouched") == 0;
+            requests++;
+            unexpected += !expected || rid != id;
+            if (verbose || !expected)
+                say("case %s id=%llu response id=%llu op=%u status=%d page=%s", name,
+                    (unsigned long long)id, (unsigned long long)rid, op, status, page);
             return status;
         }
         usleep(1000);
     }
     say("case %s id=%llu no-response", name, (unsigned long long)id);
+    requests++;
+    unexpected++;
     return 1000;
 }
 
-int main(void)
+static uint32_t ring_ref, data_ref, foreign_ref, revoked_ref;
+static uint64_t sectors;
+
+/* One round of every case: a good read, each bad request, a good read again. */
+static void run_cases(void)
 {
-    char v[256], fe[320], be[256], path[512];
-
-    xs_fd = open("/dev/xen/xenbus", O_RDWR);
-    if (xs_fd < 0)
-        xs_fd = open("/proc/xen/xenbus", O_RDWR);
-    if (xs_fd < 0)
-        die("opening xenbus");
-    long domid = xs_read_long("domid", -1);
-    if (domid < 0)
-        die("reading domid");
-    snprintf(path, sizeof path, "/local/domain/%ld/device/vbd", domid);
-    int n = xs_request(XS_DIRECTORY, path, NULL, v, sizeof v);
-    if (n <= 0) {
-        say("no vbd in device/vbd");
-        return 1;
-    }
-    snprintf(fe, sizeof fe, "/local/domain/%ld/device/vbd/%s", domid, v);
-    snprintf(path, sizeof path, "%s/backend", fe);
-    if (xs_read(path, be, sizeof be) < 0)
-        die("reading the backend path");
-    snprintf(path, sizeof path, "%s/backend-id", fe);
-    long beid = xs_read_long(path, -1);
-    say("domain %ld frontend %s backend %s (domain %ld)", domid, fe, be, beid);
-
-    char be_state[320], fe_state[340];
-    snprintf(be_state, sizeof be_state, "%s/state", be);
-    snprintf(fe_state, sizeof fe_state, "%s/state", fe);
-    long s = wait_state(be_state, 2, 2, 60);
-    if (s != 2) {
-        say("backend never reached InitWait (state %ld)", -s - 100);
-        return 1;
-    }
-    snprintf(path, sizeof path, "%s/sectors", be);
-    if (xs_read(path, v, sizeof v) < 0)
-        die("reading sectors");
-    uint64_t sectors = strtoull(v, NULL, 10);
-
-    gnt_fd = open("/dev/xen/gntalloc", O_RDWR);
-    if (gnt_fd < 0)
-        die("opening /dev/xen/gntalloc");
-    evt_fd = open("/dev/xen/evtchn", O_RDWR);
-    if (evt_fd < 0)
-        die("opening /dev/xen/evtchn");
-
-    void *ring_page, *data;
-    uint32_t ring_ref = grant((uint16_t)beid, &ring_page);
-    uint32_t data_ref = grant((uint16_t)beid, &data);
-    /* A page this guest grants to a domain other than the backend's. */
-    uint16_t other = (uint16_t)(domid > 1 ? domid - 1 : domid + 1);
-    if (other == beid)
-        other = (uint16_t)(domid + 1);
-    void *other_page;
-    uint32_t foreign_ref = grant(other, &other_page);
-    uint32_t revoked_ref = grant((uint16_t)beid, NULL);
-
-    struct ioctl_evtchn_bind_unbound_port bind = { .remote_domain = (unsigned int)beid };
-    int p = ioctl(evt_fd, IOCTL_EVTCHN_BIND_UNBOUND_PORT, &bind);
-    if (p < 0)
-        die("binding an unbound port");
-    port = (unsigned int)p;
-
-    ring = ring_page;
-    ring->req_event = 1;
-    ring->rsp_event = 1;
-
-    snprintf(path, sizeof path, "%s/ring-ref", fe);
-    snprintf(v, sizeof v, "%u", ring_ref);
-    xs_write(path, v);
-    snprintf(path, sizeof path, "%s/event-channel", fe);
-    snprintf(v, sizeof v, "%u", port);
-    xs_write(path, v);
-    snprintf(path, sizeof path, "%s/protocol", fe);
-    xs_write(path, "x86_64-abi");
-    xs_write(fe_state, "3");
-    s = wait_state(be_state, 4, 6, 60);
-    if (s != 4) {
-        say("backend did not connect (state %ld)", s < -1 ? -s - 100 : s);
-        return 1;
-    }
-    say("connected ring-ref=%u event-channel=%u sectors=%llu data-ref=%u foreign-ref=%u (to domain %u) revoked-ref=%u",
-        ring_ref, port, (unsigned long long)sectors, data_ref, foreign_ref, other, revoked_ref);
-    xs_write(fe_state, "4");
-
     struct seg ok = { data_ref, 0, 7 };
     /* The control: a well-formed read answers 0 (the layouts above are right). */
     exchange("control-read", put_request(OP_READ, 1, 0, &ok, 1));
@@ -386,6 +338,126 @@ int main(void)
     }
     /* The control again: the device is still up after all of that. */
     exchange("control-read-after", put_request(OP_READ, 1, 0, &ok, 1));
+}
+
+/* `keel_hostile_seconds=N` on the kernel command line: how long to keep repeating the cases
+ * (while another guest works beside this one) before the runaway index; 0 if absent. */
+static long repeat_seconds(void)
+{
+    char line[1024] = "";
+    FILE *f = fopen("/proc/cmdline", "r");
+    if (f) {
+        if (!fgets(line, sizeof line, f))
+            line[0] = 0;
+        fclose(f);
+    }
+    char *w = strstr(line, "keel_hostile_seconds=");
+    return w ? strtol(w + strlen("keel_hostile_seconds="), NULL, 10) : 0;
+}
+
+int main(void)
+{
+    char v[256], fe[320], be[256], path[512];
+
+    xs_fd = open("/dev/xen/xenbus", O_RDWR);
+    if (xs_fd < 0)
+        xs_fd = open("/proc/xen/xenbus", O_RDWR);
+    if (xs_fd < 0)
+        die("opening xenbus");
+    long domid = xs_read_long("domid", -1);
+    if (domid < 0)
+        die("reading domid");
+    snprintf(path, sizeof path, "/local/domain/%ld/device/vbd", domid);
+    int n = xs_request(XS_DIRECTORY, path, NULL, v, sizeof v);
+    if (n <= 0) {
+        say("no vbd in device/vbd");
+        return 1;
+    }
+    snprintf(fe, sizeof fe, "/local/domain/%ld/device/vbd/%s", domid, v);
+    snprintf(path, sizeof path, "%s/backend", fe);
+    if (xs_read(path, be, sizeof be) < 0)
+        die("reading the backend path");
+    snprintf(path, sizeof path, "%s/backend-id", fe);
+    long beid = xs_read_long(path, -1);
+    say("domain %ld frontend %s backend %s (domain %ld)", domid, fe, be, beid);
+
+    char be_state[320], fe_state[340];
+    snprintf(be_state, sizeof be_state, "%s/state", be);
+    snprintf(fe_state, sizeof fe_state, "%s/state", fe);
+    long s = wait_state(be_state, 2, 2, 60);
+    if (s != 2) {
+        say("backend never reached InitWait (state %ld)", -s - 100);
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/sectors", be);
+    if (xs_read(path, v, sizeof v) < 0)
+        die("reading sectors");
+    sectors = strtoull(v, NULL, 10);
+
+    gnt_fd = open("/dev/xen/gntalloc", O_RDWR);
+    if (gnt_fd < 0)
+        die("opening /dev/xen/gntalloc");
+    evt_fd = open("/dev/xen/evtchn", O_RDWR);
+    if (evt_fd < 0)
+        die("opening /dev/xen/evtchn");
+
+    void *ring_page, *data;
+    ring_ref = grant((uint16_t)beid, &ring_page);
+    data_ref = grant((uint16_t)beid, &data);
+    /* A page this guest grants to a domain other than the backend's. */
+    uint16_t other = (uint16_t)(domid > 1 ? domid - 1 : domid + 1);
+    if (other == beid)
+        other = (uint16_t)(domid + 1);
+    void *other_page;
+    foreign_ref = grant(other, &other_page);
+    revoked_ref = grant((uint16_t)beid, NULL);
+
+    struct ioctl_evtchn_bind_unbound_port bind = { .remote_domain = (unsigned int)beid };
+    int p = ioctl(evt_fd, IOCTL_EVTCHN_BIND_UNBOUND_PORT, &bind);
+    if (p < 0)
+        die("binding an unbound port");
+    port = (unsigned int)p;
+
+    ring = ring_page;
+    data_page = data;
+    ring->req_event = 1;
+    ring->rsp_event = 1;
+
+    snprintf(path, sizeof path, "%s/ring-ref", fe);
+    snprintf(v, sizeof v, "%u", ring_ref);
+    xs_write(path, v);
+    snprintf(path, sizeof path, "%s/event-channel", fe);
+    snprintf(v, sizeof v, "%u", port);
+    xs_write(path, v);
+    snprintf(path, sizeof path, "%s/protocol", fe);
+    xs_write(path, "x86_64-abi");
+    xs_write(fe_state, "3");
+    s = wait_state(be_state, 4, 6, 60);
+    if (s != 4) {
+        say("backend did not connect (state %ld)", s < -1 ? -s - 100 : s);
+        return 1;
+    }
+    say("connected ring-ref=%u event-channel=%u sectors=%llu data-ref=%u foreign-ref=%u (to domain %u) revoked-ref=%u",
+        ring_ref, port, (unsigned long long)sectors, data_ref, foreign_ref, other, revoked_ref);
+    xs_write(fe_state, "4");
+
+    run_cases();
+    long seconds = repeat_seconds();
+    if (seconds > 0) {
+        /* A steady trickle of the same bad requests while another guest works. */
+        verbose = 0;
+        unsigned long rounds = 0, first = requests, was = unexpected;
+        double end = now() + (double)seconds;
+        say("repeating the cases for %ld s", seconds);
+        while (now() < end) {
+            run_cases();
+            rounds++;
+            usleep(200 * 1000);
+        }
+        say("case repeats rounds=%lu requests=%lu unexpected=%lu", rounds, requests - first,
+            unexpected - was);
+    }
+    struct seg ok = { data_ref, 0, 7 };
 
     /* The runaway producer index: far more than a ring ahead of the responses. */
     __sync_synchronize();
