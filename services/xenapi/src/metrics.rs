@@ -337,16 +337,24 @@ impl XenApi {
             return;
         };
         let mut updates: Vec<(String, Vec<(&'static str, Value)>)> = Vec::new();
+        // Under Xen `memory_free` is Xen's figure at the moment (read when guests start and
+        // stop, and here), not a 5-second sample that may predate the last `VM.start`.
+        let live_free = self.state.guests.as_deref().map(|g| g.free_memory());
         let host_fields: Vec<(&'static str, Value)> = [
             ("memory_total", "memory_total_kib"),
             ("memory_free", "memory_free_kib"),
         ]
         .into_iter()
+        .filter(|(field, _)| live_free.is_none() || *field != "memory_free")
         .filter_map(|(field, source)| {
             let kib = view.query_host(source)?;
             (kib.is_finite() && kib >= 0.0).then_some((field, Value::Int((kib * 1024.0) as i64)))
         })
         .collect();
+        let mut host_fields = host_fields;
+        if let Some(free) = live_free {
+            host_fields.push(("memory_free", Value::Int(clamp_free(free))));
+        }
         if !host_fields.is_empty() {
             updates.push((self.state.host_metrics.clone(), host_fields));
         }
@@ -392,4 +400,8 @@ impl XenApi {
             }
         }
     }
+}
+
+fn clamp_free(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod guest_fake;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -18,6 +19,8 @@ use keel_xenapi::{ApiError, Value, XenApi};
 const T0_MS: u64 = 1_700_000_000_000;
 const GIB: u64 = 1 << 30;
 
+use guest_fake::FakeGuests;
+
 struct Fixture {
     api: XenApi,
     metering: Rc<RefCell<Metering>>,
@@ -27,6 +30,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(None)
+}
+
+/// The fixture, with a guest backend (a host under Xen) if given.
+fn fixture_with(guests: Option<FakeGuests>) -> Fixture {
     let mut probe = api();
     let session = login(&mut probe);
     let host = call(&mut probe, "host.get_all", vec![s(&session)]).unwrap();
@@ -37,6 +45,9 @@ fn fixture() -> Fixture {
     ));
     let mut config = config();
     config.metering = Some(Box::new(metering.clone()));
+    if let Some(guests) = guests {
+        config.guests = Some(Box::new(guests));
+    }
     // Same entropy, same references and uuids as the probe.
     let mut api = api_with(config);
     let session = login(&mut api);
@@ -259,4 +270,41 @@ fn sessions_and_vm_lists_for_the_http_handlers() {
     let session = f.session.clone();
     call(&mut f.api, "session.logout", vec![s(&session)]).unwrap();
     assert!(!f.api.session_is_valid(&session));
+}
+
+/// Under Xen, `host_metrics.memory_free` is Xen's free memory at the moment (what a client
+/// checks right after `VM.start`), never a sample taken before the guest started.
+#[test]
+fn under_xen_memory_free_is_xens_figure_now_not_the_last_sample() {
+    let guests = FakeGuests::with_memory(5 * GIB);
+    let f = fixture_with(Some(guests.clone()));
+    sample(&f);
+    let mut f = f;
+    guests.0.borrow_mut().free_memory = 2 * GIB;
+    f.api.apply_metering(T0);
+    let session = f.session.clone();
+    let metrics = call(&mut f.api, "host_metrics.get_all", vec![s(&session)]).unwrap();
+    let metrics = metrics.as_array().unwrap()[0].as_str().unwrap().to_string();
+    let free = call(
+        &mut f.api,
+        "host_metrics.get_memory_free",
+        vec![s(&session), s(&metrics)],
+    )
+    .unwrap();
+    assert_eq!(
+        free.as_int(),
+        Some((2 * GIB) as i64),
+        "not the sampled 3 GiB"
+    );
+    let total = call(
+        &mut f.api,
+        "host_metrics.get_memory_total",
+        vec![s(&session), s(&metrics)],
+    )
+    .unwrap();
+    assert_eq!(
+        total.as_int(),
+        Some((8 * GIB) as i64),
+        "the total still comes from the samples"
+    );
 }
