@@ -253,6 +253,9 @@ async fn drive<D: NetDevice>(
         }
         busy |= uplink.poll(now_ms);
         busy |= uplink.pending() > 0;
+        if let Some(vifs) = &reporting.vifs {
+            vifs.kick_if_frames_for_guests();
+        }
         match stack.take_event() {
             Some(NetEvent::Configured(c)) => {
                 match c.gateway {

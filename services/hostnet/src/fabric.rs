@@ -62,6 +62,10 @@ pub struct Fabric {
     switch: Switch,
     outputs: BTreeMap<PortId, Output>,
     local: Option<PortId>,
+    /// Uplink ports (their owner is the network task, not the guest task).
+    uplinks: Vec<PortId>,
+    /// A frame was queued for a guest's port since [`Fabric::take_guest_frames`].
+    guest_frames: bool,
     next_age_ms: u64,
 }
 
@@ -71,6 +75,8 @@ impl Fabric {
             switch: Switch::new(config),
             outputs: BTreeMap::new(),
             local: None,
+            uplinks: Vec::new(),
+            guest_frames: false,
             next_age_ms: AGE_INTERVAL_MS,
         }
     }
@@ -107,7 +113,12 @@ impl Fabric {
     pub fn add_uplink(&mut self, max_frame: usize, now_ms: u64) -> Result<PortId, FabricError> {
         let queue = FrameQueue::new(UPLINK_QUEUE, max_frame + VLAN_TAG)
             .map_err(|_| FabricError::OutOfMemory)?;
-        self.add_port(PortConfig::Uplink, Output::Queue(queue), now_ms)
+        self.uplinks
+            .try_reserve(1)
+            .map_err(|_| FabricError::OutOfMemory)?;
+        let port = self.add_port(PortConfig::Uplink, Output::Queue(queue), now_ms)?;
+        self.uplinks.push(port);
+        Ok(port)
     }
 
     /// Keel's own stack on `network`: frames for it go straight into its link.
@@ -166,6 +177,7 @@ impl Fabric {
         if self.local == Some(port) {
             self.local = None;
         }
+        self.uplinks.retain(|p| *p != port);
         Ok(counters)
     }
 
@@ -181,7 +193,11 @@ impl Fabric {
         let mut n_refused = 0;
         for delivery in forward.deliveries {
             let queued = match self.outputs.get_mut(&delivery.port) {
-                Some(Output::Queue(queue)) => queue.push(frame, delivery.edit),
+                Some(Output::Queue(queue)) => {
+                    let pushed = queue.push(frame, delivery.edit);
+                    self.guest_frames |= pushed.is_ok() && !self.uplinks.contains(&delivery.port);
+                    pushed
+                }
                 Some(Output::Local(end)) => end.deliver(frame, delivery.edit),
                 None => Err(QueueError::Full),
             };
@@ -221,6 +237,12 @@ impl Fabric {
             n += 1;
         }
         n
+    }
+
+    /// Whether a frame was queued for a guest's port (a VIF) since the last call: the task
+    /// that switched it wakes the one that serves guests.
+    pub fn take_guest_frames(&mut self) -> bool {
+        core::mem::take(&mut self.guest_frames)
     }
 
     /// Frames waiting in `port`'s output queue.

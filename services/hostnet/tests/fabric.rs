@@ -78,6 +78,7 @@ fn uplink_local_and_vif_exchange_frames_with_tags() {
     assert_eq!(stack.receive(&mut buf).unwrap(), Some(60));
     assert_eq!(&buf[..60], &reply[..]);
     assert_eq!(fabric.pending(guest), 0);
+    assert!(!fabric.take_guest_frames(), "nothing went to a guest");
 
     // The stack sends: the pump switches it to the uplink, untagged.
     stack.transmit(&frame(OUTSIDE, HOST, 80)).unwrap();
@@ -91,8 +92,11 @@ fn uplink_local_and_vif_exchange_frames_with_tags() {
     assert!(matches!(v, Verdict::Flooded | Verdict::Unicast), "{v:?}");
     let out = take(&mut fabric, eth0).unwrap();
     assert_eq!(out, tagged(OUTSIDE, GUEST, 10, 68));
+    assert!(!fabric.take_guest_frames(), "a frame for the uplink wakes no guest");
     // The answer comes back tagged and reaches the guest untagged, not the stack.
     fabric.ingress(4, eth0, &tagged(GUEST, OUTSIDE, 10, 68));
+    assert!(fabric.take_guest_frames(), "a frame queued for a VIF is told once");
+    assert!(!fabric.take_guest_frames());
     assert_eq!(take(&mut fabric, guest).unwrap(), frame(GUEST, OUTSIDE, 64));
     assert_eq!(stack.receive(&mut buf).unwrap(), None);
     // Nothing left anywhere.

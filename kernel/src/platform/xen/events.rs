@@ -16,7 +16,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::future::poll_fn;
 use core::sync::atomic::{AtomicBool, Ordering};
-use core::task::{Poll, Waker};
+use core::task::{Context, Poll, Waker};
 
 use keel_xen::evtchn::{self, scan_pending, Port};
 use keel_xen::evtchn_dispatch::{BindError, EventDispatcher};
@@ -53,26 +53,51 @@ impl PortEvent {
 }
 
 impl PortEvent {
+    /// Ready if an event arrived since the last ready poll; otherwise remembers the waker.
+    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        without_interrupts(|| {
+            let mut slot = self.waker.lock();
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        });
+        // An event between the first check and storing the waker is caught here.
+        if self.fired.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Completes at the next event (at once if one arrived since the last wait).
     async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.fired.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(());
-            }
-            without_interrupts(|| {
-                let mut slot = self.waker.lock();
-                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *slot = Some(cx.waker().clone());
-                }
-            });
-            // An event between the first check and storing the waker is caught here.
-            if self.fired.swap(false, Ordering::AcqRel) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        poll_fn(|cx| self.poll_event(cx)).await
+    }
+}
+
+/// A wake-up one task gives another, with no Xen port behind it (e.g. the network task
+/// telling the guest task that frames wait for a guest). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Kick(Arc<PortEvent>);
+
+impl Kick {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes the waiting task (or makes its next wait complete at once).
+    pub fn kick(&self) {
+        // Interrupts off: the waker slot's lock is also taken in interrupt context for
+        // ports (never for a kick, but the lock discipline is the same everywhere).
+        without_interrupts(|| self.0.fire());
+    }
+
+    /// Ready if kicked since the last ready poll.
+    pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.poll_event(cx)
     }
 }
 
@@ -137,6 +162,12 @@ impl EventChannel {
     pub async fn wait(&self) {
         self.event.wait().await
     }
+
+    /// Ready if an event arrived since the last ready poll (for waiting on several
+    /// sources at once).
+    pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.event.poll_event(cx)
+    }
 }
 
 impl Drop for EventChannel {
@@ -192,9 +223,9 @@ impl EventGroup {
         &self.ports
     }
 
-    /// Completes at the next event on any port of the group.
-    pub async fn wait(&self) {
-        self.event.wait().await
+    /// Ready if an event arrived on any port since the last ready poll.
+    pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.event.poll_event(cx)
     }
 }
 

@@ -14,6 +14,8 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
+use core::future::poll_fn;
+use core::task::Poll;
 
 use keel_console::{ConsoleError, ConsoleSession, ConsoleSet};
 use keel_executor::Handle;
@@ -24,7 +26,7 @@ use keel_xenapi::guest::GuestBackend;
 use keel_xenapi::{Timestamp, XenApi};
 
 use super::disks::{self, SharedDisks};
-use super::events::EventGroup;
+use super::events::{EventChannel, EventGroup};
 use super::holes::{ConsoleFrames, KernelHoles, StoreFrames};
 use super::hypercall::Xen;
 use super::vifs::{self, Vifs};
@@ -133,11 +135,13 @@ pub fn start(
             return None;
         }
     };
-    let mut group = EventGroup::new();
-    if let Err(e) = group.bind(dom_exc) {
-        log::error!("guests: cannot route VIRQ_DOM_EXC: {e:?}; guests cannot run");
-        return None;
-    }
+    let dom_exc = match EventChannel::bind(dom_exc) {
+        Ok(channel) => channel,
+        Err(e) => {
+            log::error!("guests: cannot route VIRQ_DOM_EXC: {e:?}; guests cannot run");
+            return None;
+        }
+    };
     let clocks = Clocks {
         monotonic_ns,
         unix_ns,
@@ -156,32 +160,33 @@ pub fn start(
         reports: Rc::new(RefCell::new(VecDeque::new())),
         vifs: vifs::new(),
     };
-    handle.spawn(serve(
-        handle.clone(),
-        service.clone(),
-        disks,
-        group,
-        dom_exc,
-    ));
+    handle.spawn(serve(handle.clone(), service.clone(), disks, dom_exc));
     log::info!("guests: toolstack ready (xenstored, consoles, PVH builder, blkback)");
     Some(service)
 }
 
-/// The guest task: on any guest channel event, `VIRQ_DOM_EXC` or a timer, serve every
-/// guest (xenstore, console, disks), scan for dead domains, and queue the reports.
-async fn serve(
-    handle: Handle,
-    service: GuestService,
-    disks: SharedDisks,
-    mut group: EventGroup,
-    dom_exc: keel_xen::evtchn::Port,
-) {
+/// How often the guest task scans Xen's domains without a `VIRQ_DOM_EXC` (a safety net:
+/// the scan costs a hypercall per domain).
+const DOMAIN_SCAN_NS: u64 = 1_000_000_000;
+
+/// The guest task: on any guest channel event, a kick from the network task,
+/// `VIRQ_DOM_EXC` or a timer, serve every guest (xenstore, console, disks, VIFs), scan for
+/// dead domains when Xen says one changed (and every [`DOMAIN_SCAN_NS`]), and queue the
+/// reports.
+async fn serve(handle: Handle, service: GuestService, disks: SharedDisks, dom_exc: EventChannel) {
     let mut console_log = ConsoleLog::default();
+    let mut group = EventGroup::new();
+    let mut dom_exc_fired = true;
+    let mut last_scan = 0;
     loop {
         let (more, deadline) = {
             let mut host = service.host.borrow_mut();
-            if let Err(e) = host.on_dom_exc() {
-                log::warn!("guests: scanning domains: {e:?}");
+            let now = monotonic_ns();
+            if core::mem::take(&mut dom_exc_fired) || now >= last_scan + DOMAIN_SCAN_NS {
+                last_scan = now;
+                if let Err(e) = host.on_dom_exc() {
+                    log::warn!("guests: scanning domains: {e:?}");
+                }
             }
             // Disks before the rings (what a device writes reaches its guest's watches in
             // this round) and after them (what the guests wrote reaches the devices).
@@ -201,7 +206,7 @@ async fn serve(
                 .map(|v| vifs::serve(v, &mut host.xenstored));
             wanted.extend(nets.iter().flat_map(|n| n.ports.iter().copied()));
             for port in group.ports().to_vec() {
-                if port != dom_exc && !wanted.contains(&port) {
+                if !wanted.contains(&port) {
                     group.unbind(port);
                 }
             }
@@ -227,6 +232,8 @@ async fn serve(
             (more, deadline)
         };
         if more {
+            // Busy (e.g. disk requests in flight): look at VIRQ_DOM_EXC without waiting.
+            dom_exc_fired |= poll_fn(|cx| Poll::Ready(dom_exc.poll_event(cx).is_ready())).await;
             keel_executor::yield_now().await;
             continue;
         }
@@ -234,7 +241,20 @@ async fn serve(
         let sleep = deadline
             .map_or(IDLE_NS, |d| d.saturating_sub(now))
             .min(IDLE_NS);
-        let _ = handle.timeout(sleep, group.wait()).await;
+        let kicks = service.vifs.as_ref().map(|v| v.kicks().clone());
+        let any = poll_fn(|cx| {
+            // Poll every source (each remembers the waker), then say whether one fired.
+            let exc = dom_exc.poll_event(cx).is_ready();
+            let channels = group.poll_event(cx).is_ready();
+            let kicked = kicks.as_ref().is_some_and(|k| k.poll_kicked(cx).is_ready());
+            dom_exc_fired |= exc;
+            if exc || channels || kicked {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let _ = handle.timeout(sleep, any).await;
     }
 }
 

@@ -19,13 +19,15 @@ use keel_xen::ring::SharedRing;
 use keel_xenapi::network_backend::NetworkBackend;
 use keel_xenstored::Xenstored;
 
+use super::events::Kick;
 use super::holes::KernelHoles;
 use super::hypercall::Xen;
 use crate::time;
 
-/// While a VIF is connected the guest task looks at the switch this often at the latest:
-/// frames the network task switched to a guest wait in its queue until then.
-const CONNECTED_POLL_NS: u64 = 1_000_000;
+/// While a VIF is connected the guest task looks at the switch this often at the latest.
+/// Frames the network task switches to a guest wake the task at once ([`Vifs::kick`]); this
+/// only bounds what a missed wake-up could cost.
+const CONNECTED_POLL_NS: u64 = 50_000_000;
 
 /// The host's VIF backends and the pages their grant copies go through, shared by the
 /// XenAPI (attach, detach, bridges) and the guest task (serving).
@@ -33,6 +35,8 @@ const CONNECTED_POLL_NS: u64 = 1_000_000;
 pub struct Vifs {
     netbacks: SharedNetbacks,
     pages: Rc<RefCell<CopyPages>>,
+    /// Wakes the guest task when frames wait for a guest.
+    kick: Kick,
 }
 
 impl Vifs {
@@ -44,6 +48,25 @@ impl Vifs {
     /// The netbacks, to name the NIC's uplink for bridges and read counters.
     pub fn netbacks(&self) -> &SharedNetbacks {
         &self.netbacks
+    }
+
+    /// Tells the guest task that the switch has frames for guests, if it has: the network
+    /// task calls it after switching what the NIC brought.
+    pub fn kick_if_frames_for_guests(&self) {
+        if self
+            .netbacks
+            .borrow()
+            .fabric()
+            .borrow_mut()
+            .take_guest_frames()
+        {
+            self.kick.kick();
+        }
+    }
+
+    /// What the guest task waits on besides its channels.
+    pub fn kicks(&self) -> &Kick {
+        &self.kick
     }
 
     /// The XenAPI's `Config.network`.
@@ -58,6 +81,7 @@ pub fn new() -> Option<Vifs> {
     Some(Vifs {
         netbacks: Netbacks::shared(crate::net::switch::new_fabric()),
         pages: Rc::new(RefCell::new(pages)),
+        kick: Kick::new(),
     })
 }
 
@@ -72,6 +96,8 @@ pub fn serve(vifs: &Vifs, xenstored: &mut Xenstored) -> VifsServiced {
     for (domid, device, reason) in &serviced.failures {
         log::warn!("vifs: domain {domid} vif {device}: {reason}");
     }
+    // A guest's frames switched to another guest are served in the next round.
+    serviced.more |= netbacks.fabric().borrow_mut().take_guest_frames();
     if !serviced.ports.is_empty() {
         let soon = now_ns.saturating_add(CONNECTED_POLL_NS);
         serviced.wake_at_ns = Some(serviced.wake_at_ns.map_or(soon, |w| w.min(soon)));
