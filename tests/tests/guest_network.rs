@@ -70,7 +70,6 @@ print("shutdown", x.VM.get_power_state(vm), x.VIF.get_currently_attached(vif), f
 "#;
 
 #[test]
-#[ignore = "boots Xen and a Linux guest under QEMU TCG (minutes); run with `cargo test -p keel-tests --test guest_network -- --ignored`"]
 fn a_guest_gets_a_dhcp_lease_through_netback_and_the_switch() {
     run().unwrap_or_else(|e| panic!("{e}"));
 }
