@@ -57,7 +57,9 @@ s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guest-disks")
 x = s.xenapi
 snap = x.VM.snapshot(vm, "fs snapshot")
-disks = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(snap) if x.VBD.get_type(b) == "Disk"]
+# The snapshot has every disk of the VM, the unplugged xvdb too; xvda is userdevice 0.
+disks = [x.VBD.get_VDI(b) for b in x.VM.get_VBDs(snap)
+         if x.VBD.get_type(b) == "Disk" and x.VBD.get_userdevice(b) == "0"]
 assert len(disks) == 1, disks
 assert x.VDI.get_is_a_snapshot(disks[0]), "the snapshot's disk is a snapshot"
 clone = x.VDI.clone(disks[0], {})
