@@ -18,18 +18,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use keel_tests::credentials::test_credentials;
 use keel_tests::guest::{self, GUEST_READY, GUEST_VM_PY};
-use keel_tests::kernel_lines::READY_PREFIX;
+use keel_tests::guest_host::{boot_host, path};
 use keel_tests::prereq::{self, Tool, GRUB_XEN_PVH_IMAGE};
 use keel_tests::python::run_script;
-use keel_tests::{HarnessError, Machine, NicModel, Pattern};
+use keel_tests::{HarnessError, Pattern};
 
-const XEN_BOOT_DEADLINE: Duration = Duration::from_secs(150);
-/// From `VM.start` to the guest's ready line: GRUB reads ~10 MiB through blkback, then Linux
-/// decompresses and boots, all inside an emulated SVM guest of an emulated machine.
+/// From `VM.start` to the guest's ready line: GRUB reads ~10 MiB through blkback one page
+/// at a time, then Linux decompresses and boots, all inside an emulated SVM guest of an
+/// emulated machine (measured: 160 s; docs/guests.md).
 const GUEST_BOOT_DEADLINE: Duration = Duration::from_secs(420);
-const MIB: u64 = 1 << 20;
 /// The guest disk: room for the kernel (~8 MiB), the initramfs and ext4's own metadata.
 const GUEST_DISK_MIB: u64 = 48;
 /// Words of the kernel command line that only the disk's `grub.cfg` holds.
@@ -139,10 +137,6 @@ fn io(what: &str, error: std::io::Error) -> HarnessError {
     }
 }
 
-fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
 /// A VM with only `PV_bootloader = "pygrub"` boots the kernel and initramfs its own disk's
 /// `grub.cfg` names: the guest's ready line shows the command line from that file, with the
 /// `BOOT_IMAGE` GRUB adds.
@@ -150,9 +144,10 @@ fn path(p: &Path) -> &str {
 fn a_pygrub_vm_boots_the_kernel_its_own_disk_names() {
     prereq::check(&[Tool::GrubXenPvh, Tool::Mke2fs, Tool::GrubMkimage])
         .unwrap_or_else(|e| panic!("{e}"));
+    // Beside the host's own directory, which boot_host empties.
     let dir = keel_tests::paths::keel_dir()
         .join("test-disks")
-        .join("guest_pvgrub");
+        .join("guest_pvgrub_image");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("disk directory");
 
@@ -168,29 +163,18 @@ fn a_pygrub_vm_boots_the_kernel_its_own_disk_names() {
             .unwrap_or_else(|e| panic!("GRUB reads {file} as it was written: {e}"));
     }
 
-    let sr = dir.join("sr.img");
-    std::fs::File::create(&sr)
-        .and_then(|f| f.set_len(256 * MIB))
-        .expect("SR disk image");
-    let machine = Machine::new("guest_pvgrub")
-        .under_xen()
-        .memory_mib(1024)
-        .disk_file(&sr, keel_tests::DiskBus::VirtioBlk)
-        .nic_with_api(NicModel::VirtioNet)
-        .append(test_credentials().cmdline_word())
-        .append("keel.log=debug")
-        .boot()
-        .unwrap_or_else(|e| panic!("{e}"));
-    machine
-        .wait_for(Pattern::starts_with(READY_PREFIX), XEN_BOOT_DEADLINE)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let port = machine.api_port().expect("API port").to_string();
-    let url = format!("http://127.0.0.1:{port}");
-    let password = test_credentials().password.clone();
+    let host = boot_host("guest_pvgrub").unwrap_or_else(|e| panic!("{e}"));
+    let port = host.url.rsplit(':').next().unwrap_or_default().to_string();
 
     let out = run_script(
         &format!("{GUEST_VM_PY}\n{PYGRUB_SCRIPT}"),
-        &[&url, &password, &port, GRUB_XEN_PVH_IMAGE, path(&disk)],
+        &[
+            &host.url,
+            &host.password,
+            &port,
+            GRUB_XEN_PVH_IMAGE,
+            path(&disk),
+        ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("guest_pvgrub: {}", out.trim().replace('\n', "; "));
@@ -204,7 +188,8 @@ fn a_pygrub_vm_boots_the_kernel_its_own_disk_names() {
         .to_string();
 
     // Keel's log of the domain's console: GRUB's words, then the kernel's init.
-    let line = machine
+    let line = host
+        .machine
         .wait_for(
             Pattern::contains(format!("guest d{domid}: {GUEST_READY}")),
             GUEST_BOOT_DEADLINE,
