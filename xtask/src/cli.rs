@@ -853,6 +853,24 @@ mod tests {
     }
 
     #[test]
+    fn bench_guest_disk_defaults_to_one_run() {
+        assert_eq!(
+            parse_words("bench guest-disk"),
+            Ok(Command::BenchGuestDisk {
+                runs: 1,
+                record: false
+            })
+        );
+        assert_eq!(
+            parse_words("bench guest-disk --runs 2 --record"),
+            Ok(Command::BenchGuestDisk {
+                runs: 2,
+                record: true
+            })
+        );
+    }
+
+    #[test]
     fn bench_dom0_defaults_to_three_runs_and_xen_is_a_run_flag() {
         assert_eq!(
             parse_words("bench dom0"),

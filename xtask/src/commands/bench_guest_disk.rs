@@ -244,3 +244,45 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One run's lines for `disk`: every standard workload, taking `ns` nanoseconds.
+    fn run_of(disk: &str, ns: u64) -> Vec<Figures> {
+        standard_workloads()
+            .iter()
+            .map(|w| {
+                Figures::parse(&format!(
+                    "guest d3: bench-storage: {disk} {} bs={} qd={} ops={} ns={ns}",
+                    w.pattern.name(),
+                    w.block_bytes,
+                    w.queue_depth,
+                    w.ops
+                ))
+                .expect("a well-formed line")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_guest_is_compared_with_keels_virtio_blk_figures_not_its_nvme_ones() {
+        let guest = vec![run_of("xvda", 4_000_000_000)];
+        let mut keel_run = run_of("nvme0", 1_000_000);
+        keel_run.extend(run_of("virtio-blk0", 1_000_000_000));
+        let rows = rows(&guest, &[keel_run]);
+        assert_eq!(rows.len(), standard_workloads().len());
+        for row in &rows {
+            assert!(
+                (row.guest / row.keel - 0.25).abs() < 1e-9,
+                "the guest took 4x as long as Keel's virtio-blk: {} vs {}",
+                row.guest,
+                row.keel
+            );
+        }
+        let section = markdown(&rows, 1, "tcg");
+        assert!(section.contains("cargo xtask bench guest-disk --runs 1 --record"));
+        assert!(section.contains("0.250×"), "{section}");
+    }
+}
