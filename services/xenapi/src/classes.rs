@@ -374,8 +374,9 @@ pub(crate) fn create_singletons(
             ("sched_policy", Value::str("credit")),
             ("edition", Value::str("free")),
             (
+                // What VM.start accepts in PV_bootloader besides "" (docs/guests.md, pygrub).
                 "supported_bootloaders",
-                Value::string_array(["pygrub", "eliloader"]),
+                Value::string_array(["pygrub"]),
             ),
         ],
         now,
