@@ -7,9 +7,10 @@
 //! and sends bad requests one at a time — grant references never granted, unused, granted to
 //! another domain or revoked, `first_sect > last_sect`, `last_sect > 7`, too many segments,
 //! no segments, sectors past the VDI's end (and an overflowing sector), an unknown op, an
-//! indirect page never granted — then moves the producer index far ahead of the ring. A
-//! well-behaved guest (the `disk` action: a marker and 4 MiB written with fsync and read back)
-//! runs beside it, and once more after it.
+//! indirect page never granted — repeats them for a while, then moves the producer index far
+//! ahead of the ring. A well-behaved guest (the `disk` action: a marker and 4 MiB written
+//! with fsync and read back) does its disk work while the repeats run, and once more after a
+//! reboot.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
@@ -23,7 +24,7 @@ use keel_tests::Pattern;
 const HOSTILE_VM_SCRIPT: &str = r#"
 import sys, socket, XenAPI
 socket.setdefaulttimeout(600)
-url, password, port, initrd = sys.argv[1:5]
+url, password, port, initrd, seconds = sys.argv[1:6]
 s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-hostile")
 x = s.xenapi
@@ -31,7 +32,8 @@ k = x.VDI.get_uuid(x.VDI.get_by_name_label("guest kernel")[0])
 r = upload_image(x, s._session, port, initrd, "hostile initramfs")
 template = [ref for ref, rec in x.VM.get_all_records().items()
             if rec["is_a_template"] and rec["name_label"] == "Keel Linux PVH (direct boot)"]
-vm = guest_vm(x, template[0], "hostile-1", k, r, "console=hvc0 quiet loglevel=4 keel_guest=hostile")
+vm = guest_vm(x, template[0], "hostile-1", k, r,
+              "console=hvc0 quiet loglevel=4 keel_guest=hostile keel_hostile_seconds=" + seconds)
 print("vm", vm, flush=True)
 "#;
 
@@ -46,6 +48,11 @@ x = s.xenapi
 vms = [r for r in x.VM.get_all_records().values() if not r["is_a_template"]]
 print("alive", len(x.SR.get_all()), "SRs", len(vms), "VMs", flush=True)
 "#;
+
+/// How long the hostile guest keeps repeating its bad requests after the first round: long
+/// enough for the well-behaved guest, started once the hostile one is connected, to boot and
+/// do its disk work meanwhile.
+const REPEAT_SECONDS: &str = "200";
 
 /// The cases the program sends, each of which must be refused.
 const BAD_CASES: &[&str] = &[
@@ -94,6 +101,15 @@ fn disk_works(host: &Host, domid: &str, before: &str) -> String {
     wrote
 }
 
+/// The seconds since Keel's boot that a line of its log starts with (`[   65.8] ...`).
+fn timestamp(line: &str) -> f64 {
+    line.trim_start()
+        .strip_prefix('[')
+        .and_then(|l| l.split(']').next())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no timestamp: {line}"))
+}
+
 fn alive(host: &Host) {
     let out =
         run_script(ALIVE_SCRIPT, &[&host.url, &host.password]).unwrap_or_else(|e| panic!("{e}"));
@@ -110,7 +126,13 @@ fn a_hostile_frontend_in_a_guest_harms_nobody() {
     let port = host.url.rsplit(':').next().unwrap_or_default().to_string();
     let out = run_script(
         &format!("{}\n{HOSTILE_VM_SCRIPT}", guest::GUEST_VM_PY),
-        &[&host.url, &host.password, &port, path(&initrd)],
+        &[
+            &host.url,
+            &host.password,
+            &port,
+            path(&initrd),
+            REPEAT_SECONDS,
+        ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let hostile = out
@@ -121,18 +143,43 @@ fn a_hostile_frontend_in_a_guest_harms_nobody() {
     give_disk(&host, &good);
     give_disk(&host, &hostile);
 
-    // The well-behaved guest first, so that the hostile one (the next domain id) grants its
-    // "foreign" page to it; both boot and work at the same time.
-    let good_started = host
-        .call("start", &good, &[])
-        .unwrap_or_else(|e| panic!("{e}"));
+    // The hostile guest first; once it is connected and repeating its bad requests, the
+    // well-behaved one boots and does its disk work. The hostile one is the first domain,
+    // so the page it grants to "another domain" (its domid + 1) is granted to the other guest.
     let bad_started = host
         .call("start", &hostile, &[])
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(bad_started.power, "Running");
+    let prefix = format!("guest d{}: keel-hostile: ", bad_started.domid);
+    let repeating = host
+        .machine
+        .wait_for(
+            Pattern::contains(format!("{prefix}repeating")),
+            GUEST_BOOT_DEADLINE,
+        )
+        .unwrap_or_else(|e| {
+            let seen: Vec<String> = host
+                .machine
+                .serial_lines()
+                .into_iter()
+                .filter(|l| l.contains(&prefix))
+                .collect();
+            panic!("the hostile frontend did not get going: {e}: {seen:#?}")
+        });
+    let good_started = host
+        .call("start", &good, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let good_line_at = timestamp(
+        &host
+            .machine
+            .wait_for(
+                Pattern::contains(format!("guest d{}: keel-guest: disk ", good_started.domid)),
+                GUEST_BOOT_DEADLINE,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
     let marker = disk_works(&host, &good_started.domid, "");
 
-    let prefix = format!("guest d{}: keel-hostile: ", bad_started.domid);
     let finished = host.machine.wait_for(
         Pattern::contains(format!("{prefix}done")),
         GUEST_BOOT_DEADLINE,
@@ -180,6 +227,16 @@ fn a_hostile_frontend_in_a_guest_harms_nobody() {
         status(&case("unknown-op")),
         -2,
         "EOPNOTSUPP for an unknown op"
+    );
+    // The repeats ran while the well-behaved guest did its disk work, and every answer was
+    // again what the first round demands.
+    let repeats = case("repeats");
+    assert!(repeats.contains(" unexpected=0"), "{repeats}");
+    assert!(!repeats.contains(" rounds=0 "), "{repeats}");
+    assert!(
+        timestamp(&repeating) < good_line_at && good_line_at < timestamp(&repeats),
+        "the well-behaved guest's disk work ({good_line_at} s) fell within the hostile \
+         guest's repeats: {repeating} .. {repeats}"
     );
     // The runaway index: the backend disconnects (Closing or Closed) with a reason.
     let runaway = case("runaway-producer");
