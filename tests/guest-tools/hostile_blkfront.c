@@ -340,6 +340,45 @@ static void run_cases(void)
     exchange("control-read-after", put_request(OP_READ, 1, 0, &ok, 1));
 }
 
+/* A full ring at once: good reads and never-granted reads alternating, published together
+ * with one notification; every answer is checked by id (good 0, bad -1). Returns how many were
+ * not. */
+static unsigned long flood(void)
+{
+    struct seg ok = { data_ref, 0, 7 }, bad = { 0x7ff0, 0, 7 };
+    uint64_t first = next_id;
+    unsigned long wrong = 0, got = 0;
+    for (int i = 0; i < RING_SIZE; i++) {
+        put_request(OP_READ, 1, (uint64_t)i * 8, i % 2 ? &bad : &ok, 1);
+        req_prod++;
+    }
+    __sync_synchronize();
+    ring->req_prod = req_prod;
+    __sync_synchronize();
+    notify();
+    double end = now() + 30;
+    while (got < RING_SIZE && now() < end) {
+        __sync_synchronize();
+        if (ring->rsp_prod == rsp_cons) {
+            usleep(1000);
+            continue;
+        }
+        uint8_t *r = slot(rsp_cons);
+        uint64_t rid;
+        int16_t status;
+        memcpy(&rid, r, 8);
+        memcpy(&status, r + 10, 2);
+        rsp_cons++;
+        ring->rsp_event = rsp_cons + 1;
+        got++;
+        int good = rid >= first && rid < first + RING_SIZE && (rid - first) % 2 == 0;
+        int bad_one = rid >= first && rid < first + RING_SIZE && (rid - first) % 2 == 1;
+        if (!(good && status == 0) && !(bad_one && status == -1))
+            wrong++;
+    }
+    return wrong + (RING_SIZE - got);
+}
+
 /* `keel_hostile_seconds=N` on the kernel command line: how long to keep repeating the cases
  * (while another guest works beside this one) before the runaway index; 0 if absent. */
 static long repeat_seconds(void)
@@ -446,16 +485,19 @@ int main(void)
     if (seconds > 0) {
         /* A steady trickle of the same bad requests while another guest works. */
         verbose = 0;
-        unsigned long rounds = 0, first = requests, was = unexpected;
+        unsigned long rounds = 0, first = requests, was = unexpected, flood_wrong = 0;
         double end = now() + (double)seconds;
         say("repeating the cases for %ld s", seconds);
         while (now() < end) {
             run_cases();
+            flood_wrong += flood();
             rounds++;
             usleep(200 * 1000);
         }
         say("case repeats rounds=%lu requests=%lu unexpected=%lu", rounds, requests - first,
             unexpected - was);
+        say("case floods rounds=%lu requests=%lu unexpected=%lu", rounds,
+            rounds * RING_SIZE, flood_wrong);
     }
     struct seg ok = { data_ref, 0, 7 };
 
