@@ -236,12 +236,7 @@ pub static VM: ClassDecl = ClassDecl {
         )
         .asyncable()
         .optional_tail(1),
-        msg(
-            "revert",
-            &[param("snapshot", VM_REF)],
-            vm_disks::revert,
-        )
-        .asyncable(),
+        msg("revert", &[param("snapshot", VM_REF)], vm_disks::revert).asyncable(),
         msg("provision", &[param("vm", VM_REF)], vm::provision).asyncable(),
         msg(
             "start",
