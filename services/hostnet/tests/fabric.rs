@@ -92,10 +92,16 @@ fn uplink_local_and_vif_exchange_frames_with_tags() {
     assert!(matches!(v, Verdict::Flooded | Verdict::Unicast), "{v:?}");
     let out = take(&mut fabric, eth0).unwrap();
     assert_eq!(out, tagged(OUTSIDE, GUEST, 10, 68));
-    assert!(!fabric.take_guest_frames(), "a frame for the uplink wakes no guest");
+    assert!(
+        !fabric.take_guest_frames(),
+        "a frame for the uplink wakes no guest"
+    );
     // The answer comes back tagged and reaches the guest untagged, not the stack.
     fabric.ingress(4, eth0, &tagged(GUEST, OUTSIDE, 10, 68));
-    assert!(fabric.take_guest_frames(), "a frame queued for a VIF is told once");
+    assert!(
+        fabric.take_guest_frames(),
+        "a frame queued for a VIF is told once"
+    );
     assert!(!fabric.take_guest_frames());
     assert_eq!(take(&mut fabric, guest).unwrap(), frame(GUEST, OUTSIDE, 64));
     assert_eq!(stack.receive(&mut buf).unwrap(), None);
