@@ -159,23 +159,27 @@ fn lifecycle(name: &str) -> Result<(), HarnessError> {
     assert_eq!(crashed.power, "Halted");
 
     // A kernel that is not a kernel is refused, and leaves nothing behind.
-    host.call("set-PV_kernel", broken, &[&ramdisk_of(&host, broken)?])?;
+    let before_refused = host.call("set-PV_kernel", broken, &[&ramdisk_of(&host, broken)?])?;
     let refused = host.call("start-refused", broken, &[])?;
     assert_eq!(refused.refused.as_deref(), Some("BOOTLOADER_FAILED"));
     assert_eq!(refused.power, "Halted");
 
-    // dom0's own structures (event channels, grant maps) still grow by a page or a few tens
-    // of pages at varying moments (seen: 16 KiB and 164 KiB after the poweroff guest), so a
+    // Xen's free memory moves by a few tens of pages at varying moments: dom0's own
+    // structures (event channels, grant maps) grow on first use, and part of a destroyed
+    // domain's memory comes back a moment after the destroy (seen: 16 KiB and 164 KiB). So a
     // later guest is held to a quarter of a MiB of the steady value (a guest's own memory is
-    // 128 MiB), and a refused build to exactly what it found.
+    // 128 MiB), and a refused build must not take any: free memory after it is at least what
+    // it was just before (only a late free can add to it).
     assert!(
         steady.saturating_sub(crashed.free_bytes) < MIB / 4,
         "Xen's free memory after a guest that crashed: {steady} -> {}",
         crashed.free_bytes
     );
-    assert_eq!(
-        refused.free_bytes, crashed.free_bytes,
-        "Xen's free memory after a kernel that was refused"
+    assert!(
+        refused.free_bytes >= before_refused.free_bytes,
+        "Xen's free memory after a kernel that was refused: {} -> {}",
+        before_refused.free_bytes,
+        refused.free_bytes
     );
     Ok(())
 }
