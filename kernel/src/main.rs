@@ -37,6 +37,8 @@ mod memory;
 #[cfg(target_os = "none")]
 mod metering;
 #[cfg(target_os = "none")]
+mod mmio;
+#[cfg(target_os = "none")]
 mod net;
 #[cfg(target_os = "none")]
 mod pci;

@@ -61,6 +61,14 @@ pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
+/// Busy-waits `us` microseconds (drivers' short register delays; the executor is held).
+pub fn spin_us(us: u32) {
+    let end = since_entry_ns() + u64::from(us) * 1000;
+    while since_entry_ns() < end {
+        core::hint::spin_loop();
+    }
+}
+
 /// Nanoseconds since kernel entry (0 until a source is set up).
 pub fn since_entry_ns() -> u64 {
     match SOURCE.load(Ordering::Acquire) {

@@ -10,48 +10,22 @@ use keel_e1000::{DmaRegion, Hal, Model, Options, Registers, E1000};
 use keel_pci::{reg, Bar, DeviceKind, Function};
 
 use crate::memory;
+use crate::mmio::RegisterWindow;
 use crate::pci::PciConfig;
 use crate::time;
 
 pub type IntelNic = E1000<Mmio, FrameDma>;
 
 /// BAR0 of the NIC.
-pub struct Mmio {
-    base: NonNull<u8>,
-    len: usize,
-}
+pub type Mmio = RegisterWindow;
 
-impl Mmio {
-    fn map(base: u64, len: u64) -> Result<Self, memory::MapError> {
-        let ptr = memory::map_mmio(base, len)?;
-        Ok(Mmio {
-            base: ptr,
-            len: len as usize,
-        })
-    }
-
-    /// The register at `offset`, if it is inside the window and aligned.
-    fn register(&self, offset: usize) -> Option<*mut u32> {
-        (offset.is_multiple_of(4) && offset + 4 <= self.len)
-            // SAFETY: inside the mapped window.
-            .then(|| unsafe { self.base.as_ptr().add(offset) }.cast::<u32>())
-    }
-}
-
-impl Registers for Mmio {
+impl Registers for RegisterWindow {
     fn read32(&self, offset: usize) -> u32 {
-        match self.register(offset) {
-            // SAFETY: a mapped, uncached device register.
-            Some(r) => unsafe { core::ptr::read_volatile(r) },
-            None => u32::MAX,
-        }
+        RegisterWindow::read32(self, offset)
     }
 
     fn write32(&mut self, offset: usize, value: u32) {
-        if let Some(r) = self.register(offset) {
-            // SAFETY: as above.
-            unsafe { core::ptr::write_volatile(r, value) }
-        }
+        RegisterWindow::write32(self, offset, value);
     }
 }
 
@@ -75,10 +49,7 @@ unsafe impl Hal for FrameDma {
     }
 
     fn delay_us(&mut self, us: u32) {
-        let end = time::since_entry_ns() + u64::from(us) * 1000;
-        while time::since_entry_ns() < end {
-            core::hint::spin_loop();
-        }
+        time::spin_us(us);
     }
 }
 
