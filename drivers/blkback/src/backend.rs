@@ -169,6 +169,8 @@ pub struct Env<'a, H: ?Sized, F> {
     pub grants: &'a mut dyn GrantIo,
     /// The disk (a VDI through the storage service).
     pub target: &'a mut dyn BlockTarget,
+    /// Monotonic time of the call in microseconds: requests' latencies ([`Stats`]).
+    pub now_us: u64,
 }
 
 /// One virtual block device.
@@ -479,6 +481,7 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
         let mut svc = Services {
             grants,
             target: &mut *env.target,
+            now_us: env.now_us,
         };
         let mut notify = |port: Port| {
             // A failed send is a channel the frontend closed; it sees the responses

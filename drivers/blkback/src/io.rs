@@ -142,6 +142,8 @@ struct Pending {
     /// For reads: where the data goes.
     read_spans: Vec<GrantSpan>,
     bytes: usize,
+    /// When it was taken from its ring ([`Services::now_us`]), for its latency.
+    taken_us: u64,
 }
 
 /// What one call did.
@@ -158,14 +160,21 @@ pub struct Progress {
     pub more: bool,
 }
 
-/// What a device has done, for `VBD_metrics` and logs (successful requests; failures are
-/// counted by status).
+/// What a device has done, for metering (`vbd_<dev>_*` data sources, `VBD_metrics`) and
+/// logs (successful requests; failures are counted by status). Cumulative since the
+/// device was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
     pub reads: u64,
     pub read_bytes: u64,
+    /// Σ over successful reads of the time from taking the request off its ring to
+    /// answering it, in microseconds (by [`Services::now_us`]; xcp-rrdd's
+    /// `vbd_<dev>_read_latency` is this over `reads`, per interval).
+    pub read_latency_us: u64,
     pub writes: u64,
     pub write_bytes: u64,
+    /// The same for successful writes (flushes, barriers and discards not included).
+    pub write_latency_us: u64,
     /// Flushes and barriers (their data, if any, counts as written bytes).
     pub flushes: u64,
     pub discards: u64,
@@ -176,7 +185,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn count(&mut self, op: u8, status: Status, bytes: usize) {
+    fn count(&mut self, op: u8, status: Status, bytes: usize, latency_us: u64) {
         let bytes = bytes as u64;
         match status {
             Status::Error => self.errors += 1,
@@ -185,10 +194,12 @@ impl Stats {
                 op::READ => {
                     self.reads += 1;
                     self.read_bytes += bytes;
+                    self.read_latency_us = self.read_latency_us.saturating_add(latency_us);
                 }
                 op::WRITE => {
                     self.writes += 1;
                     self.write_bytes += bytes;
+                    self.write_latency_us = self.write_latency_us.saturating_add(latency_us);
                 }
                 op::DISCARD => self.discards += 1,
                 _ => {
@@ -225,6 +236,8 @@ pub struct Io {
 pub struct Services<'a> {
     pub grants: &'a mut dyn GrantIo,
     pub target: &'a mut dyn BlockTarget,
+    /// Monotonic time of the call in microseconds (requests' latencies are measured by it).
+    pub now_us: u64,
 }
 
 fn fill_buffer(bytes: usize) -> Option<Vec<u8>> {
@@ -361,11 +374,13 @@ impl Io {
         queues: &mut [Queue<P>],
         tag: Tag,
         status: Status,
+        now_us: u64,
         progress: &mut Progress,
     ) {
         if let Some(p) = self.remove(tag) {
             if p.queue.is_some() {
-                self.stats.count(p.op, status, p.bytes);
+                let latency_us = now_us.saturating_sub(p.taken_us);
+                self.stats.count(p.op, status, p.bytes, latency_us);
             }
             Self::answer(queues, p.queue, p.id, p.op, status, progress);
         }
@@ -413,7 +428,7 @@ impl Io {
                 Err(IoError::Failed) => Status::Error,
                 Err(IoError::NotSupported) => Status::NotSupported,
             };
-            self.finish(queues, tag, status, progress);
+            self.finish(queues, tag, status, svc.now_us, progress);
         }
         progress.more = true;
     }
@@ -545,11 +560,11 @@ impl Io {
             let (id, op) = (request.id(), request.response_op());
             match self.prepare(&request, svc) {
                 Err(status) => {
-                    self.stats.count(op, status, 0);
+                    self.stats.count(op, status, 0, 0);
                     Self::answer(queues, Some(index), id, op, status, progress);
                 }
                 Ok(None) => {
-                    self.stats.count(op, Status::Okay, 0);
+                    self.stats.count(op, Status::Okay, 0, 0);
                     Self::answer(queues, Some(index), id, op, Status::Okay, progress);
                 }
                 Ok(Some(prep)) => {
@@ -572,6 +587,7 @@ impl Io {
                             },
                             read_spans: prep.read_spans,
                             bytes: prep.bytes,
+                            taken_us: svc.now_us,
                         },
                     );
                     self.waiting.push_back(tag);

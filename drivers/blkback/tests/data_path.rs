@@ -617,3 +617,47 @@ fn random_mixes_keep_flush_and_barrier_promises() {
         assert_eq!(dev.in_flight(), 0);
     }
 }
+
+#[test]
+fn latency_is_the_time_from_the_ring_to_the_answer_summed_per_direction() {
+    let mut w = World::new(256);
+    let mut dev = device();
+    let fe = w.connected(&mut dev);
+    w.data_page(1000, false);
+    w.data_page(1001, false);
+    w.now_us = 1_000;
+    // Taken at 1 ms, held by the disk, answered at 4.5 ms: 3.5 ms.
+    w.target.order = Order::Stalled;
+    fe.push_request(&write(1, 0, &[seg(1000, 0, 7)]));
+    w.settle(&mut dev);
+    assert!(fe.take_responses().is_empty());
+    w.now_us = 4_500;
+    w.target.order = Order::Fifo;
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses(), [(1, op::WRITE, 0)]);
+    // A read taken at 10 ms and answered at 10.25 ms, one taken then and answered at
+    // 12.25 ms: 0.25 + 2 ms.
+    w.now_us = 10_000;
+    w.target.order = Order::Stalled;
+    fe.push_request(&read(2, 0, &[seg(1000, 0, 7)]));
+    w.settle(&mut dev);
+    w.now_us = 10_250;
+    w.target.order = Order::Fifo;
+    w.settle(&mut dev);
+    w.target.order = Order::Stalled;
+    fe.push_request(&read(3, 8, &[seg(1001, 0, 7)]));
+    w.settle(&mut dev);
+    w.now_us = 12_250;
+    w.target.order = Order::Fifo;
+    w.settle(&mut dev);
+    assert_eq!(fe.take_responses(), [(2, op::READ, 0), (3, op::READ, 0)]);
+    // A refused request (past the end) and a flush add no latency.
+    fe.push_request(&write(4, 1 << 20, &[seg(1000, 0, 7)]));
+    fe.push_request(&flush(5));
+    w.now_us = 20_000;
+    w.settle(&mut dev);
+    let stats = dev.stats();
+    assert_eq!((stats.writes, stats.write_latency_us), (1, 3_500));
+    assert_eq!((stats.reads, stats.read_latency_us), (2, 2_250));
+    assert_eq!((stats.errors, stats.flushes), (1, 1));
+}

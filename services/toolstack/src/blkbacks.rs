@@ -56,6 +56,7 @@ impl<P, T: BlockTarget> Device<P, T> {
         store: &'a mut DeviceStore<'_>,
         frames: &'a mut F,
         grants: &'a mut dyn GrantIo,
+        now_us: u64,
     ) -> (&'a mut Blkback<P>, Env<'a, H, F>) {
         let env = Env {
             hv,
@@ -63,6 +64,7 @@ impl<P, T: BlockTarget> Device<P, T> {
             store,
             grants,
             target: &mut self.target,
+            now_us,
         };
         (&mut self.blkback, env)
     }
@@ -135,13 +137,15 @@ where
     }
 
     /// Serves every device: starts new ones, hands them their watch events, moves their
-    /// rings and completions, and drains stopped ones.
+    /// rings and completions, and drains stopped ones. `now_us` (monotonic) times the
+    /// requests for the devices' latency statistics.
     pub fn serve<H, F>(
         &mut self,
         hv: &H,
         xenstored: &mut Xenstored,
         frames: &mut F,
         grants: &mut dyn GrantIo,
+        now_us: u64,
     ) -> DisksServiced
     where
         H: Hypervisor + ?Sized,
@@ -163,7 +167,7 @@ where
                 .any(|t| *t == device.blkback.config().watch_token);
             let first = !core::mem::replace(&mut device.started, true);
             let mut store = DeviceStore { xenstored, client };
-            let (blkback, mut env) = device.lend(hv, &mut store, frames, grants);
+            let (blkback, mut env) = device.lend(hv, &mut store, frames, grants, now_us);
             if first {
                 match blkback.start(&mut env) {
                     Ok(progress) => out.more |= progress.more,
@@ -187,7 +191,7 @@ where
         self.draining.retain_mut(|device| {
             let mut store = DeviceStore { xenstored, client };
             let first = !core::mem::replace(&mut device.closed, true);
-            let (blkback, mut env) = device.lend(hv, &mut store, frames, grants);
+            let (blkback, mut env) = device.lend(hv, &mut store, frames, grants, now_us);
             if first {
                 blkback.close(&mut env);
             }

@@ -134,6 +134,7 @@ impl World {
             &mut self.xenstored,
             &mut self.frames,
             &mut grants,
+            0,
         )
     }
 }

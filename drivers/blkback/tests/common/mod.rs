@@ -25,6 +25,8 @@ pub struct World {
     pub store: MemStore,
     pub target: MemTarget,
     pub frames: FakeFrames,
+    /// The monotonic clock calls are made at (µs).
+    pub now_us: u64,
 }
 
 impl World {
@@ -36,6 +38,7 @@ impl World {
             front,
             store: MemStore::default(),
             target: MemTarget::disk(sectors),
+            now_us: 0,
         }
     }
 
@@ -150,6 +153,7 @@ pub fn with_env<R>(w: &mut World, f: impl FnOnce(&mut Env<'_, FakeXen, FakeFrame
         store: &mut w.store,
         grants: &mut grants,
         target: &mut w.target,
+        now_us: w.now_us,
     };
     f(&mut env)
 }

@@ -131,7 +131,8 @@ pub fn serve(disks: &SharedDisks, xenstored: &mut Xenstored) -> DisksServiced {
         hv: &XEN,
         local: IdentityMapped,
     };
+    let now_us = crate::time::since_entry_ns() / 1000;
     disks
         .borrow_mut()
-        .serve(&XEN, xenstored, &mut DiskFrames, &mut grants)
+        .serve(&XEN, xenstored, &mut DiskFrames, &mut grants, now_us)
 }
