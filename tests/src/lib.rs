@@ -33,6 +33,7 @@ pub mod paths;
 pub mod prereq;
 pub mod python;
 pub mod qemu;
+pub mod reference;
 pub mod triple_fault;
 pub mod xen;
 

@@ -57,7 +57,7 @@ fn find_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathBuf
 }
 
 /// Downloads and unpacks a Debian package (once); returns the unpack directory.
-fn unpack(package: &str) -> Result<PathBuf, HarnessError> {
+pub fn unpack(package: &str) -> Result<PathBuf, HarnessError> {
     let dir = linux_dir().join(package);
     if dir.join(".unpacked").exists() {
         return Ok(dir);
@@ -300,7 +300,7 @@ pub const NET_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
 pub const DISK_MODULES: &[&str] = &["virtio_blk", "nvme"];
 
 /// Every `.ko` under `dir`, by module name (`-` and `_` are the same to the kernel).
-fn module_index(dir: &Path, index: &mut std::collections::HashMap<String, PathBuf>) {
+pub fn module_index(dir: &Path, index: &mut std::collections::HashMap<String, PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -332,7 +332,7 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
 }
 
 /// `wanted` and everything they depend on, dependencies first.
-fn load_order(
+pub fn load_order(
     wanted: &[&str],
     index: &std::collections::HashMap<String, PathBuf>,
 ) -> Result<Vec<(String, Vec<u8>)>, HarnessError> {
