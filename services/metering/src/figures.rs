@@ -5,6 +5,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt::Write;
 
 /// The host's figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,4 +70,94 @@ pub struct VifFigures {
     /// Frames dropped or refused on each direction.
     pub rx_errors: u64,
     pub tx_errors: u64,
+}
+
+/// The name a guest gives the virtual block device `devid` (its xenstore `virtual-device`),
+/// as xapi names `vbd_<dev>_*` sources: Xen's vbd numbering (xen/include/public/io/
+/// blkif.h, docs/misc/vbd-interface.txt) — `xvd` (major 202: disk × 16 + partition, or
+/// the extended form `1 << 28 | disk << 8 | partition`), `sd` (major 8), `hd` (majors 3
+/// and 22); disks lettered as Linux does (`a`…`z`, `aa`…), a partition's number appended
+/// (`xvda1`). Anything else is the number itself, which is still a valid source name.
+pub fn vbd_device_name(devid: u32) -> String {
+    let (prefix, disk, partition) = if devid & (1 << 28) != 0 && devid >> 29 == 0 {
+        ("xvd", (devid >> 8) & 0xf_ffff, devid & 0xff)
+    } else {
+        match devid >> 8 {
+            202 => ("xvd", (devid >> 4) & 0xf, devid & 0xf),
+            8 => ("sd", (devid >> 4) & 0xf, devid & 0xf),
+            3 => ("hd", (devid >> 6) & 1, devid & 0x3f),
+            22 => ("hd", 2 + ((devid >> 6) & 1), devid & 0x3f),
+            _ => return alloc::format!("{devid}"),
+        }
+    };
+    let mut letters = [0u8; 5];
+    let mut at = letters.len();
+    let mut n = disk;
+    loop {
+        at -= 1;
+        letters[at] = b'a' + (n % 26) as u8;
+        if n < 26 || at == 0 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    let mut name = String::from(prefix);
+    name.extend(letters[at..].iter().map(|&b| char::from(b)));
+    if partition != 0 {
+        let _ = write!(name, "{partition}");
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{vm_sources, VmShape};
+
+    #[test]
+    fn vbd_names_follow_xens_numbering() {
+        let cases = [
+            (202 << 8, "xvda"),
+            (51712, "xvda"),
+            (51728, "xvdb"),
+            ((202 << 8) | (15 << 4), "xvdp"),
+            ((202 << 8) | 1, "xvda1"),
+            ((1 << 28) | (16 << 8), "xvdq"),
+            ((1 << 28) | (25 << 8), "xvdz"),
+            ((1 << 28) | (26 << 8), "xvdaa"),
+            ((1 << 28) | (701 << 8) | 3, "xvdzz3"),
+            ((1 << 28) | (702 << 8), "xvdaaa"),
+            ((1 << 28) | (0xf_ffff << 8) | 0xff, "xvdbgqcv255"),
+            ((8 << 8) | (2 << 4), "sdc"),
+            (3 << 8, "hda"),
+            ((3 << 8) | (1 << 6) | 2, "hdb2"),
+            (22 << 8, "hdc"),
+            ((22 << 8) | (1 << 6), "hdd"),
+            (768 + 0x100_0000, "16777984"),
+            (7, "7"),
+        ];
+        for (devid, name) in cases {
+            assert_eq!(vbd_device_name(devid), name, "devid {devid:#x}");
+        }
+    }
+
+    #[test]
+    fn every_vbd_name_is_a_valid_source_name() {
+        let devids = [
+            0,
+            51712,
+            0x1fff_ffff,
+            (1 << 28) | (0xf_ffff << 8) | 0xff,
+            u32::MAX,
+        ];
+        for devid in devids {
+            let name = vbd_device_name(devid);
+            let shape = VmShape {
+                vcpus: 1,
+                vbds: alloc::vec![name.clone()],
+                vifs: Vec::new(),
+            };
+            assert!(vm_sources(&shape).is_ok(), "{devid:#x}: {name}");
+        }
+    }
 }

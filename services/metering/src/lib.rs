@@ -53,4 +53,7 @@ pub use usage::{
     AckReport, OpenReport, Usage, UsageConfig, UsageError, VmUsageSample, MAX_PERIOD_S,
 };
 pub use usage_query::{UsageParamError, UsageQuery};
-pub use volume_store::{JournalVolume, VolumeStore, VolumeStoreError, VOLUME_BLOCK};
+pub use volume_store::{
+    is_metering_volume, JournalVolume, VolumeStore, VolumeStoreError, RRD_VOLUME_NAME,
+    USAGE_VOLUME_NAME, VOLUME_BLOCK,
+};

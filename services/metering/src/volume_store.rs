@@ -19,6 +19,19 @@ use alloc::vec::Vec;
 
 use crate::store::UsageStore;
 
+/// The usage journal's VDI.
+pub const USAGE_VOLUME_NAME: &str = "keel-usage-journal";
+/// The RRD snapshot's VDI.
+pub const RRD_VOLUME_NAME: &str = "keel-rrd-archive";
+
+/// Whether a VDI named `name` is one of the metering's volumes. The kernel finds them by
+/// name, so they are reserved as the host database's is: the storage backend lists none,
+/// answers `VdiNotFound` for them and refuses the names for clients' VDIs (a client's VDI
+/// of that name would be taken for the journal, or make it ambiguous).
+pub fn is_metering_volume(name: &str) -> bool {
+    name == USAGE_VOLUME_NAME || name == RRD_VOLUME_NAME
+}
+
 /// Block size of the volume.
 pub const VOLUME_BLOCK: usize = 4096;
 const MAGIC: [u8; 8] = *b"KEELJRN\0";

@@ -2,7 +2,9 @@
 //!
 //! The host database's VDI (keel-hostdb, docs/hostdb.md) does not exist for clients: it is
 //! never listed, every operation naming it answers `VdiNotFound`, and its reserved name is
-//! refused for every VDI a client names, so no second candidate can appear.
+//! refused for every VDI a client names, so no second candidate can appear. The metering's
+//! VDIs (`keel-usage-journal`, `keel-rrd-archive`; docs/metering.md) are reserved the same
+//! way.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -11,6 +13,7 @@ use alloc::vec::Vec;
 use keel_block::BlockDevice;
 use keel_hostdb::{is_host_database, VDI_NAME};
 use keel_storage::{Sr, SrError, Uuid, VdiInfo};
+use keel_xenapi::keel_metering::is_metering_volume;
 use keel_xenapi::{SrFacts, StorageBackend, StorageError, VdiFacts};
 
 /// One attached SR and the disk under it.
@@ -140,19 +143,26 @@ fn vdi_uuid(vdi: &str) -> Result<Uuid, StorageError> {
     parse_uuid(vdi).ok_or_else(|| StorageError::VdiNotFound(vdi.to_string()))
 }
 
-/// The VDI a client names: not found if it is the host database. (A VDI that does not exist
-/// is left to the operation, which says so.)
+/// A VDI Keel keeps for itself: the host database's, the metering's (found by name as
+/// the host database's is: writable, not a snapshot).
+fn is_reserved(info: &VdiInfo) -> bool {
+    is_host_database(info)
+        || (is_metering_volume(&info.name) && !info.read_only && !info.is_snapshot)
+}
+
+/// The VDI a client names: not found if it is one Keel keeps for itself. (A VDI that does
+/// not exist is left to the operation, which says so.)
 fn client_vdi<D: BlockDevice>(sr: &Sr<D>, vdi: &str) -> Result<Uuid, StorageError> {
     let uuid = vdi_uuid(vdi)?;
     match sr.vdi_info(uuid) {
-        Ok(info) if is_host_database(&info) => Err(StorageError::VdiNotFound(vdi.to_string())),
+        Ok(info) if is_reserved(&info) => Err(StorageError::VdiNotFound(vdi.to_string())),
         _ => Ok(uuid),
     }
 }
 
-/// A name a client may give a VDI: anything but the host database's.
+/// A name a client may give a VDI: anything but a reserved VDI's.
 fn client_name(name: &str) -> Result<&str, StorageError> {
-    if name == VDI_NAME {
+    if name == VDI_NAME || is_metering_volume(name) {
         return Err(StorageError::InvalidName);
     }
     Ok(name)
@@ -189,7 +199,7 @@ impl<D: BlockDevice> StorageBackend for Repositories<D> {
             .sr
             .list_vdis()
             .into_iter()
-            .filter(|info| !is_host_database(info))
+            .filter(|info| !is_reserved(info))
             .map(vdi_facts)
             .collect())
     }
