@@ -223,7 +223,7 @@ mod kernel {
         } else {
             None
         };
-        let metering = crate::metering::start(&handle, repositories.clone());
+        let metering = crate::metering::start(&handle, repositories.clone(), guests.as_ref());
         let bench_disks = storage.map(|s| s.disks).unwrap_or_default();
         let services: Vec<Signal> = [
             net::start(

@@ -8,8 +8,9 @@
 //! (`XEN_SYSCTL_getcpuinfo`); host memory from physinfo; per domain, each vCPU's running time
 //! (`XEN_DOMCTL_getvcpuinfo`) and `tot_pages` (`getdomaininfo`), the target from the VM
 //! record. Dom0's `memory` is Keel's heap in use (its target: the pages Xen gave dom0).
-//! Disk and network figures come from a [`DeviceCounters`] the backends' wiring installs
-//! ([`MeteringService::set_devices`]); until one is, VMs have no VBD/VIF sources.
+//! Disk and network figures come from a [`DeviceCounters`] ([`MeteringService::set_devices`]):
+//! under Xen, [`GuestDevices`] reads blkback's per-device statistics and the VDIs' sizes,
+//! netback's per-VIF counters and the switch's uplink counters (the PIFs).
 //!
 //! The meters are made at the first [`MeteringService::sync`] (they need the host's uuid,
 //! which the XenAPI holds); the RRD snapshot is read back then and saved every 5 minutes.
@@ -22,12 +23,17 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 
 use keel_executor::Handle;
+use keel_hostnet::netbacks::SharedNetbacks;
 use keel_management::{MeteringAccess, Meters};
 use keel_xen::{domctl, sysctl};
-use keel_xenapi::keel_metering::figures::{HostFigures, VbdFigures, VifFigures, VmFigures};
+use keel_xenapi::keel_metering::figures::{
+    vbd_device_name, HostFigures, PifFigures, VbdFigures, VifFigures, VmFigures,
+};
 use keel_xenapi::keel_metering::{Metering, Usage, UsageConfig, UsageStore, VmUsageSample};
 use keel_xenapi::{MeteredVm, MeteringView, Timestamp, XenApi};
 
+use crate::platform::xen::disks::SharedDisks;
+use crate::platform::xen::guests::GuestService;
 use crate::platform::xen::hypercall::Xen;
 use crate::storage::usage::{self as store, Backing};
 use crate::storage::SharedRepositories;
@@ -40,13 +46,94 @@ const SAVE_EVERY: u64 = 60;
 const SYNC_NS: u64 = 2_000_000_000;
 const PAGE: u64 = 4096;
 
-/// Where blkback's and netback's per-device counters come in: the backends' wiring
-/// implements it and installs it with [`MeteringService::set_devices`].
+/// Where blkback's and netback's per-device counters and the physical interfaces' come in:
+/// installed with [`MeteringService::set_devices`].
 pub trait DeviceCounters {
     /// The VBDs of domain `domid` (device name as the guest sees it, `xvda`).
     fn vbds(&self, domid: u16) -> Vec<VbdFigures>;
     /// The VIFs of domain `domid` (by device index).
     fn vifs(&self, domid: u16) -> Vec<VifFigures>;
+    /// The host's physical interfaces (`eth0`).
+    fn pifs(&self) -> Vec<PifFigures>;
+}
+
+/// The guests' devices as the guest task serves them: blkback's [`keel_blkback::Stats`]
+/// per VBD with its VDI's sizes, netback's [`keel_netback::VifCounters`] per VIF, and the
+/// switch's counters of the NIC uplinks (the PIFs). A device counts from when it was
+/// started; one stopped is gone (its last few seconds since the previous sample with it).
+pub struct GuestDevices {
+    disks: SharedDisks,
+    netbacks: Option<SharedNetbacks>,
+}
+
+impl GuestDevices {
+    pub fn new(guests: &GuestService) -> GuestDevices {
+        GuestDevices {
+            disks: guests.disks.clone(),
+            netbacks: guests.vifs.as_ref().map(|v| v.netbacks().clone()),
+        }
+    }
+}
+
+impl DeviceCounters for GuestDevices {
+    fn vbds(&self, domid: u16) -> Vec<VbdFigures> {
+        let disks = self.disks.borrow();
+        let sized = disks.targets().disks_of(domid);
+        sized
+            .into_iter()
+            .filter_map(|(devid, provisioned_bytes, used_bytes)| {
+                let stats = disks.device(domid, devid)?.stats();
+                Some(VbdFigures {
+                    device: vbd_device_name(devid),
+                    read_bytes: stats.read_bytes,
+                    write_bytes: stats.write_bytes,
+                    read_requests: stats.reads,
+                    write_requests: stats.writes,
+                    read_latency_total_us: stats.read_latency_us,
+                    write_latency_total_us: stats.write_latency_us,
+                    provisioned_bytes,
+                    used_bytes,
+                })
+            })
+            .collect()
+    }
+
+    fn vifs(&self, domid: u16) -> Vec<VifFigures> {
+        let Some(netbacks) = &self.netbacks else {
+            return Vec::new();
+        };
+        netbacks
+            .borrow()
+            .vif_counters()
+            .filter(|((d, _), _)| *d == domid)
+            .map(|((_, index), c)| VifFigures {
+                index,
+                // rx is what the guest received (xapi's VIF direction).
+                rx_bytes: c.to_guest_bytes,
+                tx_bytes: c.from_guest_bytes,
+                rx_errors: c.to_guest_dropped.saturating_add(c.to_guest_errors),
+                tx_errors: c.from_guest_dropped.saturating_add(c.from_guest_errors),
+            })
+            .collect()
+    }
+
+    fn pifs(&self) -> Vec<PifFigures> {
+        let Some(netbacks) = &self.netbacks else {
+            return Vec::new();
+        };
+        // The switch's counters of the uplink port: rx is what came in from the wire.
+        netbacks
+            .borrow()
+            .counters()
+            .pifs
+            .into_iter()
+            .map(|(device, c)| PifFigures {
+                device,
+                rx_bytes: c.rx_bytes,
+                tx_bytes: c.tx_bytes,
+            })
+            .collect()
+    }
 }
 
 type SharedMeters = Rc<RefCell<Option<Meters<Backing>>>>;
@@ -71,8 +158,13 @@ pub struct MeteringService {
     archive: Rc<RefCell<Option<Backing>>>,
 }
 
-/// Makes the service and, under Xen, spawns the sampling task.
-pub fn start(handle: &Handle, storage: Option<SharedRepositories>) -> MeteringService {
+/// Makes the service and, under Xen, spawns the sampling task; the guests' devices are
+/// metered from `guests`.
+pub fn start(
+    handle: &Handle,
+    storage: Option<SharedRepositories>,
+    guests: Option<&GuestService>,
+) -> MeteringService {
     let service = MeteringService {
         meters: Rc::new(RefCell::new(None)),
         plan: Rc::new(RefCell::new(Plan::default())),
@@ -80,6 +172,9 @@ pub fn start(handle: &Handle, storage: Option<SharedRepositories>) -> MeteringSe
         storage,
         archive: Rc::new(RefCell::new(None)),
     };
+    if let Some(guests) = guests {
+        service.set_devices(Box::new(GuestDevices::new(guests)));
+    }
     if crate::platform::is_xen() {
         handle.spawn(sample_forever(handle.clone(), service.clone()));
     }
@@ -97,11 +192,7 @@ impl MeteringService {
         Box::new(self.meters.clone())
     }
 
-    /// Installs the backends' counters.
-    #[allow(
-        dead_code,
-        reason = "the blkback/netback wiring (in progress) installs its counters"
-    )]
+    /// Installs the devices' counters.
     pub fn set_devices(&self, devices: Box<dyn DeviceCounters>) {
         *self.devices.borrow_mut() = Some(devices);
     }
@@ -213,10 +304,10 @@ impl MeteringService {
     fn sample(&self, boot_ms: u64) {
         let now_ms = rtc::now().unix_ms;
         let vms = self.plan.borrow().vms.clone();
-        let Some(host) = host_figures() else {
+        let devices = self.devices.borrow();
+        let Some(host) = host_figures(devices.as_deref()) else {
             return;
         };
-        let devices = self.devices.borrow();
         let figures: Vec<VmFigures> = vms
             .iter()
             .filter_map(|vm| vm_figures(vm, boot_ms, devices.as_deref()))
@@ -292,7 +383,7 @@ async fn sample_forever(handle: Handle, service: MeteringService) {
     }
 }
 
-fn host_figures() -> Option<HostFigures> {
+fn host_figures(devices: Option<&dyn DeviceCounters>) -> Option<HostFigures> {
     let info = match sysctl::physinfo(&Xen) {
         Ok(info) => info,
         Err(e) => {
@@ -312,7 +403,7 @@ fn host_figures() -> Option<HostFigures> {
         cpu_busy_ns: idle.iter().map(|i| system_ns.saturating_sub(*i)).collect(),
         memory_total_bytes: info.total_pages.saturating_mul(PAGE),
         memory_free_bytes: info.free_memory_bytes(),
-        pifs: Vec::new(),
+        pifs: devices.map(|d| d.pifs()).unwrap_or_default(),
     })
 }
 

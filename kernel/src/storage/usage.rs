@@ -14,10 +14,10 @@ use super::SharedRepositories;
 
 /// The usage journal's VDI and its size: two 32 MiB slots (a checkpoint of 100 VMs with a
 /// day of unacknowledged rows is ~340 KB).
-pub const USAGE_VDI: &str = "keel-usage-journal";
+pub const USAGE_VDI: &str = keel_xenapi::keel_metering::USAGE_VOLUME_NAME;
 pub const USAGE_VDI_BYTES: u64 = 64 << 20;
 /// The RRD snapshot's VDI: two 48 MiB slots (~18.6 KB per data source: 2 500 sources).
-pub const RRD_VDI: &str = "keel-rrd-archive";
+pub const RRD_VDI: &str = keel_xenapi::keel_metering::RRD_VOLUME_NAME;
 pub const RRD_VDI_BYTES: u64 = 96 << 20;
 
 /// A VDI as a block volume; borrows the SRs for each access.

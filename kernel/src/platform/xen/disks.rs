@@ -4,6 +4,7 @@
 //! stops them through the XenAPI's VBDs.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::rc::Rc;
 use core::cell::RefCell;
@@ -11,6 +12,7 @@ use core::cell::RefCell;
 use keel_blkback::{BlockTarget, IdentityMapped, PageWords, RingFrames, XenGrantCopy};
 use keel_domain_builder::HoleFrames;
 use keel_repositories::{parse_uuid, VdiTarget};
+use keel_storage::Uuid;
 use keel_toolstack::blkbacks::{Blkbacks, DiskTargets, DisksServiced};
 use keel_toolstack::devices::{BackendDisk, DiskBackendError, DiskBackends, DiskMedium};
 use keel_xen::grant_table::GrantRef;
@@ -52,6 +54,27 @@ impl RingFrames for DiskFrames {
 /// The storage service as the disk backends open VDIs on it.
 pub struct Vdis {
     repositories: Option<SharedRepositories>,
+    /// The (SR, VDI) each served device opened, for the metering's disk sizes.
+    opened: RefCell<BTreeMap<(u16, u32), (Uuid, Uuid)>>,
+}
+
+impl Vdis {
+    /// The devids of domain `domid`'s disks, with the virtual size and the bytes used of
+    /// each one's VDI (0, 0 if it cannot be read).
+    pub fn disks_of(&self, domid: u16) -> alloc::vec::Vec<(u32, u64, u64)> {
+        let opened = self.opened.borrow();
+        let repositories = self.repositories.as_ref().map(|r| r.borrow());
+        opened
+            .range((domid, 0)..=(domid, u32::MAX))
+            .map(|(&(_, devid), &(sr, vdi))| {
+                let info = repositories
+                    .as_ref()
+                    .and_then(|r| r.sr(sr)?.vdi_info(vdi).ok());
+                let sizes = info.map_or((0, 0), |i| (i.virtual_size, i.physical_utilisation));
+                (devid, sizes.0, sizes.1)
+            })
+            .collect()
+    }
 }
 
 impl DiskTargets for Vdis {
@@ -83,6 +106,9 @@ impl DiskTargets for Vdis {
             return Err(no_vdi());
         }
         let target = VdiTarget::new(repositories.clone(), sr, vdi, user);
+        self.opened
+            .borrow_mut()
+            .insert((disk.domid, disk.devid), (sr, vdi));
         log::info!(
             "disks: domain {} vbd {} serves VDI {vdi_uuid} ({} sectors)",
             disk.domid,
@@ -112,14 +138,19 @@ impl DiskBackends for Backends {
     }
 
     fn stop(&mut self, domid: u16, devid: u32) {
-        self.0.borrow_mut().stop(domid, devid);
+        let mut disks = self.0.borrow_mut();
+        disks.stop(domid, devid);
+        disks.targets().opened.borrow_mut().remove(&(domid, devid));
     }
 }
 
 /// The host's disk backends over `repositories` (none: every disk is refused), and the
 /// toolstack's handle on them.
 pub fn new(repositories: Option<SharedRepositories>) -> (SharedDisks, Box<dyn DiskBackends>) {
-    let disks = Rc::new(RefCell::new(Blkbacks::new(Vdis { repositories })));
+    let disks = Rc::new(RefCell::new(Blkbacks::new(Vdis {
+        repositories,
+        opened: RefCell::new(BTreeMap::new()),
+    })));
     let backends = Box::new(Backends(disks.clone()));
     (disks, backends)
 }

@@ -48,6 +48,8 @@ pub struct GuestService {
     reports: Rc<RefCell<VecDeque<Report>>>,
     /// Guests' network interfaces (`vifs.rs`); `None` without memory for them.
     pub(crate) vifs: Option<Vifs>,
+    /// Guests' disks (`disks.rs`), for the metering's counters.
+    pub(crate) disks: SharedDisks,
 }
 
 fn monotonic_ns() -> u64 {
@@ -159,6 +161,7 @@ pub fn start(
         host,
         reports: Rc::new(RefCell::new(VecDeque::new())),
         vifs: vifs::new(),
+        disks: disks.clone(),
     };
     handle.spawn(serve(handle.clone(), service.clone(), disks, dom_exc));
     log::info!("guests: toolstack ready (xenstored, consoles, PVH builder, blkback)");
