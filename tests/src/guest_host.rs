@@ -288,3 +288,31 @@ s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guests")
 print("attached", s.xenapi.VBD.get_currently_attached(vbd), flush=True)
 "#;
+
+/// `plug VM USERDEVICE MIB`: a new VDI of `MIB` MiB attached to the running `VM` as
+/// `USERDEVICE` (`VBD.create`, `VBD.plug`: a hot-plug); prints the VBD, its device and whether
+/// it is attached. `unplug VBD`: `VBD.unplug` (a hot-unplug), then prints whether it is still
+/// attached.
+pub const HOTPLUG_SCRIPT: &str = r#"
+import sys, socket, XenAPI
+socket.setdefaulttimeout(600)
+url, password, mode, target = sys.argv[1:5]
+s = XenAPI.Session(url)
+s.xenapi.login_with_password("root", password, "1.0", "keel-tests-hotplug")
+x = s.xenapi
+if mode == "plug":
+    userdevice, mib = sys.argv[5:7]
+    vdi = x.VDI.create({"SR": x.SR.get_all()[0], "name_label": "hot disk", "name_description": "",
+                        "virtual_size": str(int(mib) << 20), "type": "user", "sharable": False,
+                        "read_only": False, "other_config": {}, "xenstore_data": {},
+                        "sm_config": {}, "tags": []})
+    vbd = x.VBD.create({"VM": target, "VDI": vdi, "userdevice": userdevice, "bootable": False,
+                        "mode": "RW", "type": "Disk", "unpluggable": True, "empty": False,
+                        "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
+    x.VBD.plug(vbd)
+    print("vbd", vbd, x.VBD.get_device(vbd))
+else:
+    vbd = target
+    x.VBD.unplug(vbd)
+print("attached", x.VBD.get_currently_attached(vbd), flush=True)
+"#;
