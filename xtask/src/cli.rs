@@ -69,6 +69,10 @@ commands:
                            a Linux guest's xvda through blkback (kbench, O_DIRECT,
                            QD 1 and 32) beside Keel's own driver on the same kind
                            of virtio-blk disk (N runs each, default 1)
+  bench guests [--runs N] [--record]
+                           Keel beside Linux dom0 + xl on the same Xen and QEMU:
+                           dom0 boot, guest start and shutdown, dom0 memory; ratios
+                           (N alternating runs of each, default 3)
   bench soak [--clients N] [--minutes M] [--record]
                            N clients (default 64) for M minutes (default 10) of
                            mixed API calls, event.from long-polls and VDI transfers;
@@ -119,6 +123,10 @@ pub enum Command {
         record: bool,
     },
     BenchGuestDisk {
+        runs: u32,
+        record: bool,
+    },
+    BenchGuests {
         runs: u32,
         record: bool,
     },
@@ -392,6 +400,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         Some("api") => ("bench api", DEFAULT_API_BENCH_RUNS),
         Some("dom0") => ("bench dom0", DEFAULT_DOM0_BENCH_RUNS),
         Some("guest-disk") => ("bench guest-disk", DEFAULT_STORAGE_BENCH_RUNS),
+        Some("guests") => ("bench guests", DEFAULT_VM_BENCH_RUNS),
         Some("storage") => ("bench storage", DEFAULT_STORAGE_BENCH_RUNS),
         Some("vm") => ("bench vm", DEFAULT_VM_BENCH_RUNS),
         other => return Err(CliError::UnknownBenchmark(other.map(str::to_string))),
@@ -417,6 +426,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         "bench api" => Command::BenchApi { runs, record },
         "bench dom0" => Command::BenchDom0 { runs, record },
         "bench guest-disk" => Command::BenchGuestDisk { runs, record },
+        "bench guests" => Command::BenchGuests { runs, record },
         "bench storage" => Command::BenchStorage { runs, record },
         "bench vm" => Command::BenchVm { runs, record },
         _ => Command::BenchBoot { runs, record },

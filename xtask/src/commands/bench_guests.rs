@@ -1,0 +1,685 @@
+//! `cargo xtask bench guests [--runs N] [--record]`: Keel side by side with the reference
+//! stack — Debian's Linux 6.1 as PVH dom0 of the same Xen with Xen's own toolstack
+//! (`keel_tests::reference`) — in one invocation.
+//!
+//! Each run boots Keel and then the reference stack (alternating, so that a machine busy
+//! with other work slows both alike), with the same QEMU flags and memory, and on each one
+//! starts the same guest (Debian's kernel as shipped and the busybox guest initramfs of
+//! `keel_tests::guest`, [`GUEST_MIB`] MiB, `keel_guest=idle`) once:
+//!
+//! - dom0 boot: QEMU start → `keel: ready` / `linux-dom0: ready`;
+//! - `VM.start` vs `xl create`: the call's own duration (both answer once the domain is built
+//!   and unpaused: running), and call → the guest's console marker (`keel-guest: ready`, in
+//!   Keel's log / in `xenconsoled`'s log of the guest's console, polled every 0.1 s);
+//! - `VM.clean_shutdown` (until the VM is `Halted`) vs `xl shutdown -w`;
+//! - dom0 memory in use with 0 and 1 running guests (Linux: `free`'s "used"; Keel: its heap
+//!   through `host.query_data_source keel_heap_used_kib`, when Keel answers it), and Xen's
+//!   free memory.
+//!
+//! Each row shows min/median/max per stack and the ratio of the medians (Keel / Linux), with
+//! the goal of issue 13 beside it. A benchmark, not a test.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keel_tests::credentials::test_credentials;
+use keel_tests::guest::GUEST_READY;
+use keel_tests::image::Profile;
+use keel_tests::kernel_lines::READY_PREFIX;
+use keel_tests::prereq::{self, Tool};
+use keel_tests::reference::{self, ReferenceHost};
+use keel_tests::{DiskBus, Machine, NicModel, Pattern, Vm};
+
+use crate::bench_report::{cpu_model, qemu_version, record_section, section_markers};
+use crate::commands::bench_soak::memory::{data_source_kib, HEAP_SOURCE};
+use crate::commands::build::build_image;
+use crate::commands::vm::Session;
+use crate::error::XtaskError;
+use crate::load::Param;
+use crate::stats::{summarize, Summary};
+use crate::{date, progress};
+
+/// The guest's memory on both stacks (as `bench vm`).
+pub const GUEST_MIB: u64 = 112;
+/// QEMU's memory on both stacks: half to dom0 (Xen's split in the harness).
+pub const HOST_MEMORY_MIB: u32 = 2048;
+const SR_DISK_BYTES: u64 = 256 << 20;
+const DOM0_BOOT_DEADLINE: Duration = Duration::from_secs(300);
+/// One guest's boot under nested TCG on a machine others use too.
+const GUEST_BOOT_DEADLINE: Duration = Duration::from_secs(600);
+const CALL_DEADLINE: Duration = Duration::from_secs(600);
+/// The name of the measured guest on both stacks.
+const GUEST_NAME: &str = "bench-g1";
+
+fn failed(why: impl Into<String>) -> XtaskError {
+    XtaskError::BenchFailed(why.into())
+}
+
+/// The two stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    Keel,
+    Linux,
+}
+
+impl Stack {
+    fn label(self) -> &'static str {
+        match self {
+            Stack::Keel => "Keel",
+            Stack::Linux => "Linux dom0 + xl",
+        }
+    }
+}
+
+/// What one boot of one stack measured (ms and KiB); a figure it did not reach is `None`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFigures {
+    pub dom0_boot_ms: Option<f64>,
+    pub start_call_ms: Option<f64>,
+    pub start_marker_ms: Option<f64>,
+    pub shutdown_ms: Option<f64>,
+    /// dom0's memory in use with 0 and 1 running guests.
+    pub dom0_used_kib: [Option<u64>; 2],
+    /// Xen's free memory with 0 and 1 running guests.
+    pub xen_free_kib: [Option<u64>; 2],
+}
+
+/// The figures of one row: how to read them from a run and what the issue asks of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    pub key: &'static str,
+    pub label: &'static str,
+    /// `s` (from ms) or `MiB` (from KiB).
+    pub unit: &'static str,
+    pub pick: fn(&RunFigures) -> Option<f64>,
+    /// Issue 13's goal for the ratio Keel / Linux (lower is better), if it sets one.
+    pub goal_ratio: Option<f64>,
+    pub goal: &'static str,
+}
+
+fn per_guest(pair: [Option<u64>; 2]) -> Option<f64> {
+    Some(pair[1]? as f64 - pair[0]? as f64)
+}
+
+/// Every row, in the order of the table.
+pub const ROWS: &[Row] = &[
+    Row {
+        key: "dom0-boot",
+        label: "dom0 boot: QEMU start → dom0 ready",
+        unit: "s",
+        pick: |r| r.dom0_boot_ms,
+        goal_ratio: None,
+        goal: "– (none set)",
+    },
+    Row {
+        key: "start-running",
+        label: "`VM.start` / `xl create` → domain running (the call)",
+        unit: "s",
+        pick: |r| r.start_call_ms,
+        goal_ratio: Some(0.1),
+        goal: "≥ 10× faster (ratio ≤ 0.10)",
+    },
+    Row {
+        key: "start-marker",
+        label: "`VM.start` / `xl create` → guest console marker",
+        unit: "s",
+        pick: |r| r.start_marker_ms,
+        goal_ratio: None,
+        goal: "– (the same guest's own boot dominates)",
+    },
+    Row {
+        key: "shutdown",
+        label: "`VM.clean_shutdown` / `xl shutdown -w` → halted",
+        unit: "s",
+        pick: |r| r.shutdown_ms,
+        goal_ratio: None,
+        goal: "– (none set)",
+    },
+    Row {
+        key: "dom0-mem-0",
+        label: "dom0 memory in use, 0 guests",
+        unit: "MiB",
+        pick: |r| r.dom0_used_kib[0].map(|k| k as f64),
+        goal_ratio: None,
+        goal: "–",
+    },
+    Row {
+        key: "dom0-mem-1",
+        label: "dom0 memory in use, 1 running guest",
+        unit: "MiB",
+        pick: |r| r.dom0_used_kib[1].map(|k| k as f64),
+        goal_ratio: None,
+        goal: "–",
+    },
+    Row {
+        key: "dom0-mem-per-guest",
+        label: "dom0 memory per running guest (1 − 0)",
+        unit: "MiB",
+        pick: |r| per_guest(r.dom0_used_kib),
+        goal_ratio: Some(0.1),
+        goal: "≤ 1/10 of Linux dom0's (ratio ≤ 0.10)",
+    },
+    Row {
+        key: "xen-free-per-guest",
+        label: "Xen's free memory taken per running guest",
+        unit: "MiB",
+        pick: |r| Some(-per_guest(r.xen_free_kib)?),
+        goal_ratio: None,
+        goal: "– (the guest's memory and Xen's own, not dom0's)",
+    },
+];
+
+/// Why a row misses its goal, as measured; rows not listed say "not profiled yet".
+pub const MEASURED_CAUSES: &[(&str, &str)] = &[];
+
+/// Everything one `bench guests` measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GuestsBench {
+    pub keel: Vec<RunFigures>,
+    pub linux: Vec<RunFigures>,
+    /// What went wrong in a run (the figures it reached are kept).
+    pub problems: Vec<String>,
+    pub cores: usize,
+    pub cpu_model: Option<String>,
+    pub qemu_version: Option<String>,
+}
+
+fn scaled(row: &Row, value: f64) -> f64 {
+    match row.unit {
+        "s" => value / 1000.0,
+        _ => value / 1024.0,
+    }
+}
+
+fn summary(row: &Row, runs: &[RunFigures]) -> Option<Summary> {
+    let values: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| (row.pick)(r))
+        .map(|v| scaled(row, v))
+        .collect();
+    summarize(&values)
+}
+
+fn cell(summary: Option<Summary>) -> String {
+    match summary {
+        Some(s) => format!("{:.2} / {:.2} / {:.2}", s.min, s.median, s.max),
+        None => "–".into(),
+    }
+}
+
+/// Keel's median over Linux's (lower is better for every row); `None` without both or when
+/// Linux's is zero.
+pub fn ratio(keel: Option<Summary>, linux: Option<Summary>) -> Option<f64> {
+    let (keel, linux) = (keel?, linux?);
+    (linux.median != 0.0).then(|| keel.median / linux.median)
+}
+
+/// Whether a row meets its goal: `None` when it sets none or was not measured on both.
+pub fn meets(row: &Row, ratio: Option<f64>) -> Option<bool> {
+    Some(ratio? <= row.goal_ratio?)
+}
+
+impl GuestsBench {
+    /// The side-by-side table.
+    pub fn table(&self) -> String {
+        let mut out = String::from(
+            "| Figure | Unit | Keel min / median / max | Linux dom0 + xl min / median / max | Keel / Linux | Goal | Met |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for row in ROWS {
+            let (keel, linux) = (summary(row, &self.keel), summary(row, &self.linux));
+            let ratio = ratio(keel, linux);
+            let met = match meets(row, ratio) {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "–",
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {met} |\n",
+                row.label,
+                row.unit,
+                cell(keel),
+                cell(linux),
+                ratio.map_or_else(|| "–".into(), |r| format!("{r:.2}")),
+                row.goal
+            ));
+        }
+        out
+    }
+
+    /// One line per row that misses its goal or could not be compared, with its cause.
+    pub fn misses(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for row in ROWS {
+            let (keel, linux) = (summary(row, &self.keel), summary(row, &self.linux));
+            let cause = MEASURED_CAUSES
+                .iter()
+                .find(|(key, _)| *key == row.key)
+                .map_or("not profiled yet", |(_, cause)| cause);
+            match (row.goal_ratio, meets(row, ratio(keel, linux))) {
+                (Some(_), Some(false)) => {
+                    out.push(format!("- {} misses its goal: {cause}", row.label));
+                }
+                (Some(_), None) => out.push(format!(
+                    "- {} is not compared: {} not measured",
+                    row.label,
+                    match (keel, linux) {
+                        (None, None) => "neither stack",
+                        (None, _) => "Keel's figure",
+                        _ => "Linux's figure",
+                    }
+                )),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub fn markdown_section(&self, command: &str, date: &str) -> String {
+        let (begin, end) = section_markers("guests");
+        let mut out = format!("{begin}\n## Guests side by side with Linux dom0 + xl\n\n");
+        out.push_str(&format!("Recorded {date} with `{command}`.\n\n"));
+        out.push_str(&format!(
+            "- Both stacks: QEMU TCG with the same flags (`keel_tests::Machine::under_xen`: \
+             q35, `-cpu qemu64,+svm,+npt`, `amd-iommu`, `-smp 2`, {HOST_MEMORY_MIB} MiB, half \
+             to dom0 with one vCPU, `sched=credit`, a virtio-net uplink behind the IOMMU), \
+             Debian's Xen 4.17; {} host cores{}{}\n",
+            self.cores,
+            self.cpu_model
+                .as_deref()
+                .map_or_else(String::new, |m| format!(", {m}")),
+            self.qemu_version
+                .as_deref()
+                .map_or_else(String::new, |v| format!(", {v}")),
+        ));
+        out.push_str(
+            "- Keel: the release image as PVH dom0 with a 256 MiB virtio-blk SR; the guest is \
+             uploaded as VDIs and cloned from the PVH template through the XenAPI\n\
+             - Linux dom0 + xl (`keel_tests::reference`): Debian's Linux 6.1 (the guests' \
+             kernel) as PVH dom0 with `xl`, `xenstored`, `xenconsoled` and blkback/netback/\
+             bridge modules from Debian's packages; the guest's files sit in dom0's \
+             initramfs; `xl` runs through a command server on the forwarded port\n",
+        );
+        out.push_str(&format!(
+            "- Guest (both): Debian's Linux 6.1 `vmlinuz` as shipped and the busybox guest \
+             initramfs (`keel_tests::guest`), {GUEST_MIB} MiB, 1 vCPU, no disk or network; \
+             the marker is `keel-guest: ready` on its console\n\
+             - Runs: {} of Keel and {} of Linux, alternating, each on a freshly booted host; \
+             ratios are of medians, lower is better for Keel on every row\n\
+             - Keel's dom0 memory is its heap (`host.query_data_source {HEAP_SOURCE}`) when \
+             Keel reports it; Linux's is `free`'s \"used\" (MemTotal − MemFree − Buffers − \
+             Cached − SReclaimable, so its initramfs in the page cache is not counted)\n\n",
+            self.keel.len(),
+            self.linux.len()
+        ));
+        out.push_str(&self.table());
+        let misses = self.misses();
+        if !misses.is_empty() {
+            out.push_str("\nMisses and figures not compared:\n\n");
+            for miss in misses {
+                out.push_str(&miss);
+                out.push('\n');
+            }
+        }
+        if !self.problems.is_empty() {
+            out.push_str("\nWhat went wrong during the run (figures before it are kept):\n\n");
+            for problem in &self.problems {
+                out.push_str(&format!("- {problem}\n"));
+            }
+        }
+        out.push_str(
+            "\nTCG distorts the absolute times (every instruction of Xen, both dom0s and the \
+             guest is emulated, nested SVM included, on a machine shared with other work); the \
+             ratios compare two stacks measured in the same invocation on the same emulator \
+             and are what the goals are about.\n",
+        );
+        out.push_str(&end);
+        out.push('\n');
+        out
+    }
+}
+
+/// Keel booted for one run, with the guest made.
+struct KeelHost {
+    machine: Vm,
+    session: Session,
+    host: String,
+    metrics: String,
+}
+
+impl KeelHost {
+    fn boot(image: &PathBuf, run: u32, figures: &mut RunFigures) -> Result<KeelHost, XtaskError> {
+        let dir = keel_tests::paths::keel_dir()
+            .join("bench-disks")
+            .join("guests");
+        let _ = std::fs::remove_dir_all(&dir);
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |error| XtaskError::Io { what, error }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("creating the SR disk's directory"))?;
+        let disk = dir.join("sr.img");
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(SR_DISK_BYTES))
+            .map_err(io("creating the SR disk"))?;
+        let machine = Machine::new(format!("bench-guests-keel-{run}"))
+            .image(image)
+            .under_xen()
+            .memory_mib(HOST_MEMORY_MIB)
+            .disk_file(&disk, DiskBus::VirtioBlk)
+            .nic_with_api(NicModel::VirtioNet)
+            .append(test_credentials().cmdline_word())
+            .append("keel.log=debug")
+            .boot()?;
+        let ready =
+            machine.wait_for_line(Pattern::starts_with(READY_PREFIX), DOM0_BOOT_DEADLINE)?;
+        figures.dom0_boot_ms = Some(ms(ready.since_start));
+        let port = machine.api_port().ok_or_else(|| failed("no API port"))?;
+        let session = Session::login(port, &test_credentials().password, "xtask-bench-guests")?;
+        let host = session.reference("host.get_all", &[])?;
+        let metrics = session.reference("host.get_metrics", &[&host])?;
+        Ok(KeelHost {
+            machine,
+            session,
+            host,
+            metrics,
+        })
+    }
+
+    /// (Keel's heap if reported, Xen's free memory), KiB.
+    fn memory(&self) -> Result<(Option<u64>, u64), XtaskError> {
+        let heap = self
+            .session
+            .call(
+                "host.query_data_source",
+                &[Param::Str(&self.host), Param::Str(HEAP_SOURCE)],
+            )
+            .ok()
+            .and_then(|answer| data_source_kib(&answer));
+        let free = self
+            .session
+            .value("host_metrics.get_memory_free", &[&self.metrics])?;
+        let free: u64 = free
+            .parse()
+            .map_err(|_| failed(format!("host_metrics.memory_free {free:?}")))?;
+        Ok((heap, free / 1024))
+    }
+
+    fn measure(&self, figures: &mut RunFigures) -> Result<(), XtaskError> {
+        let (kernel, ramdisk) = self.session.upload_guest_assets()?;
+        let vm = self.session.create_guest(
+            GUEST_NAME,
+            (kernel.as_str(), ramdisk.as_str()),
+            "idle",
+            GUEST_MIB,
+        )?;
+        let (heap, free) = self.memory()?;
+        (figures.dom0_used_kib[0], figures.xen_free_kib[0]) = (heap, Some(free));
+        let called = self.machine.uptime();
+        let started = Instant::now();
+        self.session.start(&vm)?;
+        figures.start_call_ms = Some(ms(started.elapsed()));
+        let domid = self.session.value("VM.get_domid", &[&vm])?;
+        let marker = Pattern::contains(format!("guest d{domid}: {GUEST_READY}"));
+        let line = self.machine.wait_for_line(marker, GUEST_BOOT_DEADLINE)?;
+        figures.start_marker_ms = Some(ms(line.since_start.saturating_sub(called)));
+        let (heap, free) = self.memory()?;
+        (figures.dom0_used_kib[1], figures.xen_free_kib[1]) = (heap, Some(free));
+        let started = Instant::now();
+        self.session.call("VM.clean_shutdown", &[Param::Str(&vm)])?;
+        while self.session.value("VM.get_power_state", &[&vm])? != "Halted" {
+            if started.elapsed() > CALL_DEADLINE {
+                return Err(failed("VM.clean_shutdown: the guest never halted"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        figures.shutdown_ms = Some(ms(started.elapsed()));
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn linux_measure(host: &ReferenceHost, figures: &mut RunFigures) -> Result<(), XtaskError> {
+    let config = host.write_guest_config(GUEST_NAME, "idle", GUEST_MIB)?;
+    figures.dom0_used_kib[0] = Some(host.dom0_used_kib()?);
+    figures.xen_free_kib[0] = Some(host.xen_free_kib()?);
+    let started = Instant::now();
+    host.run_ok(&format!("xl create {config}"), CALL_DEADLINE)?;
+    figures.start_call_ms = Some(ms(started.elapsed()));
+    host.wait_console(GUEST_NAME, GUEST_READY, GUEST_BOOT_DEADLINE)?;
+    figures.start_marker_ms = Some(ms(started.elapsed()));
+    figures.dom0_used_kib[1] = Some(host.dom0_used_kib()?);
+    figures.xen_free_kib[1] = Some(host.xen_free_kib()?);
+    let started = Instant::now();
+    host.run_ok(&format!("xl shutdown -w {GUEST_NAME}"), CALL_DEADLINE)?;
+    figures.shutdown_ms = Some(ms(started.elapsed()));
+    Ok(())
+}
+
+fn run_keel(image: &PathBuf, run: u32, figures: &mut RunFigures) -> Result<(), XtaskError> {
+    let host = KeelHost::boot(image, run, figures)?;
+    host.measure(figures)
+}
+
+fn run_linux(run: u32, figures: &mut RunFigures) -> Result<(), XtaskError> {
+    let host = reference::boot(&format!("bench-guests-linux-{run}"), HOST_MEMORY_MIB)?;
+    figures.dom0_boot_ms = Some(ms(host.ready_after));
+    linux_measure(&host, figures)
+}
+
+fn note_run(stack: Stack, run: u32, runs: u32, f: &RunFigures) {
+    let s = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{:.2} s", v / 1000.0));
+    let k = |v: Option<u64>| v.map_or_else(|| "–".into(), |v| format!("{v} KiB"));
+    progress::note(format!(
+        "{} {run}/{runs}: dom0 ready {}, start call {}, marker {}, shutdown {}, dom0 used {} → {}, Xen free {} → {}",
+        stack.label(),
+        s(f.dom0_boot_ms),
+        s(f.start_call_ms),
+        s(f.start_marker_ms),
+        s(f.shutdown_ms),
+        k(f.dom0_used_kib[0]),
+        k(f.dom0_used_kib[1]),
+        k(f.xen_free_kib[0]),
+        k(f.xen_free_kib[1]),
+    ));
+}
+
+pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
+    prereq::ensure(&[Tool::Qemu, Tool::Xen])?;
+    let (image, _) = build_image(Profile::Release)?;
+    let step = progress::step("building the reference stack (Linux dom0 + xl)");
+    reference::build()?;
+    step.done();
+    let mut report = GuestsBench {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model: cpu_model(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
+        qemu_version: qemu_version(),
+        ..GuestsBench::default()
+    };
+    for run in 1..=runs {
+        for stack in [Stack::Keel, Stack::Linux] {
+            let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
+            let mut figures = RunFigures::default();
+            let outcome = match stack {
+                Stack::Keel => run_keel(&image, run, &mut figures),
+                Stack::Linux => run_linux(run, &mut figures),
+            };
+            note_run(stack, run, runs, &figures);
+            if let Err(error) = outcome {
+                let problem = format!("{} run {run}: {error}", stack.label());
+                progress::note(&problem);
+                report.problems.push(problem);
+            }
+            match stack {
+                Stack::Keel => report.keel.push(figures),
+                Stack::Linux => report.linux.push(figures),
+            }
+            step.done();
+        }
+    }
+    println!("{}", report.table());
+    for miss in report.misses() {
+        println!("{miss}");
+    }
+    if record {
+        let command = format!("cargo xtask bench guests --runs {runs} --record");
+        let doc = record_section(
+            "guests",
+            &report.markdown_section(&command, &date::now_utc()),
+        )?;
+        println!("recorded in {}", doc.display());
+    }
+    if report.keel.iter().all(|r| r.start_call_ms.is_none())
+        || report.linux.iter().all(|r| r.start_call_ms.is_none())
+    {
+        return Err(failed(format!(
+            "no guest start was measured on one stack: {}",
+            report.problems.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{parse, Command};
+
+    fn figures(start_s: f64, marker_s: f64, used: [u64; 2], free: [u64; 2]) -> RunFigures {
+        RunFigures {
+            dom0_boot_ms: Some(20_000.0),
+            start_call_ms: Some(start_s * 1000.0),
+            start_marker_ms: Some(marker_s * 1000.0),
+            shutdown_ms: Some(1000.0),
+            dom0_used_kib: [Some(used[0]), Some(used[1])],
+            xen_free_kib: [Some(free[0]), Some(free[1])],
+        }
+    }
+
+    fn bench() -> GuestsBench {
+        GuestsBench {
+            keel: vec![
+                figures(1.0, 30.0, [10_240, 10_340], [1_000_000, 884_000]),
+                figures(3.0, 34.0, [10_240, 10_440], [1_000_000, 884_000]),
+            ],
+            linux: vec![
+                figures(20.0, 33.0, [22_000, 23_600], [1_000_000, 884_600]),
+                figures(20.0, 35.0, [22_000, 23_600], [1_000_000, 884_600]),
+            ],
+            problems: vec![],
+            cores: 2,
+            cpu_model: Some("Test CPU".into()),
+            qemu_version: Some("QEMU 7.2".into()),
+        }
+    }
+
+    #[test]
+    fn bench_guests_parses_runs_and_record() {
+        assert_eq!(
+            parse(["bench", "guests"]),
+            Ok(Command::BenchGuests {
+                runs: 3,
+                record: false
+            })
+        );
+        assert_eq!(
+            parse(["bench", "guests", "--runs", "2", "--record"]),
+            Ok(Command::BenchGuests {
+                runs: 2,
+                record: true
+            })
+        );
+        assert!(parse(["bench", "guests", "--runs", "0"]).is_err());
+    }
+
+    #[test]
+    fn rows_show_both_stacks_the_ratio_of_medians_and_the_goal() {
+        let table = bench().table();
+        // Keel 1 and 3 s (median 2), Linux 20 s: 0.10, which meets "≤ 0.10".
+        assert!(
+            table.contains(
+                "| `VM.start` / `xl create` → domain running (the call) | s | 1.00 / 2.00 / 3.00 | 20.00 / 20.00 / 20.00 | 0.10 | ≥ 10× faster (ratio ≤ 0.10) | yes |"
+            ),
+            "{table}"
+        );
+        // Per guest: Keel 100 and 200 KiB (median 150 KiB), Linux 1600 KiB: 0.09.
+        assert!(
+            table.contains("| dom0 memory per running guest (1 − 0) | MiB | 0.10 / 0.15 / 0.20 | 1.56 / 1.56 / 1.56 | 0.09 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| Xen's free memory taken per running guest | MiB | 113.28 / 113.28 / 113.28 | 112.70 / 112.70 / 112.70 | 1.01 |"),
+            "{table}"
+        );
+        let rows = table.lines().count();
+        assert_eq!(rows, 2 + ROWS.len());
+    }
+
+    #[test]
+    fn a_missed_goal_is_listed_with_its_cause_and_a_missing_figure_is_named() {
+        let mut slow = bench();
+        for run in &mut slow.keel {
+            run.start_call_ms = Some(15_000.0);
+            run.dom0_used_kib = [None, None];
+        }
+        let table = slow.table();
+        assert!(
+            table.contains("| 0.75 | ≥ 10× faster (ratio ≤ 0.10) | **no** |"),
+            "{table}"
+        );
+        let misses = slow.misses();
+        assert_eq!(
+            misses,
+            vec![
+                "- `VM.start` / `xl create` → domain running (the call) misses its goal: not profiled yet".to_string(),
+                "- dom0 memory per running guest (1 − 0) is not compared: Keel's figure not measured".to_string(),
+            ]
+        );
+        assert!(bench().misses().is_empty());
+    }
+
+    #[test]
+    fn ratios_need_both_figures_and_goals_need_a_ratio() {
+        let s = |m: f64| {
+            Some(Summary {
+                min: m,
+                median: m,
+                max: m,
+            })
+        };
+        assert_eq!(ratio(s(1.0), s(4.0)), Some(0.25));
+        assert_eq!(ratio(None, s(4.0)), None);
+        assert_eq!(ratio(s(1.0), s(0.0)), None);
+        let start = &ROWS[1];
+        assert_eq!(meets(start, Some(0.05)), Some(true));
+        assert_eq!(meets(start, Some(0.5)), Some(false));
+        assert_eq!(meets(start, None), None);
+        assert_eq!(meets(&ROWS[0], Some(0.5)), None);
+    }
+
+    #[test]
+    fn the_section_names_the_command_both_stacks_and_what_tcg_distorts() {
+        let mut b = bench();
+        b.problems.push("Linux dom0 + xl run 2: timed out".into());
+        let section =
+            b.markdown_section("cargo xtask bench guests --runs 2 --record", "2026-12-03");
+        for expected in [
+            "<!-- cargo xtask bench guests: begin",
+            "## Guests side by side with Linux dom0 + xl",
+            "Recorded 2026-12-03 with `cargo xtask bench guests --runs 2 --record`.",
+            "2 host cores, Test CPU, QEMU 7.2",
+            "Runs: 2 of Keel and 2 of Linux, alternating",
+            "- Linux dom0 + xl run 2: timed out",
+            "TCG distorts the absolute times",
+            "<!-- cargo xtask bench guests: end -->",
+        ] {
+            assert!(
+                section.contains(expected),
+                "missing {expected:?} in {section}"
+            );
+        }
+    }
+}
