@@ -328,8 +328,9 @@ impl XenApi {
             .collect()
     }
 
-    /// Fills `VM_metrics.memory_actual` of the running VMs and `host_metrics.memory_total`
-    /// and `memory_free` from the latest samples (docs/metering.md, "Data sources"). A field
+    /// Fills `VM_metrics.memory_actual` of the running VMs, the `VBD_metrics` and
+    /// `VIF_metrics` rates of their attached devices, and `host_metrics.memory_total` and
+    /// `memory_free` from the latest samples (docs/metering.md, "Data sources"). A field
     /// is only written when its value changed, so steady figures make no events (and, for
     /// the kept `VM_metrics`, no host database save).
     pub fn apply_metering(&mut self, now: Timestamp) {
@@ -387,6 +388,7 @@ impl XenApi {
                 metrics,
                 alloc::vec![("memory_actual", Value::Int(bytes as i64))],
             ));
+            device_rates(db, view, &vm.uuid, &vm_ref, &mut updates);
         }
         for (reference, fields) in updates {
             // Unchanged fields, or an object gone between listing and updating: nothing
@@ -397,6 +399,54 @@ impl XenApi {
                     .state
                     .db
                     .set(&reference, alloc::vec![("last_updated", stamp)], now);
+            }
+        }
+    }
+}
+
+/// `VBD_metrics` and `VIF_metrics` of `vm`'s attached devices: `io_read_kbs` /
+/// `io_write_kbs` are the latest 5 s averages of `vbd_<device>_read` / `_write` and
+/// `vif_<device>_rx` / `_tx` (received by the guest / sent by it), in KiB/s. A device the
+/// metering has no known figure for yet is left as it is.
+fn device_rates(
+    db: &crate::store::Db,
+    view: &dyn MeteringView,
+    vm_uuid: &str,
+    vm_ref: &str,
+    updates: &mut Vec<(String, Vec<(&'static str, Value)>)>,
+) {
+    let kinds = [
+        ("VBDs", "VBD_metrics", "vbd", "read", "write"),
+        ("VIFs", "VIF_metrics", "vif", "rx", "tx"),
+    ];
+    for (field, class, prefix, read, write) in kinds {
+        for device in string_list(db.get(vm_ref, field)) {
+            let attached = db
+                .get(&device, "currently_attached")
+                .and_then(|v| v.as_bool());
+            let name = db
+                .get(&device, "device")
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let Some(metrics) = db
+                .get(&device, "metrics")
+                .and_then(|v| v.as_str().map(String::from))
+                .filter(|m| db.is_a(m, class))
+            else {
+                continue;
+            };
+            if attached != Some(true) || name.is_empty() {
+                continue;
+            }
+            let kbs = |direction: &str| {
+                let rate = view.query_vm(vm_uuid, &format!("{prefix}_{name}_{direction}"))?;
+                (rate.is_finite() && rate >= 0.0).then(|| Value::Float(rate / 1024.0))
+            };
+            if let (Some(read_kbs), Some(write_kbs)) = (kbs(read), kbs(write)) {
+                updates.push((
+                    metrics,
+                    alloc::vec![("io_read_kbs", read_kbs), ("io_write_kbs", write_kbs)],
+                ));
             }
         }
     }

@@ -151,7 +151,14 @@ pub(crate) fn apply_counters(
             super::network::record_rates(state, &metrics, *bytes, now)?;
         }
     }
-    for ((domid, device), bytes) in &counters.vifs {
+    // With a metering, VIF_metrics come from its samples (netback's counters,
+    // `XenApi::apply_metering`, docs/metering.md); one writer, or the rates would flap.
+    let vifs = if state.metering.is_some() {
+        &[][..]
+    } else {
+        &counters.vifs[..]
+    };
+    for ((domid, device), bytes) in vifs {
         if let Some(metrics) = super::vif::metrics_of_port(&state.db, *domid, *device) {
             super::network::record_rates(state, &metrics, *bytes, now)?;
         }
