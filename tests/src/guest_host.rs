@@ -133,7 +133,7 @@ impl Host {
     pub fn call(&self, call: &str, vm: &str, args: &[&str]) -> Result<After, HarnessError> {
         let mut argv = vec![self.url.as_str(), self.password.as_str(), call, vm];
         argv.extend_from_slice(args);
-        let out = run_script(CALL_SCRIPT, &argv)?;
+        let out = run_script(CALL_SCRIPT, &argv).inspect_err(|_| self.report_stall())?;
         eprintln!("guests: VM.{call}: {}", out.trim().replace('\n', "; "));
         let field = |name: &str| {
             out.lines()
@@ -150,6 +150,14 @@ impl Host {
                 .expect("the script prints free memory"),
             refused: field("refused "),
         })
+    }
+
+    /// After a failed step: what QEMU and Xen say the machine is doing
+    /// ([`crate::xen_stall`]), on stderr and in the console log.
+    pub fn report_stall(&self) {
+        for line in self.machine.xen_stall_report().lines() {
+            eprintln!("{line}");
+        }
     }
 
     /// Waits until a guest whose command line ends in `keel_guest=ACTION` printed its ready

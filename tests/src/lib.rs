@@ -36,6 +36,7 @@ pub mod qemu;
 pub mod reference;
 pub mod triple_fault;
 pub mod xen;
+pub mod xen_stall;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -254,6 +254,14 @@ impl Machine {
         config.extra_args = self.extra_args.clone();
         config.boot = boot;
         config.xen_host = self.xen_host;
+        let monitor = matches!(config.boot, BootSource::Xen(_))
+            .then(|| crate::xen_stall::monitor_socket(&self.name));
+        if let Some(socket) = &monitor {
+            config.extra_args.push("-monitor".into());
+            config
+                .extra_args
+                .push(format!("unix:{},server,nowait", socket.display()).into());
+        }
         if !self.debug_exit {
             config.debug_exit = None;
         }
@@ -262,6 +270,7 @@ impl Machine {
         let mut vm = Vm::spawn(&self.name, command, &config.display_command())?;
         vm.scratch = scratch;
         vm.api_port = api_port;
+        vm.monitor = monitor;
         Ok(vm)
     }
 }
@@ -283,6 +292,10 @@ pub struct Vm {
     command: String,
     scratch: ScratchDir,
     api_port: Option<u16>,
+    /// QEMU's stdin: the serial console's input (Xen's debug keys, [`crate::xen_stall`]).
+    serial_in: Mutex<Option<ChildStdin>>,
+    /// The QEMU monitor's socket of a machine under Xen ([`crate::xen_stall`]).
+    monitor: Option<PathBuf>,
 }
 
 impl Vm {
@@ -305,11 +318,12 @@ impl Vm {
         let program = command.get_program().to_string_lossy().into_owned();
         let started = Instant::now();
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|error| HarnessError::Spawn { program, error })?;
+        let serial_in = Mutex::new(child.stdin.take());
         let transcript = Arc::new(Transcript::new());
         let log = Arc::new(Mutex::new(log));
         // A pipe that is missing cannot produce lines: mark it closed at once.
@@ -330,6 +344,8 @@ impl Vm {
             command: shown.to_string(),
             scratch: ScratchDir::none(),
             api_port: None,
+            serial_in,
+            monitor: None,
         })
     }
 
@@ -355,12 +371,18 @@ impl Vm {
                 text,
                 since_start: at.saturating_duration_since(self.started),
             }),
-            WaitOutcome::TimedOut => Err(HarnessError::Timeout {
-                pattern,
-                waited: timeout,
-                tail: self.transcript.tail(TAIL_LINES),
-                log: self.log_path.clone(),
-            }),
+            WaitOutcome::TimedOut => {
+                // Under Xen, say what the machine was doing (Xen's view and QEMU's).
+                let report = self.xen_stall_report();
+                let mut tail = self.transcript.tail(TAIL_LINES);
+                tail.extend(report.lines());
+                Err(HarnessError::Timeout {
+                    pattern,
+                    waited: timeout,
+                    tail,
+                    log: self.log_path.clone(),
+                })
+            }
             WaitOutcome::Closed => {
                 let status = self.poll_exit(Instant::now() + DRAIN);
                 self.transcript.wait_closed(Instant::now() + DRAIN);
@@ -418,6 +440,50 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// Types `bytes` on the serial console (QEMU's stdin).
+    pub fn send_serial(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut input = self
+            .serial_in
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match input.as_mut() {
+            Some(stdin) => stdin.write_all(bytes).and_then(|()| stdin.flush()),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// The QEMU monitor's socket (machines under Xen only).
+    pub fn monitor_socket(&self) -> Option<&Path> {
+        self.monitor.as_deref()
+    }
+
+    /// For a machine under Xen that stopped making progress: what each emulated CPU and Xen
+    /// say ([`crate::xen_stall::StallReport`]), also written to the log. Empty otherwise.
+    pub fn xen_stall_report(&self) -> crate::xen_stall::StallReport {
+        if self.monitor.is_none() || !matches!(self.lock_child().try_wait(), Ok(None)) {
+            return crate::xen_stall::StallReport::default();
+        }
+        let report = crate::xen_stall::probe(self);
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+        {
+            for line in report.lines() {
+                let _ = writeln!(log, "# stall probe: {line}");
+            }
+        }
+        report
+    }
+
+    /// The serial lines from the `from`-th on.
+    pub fn serial_lines_from(&self, from: usize) -> Vec<String> {
+        self.transcript
+            .serial_lines()
+            .into_iter()
+            .skip(from)
+            .collect()
+    }
+
     fn lock_child(&self) -> MutexGuard<'_, Child> {
         self.child
             .lock()
@@ -448,6 +514,9 @@ impl Drop for Vm {
             let _ = child.wait();
         }
         self.transcript.wait_closed(Instant::now() + DRAIN);
+        if let Some(socket) = &self.monitor {
+            let _ = std::fs::remove_file(socket);
+        }
         if std::thread::panicking() {
             eprintln!(
                 "keel-tests: console log of '{}': {}",

@@ -1,0 +1,197 @@
+//! What a machine under Xen was doing when it stopped making progress.
+//!
+//! QEMU 7.2's TCG emulation of nested SVM sometimes wedges the whole machine: Keel, Xen and
+//! the guests all go silent while QEMU keeps one emulated CPU spinning (docs/xen.md,
+//! "Emulator stalls"). A test that times out under Xen cannot tell that apart from a Keel
+//! bug by its console alone, so the harness asks both sides before it gives up:
+//! - QEMU, through the machine's monitor socket: each emulated CPU's state (`info cpus`:
+//!   halted or not) and registers (`info registers -a`: where it is, interrupts on or off);
+//! - Xen, through its serial console: the debug keys `r` (each physical CPU's run queue) and
+//!   `q` (every domain's vCPUs: running, runnable, blocked, event pending). CTRL-A three
+//!   times switches the console's input to Xen and, after the keys, back to dom0.
+//!
+//! A Xen that answers its keys is alive and its dump says which vCPU waits for what; a Xen
+//! that does not answer within [`XEN_ANSWER`] is wedged below Keel (a Keel bug cannot stop
+//! Xen's own serial interrupt handler).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::machine::{file_name_for, Vm};
+
+/// How long Xen gets to answer a debug key.
+pub const XEN_ANSWER: Duration = Duration::from_secs(8);
+
+/// How long one monitor command may take.
+const MONITOR_REPLY: Duration = Duration::from_secs(5);
+
+/// CTRL-A three times: Xen's console input switches between dom0 and Xen.
+const SWITCH_INPUT: &[u8] = b"\x01\x01\x01";
+
+/// A fresh path for the monitor socket of machine `name`.
+pub fn monitor_socket(name: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "keel-mon-{}-{}-{unique}.sock",
+        file_name_for(name),
+        std::process::id()
+    ))
+}
+
+/// The findings of [`probe`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StallReport {
+    /// QEMU's `info cpus` and each CPU's instruction pointer and flags line, or why not.
+    pub emulator: Vec<String>,
+    /// Whether Xen printed its answer to the debug keys within [`XEN_ANSWER`].
+    pub xen_answered: bool,
+    /// Serial lines that arrived while the probe ran (Xen's dump, or anything the machine
+    /// printed once poked).
+    pub serial_lines_during_probe: usize,
+}
+
+impl StallReport {
+    /// The report as lines for an error message or a log.
+    pub fn lines(&self) -> Vec<String> {
+        if self.emulator.is_empty() && !self.xen_answered && self.serial_lines_during_probe == 0 {
+            return Vec::new();
+        }
+        let mut lines = vec![format!(
+            "stall probe: Xen {} its debug keys ('r', 'q'); {} serial lines during the probe",
+            if self.xen_answered {
+                "answered"
+            } else {
+                "did NOT answer"
+            },
+            self.serial_lines_during_probe
+        )];
+        lines.extend(
+            self.emulator
+                .iter()
+                .map(|l| format!("stall probe: qemu: {l}")),
+        );
+        lines
+    }
+}
+
+/// Asks QEMU and Xen what `vm` is doing (see the module's documentation).
+pub fn probe(vm: &Vm) -> StallReport {
+    let mut report = StallReport::default();
+    if let Some(socket) = vm.monitor_socket() {
+        report.emulator = emulator_state(socket);
+    }
+    let before = vm.serial_lines().len();
+    let sent = vm.send_serial(SWITCH_INPUT).is_ok() && {
+        std::thread::sleep(Duration::from_millis(500));
+        vm.send_serial(b"r").is_ok()
+    };
+    if sent {
+        let deadline = Instant::now() + XEN_ANSWER;
+        while Instant::now() < deadline && !report.xen_answered {
+            report.xen_answered = vm
+                .serial_lines_from(before)
+                .iter()
+                .any(|l| l.contains("'r' pressed"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if report.xen_answered {
+            let _ = vm.send_serial(b"q");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let _ = vm.send_serial(SWITCH_INPUT);
+    }
+    report.serial_lines_during_probe = vm.serial_lines().len().saturating_sub(before);
+    report
+}
+
+/// `info cpus`, and from `info registers -a` each CPU's header and `RIP=` line.
+fn emulator_state(socket: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    match monitor_command(socket, "info cpus") {
+        Ok(out) => lines.extend(
+            out.lines()
+                .map(str::trim)
+                .filter(|l| l.contains("CPU"))
+                .map(String::from),
+        ),
+        Err(e) => lines.push(format!("monitor unreachable: {e}")),
+    }
+    if let Ok(out) = monitor_command(socket, "info registers -a") {
+        lines.extend(
+            out.lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("CPU#") || l.starts_with("RIP="))
+                .map(String::from),
+        );
+    }
+    lines
+}
+
+/// Runs one human monitor command and returns what it printed.
+fn monitor_command(socket: &Path, command: &str) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    // The banner ends with the first prompt.
+    read_until_prompt(&mut stream)?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    read_until_prompt(&mut stream)
+}
+
+fn read_until_prompt(stream: &mut UnixStream) -> std::io::Result<String> {
+    let deadline = Instant::now() + MONITOR_REPLY;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.ends_with(b"(qemu) ") {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // The monitor echoes with terminal escapes; keep the printable text.
+    let text: String = String::from_utf8_lossy(&out)
+        .chars()
+        .filter(|c| *c == '\n' || !c.is_control())
+        .collect();
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_report_says_nothing_and_a_silent_xen_is_named() {
+        assert!(StallReport::default().lines().is_empty());
+        let report = StallReport {
+            emulator: vec!["* CPU #0: thread_id=7 (halted)".into()],
+            xen_answered: false,
+            serial_lines_during_probe: 0,
+        };
+        let lines = report.lines();
+        assert!(lines[0].contains("did NOT answer"), "{lines:?}");
+        assert!(lines[1].contains("(halted)"), "{lines:?}");
+    }
+
+    #[test]
+    fn monitor_sockets_are_distinct_per_machine() {
+        assert_ne!(monitor_socket("a b"), monitor_socket("a b"));
+        assert!(monitor_socket("x")
+            .to_string_lossy()
+            .contains("keel-mon-x-"));
+    }
+}
