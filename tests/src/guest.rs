@@ -14,6 +14,7 @@
 //! | `reboot` | reboots itself |
 //! | `crash` | panics the kernel (`sysrq c`): Xen sees a crash |
 //! | `burn` | keeps its vCPU busy forever (a shell loop): metering tests read one vCPU's worth |
+//! | `meter` | with the word `keel_meter=D,N,PORT`: writes then reads D MiB of `xvda` (direct I/O), gets `eth0` a DHCP lease and sends N MiB over TCP to 10.0.2.2:PORT (QEMU's user network: the test's listener on the host's loopback); prints `keel-guest: meter ...` (`tests/tests/metering.rs`) |
 //! | `hostile` | runs `/bin/hostile_blkfront` (only in [`hostile_initramfs`], which has no blkfront): a hostile frontend for the first VBD |
 //! | `fs` | a filesystem on `xvda` (`tests/tests/guest_disks.rs`): makes one if none mounts, checks and adds files, `sync`s, prints `keel-guest: fs ...`; from its third boot on keeps rewriting a 1 MiB file with fsync; then waits for a hot-plugged `xvdb` and its removal, then frees 16 MiB and runs `fstrim` |
 //! | `kbench` | runs `/bin/kbench /dev/xvda` (only in `cargo xtask bench guest-disk`'s initramfs) and prints `keel-guest: kbench done` |
@@ -112,6 +113,16 @@ case "$action" in
     else
       echo "keel-guest: disk missing"
     fi ;;
+  meter)
+    set -- $(tr ' ' '\n' < /proc/cmdline | sed -n 's/^keel_meter=//p' | tr ',' ' ')
+    dd if=/dev/zero of=/dev/xvda bs=1048576 count="$1" oflag=direct 2>/dev/null
+    dd if=/dev/xvda of=/dev/null bs=1048576 count="$1" iflag=direct 2>/dev/null
+    echo "keel-guest: meter disk $1 MiB written and read"
+    printf '#!/bin/sh\n[ "$1" = bound ] && ifconfig $interface $ip netmask $subnet\n' > /dhcp.sh
+    chmod +x /dhcp.sh; ifconfig eth0 up
+    udhcpc -i eth0 -n -q -t 30 -T 2 -s /dhcp.sh >/dev/null 2>&1 || echo "keel-guest: meter no lease"
+    dd if=/dev/zero bs=65536 count=$(($2 * 16)) 2>/dev/null | nc 10.0.2.2 "$3" >/dev/null 2>&1
+    echo "keel-guest: meter net $2 MiB sent" ;;
 esac
 while true; do sleep 1; done
 "#;
