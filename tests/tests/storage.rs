@@ -344,7 +344,7 @@ try:
     x.VDI.resize(snap, str(96 * MiB))
     raise AssertionError("resized a snapshot")
 except XenAPI.Failure as e:
-    assert e.details[0] == "VDI_READ_ONLY", e.details
+    assert e.details[0] == "VDI_READONLY", e.details
 ok("resize-rename")
 
 x.SR.scan(nvme)

@@ -64,7 +64,8 @@ pub enum ApiError {
     SrFull { requested: u64, maximum: u64 },
     /// `VDI_IN_USE [vdi, operation]`: the VDI is busy (a transfer is running on it).
     VdiInUse { vdi: String, operation: String },
-    /// `VDI_READ_ONLY [vdi]`: the VDI (a snapshot) cannot be written or resized.
+    /// `VDI_READONLY [vdi]` (xapi's spelling: one word): the VDI (a snapshot) cannot be
+    /// written or resized.
     VdiReadOnly { vdi: String },
     /// `VALUE_NOT_SUPPORTED [field, value, reason]`
     ValueNotSupported {
@@ -157,7 +158,7 @@ impl ApiError {
             ApiError::InternalError { .. } => "INTERNAL_ERROR",
             ApiError::SrFull { .. } => "SR_FULL",
             ApiError::VdiInUse { .. } => "VDI_IN_USE",
-            ApiError::VdiReadOnly { .. } => "VDI_READ_ONLY",
+            ApiError::VdiReadOnly { .. } => "VDI_READONLY",
             ApiError::ValueNotSupported { .. } => "VALUE_NOT_SUPPORTED",
             ApiError::SrBackendFailure { .. } => "SR_BACKEND_FAILURE",
             ApiError::VmBadPowerState { .. } => "VM_BAD_POWER_STATE",

@@ -342,11 +342,11 @@ fn userdevices_name_devices_and_are_unique_per_vm() {
     );
     let snap = text(&h.ok("VDI.snapshot", vec![s(&a)])).to_string();
     let args = record(&[("VM", s(&vm)), ("VDI", s(&snap)), ("mode", s("RW"))]);
-    assert_eq!(code(&h.err("VBD.create", vec![args])), "VDI_READ_ONLY");
+    assert_eq!(code(&h.err("VBD.create", vec![args])), "VDI_READONLY");
     let ro = h.vbd(&vm, &snap, "6", "RO", "Disk");
     assert_eq!(
         code(&h.err("VBD.set_mode", vec![s(&ro), s("RW")])),
-        "VDI_READ_ONLY"
+        "VDI_READONLY"
     );
     // xapi's internal VDIs are never attached.
     let sr = h.sr("sr-a");

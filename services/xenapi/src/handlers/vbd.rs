@@ -12,7 +12,7 @@
 //!   `redo_log`, `cbt_metadata`) are never attached (`VDI_INCOMPATIBLE_TYPE`).
 //! - A VDI is attached read-write by at most one VBD, and never read-write while attached
 //!   read-only elsewhere (`VDI_IN_USE`); a read-only VDI (a snapshot) only in `RO` mode
-//!   (`VDI_READ_ONLY`). Checked when the VBD is attached: at `VM.start` and `VBD.plug`.
+//!   (`VDI_READONLY`). Checked when the VBD is attached: at `VM.start` and `VBD.plug`.
 //! - `plug`, `unplug` and `unplug_force` need a running VM; a VBD whose `unpluggable` is
 //!   false stays (`VBD_NOT_UNPLUGGABLE`); an attached VBD is not destroyed.
 //! - `allowed_operations` is exactly what these rules let through now, recomputed with
