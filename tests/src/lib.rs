@@ -22,6 +22,7 @@
 pub mod accel;
 pub mod console;
 pub mod credentials;
+pub mod emulator;
 pub mod error;
 pub mod guest;
 pub mod guest_host;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use keel_tests::emulator::retry_after_emulator_fault;
 use keel_tests::guest::{self, GUEST_READY, GUEST_VM_PY};
 use keel_tests::guest_host::{boot_host, path};
 use keel_tests::prereq::{self, Tool, GRUB_XEN_PVH_IMAGE};
@@ -163,7 +164,15 @@ fn a_pygrub_vm_boots_the_kernel_its_own_disk_names() {
             .unwrap_or_else(|e| panic!("GRUB reads {file} as it was written: {e}"));
     }
 
-    let host = boot_host("guest_pvgrub").unwrap_or_else(|e| panic!("{e}"));
+    retry_after_emulator_fault("guest_pvgrub", |name| {
+        boots_its_own_kernel(name, &disk);
+        Ok::<(), HarnessError>(())
+    });
+}
+
+/// A host named `name` imports `disk`, makes the pygrub VM and boots it.
+fn boots_its_own_kernel(name: &str, disk: &Path) {
+    let host = boot_host(name).unwrap_or_else(|e| panic!("{e}"));
     let port = host.url.rsplit(':').next().unwrap_or_default().to_string();
 
     let out = run_script(
@@ -173,7 +182,7 @@ fn a_pygrub_vm_boots_the_kernel_its_own_disk_names() {
             &host.password,
             &port,
             GRUB_XEN_PVH_IMAGE,
-            path(&disk),
+            path(disk),
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));

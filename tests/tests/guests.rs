@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
 
+use keel_tests::emulator::retry_after_emulator_fault;
 use keel_tests::guest::GUEST_READY;
 use keel_tests::guest_host::{
     boot_host, setup, Host, DISK_SCRIPT, GUEST_BOOT_DEADLINE, MIB, VBD_SCRIPT,
@@ -21,68 +22,13 @@ use keel_tests::{HarnessError, Pattern};
 /// one that crashes, a kernel that is not a kernel; Xen gets its memory back each time.
 ///
 /// QEMU's emulation of nested SVM sometimes kills a domain with a triple fault reported in
-/// Xen's own code (`keel_tests::triple_fault`). A guest that meets it is restarted by its
-/// `actions_after_crash`, which the steps below tolerate; if a step fails all the same and
-/// the console shows such a fault, the emulator is named and counted and the test runs once
-/// more on a fresh host. Any other triple fault fails the test.
+/// Xen's own code or wedges the whole machine (`keel_tests::emulator`). A guest that meets
+/// the fault is restarted by its `actions_after_crash`, which the steps below tolerate; if a
+/// step fails all the same beside such a fault, the emulator is named and counted and the
+/// test runs once more on a fresh host. Any other failure fails the test.
 #[test]
 fn linux_guests_run_their_whole_lifecycle_through_the_xenapi() {
-    let first = std::panic::catch_unwind(|| lifecycle("guests_lifecycle"));
-    let faults = emulator_faults("guests_lifecycle");
-    match first {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if faults > 0 => retry(&e.to_string(), faults),
-        Err(panic) if faults > 0 => retry(&panic_text(&panic), faults),
-        Ok(Err(e)) => panic!("{e}"),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-fn retry(failure: &str, faults: usize) {
-    eprintln!(
-        "guests: EMULATOR FAULT: the run failed beside {faults} triple fault(s) in Xen's own \
-         code (QEMU TCG nested SVM, not Keel's); running once more on a fresh host. Failure: {failure}"
-    );
-    if let Err(e) = lifecycle("guests_lifecycle_again") {
-        panic!("{e}");
-    }
-    emulator_faults("guests_lifecycle_again");
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
-
-/// Counts the emulator's triple faults in a host's console log (and says so); fails on any
-/// other triple fault.
-fn emulator_faults(host: &str) -> usize {
-    let log = keel_tests::paths::test_logs_dir().join(format!("{host}.log"));
-    let lines: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let faults = keel_tests::triple_fault::triple_faults(&lines);
-    for fault in &faults {
-        assert!(
-            fault.emulator,
-            "a real triple fault of domain {} (not the emulator's): {:?}; see {}",
-            fault.domain,
-            fault.rip,
-            log.display()
-        );
-        eprintln!(
-            "guests: emulator fault counted: domain {} vCPU {} triple-faulted in Xen's code ({})",
-            fault.domain,
-            fault.vcpu,
-            fault.rip.as_deref().unwrap_or_default()
-        );
-    }
-    faults.len()
+    retry_after_emulator_fault("guests_lifecycle", lifecycle);
 }
 
 fn lifecycle(name: &str) -> Result<(), HarnessError> {
@@ -205,7 +151,14 @@ print(s.xenapi.VM.get_PV_ramdisk(vm))
 /// guest finds its marker on the disk.
 #[test]
 fn a_linux_guest_keeps_its_disk_through_blkback() {
-    let host = boot_host("guests_disk").unwrap_or_else(|e| panic!("{e}"));
+    retry_after_emulator_fault("guests_disk", |name| {
+        keeps_its_disk(name);
+        Ok::<(), HarnessError>(())
+    });
+}
+
+fn keeps_its_disk(name: &str) {
+    let host = boot_host(name).unwrap_or_else(|e| panic!("{e}"));
     let vms = setup(&host, &["disk-1"]).unwrap_or_else(|e| panic!("{e}"));
     let vm = &vms[0];
     let out = run_script(DISK_SCRIPT, &[&host.url, &host.password, vm, "64"])

@@ -246,10 +246,15 @@ print("auto", x.VM.get_domid(auto), flush=True)
 
 /// Under Xen, with real guests: a power cut with two guests running; at the next host boot
 /// the plain one is `Halted` and the `auto_poweron` one runs again (its console says so).
+///
+/// An emulator fault (`keel_tests::emulator`) gets the test one more pair of hosts.
 #[test]
-fn after_a_power_cut_running_vms_are_halted_and_auto_poweron_ones_boot() -> Result<(), HarnessError>
-{
-    let dir = disk_dir("hostdb_xen");
+fn after_a_power_cut_running_vms_are_halted_and_auto_poweron_ones_boot() {
+    keel_tests::emulator::retry_after_emulator_fault("hostdb_xen", power_cut_with_guests);
+}
+
+fn power_cut_with_guests(name: &str) -> Result<(), HarnessError> {
+    let dir = disk_dir(name);
     let image = dir.join("sr.img");
     fs::File::create(&image)
         .and_then(|f| f.set_len(256 * MIB))
@@ -258,7 +263,7 @@ fn after_a_power_cut_running_vms_are_halted_and_auto_poweron_ones_boot() -> Resu
     let initrd = keel_tests::guest::initramfs()?;
     let cmdline = keel_tests::guest::cmdline("idle");
 
-    let first = boot_xen("hostdb_xen_first", &image)?;
+    let first = boot_xen(&format!("{name}_first"), &image)?;
     let port = first.api_port().expect("an API port").to_string();
     let out = script(
         &first,
@@ -284,7 +289,7 @@ fn after_a_power_cut_running_vms_are_halted_and_auto_poweron_ones_boot() -> Resu
     // Power cut with both guests running.
     drop(first);
 
-    let second = boot_xen("hostdb_xen_second", &image)?;
+    let second = boot_xen(&format!("{name}_second"), &image)?;
     let halted = lines_with(&second, "that were running when the host went down");
     assert!(
         halted.iter().any(|l| l.contains("2 VMs")),
