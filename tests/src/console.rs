@@ -208,6 +208,16 @@ impl Transcript {
         }
     }
 
+    /// When the last serial line arrived (`None` before the first).
+    pub fn last_serial_at(&self) -> Option<Instant> {
+        self.lock()
+            .lines
+            .iter()
+            .rev()
+            .find(|line| line.stream == Stream::Serial)
+            .map(|line| line.at)
+    }
+
     /// Every serial line so far.
     pub fn serial_lines(&self) -> Vec<String> {
         self.lock()

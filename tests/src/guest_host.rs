@@ -29,7 +29,7 @@ pub const MIB: u64 = 1 << 20;
 /// `vm <name> <ref>` line per VM made.
 pub const SETUP_SCRIPT: &str = r#"
 import sys, socket, XenAPI
-socket.setdefaulttimeout(600)  # a host that stops answering fails the step, not the run
+socket.setdefaulttimeout(240)  # a host that stops answering fails the step, not the run
 url, password, port, kernel, initrd = sys.argv[1:6]
 names = sys.argv[6:]
 s = XenAPI.Session(url)
@@ -52,7 +52,7 @@ for name in names:
 /// `VM.set_FIELD(vm, VALUE)`.
 pub const CALL_SCRIPT: &str = r#"
 import sys, time, socket, XenAPI
-socket.setdefaulttimeout(600)  # a host that stops answering fails the step, not the run
+socket.setdefaulttimeout(240)  # a host that stops answering fails the step, not the run
 url, password, call, vm = sys.argv[1:5]
 rest = sys.argv[5:]
 s = XenAPI.Session(url)
@@ -271,7 +271,7 @@ pub fn path(p: &Path) -> &str {
 /// clients do before `VM.start`); prints the VDI's and the VBD's references.
 pub const DISK_SCRIPT: &str = r#"
 import sys, socket, XenAPI
-socket.setdefaulttimeout(600)
+socket.setdefaulttimeout(240)
 url, password, vm, size = sys.argv[1:5]
 s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guests")
@@ -290,7 +290,7 @@ print("vbd", vbd, x.VBD.get_device(vbd), flush=True)
 /// Prints whether a VBD is attached now.
 pub const VBD_SCRIPT: &str = r#"
 import sys, socket, XenAPI
-socket.setdefaulttimeout(600)
+socket.setdefaulttimeout(240)
 url, password, vbd = sys.argv[1:4]
 s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-guests")
@@ -303,7 +303,7 @@ print("attached", s.xenapi.VBD.get_currently_attached(vbd), flush=True)
 /// attached.
 pub const HOTPLUG_SCRIPT: &str = r#"
 import sys, socket, XenAPI
-socket.setdefaulttimeout(600)
+socket.setdefaulttimeout(240)
 url, password, mode, target = sys.argv[1:5]
 s = XenAPI.Session(url)
 s.xenapi.login_with_password("root", password, "1.0", "keel-tests-hotplug")

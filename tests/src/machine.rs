@@ -366,33 +366,66 @@ impl Vm {
         timeout: Duration,
     ) -> Result<ConsoleLine, HarnessError> {
         let pattern = pattern.into();
-        match self.transcript.wait_for(&pattern, Instant::now() + timeout) {
-            WaitOutcome::Found(Line { text, at, .. }) => Ok(ConsoleLine {
-                text,
-                since_start: at.saturating_duration_since(self.started),
-            }),
-            WaitOutcome::TimedOut => {
-                // Under Xen, say what the machine was doing (Xen's view and QEMU's).
-                let report = self.xen_stall_report();
-                let mut tail = self.transcript.tail(TAIL_LINES);
-                tail.extend(report.lines());
-                Err(HarnessError::Timeout {
-                    pattern,
-                    waited: timeout,
-                    tail,
-                    log: self.log_path.clone(),
-                })
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            // Under Xen, a console silent for [`xen_stall::SILENCE`] gets Xen asked whether
+            // it is alive: a wedged machine (the emulator's) ends the wait at once.
+            let slice_end = match self.monitor {
+                Some(_) => deadline.min(Instant::now() + crate::xen_stall::SILENCE),
+                None => deadline,
+            };
+            match self.transcript.wait_for(&pattern, slice_end) {
+                WaitOutcome::Found(Line { text, at, .. }) => {
+                    return Ok(ConsoleLine {
+                        text,
+                        since_start: at.saturating_duration_since(self.started),
+                    })
+                }
+                WaitOutcome::TimedOut if Instant::now() < deadline => {
+                    let silent = self
+                        .transcript
+                        .last_serial_at()
+                        .is_none_or(|at| at.elapsed() >= crate::xen_stall::SILENCE);
+                    if silent {
+                        let report = self.xen_stall_report_with(false);
+                        if !report.xen_answered && !report.lines().is_empty() {
+                            return Err(self.timeout_error(pattern, started.elapsed(), report));
+                        }
+                    }
+                }
+                WaitOutcome::TimedOut => {
+                    // Say what the machine was doing (under Xen: Xen's view and QEMU's).
+                    let report = self.xen_stall_report();
+                    return Err(self.timeout_error(pattern, timeout, report));
+                }
+                WaitOutcome::Closed => {
+                    let status = self.poll_exit(Instant::now() + DRAIN);
+                    self.transcript.wait_closed(Instant::now() + DRAIN);
+                    return Err(HarnessError::Exited {
+                        pattern,
+                        status,
+                        tail: self.transcript.tail(TAIL_LINES),
+                        log: self.log_path.clone(),
+                    });
+                }
             }
-            WaitOutcome::Closed => {
-                let status = self.poll_exit(Instant::now() + DRAIN);
-                self.transcript.wait_closed(Instant::now() + DRAIN);
-                Err(HarnessError::Exited {
-                    pattern,
-                    status,
-                    tail: self.transcript.tail(TAIL_LINES),
-                    log: self.log_path.clone(),
-                })
-            }
+        }
+    }
+
+    fn timeout_error(
+        &self,
+        pattern: Pattern,
+        waited: Duration,
+        report: crate::xen_stall::StallReport,
+    ) -> HarnessError {
+        let mut tail = self.transcript.tail(TAIL_LINES);
+        tail.extend(report.lines());
+        HarnessError::Timeout {
+            pattern,
+            waited,
+            tail,
+            log: self.log_path.clone(),
         }
     }
 
@@ -460,10 +493,15 @@ impl Vm {
     /// For a machine under Xen that stopped making progress: what each emulated CPU and Xen
     /// say ([`crate::xen_stall::StallReport`]), also written to the log. Empty otherwise.
     pub fn xen_stall_report(&self) -> crate::xen_stall::StallReport {
+        self.xen_stall_report_with(true)
+    }
+
+    /// [`Vm::xen_stall_report`]; `full` also asks Xen for every domain's vCPUs (`q`).
+    fn xen_stall_report_with(&self, full: bool) -> crate::xen_stall::StallReport {
         if self.monitor.is_none() || !matches!(self.lock_child().try_wait(), Ok(None)) {
             return crate::xen_stall::StallReport::default();
         }
-        let report = crate::xen_stall::probe(self);
+        let report = crate::xen_stall::probe(self, full);
         if let Ok(mut log) = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log_path)

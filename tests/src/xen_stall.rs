@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use crate::machine::{file_name_for, Vm};
 
+/// A console silent this long while a test waits on it gets the machine probed (a healthy
+/// host under test prints more often: guests' consoles, Keel's log).
+pub const SILENCE: Duration = Duration::from_secs(90);
+
 /// How long Xen gets to answer a debug key.
 pub const XEN_ANSWER: Duration = Duration::from_secs(8);
 
@@ -78,8 +82,9 @@ impl StallReport {
     }
 }
 
-/// Asks QEMU and Xen what `vm` is doing (see the module's documentation).
-pub fn probe(vm: &Vm) -> StallReport {
+/// Asks QEMU and Xen what `vm` is doing (see the module's documentation); `full` also asks
+/// Xen for every domain's vCPUs (`q`, a long dump) when it answers.
+pub fn probe(vm: &Vm, full: bool) -> StallReport {
     let mut report = StallReport::default();
     if let Some(socket) = vm.monitor_socket() {
         report.emulator = emulator_state(socket);
@@ -98,7 +103,7 @@ pub fn probe(vm: &Vm) -> StallReport {
                 .any(|l| l.contains("'r' pressed"));
             std::thread::sleep(Duration::from_millis(200));
         }
-        if report.xen_answered {
+        if report.xen_answered && full {
             let _ = vm.send_serial(b"q");
             std::thread::sleep(Duration::from_secs(2));
         }
