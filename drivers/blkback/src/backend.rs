@@ -269,7 +269,18 @@ impl<P: Deref<Target = PageWords>> Blkback<P> {
     /// The event channels of the connected rings: an event on any of them means
     /// [`Blkback::poll`].
     pub fn ports(&self) -> Vec<Port> {
-        self.queues.iter().map(|q| q.port).collect()
+        self.each_port().collect()
+    }
+
+    /// [`Blkback::ports`] without a list: for callers that gather them with fallible
+    /// allocation ([`Blkback::port_count`] of them).
+    pub fn each_port(&self) -> impl Iterator<Item = Port> + '_ {
+        self.queues.iter().map(|q| q.port)
+    }
+
+    /// How many event channels [`Blkback::each_port`] yields.
+    pub fn port_count(&self) -> usize {
+        self.queues.len()
     }
 
     /// Requests in the target (including ones orphaned by a disconnect).

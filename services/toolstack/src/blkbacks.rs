@@ -17,11 +17,12 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 use core::ops::Deref;
 
 use keel_blkback::{
-    Blkback, BlockTarget, Config, Env, GrantIo, PageWords, RingFrames, StoreError as BlkStoreError,
-    Xenstore,
+    Blkback, BlockTarget, Config, Env, Failure, GrantIo, PageWords, RingFrames,
+    StoreError as BlkStoreError, Xenstore,
 };
 use keel_xen::evtchn::Port;
 use keel_xen::hypercall::Hypervisor;
@@ -81,7 +82,9 @@ pub struct Blkbacks<P, K: DiskTargets> {
     client: Option<LocalClient>,
 }
 
-/// What one [`Blkbacks::serve`] call did.
+/// What one [`Blkbacks::serve`] call did. Its lists are grown with fallible allocation (a
+/// guest's requests must not be able to abort dom0): when memory for them runs out, the
+/// flags below say what is missing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DisksServiced {
     /// A device has more to do now, or storage requests in flight whose completions only
@@ -89,8 +92,43 @@ pub struct DisksServiced {
     pub more: bool,
     /// Every event channel of every device, for the kernel to route to the guest task.
     pub ports: Vec<Port>,
-    /// Devices that failed since the last call: (domid, devid, reason).
-    pub failures: Vec<(u16, u32, String)>,
+    /// `ports` lacks some channels (no memory for the list): keep the channels routed as
+    /// they are rather than unrouting the missing ones; `more` is set.
+    pub ports_incomplete: bool,
+    /// Devices that failed since the last call: (domid, devid, why).
+    pub failures: Vec<(u16, u32, DiskFailure)>,
+    /// Failures left out of `failures` (no memory for the list); each device still holds
+    /// its own ([`Blkbacks::device`], `Blkback::failure`).
+    pub failures_unlisted: usize,
+}
+
+/// Why a device stopped serving its guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskFailure {
+    /// Its nodes could not be published in xenstore (`start`).
+    Publish(BlkStoreError),
+    /// The backend closed it (the reason is also in xenstore, as `xenbus_dev_fatal` writes it).
+    Backend(Failure),
+}
+
+impl fmt::Display for DiskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskFailure::Publish(e) => write!(f, "publishing the backend: {e:?}"),
+            DiskFailure::Backend(failure) => write!(f, "{failure:?}"),
+        }
+    }
+}
+
+impl DisksServiced {
+    /// Lists a failure if there is memory for it, else counts it.
+    fn failed(&mut self, domid: u16, devid: u32, why: DiskFailure) {
+        if self.failures.try_reserve(1).is_ok() {
+            self.failures.push((domid, devid, why));
+        } else {
+            self.failures_unlisted += 1;
+        }
+    }
 }
 
 impl<P, K> Blkbacks<P, K>
@@ -154,27 +192,33 @@ where
         let client = *self.client.get_or_insert_with(|| xenstored.open_local());
         let mut out = DisksServiced::default();
         let mut events: Vec<String> = Vec::new();
+        // A token that finds no room in `events` must not be lost: then every device takes
+        // a watch event (each re-reads the frontend's state; a spare one is harmless).
+        let mut every_device_fired = false;
         while let Some(event) = xenstored.poll_event(client) {
-            if !events.contains(&event.token) && events.try_reserve(1).is_ok() {
+            if events.contains(&event.token) {
+                continue;
+            }
+            if events.try_reserve(1).is_ok() {
                 events.push(event.token);
+            } else {
+                every_device_fired = true;
             }
         }
         for device in self.devices.values_mut() {
             let had_failed = device.blkback.failure().is_some();
             let (domid, devid) = (device.blkback.config().domid, device.blkback.config().devid);
-            let fired = events
-                .iter()
-                .any(|t| *t == device.blkback.config().watch_token);
+            let fired = every_device_fired
+                || events
+                    .iter()
+                    .any(|t| *t == device.blkback.config().watch_token);
             let first = !core::mem::replace(&mut device.started, true);
             let mut store = DeviceStore { xenstored, client };
             let (blkback, mut env) = device.lend(hv, &mut store, frames, grants, now_us);
             if first {
                 match blkback.start(&mut env) {
                     Ok(progress) => out.more |= progress.more,
-                    Err(e) => {
-                        out.failures
-                            .push((domid, devid, format!("publishing the backend: {e:?}")))
-                    }
+                    Err(e) => out.failed(domid, devid, DiskFailure::Publish(e)),
                 }
             } else if fired {
                 out.more |= blkback.on_watch(&mut env).more;
@@ -184,9 +228,14 @@ where
             // a device with requests in flight asks to be served again soon.
             out.more |= blkback.in_flight() > 0;
             if let (false, Some(failure)) = (had_failed, blkback.failure()) {
-                out.failures.push((domid, devid, format!("{failure:?}")));
+                out.failed(domid, devid, DiskFailure::Backend(failure.clone()));
             }
-            out.ports.extend(blkback.ports());
+            if out.ports.try_reserve(blkback.port_count()).is_ok() {
+                out.ports.extend(blkback.each_port());
+            } else {
+                out.ports_incomplete = true;
+                out.more = true;
+            }
         }
         self.draining.retain_mut(|device| {
             let mut store = DeviceStore { xenstored, client };

@@ -292,3 +292,38 @@ fn a_stopped_disk_drains_its_storage_requests_before_it_goes() {
     assert_eq!(w.disks.draining(), 0, "drained once the storage answered");
     assert_eq!(w.frames.in_use(), 0, "the ring's frame went back");
 }
+
+#[test]
+fn a_device_the_backend_closes_is_reported_once_with_its_typed_reason() {
+    let mut w = World::new(vdis());
+    w.toolstack_nodes();
+    let m = medium();
+    w.disks.start(&disk(&m)).unwrap();
+    w.serve();
+    let _ring = w.blkfront();
+    // A protocol the backend does not speak: fatal at connect.
+    w.set(&format!("{FE}/protocol"), "sparc-abi");
+    w.set(&format!("{FE}/state"), "3");
+    let served = w.serve();
+    assert_eq!(served.failures_unlisted, 0);
+    assert!(!served.ports_incomplete);
+    let [(domid, devid, why)] = served.failures.as_slice() else {
+        panic!("one failure: {:?}", served.failures);
+    };
+    assert_eq!((*domid, *devid), (DOMID, DEVID));
+    assert!(
+        matches!(
+            why,
+            keel_toolstack::blkbacks::DiskFailure::Backend(keel_blkback::Failure::Connect(
+                keel_blkback::ConnectError::Protocol(p)
+            )) if p == "sparc-abi"
+        ),
+        "{why:?}"
+    );
+    assert!(why.to_string().contains("sparc-abi"), "{why}");
+    assert!(served.ports.is_empty(), "no ring, no channel");
+    assert!(
+        w.serve().failures.is_empty(),
+        "a failure is reported when it happens, not again"
+    );
+}

@@ -209,7 +209,8 @@ async fn serve(handle: Handle, service: GuestService, disks: SharedDisks, dom_ex
                 .map(|v| vifs::serve(v, &mut host.xenstored));
             wanted.extend(nets.iter().flat_map(|n| n.ports.iter().copied()));
             for port in group.ports().to_vec() {
-                if !wanted.contains(&port) {
+                // An incomplete list of the disks' channels (no memory) unroutes nothing.
+                if !wanted.contains(&port) && !disks_serviced.ports_incomplete {
                     group.unbind(port);
                 }
             }
