@@ -25,8 +25,8 @@ use keel_netback::{
     VifCounters, XenbusState,
 };
 use keel_vswitch::{
-    ConfigError, LockingMode, MacAddr, NetworkConfig, NetworkId, NetworkLockingMode, PortId,
-    VifConfig,
+    ConfigError, LockingMode, MacAddr, NetworkConfig, NetworkId, NetworkLockingMode,
+    PortCounters, PortId, VifConfig,
 };
 use keel_xen::evtchn::Port;
 use keel_xen::hypercall::Hypervisor;
@@ -91,6 +91,10 @@ pub struct VifsServiced {
     pub ports: Vec<Port>,
     /// VIFs that failed or were dropped since the last call: (domid, device, reason).
     pub failures: Vec<(u16, u32, String)>,
+    /// VIFs taken off the switch since the last call, with the switch's final counters of
+    /// their port (what they sent, received, and what the switch dropped and why):
+    /// (domid, device, counters).
+    pub removed: Vec<(u16, u32, PortCounters)>,
 }
 
 /// Every VIF backend of the host and the bridges they plug into.
@@ -103,6 +107,8 @@ pub struct Netbacks {
     detached: Vec<Vif>,
     /// Failures found outside `serve` (reported by the next one).
     failures: Vec<(u16, u32, String)>,
+    /// Final switch counters of VIFs taken off the switch (reported by the next `serve`).
+    removed: Vec<(u16, u32, PortCounters)>,
     /// The backends' own xenstored connection; opened at the first `serve`.
     client: Option<LocalClient>,
     /// The time of the last `serve` (switch ports added between calls learn from then).
@@ -171,6 +177,7 @@ impl Netbacks {
             vifs: BTreeMap::new(),
             detached: Vec::new(),
             failures: Vec::new(),
+            removed: Vec::new(),
             client: None,
             now_ns: 0,
         }
@@ -260,7 +267,13 @@ impl Netbacks {
         let Some(mut vif) = self.vifs.remove(&key) else {
             return false;
         };
-        let _ = self.fabric.borrow_mut().remove_port(vif.switch_port);
+        let removed = self.fabric.borrow_mut().remove_port(vif.switch_port);
+        // Only the report is lost if there is no room for it.
+        if let Ok(counters) = removed {
+            if self.removed.try_reserve(1).is_ok() {
+                self.removed.push((key.0, key.1, counters));
+            }
+        }
         vif.detach = Some(Detach {
             force,
             closed_at_ns: None,
@@ -295,6 +308,7 @@ impl Netbacks {
         let client = *self.client.get_or_insert_with(|| xenstored.open_local());
         let mut out = VifsServiced {
             failures: core::mem::take(&mut self.failures),
+            removed: core::mem::take(&mut self.removed),
             ..VifsServiced::default()
         };
 

@@ -400,6 +400,18 @@ fn filters_apply_and_change_on_update() {
     );
     h.serve();
     assert!(h.uplink_out().is_empty());
+
+    // Unplugged: the next serve reports the port's final counters once, drops included
+    // (the kernel logs them; the spoofing test under Xen reads that line).
+    h.nbs.detach_vif(u32::from(FE), 0, false).unwrap();
+    let serviced = h.serve();
+    assert_eq!(serviced.removed.len(), 1, "{:?}", serviced.removed);
+    let (domid, device, last) = &serviced.removed[0];
+    assert_eq!((*domid, *device), (FE, 0));
+    assert_eq!(last.drops.get(DropReason::SpoofedIp), 1);
+    assert_eq!(last.drops.get(DropReason::PortDisabled), 1);
+    assert_eq!(last.rx_packets, 4);
+    assert!(h.serve().removed.is_empty());
 }
 
 #[test]

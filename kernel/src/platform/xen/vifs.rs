@@ -96,6 +96,20 @@ pub fn serve(vifs: &Vifs, xenstored: &mut Xenstored) -> VifsServiced {
     for (domid, device, reason) in &serviced.failures {
         log::warn!("vifs: domain {domid} vif {device}: {reason}");
     }
+    // What each unplugged VIF did on the switch, the drops by reason (anti-spoofing,
+    // flood limit, ...): `VIF_metrics` carries rates only.
+    for (domid, device, c) in &serviced.removed {
+        let mut drops = alloc::string::String::new();
+        for (reason, n) in c.drops.iter().filter(|(_, n)| *n > 0) {
+            let _ = core::fmt::Write::write_fmt(&mut drops, format_args!(" {}={n}", reason.name()));
+        }
+        log::info!(
+            "vifs: domain {domid} vif {device} off the switch: from guest {} frames, to guest {} frames, dropped{}",
+            c.rx_packets,
+            c.tx_packets,
+            if drops.is_empty() { " none" } else { &drops }
+        );
+    }
     // A guest's frames switched to another guest are served in the next round.
     serviced.more |= netbacks.fabric().borrow_mut().take_guest_frames();
     if !serviced.ports.is_empty() {
