@@ -25,8 +25,8 @@ use keel_netback::{
     VifCounters, XenbusState,
 };
 use keel_vswitch::{
-    ConfigError, LockingMode, MacAddr, NetworkConfig, NetworkId, NetworkLockingMode,
-    PortCounters, PortId, VifConfig,
+    ConfigError, LockingMode, MacAddr, NetworkConfig, NetworkId, NetworkLockingMode, PortCounters,
+    PortId, VifConfig,
 };
 use keel_xen::evtchn::Port;
 use keel_xen::hypercall::Hypervisor;
