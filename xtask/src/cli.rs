@@ -69,6 +69,10 @@ commands:
                            a Linux guest's xvda through blkback (kbench, O_DIRECT,
                            QD 1 and 32) beside Keel's own driver on the same kind
                            of virtio-blk disk (N runs each, default 1)
+  bench guest-net [--runs N] [--record]
+                           two Linux guests through netback and the switch: TCP
+                           MB/s guest -> outside and guest -> guest, 60-byte UDP
+                           frames/s (N host boots, default 1)
   bench guests [--runs N] [--record]
                            Keel beside Linux dom0 + xl on the same Xen and QEMU:
                            dom0 boot, guest start and shutdown, dom0 memory; ratios
@@ -123,6 +127,10 @@ pub enum Command {
         record: bool,
     },
     BenchGuestDisk {
+        runs: u32,
+        record: bool,
+    },
+    BenchGuestNet {
         runs: u32,
         record: bool,
     },
@@ -400,6 +408,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         Some("api") => ("bench api", DEFAULT_API_BENCH_RUNS),
         Some("dom0") => ("bench dom0", DEFAULT_DOM0_BENCH_RUNS),
         Some("guest-disk") => ("bench guest-disk", DEFAULT_STORAGE_BENCH_RUNS),
+        Some("guest-net") => ("bench guest-net", DEFAULT_STORAGE_BENCH_RUNS),
         Some("guests") => ("bench guests", DEFAULT_VM_BENCH_RUNS),
         Some("storage") => ("bench storage", DEFAULT_STORAGE_BENCH_RUNS),
         Some("vm") => ("bench vm", DEFAULT_VM_BENCH_RUNS),
@@ -426,6 +435,7 @@ fn parse_bench(args: &mut Options) -> Result<Command, CliError> {
         "bench api" => Command::BenchApi { runs, record },
         "bench dom0" => Command::BenchDom0 { runs, record },
         "bench guest-disk" => Command::BenchGuestDisk { runs, record },
+        "bench guest-net" => Command::BenchGuestNet { runs, record },
         "bench guests" => Command::BenchGuests { runs, record },
         "bench storage" => Command::BenchStorage { runs, record },
         "bench vm" => Command::BenchVm { runs, record },
@@ -856,6 +866,24 @@ mod tests {
         assert_eq!(
             parse_words("bench storage --runs 3 --record"),
             Ok(Command::BenchStorage {
+                runs: 3,
+                record: true
+            })
+        );
+    }
+
+    #[test]
+    fn bench_guest_net_defaults_to_one_run() {
+        assert_eq!(
+            parse_words("bench guest-net"),
+            Ok(Command::BenchGuestNet {
+                runs: 1,
+                record: false
+            })
+        );
+        assert_eq!(
+            parse_words("bench guest-net --runs 3 --record"),
+            Ok(Command::BenchGuestNet {
                 runs: 3,
                 record: true
             })

@@ -61,6 +61,9 @@ fn run(args: impl Iterator<Item = String>) -> Result<ExitCode, XtaskError> {
         Command::BenchGuestDisk { runs, record } => {
             commands::bench_guest_disk::run(runs, record).map(|()| ExitCode::SUCCESS)
         }
+        Command::BenchGuestNet { runs, record } => {
+            commands::bench_guest_net::run(runs, record).map(|()| ExitCode::SUCCESS)
+        }
         Command::BenchGuests { runs, record } => {
             commands::bench_guests::run(runs, record).map(|()| ExitCode::SUCCESS)
         }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_api;
 pub mod bench_dom0;
 pub mod bench_guest_disk;
+pub mod bench_guest_net;
 pub mod bench_guests;
 pub mod bench_soak;
 pub mod bench_storage;
