@@ -19,6 +19,7 @@
 //! | `fs` | a filesystem on `xvda` (`tests/tests/guest_disks.rs`): makes one if none mounts, checks and adds files, `sync`s, prints `keel-guest: fs ...`; from its third boot on keeps rewriting a 1 MiB file with fsync; then waits for a hot-plugged `xvdb` and its removal, then frees 16 MiB and runs `fstrim` |
 //! | `kbench` | runs `/bin/kbench /dev/xvda` (only in `cargo xtask bench guest-disk`'s initramfs) and prints `keel-guest: kbench done` |
 //! | `net` | asks DHCP for `eth0`'s address (busybox `udhcpc`), pings the gateway and prints `keel-guest: net ...` |
+//! | `peer` | runs the comma-separated steps of the word `keel_steps=` in order and prints `keel-guest: peer <step> <outcome>` for each (see [`peer_steps`]); `tests/tests/guest_network.rs` and `cargo xtask bench guest-net` |
 //!
 //! As PID 1 the shell must turn the signals busybox's `poweroff`/`reboot` send to init (and
 //! the kernel's reboot request) into the real thing, or a clean shutdown never completes
@@ -68,11 +69,74 @@ case "$action" in
     ifconfig eth0 up
     udhcpc -i eth0 -n -q -t 30 -T 2 -s /dhcp.sh 2>/dev/null || echo "keel-guest: net no lease"
     ping -c 3 -W 5 10.0.2.2 >/dev/null 2>&1 && echo "keel-guest: net ping ok" || echo "keel-guest: net ping failed" ;;
+  peer)
+    seq 1 150000 > /payload
+    # busybox nc stops sending at its stdin's end and exits at the peer's: a client or sink
+    # reads stdin from this FIFO, held open read-write, so its stdin never ends.
+    mkfifo /hold; exec 3<>/hold
+    steps=""
+    for word in $(cat /proc/cmdline); do
+      case "$word" in keel_steps=*) steps="${word#keel_steps=}" ;; esac
+    done
+    say() { echo "keel-guest: peer $*"; }
+    for step in $(echo "$steps" | tr ',' ' '); do
+      arg="${step#*=}"; dev="${arg%%@*}"; val="${arg#*@}"
+      case "$step" in
+        dhcp=*)
+          printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface\n' > /dhcp.sh
+          chmod +x /dhcp.sh; ip link set "$arg" up
+          udhcpc -i "$arg" -n -q -t 30 -T 2 -s /dhcp.sh >/dev/null 2>&1
+          say "$step lease $(ip -4 -o addr show dev "$arg" | awk '{print $4}')" ;;
+        ip=*)
+          ip addr flush dev "$dev"; ip addr add "$val" dev "$dev"; ip link set "$dev" up
+          say "$step $(ip -4 -o addr show dev "$dev" | awk '{print $4}')" ;;
+        mac=*)
+          ip link set "$dev" down; ip link set "$dev" address "$val"; ip link set "$dev" up
+          say "$step $(cat /sys/class/net/$dev/address)" ;;
+        down=*) ip addr flush dev "$arg"; ip link set "$arg" down; say "$step ok" ;;
+        serve=*)
+          ( while :; do nc -l -p "$arg" < /payload >/dev/null 2>&1; done ) &
+          say "$step md5 $(md5sum < /payload | cut -c1-32)" ;;
+        sink=*)
+          ( while :; do nc -l -p "$arg" <&3 >/dev/null 2>&1; done ) &
+          say "$step ok" ;;
+        reach=*)
+          n=0; until ping -c 1 -W 1 "$arg" >/dev/null 2>&1; do
+            n=$((n+1)); [ $n -ge 90 ] && break; sleep 1
+          done
+          [ $n -lt 90 ] && say "$step ok tries=$n" || say "$step failed" ;;
+        ping=*)
+          ping -c 3 -W 2 "$arg" >/dev/null 2>&1 && say "$step reached" || say "$step unreachable" ;;
+        tcp=*)
+          n=0; rm -f /got; while [ $n -lt 20 ]; do
+            nc -w 5 "${arg%:*}" "${arg##*:}" <&3 > /got 2>/dev/null
+            cmp -s /got /payload && break; n=$((n+1)); sleep 1
+          done
+          cmp -s /got /payload && say "$step same bytes=$(wc -c < /got)" || say "$step differs bytes=$(wc -c < /got)" ;;
+        send=*)
+          start=$(cut -d' ' -f1 /proc/uptime)
+          dd if=/dev/zero bs=65536 count=$((dev * 16)) 2>/dev/null | nc -w 10 "${val%:*}" "${val##*:}" >/dev/null 2>&1
+          say "$step uptime $start $(cut -d' ' -f1 /proc/uptime)" ;;
+        udprecv=*)
+          ( /bin/udp_pps recv "$val" "$dev" | sed 's/^/keel-guest: peer udprecv /' ) &
+          say "$step listening" ;;
+        udpsend=*)
+          say "$step $(/bin/udp_pps send "${val%:*}" "${val##*:}" "$dev" 18 2>&1)" ;;
+        waitif=*)
+          n=0; while [ ! -e "/sys/class/net/$arg" ] && [ $n -lt 600 ]; do n=$((n+1)); sleep 1; done
+          [ -e "/sys/class/net/$arg" ] && say "$step present" || say "$step absent" ;;
+        goneif=*)
+          n=0; while [ -e "/sys/class/net/$arg" ] && [ $n -lt 600 ]; do n=$((n+1)); sleep 1; done
+          [ -e "/sys/class/net/$arg" ] && say "$step still there" || say "$step gone" ;;
+        *) say "$step unknown step" ;;
+      esac
+    done
+    say "done" ;;
   fs)
     mkdir -p /mnt
     made=no
     if ! mount -t ext4 /dev/xvda /mnt 2>/dev/null; then
-      mke2fs -q -F /dev/xvda >/dev/null 2>&1; made=yes
+      mkfs.ext4 -q -F /dev/xvda >/dev/null 2>&1; made=yes
       mount -t ext4 /dev/xvda /mnt || made=unmountable
     fi
     mkdir -p /mnt/files; touch /mnt/sums
@@ -171,7 +235,7 @@ pub fn kernel() -> Result<PathBuf, HarnessError> {
 
 /// The guest initramfs (built once per run of the harness, cached under `target/keel/`).
 pub fn initramfs() -> Result<PathBuf, HarnessError> {
-    linux::initramfs("guest.cpio", GUEST_INIT, GUEST_MODULES)
+    linux::initramfs_with("guest.cpio", GUEST_INIT, GUEST_MODULES, linux::mkfs_ext4()?)
 }
 
 /// Modules of the hostile frontend's guest: the user interfaces to grants, event channels and
@@ -181,9 +245,23 @@ pub const HOSTILE_MODULES: &[&str] = &["xen-gntalloc", "xen-evtchn", "xenfs"];
 /// `tests/guest-tools/hostile_blkfront.c` built with `gcc -static -O2` (cached under
 /// `target/keel/linux/`, rebuilt when the source is newer).
 pub fn hostile_blkfront() -> Result<PathBuf, HarnessError> {
-    let source =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-tools/hostile_blkfront.c");
-    let out = linux::artifact("hostile_blkfront");
+    guest_tool("hostile_blkfront")
+}
+
+/// `tests/guest-tools/udp_pps.c` built as [`hostile_blkfront`] is: UDP small-frame senders
+/// and counters for the `peer` steps `udpsend=` and `udprecv=` (`cargo xtask bench
+/// guest-net` packs it as `/bin/udp_pps`).
+pub fn udp_pps() -> Result<PathBuf, HarnessError> {
+    guest_tool("udp_pps")
+}
+
+/// `tests/guest-tools/<name>.c` built with `gcc -static -O2` (cached under
+/// `target/keel/linux/`, rebuilt when the source is newer).
+fn guest_tool(name: &str) -> Result<PathBuf, HarnessError> {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guest-tools")
+        .join(format!("{name}.c"));
+    let out = linux::artifact(name);
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if out.exists() && modified(&out) >= modified(&source) {
         return Ok(out);
@@ -197,7 +275,7 @@ pub fn hostile_blkfront() -> Result<PathBuf, HarnessError> {
         .arg(&source)
         .output()
         .map_err(|error| HarnessError::Io {
-            what: "running gcc for the hostile blkfront".into(),
+            what: format!("running gcc for {name}"),
             error,
         })?;
     if !built.status.success() {
@@ -239,7 +317,7 @@ mod tests {
         assert!(line.contains("console=hvc0"));
         assert!(line.split(' ').any(|w| w == "keel_guest=crash"));
         for action in [
-            "poweroff", "reboot", "crash", "disk", "fs", "burn", "net", "hostile",
+            "poweroff", "reboot", "crash", "disk", "fs", "burn", "net", "hostile", "peer",
         ] {
             assert!(
                 GUEST_INIT.contains(&format!("  {action})")),
