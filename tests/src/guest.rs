@@ -19,7 +19,26 @@
 //! | `fs` | a filesystem on `xvda` (`tests/tests/guest_disks.rs`): makes one if none mounts, checks and adds files, `sync`s, prints `keel-guest: fs ...`; from its third boot on keeps rewriting a 1 MiB file with fsync; then waits for a hot-plugged `xvdb` and its removal, then frees 16 MiB and runs `fstrim` |
 //! | `kbench` | runs `/bin/kbench /dev/xvda` (only in `cargo xtask bench guest-disk`'s initramfs) and prints `keel-guest: kbench done` |
 //! | `net` | asks DHCP for `eth0`'s address (busybox `udhcpc`), pings the gateway and prints `keel-guest: net ...` |
-//! | `peer` | runs the comma-separated steps of the word `keel_steps=` in order and prints `keel-guest: peer <step> <outcome>` for each (see [`peer_steps`]); `tests/tests/guest_network.rs` and `cargo xtask bench guest-net` |
+//! | `peer` | runs the comma-separated steps of the word `keel_steps=` in order and prints `keel-guest: peer <step> <outcome>` for each (steps below), then `keel-guest: peer done`; `tests/tests/guest_network.rs` and `cargo xtask bench guest-net` |
+//!
+//! The `peer` steps (`IF` an interface, `eth0`; `/payload` is `seq 1 150000`):
+//!
+//! | step | what | outcome |
+//! |---|---|---|
+//! | `dhcp=IF` | `udhcpc` on IF | `lease A.B.C.D/N` (empty if none) |
+//! | `ip=IF@A.B.C.D/N` | flushes IF's addresses, sets this one, link up | the address |
+//! | `mac=IF@MAC` | link down, new MAC, link up | the MAC IF has now |
+//! | `down=IF` | flushes IF's addresses, link down | `ok` |
+//! | `serve=PORT` | serves `/payload` on TCP PORT, one client after the other, in the background | `md5 <md5>` |
+//! | `sink=PORT` | reads and discards TCP PORT, one client after the other, in the background | `ok` |
+//! | `reach=IP` | pings IP once a second until it answers (90 tries) | `ok tries=N` or `failed` |
+//! | `ping=IP` | 3 pings, 2 s each | `reached` or `unreachable` |
+//! | `tcp=IP:PORT` | reads IP:PORT to its end (20 tries) and compares it with `/payload` | `same bytes=N` or `differs bytes=N` |
+//! | `send=MIB@IP:PORT` | sends MIB MiB of zeros to IP:PORT | `uptime <start> <end>` (`/proc/uptime`, the peer closed at the end) |
+//! | `udprecv=SECONDS@PORT` | `/bin/udp_pps recv` in the background (only in bench guest-net's initramfs) | `listening`; later a line `udprecv udp_pps received N packets in S s` |
+//! | `udpsend=SECONDS@IP:PORT` | `/bin/udp_pps send`, 60-byte frames | `udp_pps sent N packets in S s (R refused)` |
+//! | `waitif=IF` | waits until IF exists (600 s) | `present` or `absent` |
+//! | `goneif=IF` | waits until IF is gone (600 s) | `gone` or `still there` |
 //!
 //! As PID 1 the shell must turn the signals busybox's `poweroff`/`reboot` send to init (and
 //! the kernel's reboot request) into the real thing, or a clean shutdown never completes
