@@ -83,13 +83,14 @@ pub const XEN_TOOLS: &[&str] = &[
 pub const DLOPENED: &[&str] = &["libgcc_s.so.1"];
 
 /// Where the libraries go in dom0 (`LD_LIBRARY_PATH` names it; no `ld.so.cache` is made).
-const LIB_DIR: &str = "lib/x86_64-linux-gnu";
+pub const LIB_DIR: &str = "lib/x86_64-linux-gnu";
 /// The program interpreter every dynamic binary names.
-const INTERPRETER: &str = "ld-linux-x86-64.so.2";
+pub const INTERPRETER: &str = "ld-linux-x86-64.so.2";
 
 /// Kernel modules dom0 loads, in this order after their dependencies: the user interfaces
 /// to Xen that the toolstack opens, the backends, the bridge, RAM and loop disks for guest
-/// disks, and the uplink's virtio-net (Debian builds them all as modules).
+/// disks, the uplink's virtio-net and virtio-blk for a disk of files (Debian builds them all
+/// as modules).
 pub const DOM0_MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-privcmd",
@@ -103,6 +104,7 @@ pub const DOM0_MODULES: &[&str] = &[
     "brd",
     "virtio_pci",
     "virtio_net",
+    "virtio_blk",
 ];
 
 /// dom0's address on the bridge: the one QEMU's user network forwards host ports to.
@@ -179,7 +181,7 @@ pub fn needed_libraries(readelf_dynamic: &str) -> Vec<String> {
         .collect()
 }
 
-fn readelf_needed(binary: &Path) -> Result<Vec<String>, HarnessError> {
+pub fn readelf_needed(binary: &Path) -> Result<Vec<String>, HarnessError> {
     let out = Command::new("readelf")
         .arg("-d")
         .arg(binary)
@@ -196,7 +198,7 @@ fn readelf_needed(binary: &Path) -> Result<Vec<String>, HarnessError> {
 
 /// Every shared library file (by file name) in the unpacked packages; symlinks count when
 /// they resolve inside the package, so `libfoo.so.1 -> libfoo.so.1.2` is found by soname.
-fn library_index(roots: &[PathBuf]) -> HashMap<String, PathBuf> {
+pub fn library_index(roots: &[PathBuf]) -> HashMap<String, PathBuf> {
     fn walk(dir: &Path, index: &mut HashMap<String, PathBuf>) {
         let Ok(entries) = fs::read_dir(dir) else {
             return;
@@ -455,6 +457,31 @@ pub fn build() -> Result<ReferenceImage, HarnessError> {
     })
 }
 
+/// The guest kernel as an ELF (the `vmlinux` inside its bzImage), padded to whole MiB as a
+/// raw disk image for [`boot_with_disk`] (busybox's `unxz` cannot undo the x86 BCJ filter of
+/// Debian's payload, so dom0 gets it whole); returns the image and its MiB count.
+pub fn vmlinux_disk() -> Result<(PathBuf, u64), HarnessError> {
+    let elf = linux::vmlinux()?;
+    let bytes = fs::metadata(&elf)
+        .map_err(io(format!("reading {}", elf.display())))?
+        .len();
+    let mib = bytes.div_ceil(1 << 20);
+    let out = linux::artifact("vmlinux-disk.img");
+    if fs::metadata(&out).is_ok_and(|m| m.len() == mib << 20) {
+        return Ok((out, mib));
+    }
+    fs::copy(&elf, &out).map_err(io(format!("writing {}", out.display())))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&out)
+        .and_then(|f| f.set_len(mib << 20))
+        .map_err(io(format!("padding {}", out.display())))?;
+    Ok((out, mib))
+}
+
+/// Where [`ReferenceHost::copy_vmlinux`] puts the ELF guest kernel in dom0.
+pub const GUEST_VMLINUX: &str = "/tmp/vmlinux";
+
 /// dom0's first command line word after Xen's: its console on Xen's.
 pub const DOM0_CMDLINE: &str = "console=hvc0";
 
@@ -498,6 +525,14 @@ pub fn guest_config(name: &str, action: &str, memory_mib: u64) -> String {
     format!(
         "name = \"{name}\"\ntype = \"pvh\"\nkernel = \"{GUEST_KERNEL}\"\nramdisk = \"{GUEST_INITRD}\"\nextra = \"{}\"\nmemory = {memory_mib}\nvcpus = 1\non_crash = \"destroy\"\n",
         guest::cmdline(action)
+    )
+}
+
+/// [`guest_config`] booting `kernel` (a path in dom0) instead of [`GUEST_KERNEL`].
+pub fn guest_config_with_kernel(name: &str, action: &str, memory_mib: u64, kernel: &str) -> String {
+    guest_config(name, action, memory_mib).replace(
+        &format!("kernel = \"{GUEST_KERNEL}\""),
+        &format!("kernel = \"{kernel}\""),
     )
 }
 
@@ -553,13 +588,44 @@ impl ReferenceHost {
         action: &str,
         memory_mib: u64,
     ) -> Result<String, HarnessError> {
+        self.write_config(name, &guest_config(name, action, memory_mib))
+    }
+
+    /// Writes `config` (an `xl` configuration without `'` or `%`) to `/etc/xen/NAME.cfg`.
+    pub fn write_config(&self, name: &str, config: &str) -> Result<String, HarnessError> {
+        if config.contains('\'') || config.contains('%') {
+            return Err(failure("xl configuration", "no ' or % allowed"));
+        }
         let path = format!("/etc/xen/{name}.cfg");
-        let body = guest_config(name, action, memory_mib).replace('\n', "\\n");
+        let body = config.replace('\n', "\\n");
         self.run_ok(
             &format!("printf '{body}' > {path}"),
             Duration::from_secs(30),
         )?;
         Ok(path)
+    }
+
+    /// Copies the first `mib` MiB of `/dev/vda` (a [`vmlinux_disk`]) to [`GUEST_VMLINUX`] and
+    /// checks it is an ELF.
+    pub fn copy_vmlinux(&self, mib: u64) -> Result<String, HarnessError> {
+        self.run_ok(
+            &format!(
+                "dd if=/dev/vda of={GUEST_VMLINUX} bs=1M count={mib} 2>/dev/null && head -c 4 {GUEST_VMLINUX} | grep -q ELF"
+            ),
+            Duration::from_secs(300),
+        )?;
+        Ok(GUEST_VMLINUX.to_string())
+    }
+
+    /// The `count` dom0 processes with the largest resident sets, as `KiB name` lines.
+    pub fn top_resident(&self, count: usize) -> Result<Vec<String>, HarnessError> {
+        let out = self.run_ok(
+            &format!(
+                "for d in /proc/[0-9]*; do r=$(sed -n 's/^VmRSS:[^0-9]*\\([0-9]*\\).*/\\1/p' $d/status 2>/dev/null); [ -n \"$r\" ] && echo \"$r $(cat $d/comm)\"; done | sort -rn | head -n {count}"
+            ),
+            Duration::from_secs(60),
+        )?;
+        Ok(out.lines().map(str::to_string).collect())
     }
 
     /// Waits until guest `name`'s console log shows `text` (polled in dom0 every 0.1 s).
@@ -635,15 +701,27 @@ pub fn meminfo_used_kib(meminfo: &str) -> Option<u64> {
 /// (half to dom0, as for Keel), with the same flags as Keel's Xen runs, and waits until dom0
 /// is ready and its command server answers.
 pub fn boot(name: &str, memory_mib: u32) -> Result<ReferenceHost, HarnessError> {
+    boot_with_disk(name, memory_mib, None)
+}
+
+/// [`boot`] with `disk` (a raw image) on virtio-blk behind the IOMMU, dom0's `/dev/vda`.
+pub fn boot_with_disk(
+    name: &str,
+    memory_mib: u32,
+    disk: Option<&Path>,
+) -> Result<ReferenceHost, HarnessError> {
     let image = build()?;
-    let machine = Machine::new(name)
+    let mut machine = Machine::new(name)
         .image(&image.vmlinux)
         .xen_module(&image.initramfs)
         .memory_mib(memory_mib)
         .nic_with_api(NicModel::VirtioNet)
         .without_debug_exit()
-        .append(DOM0_CMDLINE)
-        .boot()?;
+        .append(DOM0_CMDLINE);
+    if let Some(disk) = disk {
+        machine = machine.disk_file(disk, crate::DiskBus::VirtioBlk);
+    }
+    let machine = machine.boot()?;
     let ready = machine.wait_for_line(Pattern::contains(DOM0_READY), DOM0_BOOT_DEADLINE)?;
     let port = machine
         .api_port()
@@ -740,6 +818,7 @@ mod tests {
             ("virtio_net", "net_failover"),
             ("net_failover", "failover"),
             ("failover", ""),
+            ("virtio_blk", ""),
         ];
         for (path, deps) in depends {
             fs::write(
@@ -834,6 +913,12 @@ mod tests {
         // Written with printf in single quotes: neither may appear.
         assert!(!config.contains('\'') && !config.contains('%'));
         assert_eq!(console_log("g1"), "/var/log/xen/console/guest-g1.log");
+        let elf = guest_config_with_kernel("g2", "idle", 112, "/tmp/vmlinux");
+        assert!(
+            elf.lines().any(|l| l == "kernel = \"/tmp/vmlinux\""),
+            "{elf}"
+        );
+        assert!(elf.contains("name = \"g2\""));
     }
 
     #[test]
