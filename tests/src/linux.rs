@@ -470,6 +470,63 @@ pub fn initramfs_with(
     Ok(out)
 }
 
+/// Debian's `mke2fs` (package e2fsprogs) as `/sbin/mkfs.ext4`, with the libraries it loads
+/// and the dynamic loader, for [`initramfs_with`]: busybox's `mke2fs` makes ext2 only (no
+/// journal, no extents), and guests on Keel's disks should get the ext4 that a cloud image
+/// has. Without `/etc/mke2fs.conf`, e2fsprogs uses its built-in defaults for ext4
+/// (`has_journal`, `extent`, `flex_bg`, `metadata_csum`, `64bit`…).
+pub fn mkfs_ext4() -> Result<Vec<CpioEntry>, HarnessError> {
+    use crate::reference::{
+        library_closure, library_index, readelf_needed, with_parent_dirs, INTERPRETER, LIB_DIR,
+    };
+    const PACKAGES: &[&str] = &[
+        "e2fsprogs",
+        "libext2fs2",
+        "libcom-err2",
+        "libblkid1",
+        "libuuid1",
+        "libc6",
+    ];
+    let roots = PACKAGES
+        .iter()
+        .map(|p| unpack(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let binary = roots[0].join("sbin/mke2fs");
+    let read = |path: &Path| {
+        fs::read(path).map_err(|error| HarnessError::Io {
+            what: format!("reading {}", path.display()),
+            error,
+        })
+    };
+    let mut files = vec![CpioEntry {
+        path: "sbin/mkfs.ext4".into(),
+        mode: 0o100755,
+        data: read(&binary)?,
+    }];
+    let index = library_index(&roots);
+    for (name, source) in library_closure(
+        std::slice::from_ref(&binary),
+        &[INTERPRETER],
+        &index,
+        readelf_needed,
+    )? {
+        let data = read(&source)?;
+        if name == INTERPRETER {
+            files.push(CpioEntry {
+                path: format!("lib64/{name}"),
+                mode: 0o100755,
+                data: data.clone(),
+            });
+        }
+        files.push(CpioEntry {
+            path: format!("{LIB_DIR}/{name}"),
+            mode: 0o100755,
+            data,
+        });
+    }
+    Ok(with_parent_dirs(files))
+}
+
 /// `/init` for the HTTP baseline: DHCP on eth0, busybox httpd on port 80 serving a small
 /// file, then [`LINUX_READY`] on the console.
 pub const HTTP_INIT: &str = r#"#!/bin/busybox sh
