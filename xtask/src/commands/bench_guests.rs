@@ -377,6 +377,15 @@ impl GuestsBench {
             }
         }
         out.push_str(
+            "\nNot measured yet: the start latency and dom0 memory with 8 guests running, guest \
+             disks through blkback and guest networks through netback on the two stacks (the \
+             reference stack's networked guests triple-fault under QEMU 7.2's nested SVM: \
+             `../shared/notes/linux-dom0-xl.md`).\n\n\
+             Reproduce every row with `cargo xtask bench guests --runs N` (`--record` rewrites \
+             this section); the reference stack alone boots and starts one guest with \
+             `cargo test -p keel-tests --test reference -- --ignored --nocapture`.\n",
+        );
+        out.push_str(
             "\nTCG distorts the absolute times (every instruction of Xen, both dom0s and the \
              guest is emulated, nested SVM included, on a machine shared with other work); the \
              ratios compare two stacks measured in the same invocation on the same emulator \
