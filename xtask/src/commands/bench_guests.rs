@@ -341,7 +341,8 @@ impl GuestsBench {
              - Linux dom0 + xl (`keel_tests::reference`): Debian's Linux 6.1 (the guests' \
              kernel) as PVH dom0 with `xl`, `xenstored`, `xenconsoled` and blkback/netback/\
              bridge modules from Debian's packages; the guest's files sit in dom0's \
-             initramfs; `xl` runs through a command server on the forwarded port\n",
+             initramfs, the ELF `vmlinux` of the profile row on a virtio-blk disk; `xl` runs \
+             through a command server on the forwarded port\n",
         );
         out.push_str(&format!(
             "- Guest (both): Debian's Linux 6.1 `vmlinuz` as shipped and the busybox guest \
