@@ -19,7 +19,7 @@ use keel_xenapi::handlers::vm_builtin::PVH_TEMPLATE_NAME;
 use keel_xenapi::keel_metering::figures::{HostFigures, VbdFigures, VifFigures, VmFigures};
 use keel_xenapi::keel_metering::Metering;
 use keel_xenapi::{
-    ApiError, ByteCounters, CallOutcome, NetworkCounters, StorageBackend, Timestamp, Value, XenApi,
+    ApiError, ByteCounters, NetworkCounters, StorageBackend, Timestamp, Value, XenApi,
 };
 use storage_fake::FakeStorage;
 use switch_fake::FakeSwitch;
@@ -35,19 +35,10 @@ struct Host {
     now: Timestamp,
 }
 
-fn text(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("not a string: {v:?}"))
-        .to_string()
-}
-
-fn record(pairs: &[(&str, Value)]) -> Value {
-    Value::Struct(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    )
+impl Client for Host {
+    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
+        call_driven(&mut self.api, &self.session, self.now, method, args)
+    }
 }
 
 impl Host {
@@ -74,32 +65,6 @@ impl Host {
             session,
             now: T0,
         }
-    }
-
-    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
-        let mut params = vec![s(&self.session)];
-        params.extend(args);
-        let mut wait = match self.api.call(method, params, self.now) {
-            CallOutcome::Done(r) => return r,
-            CallOutcome::Pending(w) => w,
-        };
-        for _ in 0..1000 {
-            self.api.run_tasks(self.now);
-            match self.api.resume(wait, self.now) {
-                CallOutcome::Done(r) => return r,
-                CallOutcome::Pending(w) => wait = w,
-            }
-        }
-        panic!("{method} never finished");
-    }
-
-    fn ok(&mut self, method: &str, args: Vec<Value>) -> Value {
-        self.call(method, args)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
-    }
-
-    fn get(&mut self, class: &str, r: &str, field: &str) -> Value {
-        self.ok(&format!("{class}.get_{field}"), vec![s(r)])
     }
 
     fn vdi(&mut self, name: &str, bytes: &[u8], size: u64) -> String {

@@ -19,9 +19,9 @@ use guest_fake::FakeGuests;
 use keel_xenapi::handlers::vm_builtin::PVH_TEMPLATE_NAME;
 use keel_xenapi::keel_hostdb::Database;
 use keel_xenapi::{
-    ApiError, ByteCounters, CallOutcome, DatabaseSink, IpConfigurationMode, Mac,
-    ManagementInterface, NetworkBackendError, NetworkCounters, NicIdentity, SaveFailed,
-    StorageBackend, Timestamp, TrafficFilter, Uplink, Value, XenApi,
+    ApiError, ByteCounters, DatabaseSink, IpConfigurationMode, Mac, ManagementInterface,
+    NetworkBackendError, NetworkCounters, NicIdentity, SaveFailed, StorageBackend, Timestamp,
+    TrafficFilter, Uplink, Value, XenApi,
 };
 use storage_fake::FakeStorage;
 use switch_fake::FakeSwitch;
@@ -95,76 +95,19 @@ fn without_host_metrics(mut database: Database) -> Database {
     database
 }
 
-fn text(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("not a string: {v:?}"))
-        .to_string()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    let mut out: Vec<String> = v
-        .as_array()
-        .unwrap_or_else(|| panic!("not an array: {v:?}"))
-        .iter()
-        .map(text)
-        .collect();
-    out.sort();
-    out
-}
-
-fn code(e: &ApiError) -> String {
-    e.description().remove(0)
-}
-
-fn record(pairs: &[(&str, Value)]) -> Value {
-    Value::Struct(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    )
+impl Client for Host {
+    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
+        call_driven(&mut self.api, &self.session, self.now, method, args)
+    }
 }
 
 impl Host {
-    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
-        let mut params = vec![s(&self.session)];
-        params.extend(args);
-        let mut wait = match self.api.call(method, params, self.now) {
-            CallOutcome::Done(r) => return r,
-            CallOutcome::Pending(w) => w,
-        };
-        for _ in 0..1000 {
-            self.api.run_tasks(self.now);
-            match self.api.resume(wait, self.now) {
-                CallOutcome::Done(r) => return r,
-                CallOutcome::Pending(w) => wait = w,
-            }
-        }
-        panic!("{method} never finished");
-    }
-
-    fn ok(&mut self, method: &str, args: Vec<Value>) -> Value {
-        self.call(method, args)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
-    }
-
-    fn err(&mut self, method: &str, args: Vec<Value>) -> ApiError {
-        match self.call(method, args) {
-            Ok(v) => panic!("{method} succeeded with {v:?}"),
-            Err(e) => e,
-        }
-    }
-
-    fn get(&mut self, class: &str, r: &str, field: &str) -> Value {
-        self.ok(&format!("{class}.get_{field}"), vec![s(r)])
-    }
-
     fn text(&mut self, class: &str, r: &str, field: &str) -> String {
         text(&self.get(class, r, field))
     }
 
     fn management_pif(&mut self) -> String {
-        let pifs = strings(&self.ok("PIF.get_all", vec![]));
+        let pifs = sorted_strings(&self.ok("PIF.get_all", vec![]));
         pifs.into_iter()
             .find(|p| self.get("PIF", p, "management") == Value::Bool(true))
             .expect("a management PIF")
@@ -202,7 +145,7 @@ impl Host {
 
     /// A halted guest made as clients make one: a clone of the PVH template.
     fn guest(&mut self, name: &str) -> String {
-        let template = strings(&self.ok("VM.get_by_name_label", vec![s(PVH_TEMPLATE_NAME)]));
+        let template = sorted_strings(&self.ok("VM.get_by_name_label", vec![s(PVH_TEMPLATE_NAME)]));
         let vm = text(&self.ok("VM.clone", vec![s(&template[0]), s(name)]));
         self.ok("VM.provision", vec![s(&vm)]);
         self.ok("VM.set_is_a_template", vec![s(&vm), Value::Bool(false)]);
@@ -246,7 +189,7 @@ impl Host {
     }
 
     fn allowed(&mut self, vif: &str) -> Vec<String> {
-        strings(&self.get("VIF", vif, "allowed_operations"))
+        sorted_strings(&self.get("VIF", vif, "allowed_operations"))
     }
 }
 
@@ -278,7 +221,7 @@ fn a_fresh_host_has_its_management_network_and_pif_as_on_xcp() {
     let pif = h.management_pif();
     let host_ref = h.api.host_ref().to_string();
     assert_eq!(
-        strings(&h.get("host", &host_ref, "PIFs")),
+        sorted_strings(&h.get("host", &host_ref, "PIFs")),
         vec![pif.clone()]
     );
     let rec = h.ok("PIF.get_record", vec![s(&pif)]);
@@ -335,7 +278,7 @@ fn a_fresh_host_has_its_management_network_and_pif_as_on_xcp() {
     );
     assert_eq!(text(field(&net, "bridge")), "xenbr0");
     assert_eq!(field(&net, "MTU"), &Value::Int(1500));
-    assert_eq!(strings(field(&net, "PIFs")), vec![pif.clone()]);
+    assert_eq!(sorted_strings(field(&net, "PIFs")), vec![pif.clone()]);
     for name in [
         "uuid",
         "name_label",
@@ -470,12 +413,15 @@ fn networks_are_created_with_xapi_defaults_and_checked_bridges() {
         "INVALID_VALUE"
     );
     // A switch that refuses leaves no network behind.
-    let count = strings(&h.ok("network.get_all", vec![])).len();
+    let count = sorted_strings(&h.ok("network.get_all", vec![])).len();
     h.switch
         .fail_next(NetworkBackendError::Exhausted("bridges".into()));
     let e = h.err("network.create", vec![record(&[("name_label", s("x"))])]);
     assert_eq!(code(&e), "INTERNAL_ERROR");
-    assert_eq!(strings(&h.ok("network.get_all", vec![])).len(), count);
+    assert_eq!(
+        sorted_strings(&h.ok("network.get_all", vec![])).len(),
+        count
+    );
     // Destroying an empty network removes its bridge; if the switch refuses, it stays.
     h.switch
         .fail_next(NetworkBackendError::Failed("busy".into()));
@@ -493,7 +439,10 @@ fn networks_are_created_with_xapi_defaults_and_checked_bridges() {
     // Purposes: NBD with and without TLS exclude each other.
     h.ok("network.add_purpose", vec![s(&a), s("nbd")]);
     h.ok("network.add_purpose", vec![s(&a), s("nbd")]);
-    assert_eq!(strings(&h.get("network", &a, "purpose")), vec!["nbd"]);
+    assert_eq!(
+        sorted_strings(&h.get("network", &a, "purpose")),
+        vec!["nbd"]
+    );
     let e = h.err("network.add_purpose", vec![s(&c), s("insecure_nbd")]);
     assert_eq!(
         e.description(),
@@ -534,15 +483,15 @@ fn vlans_tag_a_network_onto_the_physical_interface() {
         h.text("PIF", &eth0, "metrics")
     );
     assert_eq!(
-        strings(&h.get("PIF", &eth0, "VLAN_slave_of")),
+        sorted_strings(&h.get("PIF", &eth0, "VLAN_slave_of")),
         vec![vlan.clone()]
     );
     assert_eq!(
-        strings(&h.get("network", &tenant, "PIFs")),
+        sorted_strings(&h.get("network", &tenant, "PIFs")),
         vec![untagged.clone()]
     );
     let host_ref = h.api.host_ref().to_string();
-    assert_eq!(strings(&h.get("host", &host_ref, "PIFs")).len(), 2);
+    assert_eq!(sorted_strings(&h.get("host", &host_ref, "PIFs")).len(), 2);
     // The tenant's bridge now leaves through eth0 with tag 10.
     let bridge = h.text("network", &tenant, "bridge");
     assert_eq!(
@@ -599,7 +548,7 @@ fn vlans_tag_a_network_onto_the_physical_interface() {
         code(&h.err("PIF.get_record", vec![s(&untagged)])),
         "HANDLE_INVALID"
     );
-    assert!(strings(&h.get("PIF", &eth0, "VLAN_slave_of")).is_empty());
+    assert!(sorted_strings(&h.get("PIF", &eth0, "VLAN_slave_of")).is_empty());
     assert_eq!(h.switch.bridge(&bridge).unwrap().uplink, None);
     h.ok("network.destroy", vec![s(&tenant)]);
 
@@ -621,7 +570,7 @@ fn vlans_tag_a_network_onto_the_physical_interface() {
         "pool.create_VLAN_from_PIF",
         vec![s(&eth0), s(&other), Value::Int(40)],
     );
-    let untagged = strings(&made);
+    let untagged = sorted_strings(&made);
     assert_eq!(untagged.len(), 1);
     assert_eq!(h.get("PIF", &untagged[0], "VLAN"), Value::Int(40));
     h.ok("PIF.destroy", vec![s(&untagged[0])]);
@@ -629,7 +578,10 @@ fn vlans_tag_a_network_onto_the_physical_interface() {
         "pool.create_VLAN",
         vec![s("eth0"), s(&other), Value::Int(41)],
     );
-    assert_eq!(h.get("PIF", &strings(&made)[0], "VLAN"), Value::Int(41));
+    assert_eq!(
+        h.get("PIF", &sorted_strings(&made)[0], "VLAN"),
+        Value::Int(41)
+    );
     let e = h.err(
         "pool.create_VLAN",
         vec![s("eth9"), s(&other), Value::Int(42)],
@@ -681,7 +633,7 @@ fn vifs_get_checked_devices_and_generated_unique_macs() {
     assert_eq!(text(field(&rec, "locking_mode")), "network_default");
     assert_eq!(field(&rec, "currently_attached"), &Value::Bool(false));
     assert_eq!(
-        strings(field(&rec, "qos_supported_algorithms")),
+        sorted_strings(field(&rec, "qos_supported_algorithms")),
         vec!["ratelimit"]
     );
     h.ok(
@@ -690,14 +642,17 @@ fn vifs_get_checked_devices_and_generated_unique_macs() {
     );
     // A halted VM's VIF can only be attached (at start).
     assert_eq!(h.allowed(&first), vec!["attach"]);
-    assert_eq!(strings(&h.get("VM", &vm, "VIFs")), vec![first.clone()]);
     assert_eq!(
-        strings(&h.get("network", &net, "VIFs")),
+        sorted_strings(&h.get("VM", &vm, "VIFs")),
+        vec![first.clone()]
+    );
+    assert_eq!(
+        sorted_strings(&h.get("network", &net, "VIFs")),
         vec![first.clone()]
     );
 
     let free = h.ok("VM.get_allowed_VIF_devices", vec![s(&vm)]);
-    assert_eq!(strings(&free), vec!["1", "2", "3", "4", "5", "6"]);
+    assert_eq!(sorted_strings(&free), vec!["1", "2", "3", "4", "5", "6"]);
     let second = h.vif(&vm, &net, "1", "02:AA:bb:cc:dd:01").unwrap();
     assert_eq!(h.text("VIF", &second, "MAC"), "02:aa:bb:cc:dd:01");
     assert_eq!(
@@ -741,7 +696,7 @@ fn vifs_get_checked_devices_and_generated_unique_macs() {
         .unwrap()
         .is_empty());
     // A VM's VIFs go with it.
-    let vifs = strings(&h.get("VM", &vm, "VIFs"));
+    let vifs = sorted_strings(&h.get("VM", &vm, "VIFs"));
     assert_eq!(vifs.len(), 7);
     h.ok("VM.destroy", vec![s(&vm)]);
     assert!(h.ok("VIF.get_all", vec![]).as_array().unwrap().is_empty());
@@ -908,7 +863,7 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
     h.ok("VIF.add_ipv4_allowed", vec![s(&vif), s("10.0.0.5")]);
     h.ok("VIF.add_ipv4_allowed", vec![s(&vif), s("10.0.0.5")]);
     assert_eq!(
-        strings(&h.get("VIF", &vif, "ipv4_allowed")),
+        sorted_strings(&h.get("VIF", &vif, "ipv4_allowed")),
         vec!["10.0.0.5"]
     );
     h.ok("VIF.set_locking_mode", vec![s(&vif), s("locked")]);
@@ -955,7 +910,7 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
         ],
     );
     assert_eq!(
-        strings(&h.get("VIF", &vif, "ipv4_allowed")),
+        sorted_strings(&h.get("VIF", &vif, "ipv4_allowed")),
         vec!["10.0.1.7", "10.0.2.9"]
     );
     let e = h.err(
@@ -963,7 +918,7 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
         vec![s(&vif), Value::Array(vec![s("10.0.1.8"), s("nonsense")])],
     );
     assert_eq!(code(&e), "INVALID_IP_ADDRESS_SPECIFIED");
-    assert_eq!(strings(&h.get("VIF", &vif, "ipv4_allowed")).len(), 2);
+    assert_eq!(sorted_strings(&h.get("VIF", &vif, "ipv4_allowed")).len(), 2);
     // More than the switch compares per frame is refused up front.
     let many: Vec<Value> = (0..65).map(|i| s(&format!("10.1.0.{i}"))).collect();
     let e = h.err("VIF.set_ipv4_allowed", vec![s(&vif), Value::Array(many)]);
@@ -1010,7 +965,7 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
         vec![s(&vif), s("Static"), s("10.0.0.5/24"), s("10.0.0.1")],
     );
     assert_eq!(
-        strings(&h.get("VIF", &vif, "ipv4_addresses")),
+        sorted_strings(&h.get("VIF", &vif, "ipv4_addresses")),
         vec!["10.0.0.5/24"]
     );
     assert_eq!(h.text("VIF", &vif, "ipv4_gateway"), "10.0.0.1");
@@ -1020,7 +975,7 @@ fn locking_modes_and_allowed_addresses_reach_a_plugged_vif_at_once() {
     );
     assert_eq!(code(&e), "INVALID_IP_ADDRESS_SPECIFIED");
     h.ok("VIF.configure_ipv4", vec![s(&vif), s("None")]);
-    assert!(strings(&h.get("VIF", &vif, "ipv4_addresses")).is_empty());
+    assert!(sorted_strings(&h.get("VIF", &vif, "ipv4_addresses")).is_empty());
     h.ok(
         "VIF.configure_ipv6",
         vec![s(&vif), s("Static"), s("2001:db8::5/64"), s("")],
@@ -1172,7 +1127,7 @@ fn clones_get_the_vifs_with_fresh_macs() {
     let vif = h.vif(&vm, &net, "0", "02:00:00:00:00:01").unwrap();
     h.ok("VIF.set_locking_mode", vec![s(&vif), s("locked")]);
     let copy = text(&h.ok("VM.clone", vec![s(&vm), s("web-2")]));
-    let copies = strings(&h.get("VM", &copy, "VIFs"));
+    let copies = sorted_strings(&h.get("VM", &copy, "VIFs"));
     assert_eq!(copies.len(), 1);
     let c = &copies[0];
     assert_eq!(h.text("VIF", c, "network"), net);
@@ -1244,11 +1199,14 @@ fn networks_vlans_and_vifs_survive_a_host_reboot() {
         second.text("PIF", &untagged, "metrics"),
         second.text("PIF", &eth0, "metrics")
     );
-    assert_eq!(strings(&second.get("VM", &vm, "VIFs")), vec![vif.clone()]);
+    assert_eq!(
+        sorted_strings(&second.get("VM", &vm, "VIFs")),
+        vec![vif.clone()]
+    );
     assert_eq!(second.text("VIF", &vif, "MAC"), mac);
     assert_eq!(second.text("VIF", &vif, "locking_mode"), "locked");
     assert_eq!(
-        strings(&second.get("VIF", &vif, "ipv4_allowed")),
+        sorted_strings(&second.get("VIF", &vif, "ipv4_allowed")),
         vec!["10.0.0.5"]
     );
     // The VM came back halted; so its VIF is detached, with metrics.
@@ -1283,7 +1241,7 @@ fn networks_vlans_and_vifs_survive_a_host_reboot() {
 #[test]
 fn async_variants_and_list_methods_are_there() {
     let mut h = host();
-    let methods = strings(&h.ok("system.listMethods", vec![]));
+    let methods = sorted_strings(&h.ok("system.listMethods", vec![]));
     for m in [
         "network.create",
         "Async.network.create",
@@ -1367,7 +1325,7 @@ fn vif_operations_follow_the_vm_and_an_empty_network_takes_its_unplugged_vifs() 
         code(&h.err("VIF_metrics.get_record", vec![s(&metrics)])),
         "HANDLE_INVALID"
     );
-    assert!(strings(&h.get("VM", &vm, "VIFs")).is_empty());
+    assert!(sorted_strings(&h.get("VM", &vm, "VIFs")).is_empty());
 }
 
 #[test]
@@ -1382,11 +1340,11 @@ fn a_save_whose_management_pif_does_not_match_gives_no_second_xenbr0() {
         );
     }
     let mut second = boot(&storage, Some(saved), 2);
-    let networks = strings(&second.ok("network.get_all", vec![]));
+    let networks = sorted_strings(&second.ok("network.get_all", vec![]));
     let bridges: Vec<String> = networks
         .iter()
         .map(|n| second.text("network", n, "bridge"))
         .collect();
     assert_eq!(bridges, vec!["xenbr0"]);
-    assert_eq!(strings(&second.ok("PIF.get_all", vec![])).len(), 1);
+    assert_eq!(sorted_strings(&second.ok("PIF.get_all", vec![])).len(), 1);
 }

@@ -17,9 +17,7 @@ use common::*;
 use guest_fake::FakeGuests;
 use keel_xenapi::handlers::vm_builtin::PVH_TEMPLATE_NAME;
 use keel_xenapi::keel_hostdb::{Database, FieldValue};
-use keel_xenapi::{
-    ApiError, CallOutcome, DatabaseSink, SaveFailed, StorageBackend, Timestamp, Value, XenApi,
-};
+use keel_xenapi::{ApiError, DatabaseSink, SaveFailed, StorageBackend, Timestamp, Value, XenApi};
 use storage_fake::FakeStorage;
 
 const MIB: u64 = 1 << 20;
@@ -84,17 +82,7 @@ fn boot(storage: &FakeStorage, saved: Option<Database>, seed: u64, now: Timestam
     }
 }
 
-fn text(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("not a string: {v:?}"))
-        .to_string()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(text).collect()
-}
-
-impl Host {
+impl Client for Host {
     /// A call driven to its answer; every answer finds its change already saved (unless the
     /// test made the disk fail).
     fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
@@ -108,31 +96,11 @@ impl Host {
         }
         result
     }
+}
 
+impl Host {
     fn call_unchecked(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
-        let mut params = vec![s(&self.session)];
-        params.extend(args);
-        let mut wait = match self.api.call(method, params, self.now) {
-            CallOutcome::Done(r) => return r,
-            CallOutcome::Pending(w) => w,
-        };
-        for _ in 0..1000 {
-            self.api.run_tasks(self.now);
-            match self.api.resume(wait, self.now) {
-                CallOutcome::Done(r) => return r,
-                CallOutcome::Pending(w) => wait = w,
-            }
-        }
-        panic!("{method} never finished");
-    }
-
-    fn ok(&mut self, method: &str, args: Vec<Value>) -> Value {
-        self.call(method, args)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
-    }
-
-    fn get(&mut self, class: &str, r: &str, field: &str) -> Value {
-        self.ok(&format!("{class}.get_{field}"), vec![s(r)])
+        call_driven(&mut self.api, &self.session, self.now, method, args)
     }
 
     fn refs_where(&mut self, field_name: &str) -> Vec<String> {

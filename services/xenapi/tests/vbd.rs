@@ -16,9 +16,7 @@ use common::*;
 use guest_fake::FakeGuests;
 use keel_xenapi::handlers::vm_builtin::PVH_TEMPLATE_NAME;
 use keel_xenapi::keel_hostdb::Database;
-use keel_xenapi::{
-    ApiError, CallOutcome, DatabaseSink, SaveFailed, StorageBackend, Timestamp, Value, XenApi,
-};
+use keel_xenapi::{ApiError, DatabaseSink, SaveFailed, StorageBackend, Timestamp, Value, XenApi};
 use storage_fake::FakeStorage;
 
 const MIB: u64 = 1 << 20;
@@ -74,68 +72,13 @@ fn host() -> Host {
     boot(&FakeStorage::two_srs(256 * MIB), None)
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    let mut out: Vec<String> = v
-        .as_array()
-        .unwrap_or_else(|| panic!("not an array: {v:?}"))
-        .iter()
-        .map(|i| text(i).to_string())
-        .collect();
-    out.sort();
-    out
-}
-
-fn code(e: &ApiError) -> String {
-    e.description().remove(0)
-}
-
-fn record(pairs: &[(&str, Value)]) -> Value {
-    Value::Struct(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    )
+impl Client for Host {
+    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
+        call_driven(&mut self.api, &self.session, self.now, method, args)
+    }
 }
 
 impl Host {
-    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
-        let mut params = vec![s(&self.session)];
-        params.extend(args);
-        let mut wait = match self.api.call(method, params, self.now) {
-            CallOutcome::Done(r) => return r,
-            CallOutcome::Pending(w) => w,
-        };
-        for _ in 0..1000 {
-            self.api.run_tasks(self.now);
-            match self.api.resume(wait, self.now) {
-                CallOutcome::Done(r) => return r,
-                CallOutcome::Pending(w) => wait = w,
-            }
-        }
-        panic!("{method} never finished");
-    }
-
-    fn ok(&mut self, method: &str, args: Vec<Value>) -> Value {
-        self.call(method, args)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
-    }
-
-    fn err(&mut self, method: &str, args: Vec<Value>) -> ApiError {
-        match self.call(method, args) {
-            Ok(v) => panic!("{method} succeeded with {v:?}"),
-            Err(e) => e,
-        }
-    }
-
-    fn get(&mut self, class: &str, r: &str, field: &str) -> Value {
-        self.ok(&format!("{class}.get_{field}"), vec![s(r)])
-    }
-
     fn flag(&mut self, class: &str, r: &str, field: &str) -> bool {
         self.get(class, r, field).as_bool().unwrap()
     }
@@ -166,7 +109,7 @@ impl Host {
     /// A halted VM that can start (its kernel in a VDI), with no VBDs.
     fn vm(&mut self, name: &str) -> String {
         let found = self.ok("VM.get_by_name_label", vec![s(PVH_TEMPLATE_NAME)]);
-        let template = strings(&found).remove(0);
+        let template = sorted_strings(&found).remove(0);
         let vm = text(&self.ok("VM.clone", vec![s(&template), s(name)])).to_string();
         self.ok("VM.set_is_a_template", vec![s(&vm), Value::Bool(false)]);
         let kernel = self.vdi("vmlinuz");
@@ -209,7 +152,7 @@ impl Host {
     }
 
     fn allowed(&mut self, vbd: &str) -> Vec<String> {
-        strings(&self.get("VBD", vbd, "allowed_operations"))
+        sorted_strings(&self.get("VBD", vbd, "allowed_operations"))
     }
 }
 
@@ -263,9 +206,15 @@ fn records_carry_every_xapi_field_and_both_sides_see_the_vbd() {
     ] {
         field(&m, name);
     }
-    assert_eq!(strings(&h.get("VM", &vm, "VBDs")), vec![vbd.clone()]);
-    assert_eq!(strings(&h.get("VDI", &vdi, "VBDs")), vec![vbd.clone()]);
-    assert_eq!(strings(&h.ok("VBD.get_all", vec![])), vec![vbd.clone()]);
+    assert_eq!(sorted_strings(&h.get("VM", &vm, "VBDs")), vec![vbd.clone()]);
+    assert_eq!(
+        sorted_strings(&h.get("VDI", &vdi, "VBDs")),
+        vec![vbd.clone()]
+    );
+    assert_eq!(
+        sorted_strings(&h.ok("VBD.get_all", vec![])),
+        vec![vbd.clone()]
+    );
     let uuid = h.uuid("VBD", &vbd);
     assert_eq!(text(&h.ok("VBD.get_by_uuid", vec![s(&uuid)])), vbd);
     // The VBD's add and the VM's and VDI's changed VBDs were published.
@@ -289,8 +238,8 @@ fn records_carry_every_xapi_field_and_both_sides_see_the_vbd() {
     assert!(!h.flag("VBD", &vbd, "bootable"));
     // Destroying it takes the metrics and both inverses.
     h.ok("VBD.destroy", vec![s(&vbd)]);
-    assert!(strings(&h.get("VM", &vm, "VBDs")).is_empty());
-    assert!(strings(&h.get("VDI", &vdi, "VBDs")).is_empty());
+    assert!(sorted_strings(&h.get("VM", &vm, "VBDs")).is_empty());
+    assert!(sorted_strings(&h.get("VDI", &vdi, "VBDs")).is_empty());
     assert_eq!(
         code(&h.err("VBD_metrics.get_record", vec![s(&metrics)])),
         "HANDLE_INVALID"
@@ -331,7 +280,10 @@ fn userdevices_name_devices_and_are_unique_per_vm() {
     h.ok("VBD.set_userdevice", vec![s(&third), s("15")]);
     assert_eq!(text(&h.get("VBD", &third, "device")), "xvdp");
     let free = h.ok("VM.get_allowed_VBD_devices", vec![s(&vm)]);
-    let mut free: Vec<u32> = strings(&free).iter().map(|d| d.parse().unwrap()).collect();
+    let mut free: Vec<u32> = sorted_strings(&free)
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
     free.sort();
     assert_eq!(free, (2..15).collect::<Vec<u32>>());
     // A disk needs a VDI; a read-only VDI (a snapshot) is not attached read-write.
@@ -415,7 +367,10 @@ fn cd_drives_are_read_only_and_take_only_isos() {
     h.ok("VBD.insert", vec![s(&cd), s(&iso)]);
     assert!(!h.flag("VBD", &cd, "empty"));
     assert_eq!(text(&h.get("VBD", &cd, "VDI")), iso);
-    assert_eq!(strings(&h.get("VDI", &iso, "VBDs")), vec![cd.clone()]);
+    assert_eq!(
+        sorted_strings(&h.get("VDI", &iso, "VBDs")),
+        vec![cd.clone()]
+    );
     assert_eq!(h.allowed(&cd), ["eject"]);
     assert_eq!(
         h.err("VBD.insert", vec![s(&cd), s(&other_iso)])
@@ -425,7 +380,7 @@ fn cd_drives_are_read_only_and_take_only_isos() {
     h.ok("VBD.eject", vec![s(&cd)]);
     assert!(h.flag("VBD", &cd, "empty"));
     assert_eq!(text(&h.get("VBD", &cd, "VDI")), "OpaqueRef:NULL");
-    assert!(strings(&h.get("VDI", &iso, "VBDs")).is_empty());
+    assert!(sorted_strings(&h.get("VDI", &iso, "VBDs")).is_empty());
     assert_eq!(
         code(&h.err("VBD.set_mode", vec![s(&cd), s("RW")])),
         "VBD_CDS_MUST_BE_READONLY"
@@ -555,7 +510,7 @@ fn a_vdi_is_written_by_one_guest_at_a_time() {
         "VDI_IN_USE"
     );
     h.ok("VM.hard_shutdown", vec![s(&first)]);
-    let first_vbd = strings(&h.get("VM", &first, "VBDs")).remove(0);
+    let first_vbd = sorted_strings(&h.get("VM", &first, "VBDs")).remove(0);
     h.ok("VBD.set_mode", vec![s(&first_vbd), s("RO")]);
     h.start(&first);
     h.start(&second);
@@ -683,13 +638,13 @@ fn vm_destroy_takes_its_vbds_but_not_their_vdis() {
         "HANDLE_INVALID"
     );
     assert!(h.call("VDI.get_record", vec![s(&root)]).is_ok());
-    assert!(strings(&h.get("VDI", &root, "VBDs")).is_empty());
+    assert!(sorted_strings(&h.get("VDI", &root, "VBDs")).is_empty());
 }
 
 /// The VDIs of a VM's VBDs, by userdevice.
 fn vm_vdis(h: &mut Host, vm: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for vbd in strings(&h.get("VM", vm, "VBDs")) {
+    for vbd in sorted_strings(&h.get("VM", vm, "VBDs")) {
         let userdevice = text(&h.get("VBD", &vbd, "userdevice")).to_string();
         let vdi = text(&h.get("VBD", &vbd, "VDI")).to_string();
         out.push((userdevice, vdi));
@@ -767,14 +722,17 @@ fn a_snapshot_of_a_running_guest_snapshots_its_disks() {
     assert!(h.flag("VM", &snap, "is_a_template"));
     assert_eq!(text(&h.get("VM", &snap, "snapshot_of")), vm);
     assert_eq!(text(&h.get("VM", &snap, "power_state")), "Halted");
-    assert_eq!(strings(&h.get("VM", &vm, "snapshots")), vec![snap.clone()]);
+    assert_eq!(
+        sorted_strings(&h.get("VM", &vm, "snapshots")),
+        vec![snap.clone()]
+    );
     let vdis = vm_vdis(&mut h, &snap);
     assert_eq!(vdis.len(), 1, "the ignored disk is left out");
     let taken = &vdis[0].1;
     assert!(h.flag("VDI", taken, "is_a_snapshot"));
     assert_eq!(text(&h.get("VDI", taken, "snapshot_of")), root);
     // The snapshot's VBDs are not attached; the guest's still are.
-    let snap_vbd = strings(&h.get("VM", &snap, "VBDs")).remove(0);
+    let snap_vbd = sorted_strings(&h.get("VM", &snap, "VBDs")).remove(0);
     assert!(!h.flag("VBD", &snap_vbd, "currently_attached"));
     assert_eq!(text(&h.get("VBD", &snap_vbd, "mode")), "RW");
     assert_eq!(text(&h.get("VM", &vm, "power_state")), "Running");
@@ -801,7 +759,7 @@ fn vbds_survive_a_host_reboot_detached() {
     assert_eq!(h.uuid("VBD", &vbd), uuid);
     assert!(!h.flag("VBD", &vbd, "currently_attached"));
     assert_eq!(text(&h.get("VBD", &vbd, "VDI")), root);
-    assert_eq!(strings(&h.get("VM", &vm, "VBDs")), vec![vbd.clone()]);
+    assert_eq!(sorted_strings(&h.get("VM", &vm, "VBDs")), vec![vbd.clone()]);
     let other = h.get("VBD", &vbd, "other_config");
     assert_eq!(text(field(&other, "owner")), "ops");
     let metrics = text(&h.get("VBD", &vbd, "metrics")).to_string();
@@ -872,7 +830,7 @@ fn after_a_reboot_vbds_of_lost_vdis_point_at_nothing() {
         "HANDLE_INVALID"
     );
     // Each VBD keeps its metrics; none is left over.
-    let count = strings(&h.ok("VBD_metrics.get_all", vec![])).len();
+    let count = sorted_strings(&h.ok("VBD_metrics.get_all", vec![])).len();
     assert_eq!(count, 2, "one metrics object per VBD, no orphans");
 }
 
@@ -885,21 +843,21 @@ fn a_cancelled_vm_copy_leaves_no_vm_and_no_vdi_behind() {
     h.vbd(&vm, &first, "0", "RW", "Disk");
     h.vbd(&vm, &second, "1", "RW", "Disk");
     let sr_b = h.sr("sr-b");
-    let vms = strings(&h.ok("VM.get_all", vec![])).len();
+    let vms = sorted_strings(&h.ok("VM.get_all", vec![])).len();
     let task = text(&h.ok("Async.VM.copy", vec![s(&vm), s("copy"), s(&sr_b)])).to_string();
     // Part of the way: the first disk copied, the second under way.
     for _ in 0..4 {
         h.api.run_tasks(h.now);
     }
     assert_eq!(text(&h.get("task", &task, "status")), "pending");
-    assert!(!strings(&h.get("SR", &sr_b, "VDIs")).is_empty());
+    assert!(!sorted_strings(&h.get("SR", &sr_b, "VDIs")).is_empty());
     h.ok("task.cancel", vec![s(&task)]);
     for _ in 0..20 {
         h.api.run_tasks(h.now);
     }
     assert_eq!(text(&h.get("task", &task, "status")), "cancelled");
-    assert!(strings(&h.get("SR", &sr_b, "VDIs")).is_empty());
-    assert_eq!(strings(&h.ok("VM.get_all", vec![])).len(), vms);
+    assert!(sorted_strings(&h.get("SR", &sr_b, "VDIs")).is_empty());
+    assert_eq!(sorted_strings(&h.ok("VM.get_all", vec![])).len(), vms);
     let busy = h.get("VM", &vm, "current_operations");
     assert!(busy.as_struct().unwrap().is_empty());
     assert!(h

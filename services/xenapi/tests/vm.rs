@@ -53,57 +53,14 @@ fn host_with_memory(bytes: u64) -> Host {
     }
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v:?}"))
-        .iter()
-        .map(|i| text(i).to_string())
-        .collect()
-}
-
-fn code(e: &ApiError) -> String {
-    e.description().remove(0)
+impl Client for Host {
+    /// A call with the session first; a synchronous call running a job is driven to its end.
+    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
+        call_driven(&mut self.api, &self.session, self.now, method, args)
+    }
 }
 
 impl Host {
-    /// A call with the session first; a synchronous call running a job is driven to its end.
-    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, ApiError> {
-        let mut params = vec![s(&self.session)];
-        params.extend(args);
-        let mut wait = match self.api.call(method, params, self.now) {
-            CallOutcome::Done(r) => return r,
-            CallOutcome::Pending(w) => w,
-        };
-        for _ in 0..1000 {
-            self.api.run_tasks(self.now);
-            match self.api.resume(wait, self.now) {
-                CallOutcome::Done(r) => return r,
-                CallOutcome::Pending(w) => wait = w,
-            }
-        }
-        panic!("{method} never finished");
-    }
-
-    fn ok(&mut self, method: &str, args: Vec<Value>) -> Value {
-        self.call(method, args)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
-    }
-
-    fn err(&mut self, method: &str, args: Vec<Value>) -> ApiError {
-        match self.call(method, args) {
-            Ok(v) => panic!("{method} succeeded with {v:?}"),
-            Err(e) => e,
-        }
-    }
-
-    fn get(&mut self, class: &str, r: &str, field: &str) -> Value {
-        self.ok(&format!("{class}.get_{field}"), vec![s(r)])
-    }
-
     fn power(&mut self, vm: &str) -> String {
         text(&self.get("VM", vm, "power_state")).to_string()
     }

@@ -99,3 +99,91 @@ pub fn field<'a>(record: &'a Value, name: &str) -> &'a Value {
         .and_then(|m| m.get(name))
         .unwrap_or_else(|| panic!("no field {name} in {record:?}"))
 }
+
+/// `method(session, args…)` driven to its answer: a call that runs a job is resumed, the
+/// API's tasks run between, until it is done.
+pub fn call_driven(
+    api: &mut XenApi,
+    session: &str,
+    now: Timestamp,
+    method: &str,
+    args: Vec<Value>,
+) -> Result<Value, keel_xenapi::ApiError> {
+    let mut params = vec![s(session)];
+    params.extend(args);
+    let mut wait = match api.call(method, params, now) {
+        CallOutcome::Done(r) => return r,
+        CallOutcome::Pending(w) => w,
+    };
+    for _ in 0..1000 {
+        api.run_tasks(now);
+        match api.resume(wait, now) {
+            CallOutcome::Done(r) => return r,
+            CallOutcome::Pending(w) => wait = w,
+        }
+    }
+    panic!("{method} never finished");
+}
+
+/// A test's logged-in client: `call` is the test's own (usually [`call_driven`]); the rest
+/// follow from it.
+pub trait Client {
+    fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value, keel_xenapi::ApiError>;
+
+    /// A call that must succeed.
+    fn ok(&mut self, method: &str, args: Vec<Value>) -> Value {
+        self.call(method, args)
+            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
+    }
+
+    /// A call that must fail.
+    fn err(&mut self, method: &str, args: Vec<Value>) -> keel_xenapi::ApiError {
+        match self.call(method, args) {
+            Ok(v) => panic!("{method} succeeded with {v:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// `class.get_field(r)`.
+    fn get(&mut self, class: &str, r: &str, field: &str) -> Value {
+        self.ok(&format!("{class}.get_{field}"), vec![s(r)])
+    }
+}
+
+/// A string value's text.
+pub fn text(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v:?}"))
+        .to_string()
+}
+
+/// An array of strings, in order.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v:?}"))
+        .iter()
+        .map(text)
+        .collect()
+}
+
+/// An array of strings, sorted (sets whose order the API does not promise).
+pub fn sorted_strings(v: &Value) -> Vec<String> {
+    let mut out = strings(v);
+    out.sort();
+    out
+}
+
+/// An error's code (the first word of its description).
+pub fn code(e: &keel_xenapi::ApiError) -> String {
+    e.description().remove(0)
+}
+
+/// A struct value from `(field, value)` pairs.
+pub fn record(pairs: &[(&str, Value)]) -> Value {
+    Value::Struct(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )
+}
