@@ -25,6 +25,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use keel_tests::credentials::test_credentials;
+use keel_tests::emulator::retry_after_emulator_fault;
 use keel_tests::guest::{self, GUEST_VM_PY};
 use keel_tests::guest_host::{fresh_disk, XEN_BOOT_DEADLINE};
 use keel_tests::kernel_lines::READY_PREFIX;
@@ -121,9 +122,9 @@ elif op == "shutdown":
     print("shutdown", x.VM.get_power_state(vm), x.VIF.get_currently_attached(vif), flush=True)
 "#;
 
-/// What the guests serve on TCP 7000: busybox's `seq 1 150000`.
+/// What the guests serve on TCP 7000: busybox's `seq 1 40000` (228,894 bytes: a few 64 KiB TSO packets).
 fn payload() -> Vec<u8> {
-    (1..=150_000)
+    (1..=40_000)
         .flat_map(|n| format!("{n}\n").into_bytes())
         .collect()
 }
@@ -194,15 +195,16 @@ fn fetch(port: u16, expected: &[u8]) -> Vec<u8> {
 #[test]
 fn guests_on_networks_vlans_locking_port_forward_and_hot_plug() {
     let started = Instant::now();
-    run().unwrap_or_else(|e| panic!("{e}"));
+    // A wedged emulator or a triple fault in Xen's own code gets one more run on a fresh
+    // host (docs/xen.md); any other failure fails the test.
+    retry_after_emulator_fault("guest_network", run);
     eprintln!(
         "guest_network: whole test {:.0} s",
         started.elapsed().as_secs_f64()
     );
 }
 
-fn run() -> Result<(), HarnessError> {
-    let name = "guest_network";
+fn run(name: &str) -> Result<(), HarnessError> {
     let disk = fresh_disk(name);
     let monitor_port = free_port();
     let vm = Machine::new(name)
