@@ -91,6 +91,19 @@ for name in "ab":
     print("guest", name, x.VM.get_domid(vms[name]), flush=True)
 "#;
 
+/// Destroys the VMs (their VIFs leave the switch, and Keel logs each port's final counters).
+const STOP_SCRIPT: &str = r#"
+import sys, socket, XenAPI
+socket.setdefaulttimeout(600)
+url, password = sys.argv[1:3]
+s = XenAPI.Session(url)
+s.xenapi.login_with_password("root", password, "1.0", "keel-bench-guest-net")
+x = s.xenapi
+for vm, rec in x.VM.get_all_records().items():
+    if rec["name_label"].startswith("bench-") and rec["power_state"] == "Running":
+        x.VM.hard_shutdown(vm)
+"#;
+
 /// The guest initramfs with `udp_pps` as `/bin/udp_pps` (a second, concatenated cpio).
 fn guest_initrd() -> Result<PathBuf, XtaskError> {
     let mut archive = fs::read(guest::initramfs()?).map_err(io("reading the guest initramfs"))?;
@@ -106,7 +119,7 @@ fn guest_initrd() -> Result<PathBuf, XtaskError> {
 }
 
 /// One run's figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct RunFigures {
     /// MB/s (10^6 bytes) guest → outside, timed by the guest and by the sink here.
     out_guest_mbs: f64,
@@ -116,6 +129,8 @@ struct RunFigures {
     /// Small frames that arrived per second: guest → guest, guest → outside.
     pps_guest: f64,
     pps_out: f64,
+    /// Keel's lines with each VIF port's final switch counters (drops by reason).
+    switch_lines: Vec<String>,
 }
 
 /// `... send=16@10.0.2.2:40000 uptime 61.20 70.45` → MB/s for `mib` MiB.
@@ -270,6 +285,18 @@ fn guest_run(
     let (udp_count, udp_secs) = udp_done
         .recv_timeout(Duration::from_secs(30))
         .map_err(|_| failed("the UDP counter saw nothing"))?;
+    // Where frames were dropped: each VIF port's final switch counters.
+    run_script(STOP_SCRIPT, &[&url, &test_credentials().password])?;
+    let mut switch_lines = Vec::new();
+    for domid in [&a, &b] {
+        let l = machine.wait_for(
+            Line::contains(format!("vifs: domain {domid} vif 0 off the switch")),
+            Duration::from_secs(120),
+        )?;
+        let from = l.find("vifs: ").unwrap_or(0);
+        switch_lines.push(l[from..].trim_end().to_string());
+    }
+    eprintln!("{name}: {}", switch_lines.join("; "));
     Ok(RunFigures {
         out_guest_mbs: send_rate(&out_line, TCP_MIB)
             .ok_or_else(|| bad("guest → outside", &out_line))?,
@@ -278,6 +305,7 @@ fn guest_run(
             .ok_or_else(|| bad("guest → guest", &gg_line))?,
         pps_guest: udp_rate(&pps_line).ok_or_else(|| bad("small frames", &pps_line))?,
         pps_out: udp_count as f64 / udp_secs.max(f64::MIN_POSITIVE),
+        switch_lines,
     })
 }
 
@@ -330,6 +358,14 @@ fn markdown(runs: &[RunFigures], accel: &str) -> String {
         "| 60-byte frames guest → outside | {:.0} packets/s |\n",
         median(|r| r.pps_out)
     ));
+    if let Some(last) = runs.last() {
+        out.push_str(
+            "\nThe VIF ports' final switch counters in the last run (`a` receives, `b` sends):\n\n",
+        );
+        for l in &last.switch_lines {
+            out.push_str(&format!("- `{l}`\n"));
+        }
+    }
     out.push_str("\nEverything runs inside an emulated SVM guest of an emulated machine (nested TCG): the figures bound the data path's cost from above and compare Keel with itself over time; the Linux dom0 comparison comes with the guest benchmarks issue.\n");
     out.push_str(&end);
     out.push('\n');
@@ -396,6 +432,7 @@ mod tests {
                 guest_guest_mbs: 2.0,
                 pps_guest: 100.0,
                 pps_out: 50.0,
+                switch_lines: Vec::new(),
             },
             RunFigures {
                 out_guest_mbs: 3.0,
@@ -403,6 +440,7 @@ mod tests {
                 guest_guest_mbs: 4.0,
                 pps_guest: 300.0,
                 pps_out: 70.0,
+                switch_lines: Vec::new(),
             },
             RunFigures {
                 out_guest_mbs: 2.0,
@@ -410,6 +448,7 @@ mod tests {
                 guest_guest_mbs: 3.0,
                 pps_guest: 200.0,
                 pps_out: 60.0,
+                switch_lines: vec!["vifs: domain 1 vif 0 off the switch: dropped none".into()],
             },
         ];
         let section = markdown(&runs, "tcg");
@@ -420,5 +459,6 @@ mod tests {
             "{section}"
         );
         assert!(section.contains("| 60-byte frames guest → guest | 200 packets/s |"));
+        assert!(section.contains("- `vifs: domain 1 vif 0 off the switch: dropped none`"));
     }
 }
