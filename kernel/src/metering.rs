@@ -403,6 +403,7 @@ fn host_figures(devices: Option<&dyn DeviceCounters>) -> Option<HostFigures> {
         cpu_busy_ns: idle.iter().map(|i| system_ns.saturating_sub(*i)).collect(),
         memory_total_bytes: info.total_pages.saturating_mul(PAGE),
         memory_free_bytes: info.free_memory_bytes(),
+        heap_used_bytes: memory::heap_usage().0 as u64,
         pifs: devices.map(|d| d.pifs()).unwrap_or_default(),
     })
 }

@@ -742,6 +742,7 @@ fn metering_routes_are_served_over_tcp_once_the_kernel_hands_the_meters_over() {
         cpu_busy_ns: vec![0],
         memory_total_bytes: 1 << 30,
         memory_free_bytes: 1 << 29,
+        heap_used_bytes: 0,
         pifs: Vec::new(),
     };
     metering.sample(now(0).unix_ms, &host, &[]);

@@ -15,6 +15,9 @@ pub struct HostFigures {
     /// Memory Xen manages, and the part of it that is free.
     pub memory_total_bytes: u64,
     pub memory_free_bytes: u64,
+    /// Bytes of the control domain's (Keel's) heap in use: what dom0 costs, which Xen's
+    /// figures for dom0 (all the pages it was given) do not tell.
+    pub heap_used_bytes: u64,
     pub pifs: Vec<PifFigures>,
 }
 

@@ -14,6 +14,7 @@ use crate::figures::{HostFigures, VmFigures};
 use crate::rrd::{Rrd, RrdError};
 use crate::source::{
     host_sources, vm_sources, DataSourceRecord, DataSourceSpec, HostShape, ShapeError, VmShape,
+    HEAP_USED_SOURCE,
 };
 use crate::updates::{export, ExportError, Owner, OwnerKind, UpdatesQuery, VmFilter};
 
@@ -139,6 +140,10 @@ fn host_values(
     named.push((
         String::from("memory_free_kib"),
         (figures.memory_free_bytes / 1024) as f64,
+    ));
+    named.push((
+        String::from(HEAP_USED_SOURCE),
+        (figures.heap_used_bytes / 1024) as f64,
     ));
     for pif in &figures.pifs {
         named.push((alloc::format!("pif_{}_rx", pif.device), pif.rx_bytes as f64));
@@ -297,7 +302,12 @@ impl Metering {
         let specs = host_sources(&shape)?;
         let meter = match &mut self.host {
             Some(meter) => {
-                if meter.shape != shape {
+                // A host RRD restored from an archive saved before a source was added lacks
+                // it although its shape is the same: check the names, not only the shape.
+                let lacks_source = specs
+                    .iter()
+                    .any(|spec| meter.rrd.source_index(&spec.name).is_none());
+                if meter.shape != shape || lacks_source {
                     let mut wider = meter.shape.clone();
                     wider.cpus = wider.cpus.max(shape.cpus);
                     for pif in &shape.pifs {
@@ -493,4 +503,52 @@ fn query(rrd: &Rrd, name: &str) -> Result<f64, MeterError> {
         .source_index(name)
         .ok_or_else(|| MeterError::UnknownDataSource(String::from(name)))?;
     Ok(rrd.latest(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "00000000-0000-4000-8000-000000000001";
+
+    fn figures(heap_kib: u64) -> HostFigures {
+        HostFigures {
+            cpu_busy_ns: alloc::vec![0],
+            memory_total_bytes: 1 << 30,
+            memory_free_bytes: 1 << 29,
+            heap_used_bytes: heap_kib * 1024,
+            pifs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_host_rrd_saved_before_the_heap_source_gains_it() {
+        let mut metering = Metering::new(HOST).unwrap();
+        let shape = HostShape {
+            cpus: 1,
+            pifs: Vec::new(),
+        };
+        let old_specs = host_sources(&shape)
+            .unwrap()
+            .into_iter()
+            .filter(|spec| spec.name != HEAP_USED_SOURCE)
+            .collect();
+        metering.host = Some(HostMeter {
+            shape,
+            rrd: Rrd::new(old_specs, 0).unwrap(),
+            previous: None,
+        });
+        assert_eq!(
+            metering.query_host(HEAP_USED_SOURCE),
+            Err(MeterError::UnknownDataSource(String::from(
+                HEAP_USED_SOURCE
+            )))
+        );
+        for step in 1..=3 {
+            let report = metering.sample(step * 5_000, &figures(4096), &[]);
+            assert_eq!(report.host_error, None);
+        }
+        assert_eq!(metering.query_host(HEAP_USED_SOURCE), Ok(4096.0));
+        assert_eq!(metering.query_host("memory_free_kib"), Ok(524_288.0));
+    }
 }

@@ -127,6 +127,9 @@ pub struct VmShape {
 
 const UNBOUNDED: f64 = f64::INFINITY;
 
+/// The host source carrying Keel's heap in use (KiB).
+pub const HEAP_USED_SOURCE: &str = "keel_heap_used_kib";
+
 /// Every unit string the catalogue uses.
 const UNITS: [&str; 7] = [
     "(fraction)",
@@ -199,6 +202,16 @@ pub fn host_sources(shape: &HostShape) -> Result<Vec<DataSourceSpec>, ShapeError
     out.push(DataSourceSpec::new(
         String::from("memory_free_kib"),
         String::from("Total amount of free memory (Xen's free heap)"),
+        "KiB",
+        DsType::Gauge,
+        0.0,
+        UNBOUNDED,
+    ));
+    // xapi records its own memory as host sources (`xapi_memory_usage_kib`); Keel is the
+    // whole control domain, so its heap in use is what dom0 costs.
+    out.push(DataSourceSpec::new(
+        String::from(HEAP_USED_SOURCE),
+        String::from("Memory in use by the control domain's heap (Keel)"),
         "KiB",
         DsType::Gauge,
         0.0,
@@ -383,6 +396,7 @@ mod tests {
                 "cpu_avg",
                 "memory_total_kib",
                 "memory_free_kib",
+                "keel_heap_used_kib",
                 "pif_eth0_rx",
                 "pif_eth0_tx"
             ]
@@ -390,6 +404,8 @@ mod tests {
         assert_eq!(specs[0].ds_type, DsType::Derive);
         assert_eq!(specs[0].max, 1.0);
         assert_eq!(specs[3].units, "KiB");
+        assert_eq!(specs[5].units, "KiB");
+        assert_eq!(specs[5].ds_type, DsType::Gauge);
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl Sim {
                 cpu_busy_ns: vec![0; 4],
                 memory_total_bytes: 16384 * MIB,
                 memory_free_bytes: 12000 * MIB,
+                heap_used_bytes: 37 * MIB,
                 pifs: vec![PifFigures {
                     device: "eth0".to_string(),
                     ..PifFigures::default()
@@ -545,6 +546,22 @@ fn data_sources_and_queries() {
     assert_eq!(
         sim.metering.query_host("memory_total_kib").unwrap(),
         (16384 * 1024) as f64
+    );
+    let heap = host
+        .iter()
+        .find(|d| d.name_label == "keel_heap_used_kib")
+        .unwrap();
+    assert_eq!(heap.units, "KiB");
+    assert_eq!(heap.value, (37 * 1024) as f64);
+    // The heap is a gauge: a smaller figure reads as itself (once the 5 s step it spans is
+    // over), not as a negative rate.
+    sim.host.heap_used_bytes = 21 * MIB;
+    for _ in 0..3 {
+        sim.step(&mut [&mut guest], |_, _| {});
+    }
+    assert_eq!(
+        sim.metering.query_host("keel_heap_used_kib").unwrap(),
+        (21 * 1024) as f64
     );
     assert_eq!(
         sim.metering.query_vm(VM, "no_such_source"),

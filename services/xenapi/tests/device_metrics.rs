@@ -152,6 +152,7 @@ impl Host {
             cpu_busy_ns: vec![0],
             memory_total_bytes: 8 << 30,
             memory_free_bytes: 4 << 30,
+            heap_used_bytes: 0,
             pifs: Vec::new(),
         };
         let guest = VmFigures {

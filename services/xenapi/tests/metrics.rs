@@ -73,6 +73,7 @@ fn sample(f: &Fixture) {
             cpu_busy_ns: vec![step * 2_500_000_000, 0],
             memory_total_bytes: 8 * GIB,
             memory_free_bytes: 3 * GIB,
+            heap_used_bytes: 0,
             pifs: Vec::new(),
         };
         let dom0 = VmFigures {

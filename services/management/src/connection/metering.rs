@@ -331,6 +331,7 @@ mod tests {
                 cpu_busy_ns: vec![step * 5_000_000_000, 0],
                 memory_total_bytes: 8 << 30,
                 memory_free_bytes: 4 << 30,
+                heap_used_bytes: 0,
                 pifs: Vec::new(),
             };
             let vm = VmFigures {
