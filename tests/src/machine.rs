@@ -296,6 +296,8 @@ pub struct Vm {
     serial_in: Mutex<Option<ChildStdin>>,
     /// The QEMU monitor's socket of a machine under Xen ([`crate::xen_stall`]).
     monitor: Option<PathBuf>,
+    /// The console log, shared with the reader threads (one file offset for all writers).
+    log: Arc<Mutex<File>>,
 }
 
 impl Vm {
@@ -346,6 +348,7 @@ impl Vm {
             api_port: None,
             serial_in,
             monitor: None,
+            log,
         })
     }
 
@@ -502,12 +505,10 @@ impl Vm {
             return crate::xen_stall::StallReport::default();
         }
         let report = crate::xen_stall::probe(self, full);
-        if let Ok(mut log) = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.log_path)
-        {
+        // Through the readers' own handle: a second one would be overwritten at their offset.
+        if let Ok(mut log) = self.log.lock() {
             for line in report.lines() {
-                let _ = writeln!(log, "# stall probe: {line}");
+                let _ = writeln!(log, "# {line}");
             }
         }
         report
