@@ -12,6 +12,7 @@ pub mod bench_vm;
 pub mod build;
 pub mod console;
 pub mod image;
+pub mod integration;
 pub mod prereq;
 pub mod run;
 pub mod test;

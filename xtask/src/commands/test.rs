@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything the tests use (installed as root, else the command to run),
-//! host unit tests, then the QEMU integration tests on the release image.
+//! host unit tests, then the QEMU integration tests on the release image (two queues of test binaries:
+//! [`crate::commands::integration`]).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -27,12 +28,11 @@ pub fn run() -> Result<(), XtaskError> {
         eprintln!("xtask: {error}; continuing with the QEMU integration tests");
     }
     let (image, _) = build_image(Profile::Release)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let integration = cargo(
-        "QEMU integration tests",
-        &integration_test_args(threads),
-        Some(&image),
-    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let integration = crate::commands::integration::run(&image, cores).and_then(|()| {
+        let doc = ["test", "-p", "keel-tests", "--doc"].map(String::from);
+        cargo("the harness's documentation tests", &doc, None)
+    });
     unit?;
     integration?;
     eprintln!("==> all tests passed");
@@ -43,19 +43,6 @@ pub fn run() -> Result<(), XtaskError> {
 /// `--no-fail-fast`: one failing test binary must not hide the results of the others.
 pub fn unit_test_args() -> Vec<String> {
     vec!["test".into(), "--no-fail-fast".into()]
-}
-
-/// `cargo test -p keel-tests -- --test-threads=N`, N at most [`MAX_PARALLEL_VMS`].
-pub fn integration_test_args(cores: usize) -> Vec<String> {
-    let threads = cores.clamp(1, MAX_PARALLEL_VMS);
-    vec![
-        "test".into(),
-        "--no-fail-fast".into(),
-        "-p".into(),
-        "keel-tests".into(),
-        "--".into(),
-        format!("--test-threads={threads}"),
-    ]
 }
 
 /// Runs cargo at the workspace root, with `KEEL_IMAGE` set when an image is given.
@@ -88,23 +75,5 @@ mod tests {
     #[test]
     fn unit_tests_are_the_default_members() {
         assert_eq!(unit_test_args(), ["test", "--no-fail-fast"]);
-    }
-
-    #[test]
-    fn integration_tests_run_at_most_two_vms_at_once() {
-        assert_eq!(
-            integration_test_args(2),
-            [
-                "test",
-                "--no-fail-fast",
-                "-p",
-                "keel-tests",
-                "--",
-                "--test-threads=2"
-            ]
-        );
-        assert!(integration_test_args(64).contains(&"--test-threads=2".to_string()));
-        assert!(integration_test_args(1).contains(&"--test-threads=1".to_string()));
-        assert!(integration_test_args(0).contains(&"--test-threads=1".to_string()));
     }
 }
