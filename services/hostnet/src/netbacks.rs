@@ -91,10 +91,21 @@ pub struct VifsServiced {
     pub ports: Vec<Port>,
     /// VIFs that failed or were dropped since the last call: (domid, device, reason).
     pub failures: Vec<(u16, u32, String)>,
-    /// VIFs taken off the switch since the last call, with the switch's final counters of
-    /// their port (what they sent, received, and what the switch dropped and why):
-    /// (domid, device, counters).
-    pub removed: Vec<(u16, u32, PortCounters)>,
+    /// VIFs taken off the switch since the last call, with their final counters.
+    pub removed: Vec<RemovedVif>,
+}
+
+/// A VIF taken off the switch and what it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedVif {
+    pub domid: u16,
+    pub device: u32,
+    /// The switch's counters of its port: frames it sent and received, what the switch
+    /// dropped and why (anti-spoofing, flood bound, a full queue toward it).
+    pub switch: PortCounters,
+    /// netback's: frames moved, and dropped on its side (a full queue toward a guest that
+    /// posts too few receive buffers, a guest's bad packets).
+    pub netback: VifCounters,
 }
 
 /// Every VIF backend of the host and the bridges they plug into.
@@ -107,8 +118,8 @@ pub struct Netbacks {
     detached: Vec<Vif>,
     /// Failures found outside `serve` (reported by the next one).
     failures: Vec<(u16, u32, String)>,
-    /// Final switch counters of VIFs taken off the switch (reported by the next `serve`).
-    removed: Vec<(u16, u32, PortCounters)>,
+    /// VIFs taken off the switch, with their final counters (reported by the next `serve`).
+    removed: Vec<RemovedVif>,
     /// The backends' own xenstored connection; opened at the first `serve`.
     client: Option<LocalClient>,
     /// The time of the last `serve` (switch ports added between calls learn from then).
@@ -269,9 +280,14 @@ impl Netbacks {
         };
         let removed = self.fabric.borrow_mut().remove_port(vif.switch_port);
         // Only the report is lost if there is no room for it.
-        if let Ok(counters) = removed {
+        if let Ok(switch) = removed {
             if self.removed.try_reserve(1).is_ok() {
-                self.removed.push((key.0, key.1, counters));
+                self.removed.push(RemovedVif {
+                    domid: key.0,
+                    device: key.1,
+                    switch,
+                    netback: vif.netback.counters(),
+                });
             }
         }
         vif.detach = Some(Detach {

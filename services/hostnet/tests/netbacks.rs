@@ -406,11 +406,14 @@ fn filters_apply_and_change_on_update() {
     h.nbs.detach_vif(u32::from(FE), 0, false).unwrap();
     let serviced = h.serve();
     assert_eq!(serviced.removed.len(), 1, "{:?}", serviced.removed);
-    let (domid, device, last) = &serviced.removed[0];
-    assert_eq!((*domid, *device), (FE, 0));
-    assert_eq!(last.drops.get(DropReason::SpoofedIp), 1);
-    assert_eq!(last.drops.get(DropReason::PortDisabled), 1);
-    assert_eq!(last.rx_packets, 4);
+    let gone = &serviced.removed[0];
+    assert_eq!((gone.domid, gone.device), (FE, 0));
+    assert_eq!(gone.switch.drops.get(DropReason::SpoofedIp), 1);
+    assert_eq!(gone.switch.drops.get(DropReason::PortDisabled), 1);
+    assert_eq!(gone.switch.rx_packets, 4);
+    // netback handed all four to the switch; the switch dropped two.
+    assert_eq!(gone.netback.from_guest_frames, 4);
+    assert_eq!(gone.netback.from_guest_dropped, 0);
     assert!(h.serve().removed.is_empty());
 }
 

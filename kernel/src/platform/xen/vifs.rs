@@ -96,18 +96,26 @@ pub fn serve(vifs: &Vifs, xenstored: &mut Xenstored) -> VifsServiced {
     for (domid, device, reason) in &serviced.failures {
         log::warn!("vifs: domain {domid} vif {device}: {reason}");
     }
-    // What each unplugged VIF did on the switch, the drops by reason (anti-spoofing,
-    // flood limit, ...): `VIF_metrics` carries rates only.
-    for (domid, device, c) in &serviced.removed {
+    // What each unplugged VIF did: the switch's drops by reason (anti-spoofing, flood
+    // bound, a full queue toward it) and netback's (`VIF_metrics` carries rates only).
+    for gone in &serviced.removed {
+        let (c, n) = (&gone.switch, &gone.netback);
         let mut drops = alloc::string::String::new();
-        for (reason, n) in c.drops.iter().filter(|(_, n)| *n > 0) {
-            let _ = core::fmt::Write::write_fmt(&mut drops, format_args!(" {}={n}", reason.name()));
+        for (reason, count) in c.drops.iter().filter(|(_, count)| *count > 0) {
+            let _ =
+                core::fmt::Write::write_fmt(&mut drops, format_args!(" {}={count}", reason.name()));
         }
         log::info!(
-            "vifs: domain {domid} vif {device} off the switch: from guest {} frames, to guest {} frames, dropped{}",
+            "vifs: domain {} vif {} off the switch: from guest {} frames, to guest {} frames, dropped{}; netback: to guest dropped {} errors {}, from guest dropped {} errors {}",
+            gone.domid,
+            gone.device,
             c.rx_packets,
             c.tx_packets,
-            if drops.is_empty() { " none" } else { &drops }
+            if drops.is_empty() { " none" } else { &drops },
+            n.to_guest_dropped,
+            n.to_guest_errors,
+            n.from_guest_dropped,
+            n.from_guest_errors
         );
     }
     // A guest's frames switched to another guest are served in the next round.
