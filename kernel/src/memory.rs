@@ -11,6 +11,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use keel_memory::identity::{self, Step};
 use keel_memory::{align_down, align_up, FrameAllocator, Range, FRAME_SIZE};
 use spin::Mutex;
 use x86_64::registers::control::{Cr3, Cr3Flags};
@@ -286,27 +287,30 @@ fn map_range(phys: u64, size: u64, cache: Cache) -> Result<NonNull<u8>, MapError
     let table = guard.as_mut().ok_or(MapError::Conflict { phys })?;
     let mut addr = align_down(phys, FRAME_SIZE);
     while addr < end {
-        let aligned_2m = addr.is_multiple_of(TWO_MIB) && end - addr >= TWO_MIB;
-        if aligned_2m {
-            let page = Page::<Size2MiB>::containing_address(VirtAddr::new(addr));
-            let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(addr));
-            // SAFETY: identity mapping of a range the caller owns.
-            match unsafe { table.map_to(page, frame, flags | Flags::HUGE_PAGE, &mut Frames) } {
-                Ok(flush) => flush.flush(),
-                Err(MapToError::PageAlreadyMapped(f)) if f == frame => {}
-                Err(MapToError::FrameAllocationFailed) => return Err(MapError::OutOfFrames),
-                Err(_) => return Err(MapError::Conflict { phys: addr }),
+        // What the slot holds decides the page size: a 2 MiB page over a slot that has a
+        // 4 KiB table would be refused as "already mapped" and leave the table's holes
+        // unmapped (keel_memory::identity).
+        let step = identity::plan(addr, end, identity::slot_of(&*table, addr));
+        match step {
+            Step::Huge(at) => {
+                let page = Page::<Size2MiB>::containing_address(VirtAddr::new(at));
+                let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(at));
+                // SAFETY: identity mapping of a range the caller owns, into an empty slot.
+                match unsafe { table.map_to(page, frame, flags | Flags::HUGE_PAGE, &mut Frames) } {
+                    Ok(flush) => flush.flush(),
+                    Err(MapToError::FrameAllocationFailed) => return Err(MapError::OutOfFrames),
+                    Err(_) => return Err(MapError::Conflict { phys: at }),
+                }
             }
-            addr += TWO_MIB;
-        } else {
-            match map_4k(table, addr, flags) {
+            Step::HugeAlreadyMapped(_) => {}
+            Step::Page(at) => match map_4k(table, at, flags) {
                 Ok(()) => {}
                 // Already inside a RAM huge page: the identity mapping exists.
                 Err(MapError::Conflict { .. }) if matches!(cache, Cache::WriteBack) => {}
                 Err(e) => return Err(e),
-            }
-            addr += FRAME_SIZE;
+            },
         }
+        addr = step.next();
     }
     NonNull::new(phys as *mut u8).ok_or(MapError::Conflict { phys })
 }

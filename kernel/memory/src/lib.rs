@@ -14,6 +14,8 @@
 
 use core::fmt;
 
+pub mod identity;
+
 /// Size of one frame.
 pub const FRAME_SIZE: u64 = 4096;
 
