@@ -14,7 +14,7 @@
 //! `sync`); once the hostile frontend was disconnected, a disk is hot-plugged into the
 //! well-behaved guest and unplugged, and it frees space and runs `fstrim` on its first disk.
 //!
-//! One host boot, two guest boots at once, no fixed waits (nested TCG: 4-8 minutes on the
+//! One host boot, two guest boots at once, no fixed waits (nested TCG: 5-8 minutes on the
 //! shared 2-core machine, most of it the two `VM.start`s and boots).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step is a failed test
