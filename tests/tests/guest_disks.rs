@@ -305,12 +305,22 @@ fn check_exported(image: &Path, marker: &str, files: usize) {
     }
 }
 
+///
+/// An emulator fault (`keel_tests::emulator`) gets the test one more run on fresh hosts.
 #[test]
 fn a_linux_guest_filesystem_survives_crash_hot_plug_trim_power_cut_and_snapshot() {
-    let disk = fresh_disk("guest_disks");
+    keel_tests::emulator::retry_after_emulator_fault("guest_disks", |name| {
+        survives(name);
+        Ok::<(), HarnessError>(())
+    });
+}
+
+/// The test on hosts named `name` (before the power cut) and `<name>_after_cut`.
+fn survives(name: &str) {
+    let disk = fresh_disk(name);
     let dir = disk.parent().expect("the disk's directory").to_path_buf();
     let (prepared, prepared_marker) = prepared_filesystem(&dir);
-    let host = check(boot_host_on("guest_disks", &disk));
+    let host = check(boot_host_on(name, &disk));
     let port = host.url.rsplit(':').next().unwrap_or_default().to_string();
     let kernel = check(guest::kernel());
     let initrd = check(guest::initramfs());
@@ -409,7 +419,7 @@ fn a_linux_guest_filesystem_survives_crash_hot_plug_trim_power_cut_and_snapshot(
             .as_secs_f64()
     );
     drop(host);
-    let host = check(boot_host_on("guest_disks_after_cut", &disk));
+    let host = check(boot_host_on(&format!("{name}_after_cut"), &disk));
     let halted = check(host.call("get_power_state", &a, &[]));
     assert_eq!(halted.power, "Halted", "a power cut halts the VM");
     let image = dir.join("a-after-cut.img");

@@ -123,9 +123,18 @@ fn hotplug(host: &Host, args: &[&str]) -> String {
     run_script(HOTPLUG_SCRIPT, &argv).unwrap_or_else(|e| panic!("{e}"))
 }
 
+///
+/// An emulator fault (`keel_tests::emulator`) gets the test one more run on a fresh host.
 #[test]
 fn a_hostile_frontend_in_a_guest_harms_nobody() {
-    let host = boot_host("guest_hostile").unwrap_or_else(|e| panic!("{e}"));
+    keel_tests::emulator::retry_after_emulator_fault("guest_hostile", |name| {
+        harms_nobody(name);
+        Ok::<(), keel_tests::HarnessError>(())
+    });
+}
+
+fn harms_nobody(name: &str) {
+    let host = boot_host(name).unwrap_or_else(|e| panic!("{e}"));
     let kernel = guest::kernel().unwrap_or_else(|e| panic!("{e}"));
     let initrd = guest::initramfs().unwrap_or_else(|e| panic!("{e}"));
     let hostile_initrd = guest::hostile_initramfs().unwrap_or_else(|e| panic!("{e}"));
