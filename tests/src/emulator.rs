@@ -45,26 +45,39 @@ impl EmulatorFaults {
 /// a real fault of a guest or of Keel.
 pub fn faults_of(test: &str) -> EmulatorFaults {
     let mut faults = EmulatorFaults::default();
-    let Ok(entries) = std::fs::read_dir(test_logs_dir()) else {
-        return faults;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".log") else {
-            continue;
-        };
-        let ours = stem == test
-            || stem
-                .strip_prefix(test)
-                .and_then(|rest| rest.strip_prefix('_'))
-                .is_some_and(|host| !host.starts_with("again"));
-        if ours {
-            let found = faults_in_log(stem);
-            faults.triple_faults += found.triple_faults;
-            faults.wedged += found.wedged;
-        }
+    for host in hosts_of(test) {
+        let found = faults_in_log(&host);
+        faults.triple_faults += found.triple_faults;
+        faults.wedged += found.wedged;
     }
     faults
+}
+
+/// The hosts whose console logs are test `test`'s (see [`faults_of`]).
+fn hosts_of(test: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(test_logs_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".log")?;
+            let ours = stem == test
+                || stem
+                    .strip_prefix(test)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .is_some_and(|host| !host.starts_with("again"));
+            ours.then(|| stem.to_string())
+        })
+        .collect()
+}
+
+/// Removes the console logs an earlier run of `test` left, so that only this run's are read.
+fn forget_earlier_logs(test: &str) {
+    for host in hosts_of(test) {
+        let _ = std::fs::remove_file(test_logs_dir().join(format!("{host}.log")));
+    }
 }
 
 fn faults_in_log(host: &str) -> EmulatorFaults {
@@ -100,6 +113,7 @@ fn faults_in_log(host: &str) -> EmulatorFaults {
 /// Runs `body(test)`; on a failure beside an emulator fault in host `test`'s console log,
 /// says so and runs `body("<test>_again")` once more (see the module's documentation).
 pub fn retry_after_emulator_fault<E: Display>(test: &str, body: impl Fn(&str) -> Result<(), E>) {
+    forget_earlier_logs(test);
     let first = catch_unwind(AssertUnwindSafe(|| body(test)));
     let failure = match first {
         Ok(Ok(())) => return,
@@ -122,6 +136,7 @@ pub fn retry_after_emulator_fault<E: Display>(test: &str, body: impl Fn(&str) ->
         failure.text()
     );
     let again = format!("{test}_again");
+    forget_earlier_logs(&again);
     if let Err(e) = body(&again) {
         panic!("{e}");
     }
@@ -159,13 +174,19 @@ mod tests {
 
     #[test]
     fn a_failure_beside_a_wedged_machine_runs_once_more() {
+        // A stale log of an earlier run is not this run's.
         write_log(
-            "emulator_unit_wedged",
-            "[ 1.0] keel\n# stall probe: stall probe: Xen did NOT answer its debug keys\n",
+            "emulator_unit_wedged_again_host",
+            "(XEN) d1v0 Triple fault\n",
         );
-        write_log("emulator_unit_wedged_again", "[ 1.0] keel\n");
         let runs = Cell::new(Vec::new());
         retry_after_emulator_fault("emulator_unit_wedged", |host| {
+            let log = if host == "emulator_unit_wedged" {
+                "[ 1.0] keel\n# stall probe: Xen did NOT answer its debug keys\n"
+            } else {
+                "[ 1.0] keel\n"
+            };
+            write_log(host, log);
             let mut seen = runs.take();
             seen.push(host.to_string());
             let first = seen.len() == 1;
@@ -196,9 +217,14 @@ mod tests {
     #[test]
     #[should_panic(expected = "timed out")]
     fn a_failure_without_an_emulator_fault_fails_at_once() {
-        write_log("emulator_unit_plain", "[ 1.0] keel\n(XEN) all fine\n");
+        // A stale wedged log of an earlier run does not count.
+        write_log(
+            "emulator_unit_plain_second",
+            "# Xen did NOT answer its debug keys\n",
+        );
         retry_after_emulator_fault("emulator_unit_plain", |host| {
             assert_eq!(host, "emulator_unit_plain", "no second run");
+            write_log(host, "[ 1.0] keel\n(XEN) all fine\n");
             Err("timed out")
         });
     }
@@ -206,11 +232,9 @@ mod tests {
     #[test]
     #[should_panic(expected = "still broken")]
     fn a_second_failure_fails_the_test() {
-        write_log(
-            "emulator_unit_twice",
-            "# stall probe: stall probe: Xen did NOT answer its debug keys\n",
-        );
-        write_log("emulator_unit_twice_again", "");
-        retry_after_emulator_fault("emulator_unit_twice", |_| Err("still broken"));
+        retry_after_emulator_fault("emulator_unit_twice", |host| {
+            write_log(host, "# stall probe: Xen did NOT answer its debug keys\n");
+            Err("still broken")
+        });
     }
 }
