@@ -109,6 +109,7 @@ impl<'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestMemory<'a, H, F> {
             local,
             gfn,
             frames: 0,
+            leaked_before: self.leaked.get(),
         };
         let mut foreign = alloc::vec::Vec::new();
         let mut dom0 = alloc::vec::Vec::new();
@@ -151,6 +152,7 @@ impl<'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestMemory<'a, H, F> {
             local,
             gfn: 0,
             frames: 0,
+            leaked_before: self.leaked.get(),
         };
         let mut frames = [local];
         acquire_resource(
@@ -185,6 +187,9 @@ pub struct Window<'m, 'a, H: Hypervisor + ?Sized, F: HoleFrames> {
     gfn: u64,
     /// Frames currently mapped (all of them once `map` returns).
     frames: u64,
+    /// [`GuestMemory::leaked_frames`] when the window was made: a frame of a failed batch
+    /// that would not unmap (in `map`, before the window drops) keeps the run too.
+    leaked_before: u64,
 }
 
 impl<H: Hypervisor + ?Sized, F: HoleFrames> Window<'_, '_, H, F> {
@@ -209,12 +214,11 @@ impl<H: Hypervisor + ?Sized, F: HoleFrames> Window<'_, '_, H, F> {
 
 impl<H: Hypervisor + ?Sized, F: HoleFrames> Drop for Window<'_, '_, H, F> {
     fn drop(&mut self) {
-        let leaked_before = self.memory.leaked.get();
         for i in 0..self.frames {
             self.memory.unmap_frame(self.local + i);
         }
         // Hole frames still showing a guest page are never handed out again.
-        if self.memory.leaked.get() == leaked_before {
+        if self.memory.leaked.get() == self.leaked_before {
             self.memory.holes.borrow_mut().free(self.local);
         }
     }
