@@ -55,6 +55,8 @@ const DOM0_BOOT_DEADLINE: Duration = Duration::from_secs(300);
 /// One guest's boot under nested TCG on a machine others use too.
 const GUEST_BOOT_DEADLINE: Duration = Duration::from_secs(600);
 const CALL_DEADLINE: Duration = Duration::from_secs(600);
+/// How long Keel's heap figure may read unknown (its first 5 s average, a slow sample).
+const HEAP_KNOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// The [`LOADED_GUESTS`] booting together under nested TCG.
 const LOADED_BOOT_DEADLINE: Duration = Duration::from_secs(1200);
 /// The name of the measured guest on both stacks.
@@ -528,14 +530,25 @@ impl KeelHost {
 
     /// (Keel's heap if reported, Xen's free memory), KiB.
     fn memory(&self) -> Result<(Option<u64>, u64), XtaskError> {
-        let heap = self
-            .session
-            .call(
-                "host.query_data_source",
-                &[Param::Str(&self.host), Param::Str(HEAP_SOURCE)],
-            )
-            .ok()
-            .and_then(|answer| data_source_kib(&answer));
+        let query = || {
+            self.session
+                .call(
+                    "host.query_data_source",
+                    &[Param::Str(&self.host), Param::Str(HEAP_SOURCE)],
+                )
+                .ok()
+                .and_then(|answer| data_source_kib(&answer))
+        };
+        // Until the host RRD holds its first 5 s average the source is unknown, which
+        // XML-RPC carries as 0.0 (it has no NaN); a heap in use is never 0, so wait for a
+        // real figure (seen: the 0-guest reading of the first recorded run).
+        let asked = Instant::now();
+        let mut heap = query();
+        while heap == Some(0) && asked.elapsed() < HEAP_KNOWN_DEADLINE {
+            std::thread::sleep(Duration::from_secs(1));
+            heap = query();
+        }
+        let heap = heap.filter(|kib| *kib > 0);
         let free = self
             .session
             .value("host_metrics.get_memory_free", &[&self.metrics])?;
