@@ -5,7 +5,11 @@
 //!
 //! Mapping a run that was mapped before is a no-op for our page tables, and only Xen's p2m
 //! entry behind each frame changes as guest pages come and go, so a run can be handed out,
-//! freed and handed out again without TLB work here.
+//! freed and handed out again without TLB work here. Runs come back at other alignments
+//! (a window, then ring pages and persistent grants in its place, then a window again), so
+//! a 2 MiB slot may already hold a table of 4 KiB pages when a run covers it whole:
+//! `memory::map_range` then fills that table instead of taking the slot as mapped
+//! (keel_memory::identity; the page faults in docs/blkback.md).
 
 use keel_console::XenconsInterface;
 use keel_domain_builder::HoleFrames;
