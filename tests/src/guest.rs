@@ -336,7 +336,8 @@ mod tests {
         assert!(line.contains("console=hvc0"));
         assert!(line.split(' ').any(|w| w == "keel_guest=crash"));
         for action in [
-            "poweroff", "reboot", "crash", "disk", "fs", "burn", "net", "hostile", "peer",
+            "poweroff", "reboot", "crash", "disk", "fs", "burn", "net", "hostile", "peer", "meter",
+            "kbench",
         ] {
             assert!(
                 GUEST_INIT.contains(&format!("  {action})")),
