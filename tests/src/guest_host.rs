@@ -216,11 +216,16 @@ pub fn fresh_disk(name: &str) -> PathBuf {
 /// Boots a host named `name` (its console log's name) on the SR disk image `disk` as it is:
 /// after a power cut (dropping the last [`Host`]), the same image is the same host.
 pub fn boot_host_on(name: &str, disk: &Path) -> Result<Host, HarnessError> {
+    boot_host_with_nic(name, disk, NicModel::VirtioNet)
+}
+
+/// [`boot_host_on`] with `nic` as the host's network card (the switch's uplink).
+pub fn boot_host_with_nic(name: &str, disk: &Path, nic: NicModel) -> Result<Host, HarnessError> {
     let vm = Machine::new(name)
         .under_xen()
         .memory_mib(1024)
         .disk_file(disk, crate::DiskBus::VirtioBlk)
-        .nic_with_api(NicModel::VirtioNet)
+        .nic_with_api(nic)
         .append(test_credentials().cmdline_word())
         .append("keel.log=debug")
         .boot()?;

@@ -2,11 +2,15 @@
 //! (82574L) as the only network card, booted alone (fast) and, for the e1000e, as Xen's dom0
 //! (the NIC then does DMA through the IOMMU). Each boot must bind `keel-e1000`, get a DHCP
 //! lease from QEMU's user network and answer the real Python `XenAPI` SDK through the port
-//! forward.
+//! forward. Under Xen, a Linux guest on the management network then gets its own lease and
+//! reaches the gateway through netback, the switch and the e1000e uplink.
 
 use std::time::Duration;
 
 use keel_tests::credentials::test_credentials;
+use keel_tests::emulator::retry_after_emulator_fault;
+use keel_tests::guest::{self, GUEST_VM_PY};
+use keel_tests::guest_host::{boot_host_with_nic, fresh_disk, path, GUEST_BOOT_DEADLINE};
 use keel_tests::kernel_lines::READY_PREFIX;
 use keel_tests::python::run_script;
 use keel_tests::{HarnessError, Machine, NicModel, Pattern, Vm, BOOT_DEADLINE};
@@ -84,4 +88,70 @@ fn e1000_gets_a_lease_and_answers_the_xenapi() -> Result<(), HarnessError> {
 fn e1000e_under_xen_does_dma_through_the_iommu() -> Result<(), HarnessError> {
     let vm = boot("intel_e1000e_xen", NicModel::E1000e, true)?;
     check(&vm, "e1000e", "82574L", XEN_BOOT_DEADLINE)
+}
+
+/// Makes a guest (`keel_guest=net`: DHCP on `eth0`, then a ping of the gateway) with one VIF
+/// on the management network (`xenbr0`, the uplink's), starts it and prints its domid.
+const GUEST_SCRIPT: &str = r#"
+import sys, socket, XenAPI
+socket.setdefaulttimeout(240)
+url, password, port, kernel, initrd = sys.argv[1:6]
+s = XenAPI.Session(url)
+s.xenapi.login_with_password("root", password, "1.0", "keel-tests-intel-nic")
+x = s.xenapi
+k = upload_image(x, s._session, port, kernel, "guest kernel")
+r = upload_image(x, s._session, port, initrd, "guest initramfs")
+template = [ref for ref, rec in x.VM.get_all_records().items()
+            if rec["is_a_template"] and rec["name_label"] == "Keel Linux PVH (direct boot)"]
+mgmt = [n for n, rec in x.network.get_all_records().items() if rec["bridge"] == "xenbr0"]
+assert len(template) == 1 and len(mgmt) == 1, (template, mgmt)
+vm = guest_vm(x, template[0], "net-e1000e", k, r,
+              "console=hvc0 quiet loglevel=4 keel_guest=net")
+x.VIF.create({"device": "0", "network": mgmt[0], "VM": vm, "MAC": "02:00:00:00:00:e1",
+              "MTU": "1500", "other_config": {}, "qos_algorithm_type": "",
+              "qos_algorithm_params": {}, "locking_mode": "network_default",
+              "ipv4_allowed": [], "ipv6_allowed": []})
+x.VM.start(vm, False, False)
+print("domid", x.VM.get_domid(vm), flush=True)
+"#;
+
+/// The switch on an e1000e uplink: a Linux guest's netfront gets a DHCP lease from QEMU's
+/// user network and pings its gateway through netback, the switch and Keel's e1000e driver.
+#[test]
+fn a_guest_reaches_the_outside_through_an_e1000e_uplink() {
+    retry_after_emulator_fault("intel_e1000e_guest", |name| {
+        let disk = fresh_disk(name);
+        let host = boot_host_with_nic(name, &disk, NicModel::E1000e)?;
+        host.machine.wait_for(
+            Pattern::contains("net: e1000e (82574L) at "),
+            Duration::from_secs(1),
+        )?;
+        let port = host.url.rsplit(':').next().unwrap_or_default().to_string();
+        let out = run_script(
+            &format!("{GUEST_VM_PY}\n{GUEST_SCRIPT}"),
+            &[
+                &host.url,
+                &host.password,
+                &port,
+                path(&guest::kernel()?),
+                path(&guest::initramfs()?),
+            ],
+        )?;
+        let domid = out
+            .lines()
+            .find_map(|l| l.strip_prefix("domid "))
+            .map(|d| d.trim().to_string())
+            .unwrap_or_default();
+        let lease = host.machine.wait_for(
+            Pattern::contains(format!("guest d{domid}: keel-guest: net ")),
+            GUEST_BOOT_DEADLINE,
+        )?;
+        assert!(lease.contains("net lease 10.0.2."), "{lease}");
+        let ping = host.machine.wait_for(
+            Pattern::contains(format!("guest d{domid}: keel-guest: net ping")),
+            GUEST_BOOT_DEADLINE,
+        )?;
+        assert!(ping.contains("net ping ok"), "{ping}");
+        Ok::<(), HarnessError>(())
+    });
 }
