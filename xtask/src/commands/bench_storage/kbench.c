@@ -3,8 +3,12 @@
  * `keel_repositories::bench` (same order, block sizes, queue depths, op counts and offsets
  * from the same xorshift64 generator), with O_DIRECT and Linux AIO on a block device.
  *
- * usage: kbench DEVICE NAME
+ * usage: kbench DEVICE NAME [SEQ_BLOCK]
  * prints: bench-storage: NAME PATTERN bs=B qd=Q ops=N ns=T   (one line per workload)
+ *
+ * SEQ_BLOCK (bytes, a multiple of 4096 dividing the table's sequential bytes) makes the
+ * sequential workloads use requests of that size, moving the same bytes in fewer requests
+ * (`cargo xtask bench guest-disk` asks for 1 MiB; `bench storage` gives none).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -128,10 +132,35 @@ static int run(int fd, const char *name, const struct workload *w) {
     return 0;
 }
 
+/* The workload with its sequential requests resized to seq_block bytes (0: as listed),
+ * the same bytes moved; 0 if seq_block cannot carry them. */
+static int resized(const struct workload *w, unsigned long seq_block, struct workload *out) {
+    *out = *w;
+    if (w->random || seq_block == 0) {
+        return 1;
+    }
+    unsigned long long bytes = (unsigned long long)w->block * w->ops;
+    if (seq_block % 4096 != 0 || seq_block > REGION || bytes % seq_block != 0) {
+        return 0;
+    }
+    out->block = (unsigned)seq_block;
+    out->ops = (unsigned)(bytes / seq_block);
+    return 1;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: kbench DEVICE NAME\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: kbench DEVICE NAME [SEQ_BLOCK]\n");
         return 2;
+    }
+    unsigned long seq_block = 0;
+    if (argc == 4) {
+        char *end;
+        seq_block = strtoul(argv[3], &end, 10);
+        if (*end != '\0' || seq_block == 0) {
+            fprintf(stderr, "kbench: SEQ_BLOCK must be a byte count: %s\n", argv[3]);
+            return 2;
+        }
     }
     int fd = open(argv[1], O_RDWR | O_DIRECT);
     if (fd < 0) {
@@ -139,7 +168,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (size_t i = 0; i < sizeof(WORKLOADS) / sizeof(WORKLOADS[0]); i++) {
-        if (run(fd, argv[2], &WORKLOADS[i])) {
+        struct workload w;
+        if (!resized(&WORKLOADS[i], seq_block, &w)) {
+            fprintf(stderr, "kbench: %lu-byte requests cannot move %s's bytes\n", seq_block,
+                    WORKLOADS[i].name);
+            return 2;
+        }
+        if (run(fd, argv[2], &w)) {
             return 1;
         }
     }
