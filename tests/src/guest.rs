@@ -277,6 +277,10 @@ pub fn udp_pps() -> Result<PathBuf, HarnessError> {
 /// `tests/guest-tools/<name>.c` built with `gcc -static -O2` (cached under
 /// `target/keel/linux/`, rebuilt when the source is newer).
 fn guest_tool(name: &str) -> Result<PathBuf, HarnessError> {
+    crate::cache_lock::with_cache_lock(|| guest_tool_locked(name))
+}
+
+fn guest_tool_locked(name: &str) -> Result<PathBuf, HarnessError> {
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("guest-tools")
         .join(format!("{name}.c"));

@@ -20,6 +20,7 @@
 //! QEMU command line with the same code as the tests ([`qemu::VmConfig`]).
 
 pub mod accel;
+pub mod cache_lock;
 pub mod console;
 pub mod credentials;
 pub mod emulator;

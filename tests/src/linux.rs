@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::cache_lock::with_cache_lock;
 use crate::error::HarnessError;
 use crate::paths;
 
@@ -58,6 +59,10 @@ fn find_file(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathBuf
 
 /// Downloads and unpacks a Debian package (once); returns the unpack directory.
 pub fn unpack(package: &str) -> Result<PathBuf, HarnessError> {
+    with_cache_lock(|| unpack_locked(package))
+}
+
+fn unpack_locked(package: &str) -> Result<PathBuf, HarnessError> {
     let dir = linux_dir().join(package);
     if dir.join(".unpacked").exists() {
         return Ok(dir);
@@ -389,6 +394,15 @@ pub fn initramfs_with(
     modules: &[&str],
     extra: Vec<CpioEntry>,
 ) -> Result<PathBuf, HarnessError> {
+    with_cache_lock(|| initramfs_locked(name, init_script, modules, extra))
+}
+
+fn initramfs_locked(
+    name: &str,
+    init_script: &str,
+    modules: &[&str],
+    extra: Vec<CpioEntry>,
+) -> Result<PathBuf, HarnessError> {
     let busybox = fs::read(busybox()?).map_err(|error| HarnessError::Io {
         what: "reading busybox".into(),
         error,
@@ -476,6 +490,10 @@ pub fn initramfs_with(
 /// has. Without `/etc/mke2fs.conf`, e2fsprogs uses its built-in defaults for ext4
 /// (`has_journal`, `extent`, `flex_bg`, `metadata_csum`, `64bit`…).
 pub fn mkfs_ext4() -> Result<Vec<CpioEntry>, HarnessError> {
+    with_cache_lock(mkfs_ext4_locked)
+}
+
+fn mkfs_ext4_locked() -> Result<Vec<CpioEntry>, HarnessError> {
     use crate::reference::{
         library_closure, library_index, readelf_needed, with_parent_dirs, INTERPRETER, LIB_DIR,
     };

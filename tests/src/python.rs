@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
 
 use crate::error::HarnessError;
 use crate::paths;
@@ -25,11 +24,11 @@ fn io_error(what: String, message: String) -> HarnessError {
 
 /// The venv's python, with the SDK importable. Safe to call from parallel tests.
 pub fn xenapi_python() -> Result<PathBuf, HarnessError> {
-    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    let _guard = LOCK
-        .get_or_init(|| Mutex::new(()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    // Across threads and processes (test binaries run in parallel).
+    crate::cache_lock::with_cache_lock(make_xenapi_python)
+}
+
+fn make_xenapi_python() -> Result<PathBuf, HarnessError> {
     let venv = paths::keel_dir().join(format!("pyenv-xenapi-{XENAPI_VERSION}"));
     let python = venv.join("bin/python3");
     if imports_sdk(&python) {
