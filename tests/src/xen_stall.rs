@@ -36,6 +36,40 @@ const MONITOR_REPLY: Duration = Duration::from_secs(5);
 /// CTRL-A three times: Xen's console input switches between dom0 and Xen.
 const SWITCH_INPUT: &[u8] = b"\x01\x01\x01";
 
+/// What Xen prints when Ctrl-A ×3 switches its console input (`… to Xen` or `… to DOM0`):
+/// printed by Xen's own serial handler, so it also says Xen is alive.
+const SWITCHED: &str = "*** Serial input to ";
+
+/// Switches Xen's console input to Xen, checking which way Ctrl-A ×3 went (a probe that
+/// found a wedged machine may have left it switched): `false` if the input cannot be sent.
+fn switch_input_to_xen(vm: &Vm, before: usize) -> bool {
+    for _ in 0..2 {
+        let seen = vm.serial_lines().len();
+        if vm.send_serial(SWITCH_INPUT).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let switched = vm
+                .serial_lines_from(seen.max(before))
+                .into_iter()
+                .rev()
+                .find(|l| l.contains(SWITCHED));
+            match switched {
+                Some(line) if line.contains("to Xen") => return true,
+                // Toward dom0: it was left with Xen; once more.
+                Some(_) => break,
+                None => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+        if Instant::now() >= deadline {
+            // Xen said nothing (wedged, or very slow): send the key all the same.
+            return true;
+        }
+    }
+    true
+}
+
 /// A fresh path for the monitor socket of machine `name`.
 pub fn monitor_socket(name: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -91,30 +125,36 @@ pub fn probe(vm: &Vm, full: bool) -> StallReport {
         report.emulator = emulator_state(socket);
     }
     let before = vm.serial_lines().len();
-    let sent = vm.send_serial(SWITCH_INPUT).is_ok() && {
-        std::thread::sleep(Duration::from_millis(500));
-        vm.send_serial(b"r").is_ok()
+    let alive = |vm: &Vm| {
+        vm.serial_lines_from(before)
+            .iter()
+            .any(|l| l.contains("'r' pressed") || l.contains(SWITCHED))
     };
-    if sent {
+    if switch_input_to_xen(vm, before) && vm.send_serial(b"r").is_ok() {
         let deadline = Instant::now() + XEN_ANSWER;
-        while Instant::now() < deadline && !report.xen_answered {
-            report.xen_answered = vm
-                .serial_lines_from(before)
-                .iter()
-                .any(|l| l.contains("'r' pressed"));
+        while Instant::now() < deadline && !alive(vm) {
             std::thread::sleep(Duration::from_millis(200));
         }
-        if report.xen_answered && full {
+        if full && alive(vm) {
             let _ = vm.send_serial(b"q");
             std::thread::sleep(Duration::from_secs(2));
         }
-        let _ = vm.send_serial(SWITCH_INPUT);
-        // A late answer still counts: only a Xen that never answered is wedged.
-        report.xen_answered |= vm
-            .serial_lines_from(before)
-            .iter()
-            .any(|l| l.contains("'r' pressed"));
+        // Back to dom0 (Xen says so when it is alive; a wedged one says nothing).
+        let seen = vm.serial_lines().len();
+        if vm.send_serial(SWITCH_INPUT).is_ok() && alive(vm) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && !vm
+                    .serial_lines_from(seen)
+                    .iter()
+                    .any(|l| l.contains(SWITCHED))
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
+    // A late answer still counts: only a Xen that never answered is wedged.
+    report.xen_answered = alive(vm);
     report.serial_lines_during_probe = vm.serial_lines().len().saturating_sub(before);
     report
 }

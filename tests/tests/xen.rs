@@ -166,3 +166,34 @@ fn physinfo_lines_parse() {
     );
     assert_eq!(physinfo("xen: physinfo: two CPUs"), None);
 }
+
+/// The harness's stall probe (`keel_tests::xen_stall`) on a live machine: QEMU names both
+/// emulated CPUs, Xen answers its debug key, and the console input goes back to dom0.
+#[test]
+fn the_stall_probe_finds_a_live_xen_answering_and_gives_the_input_back() -> Result<(), HarnessError>
+{
+    let vm = Machine::new("xen_stall_probe").under_xen().boot()?;
+    vm.wait_for(Pattern::starts_with(READY_PREFIX), XEN_BOOT_DEADLINE)?;
+    let report = vm.xen_stall_report();
+    assert!(report.xen_answered, "{:?}", report.lines());
+    assert!(
+        report
+            .emulator
+            .iter()
+            .filter(|l| l.contains("CPU #"))
+            .count()
+            == 2,
+        "{:?}",
+        report.emulator
+    );
+    let switches: Vec<String> = vm
+        .serial_lines()
+        .into_iter()
+        .filter(|l| l.contains("*** Serial input to "))
+        .collect();
+    assert!(
+        switches.last().is_some_and(|l| l.contains("to DOM0")),
+        "{switches:?}"
+    );
+    Ok(())
+}
