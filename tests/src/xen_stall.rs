@@ -44,30 +44,35 @@ const SWITCHED: &str = "*** Serial input to ";
 /// found a wedged machine may have left it switched): `false` if the input cannot be sent.
 fn switch_input_to_xen(vm: &Vm, before: usize) -> bool {
     for _ in 0..2 {
-        let seen = vm.serial_lines().len();
+        let seen = vm.serial_lines().len().max(before);
         if vm.send_serial(SWITCH_INPUT).is_err() {
             return false;
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let switched = vm
-                .serial_lines_from(seen.max(before))
-                .into_iter()
-                .rev()
-                .find(|l| l.contains(SWITCHED));
-            match switched {
-                Some(line) if line.contains("to Xen") => return true,
-                // Toward dom0: it was left with Xen; once more.
-                Some(_) => break,
-                None => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-        if Instant::now() >= deadline {
-            // Xen said nothing (wedged, or very slow): send the key all the same.
-            return true;
+        match switch_message(vm, seen, Duration::from_secs(10)) {
+            // Toward dom0: it was left with Xen; once more.
+            Some(line) if !line.contains("to Xen") => continue,
+            // To Xen, or Xen said nothing (wedged, or very slow): send the key all the same.
+            _ => return true,
         }
     }
     true
+}
+
+/// The latest of Xen's input-switch messages among the serial lines from the `from`-th on,
+/// waiting up to `wait` for one.
+fn switch_message(vm: &Vm, from: usize, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let found = vm
+            .serial_lines_from(from)
+            .into_iter()
+            .rev()
+            .find(|l| l.contains(SWITCHED));
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A fresh path for the monitor socket of machine `name`.
@@ -142,15 +147,7 @@ pub fn probe(vm: &Vm, full: bool) -> StallReport {
         // Back to dom0 (Xen says so when it is alive; a wedged one says nothing).
         let seen = vm.serial_lines().len();
         if vm.send_serial(SWITCH_INPUT).is_ok() && alive(vm) {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline
-                && !vm
-                    .serial_lines_from(seen)
-                    .iter()
-                    .any(|l| l.contains(SWITCHED))
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            switch_message(vm, seen, Duration::from_secs(5));
         }
     }
     // A late answer still counts: only a Xen that never answered is wedged.
