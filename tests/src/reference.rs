@@ -617,6 +617,22 @@ impl ReferenceHost {
         Ok(GUEST_VMLINUX.to_string())
     }
 
+    /// dom0's virtio-blk disk (`/dev/vdX`) of `sectors` 512-byte sectors.
+    pub fn disk_by_sectors(&self, sectors: u64) -> Result<String, HarnessError> {
+        let listing = self.run_ok(
+            "for d in /sys/block/vd*; do echo \"${d##*/} $(cat $d/size)\"; done",
+            Duration::from_secs(30),
+        )?;
+        disk_with_sectors(&listing, sectors)
+            .map(|name| format!("/dev/{name}"))
+            .ok_or_else(|| {
+                failure(
+                    "dom0's disks",
+                    format!("none of {sectors} sectors: {}", listing.trim()),
+                )
+            })
+    }
+
     /// The `count` dom0 processes with the largest resident sets, as `KiB name` lines.
     pub fn top_resident(&self, count: usize) -> Result<Vec<String>, HarnessError> {
         let out = self.run_ok(
@@ -680,6 +696,17 @@ impl ReferenceHost {
     }
 }
 
+/// The disk of `sectors` in `NAME SECTORS` lines (`/sys/block/*/size`); `None` if none or
+/// more than one has that size.
+pub fn disk_with_sectors(listing: &str, sectors: u64) -> Option<String> {
+    let mut found = listing.lines().filter_map(|line| {
+        let (name, size) = line.trim().split_once(' ')?;
+        (size.trim().parse::<u64>().ok()? == sectors).then(|| name.to_string())
+    });
+    let name = found.next()?;
+    found.next().is_none().then_some(name)
+}
+
 /// `free`'s "used" from `/proc/meminfo`, KiB.
 pub fn meminfo_used_kib(meminfo: &str) -> Option<u64> {
     let field = |name: &str| {
@@ -710,6 +737,17 @@ pub fn boot_with_disk(
     memory_mib: u32,
     disk: Option<&Path>,
 ) -> Result<ReferenceHost, HarnessError> {
+    boot_with_disks(name, memory_mib, disk.as_slice())
+}
+
+/// [`boot`] with `disks` (raw images) on virtio-blk behind the IOMMU (the flags of Keel's SR
+/// disk), dom0's `/dev/vda`, `/dev/vdb`, … in this order ([`ReferenceHost::disk_by_sectors`]
+/// finds one by its size).
+pub fn boot_with_disks(
+    name: &str,
+    memory_mib: u32,
+    disks: &[&Path],
+) -> Result<ReferenceHost, HarnessError> {
     let image = build()?;
     let mut machine = Machine::new(name)
         .image(&image.vmlinux)
@@ -718,7 +756,7 @@ pub fn boot_with_disk(
         .nic_with_api(NicModel::VirtioNet)
         .without_debug_exit()
         .append(DOM0_CMDLINE);
-    if let Some(disk) = disk {
+    for disk in disks {
         machine = machine.disk_file(disk, crate::DiskBus::VirtioBlk);
     }
     let machine = machine.boot()?;
@@ -919,6 +957,15 @@ mod tests {
             "{elf}"
         );
         assert!(elf.contains("name = \"g2\""));
+    }
+
+    #[test]
+    fn a_disk_is_found_by_its_size_only_when_one_has_it() {
+        let listing = "vda 131072\nvdb 524288\nvdc 40960\n";
+        assert_eq!(disk_with_sectors(listing, 524288), Some("vdb".into()));
+        assert_eq!(disk_with_sectors(listing, 1), None);
+        assert_eq!(disk_with_sectors("vda 8\nvdb 8\n", 8), None);
+        assert_eq!(disk_with_sectors("vd* \n", 0), None);
     }
 
     #[test]
