@@ -22,6 +22,8 @@
 //! Each row shows min/median/max per stack and the ratio of the medians (Keel / Linux), with
 //! the goal of issue 13 beside it. A benchmark, not a test.
 
+mod disk;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -99,6 +101,9 @@ pub struct RunFigures {
     pub dom0_used_kib: [Option<u64>; 3],
     /// Xen's free memory with 0, 1 and [`LOADED_GUESTS`] running guests.
     pub xen_free_kib: [Option<u64>; 3],
+    /// The guest disk rows (MB/s or IOPS, in `standard_workloads` order), from the stack's
+    /// disk run ([`disk`]).
+    pub disk: [Option<f64>; 8],
 }
 
 /// The figures of one row: how to read them from a run and what the issue asks of them.
@@ -113,6 +118,9 @@ pub struct Row {
     pub goal_ratio: Option<f64>,
     /// Issue 13's goal for Keel's own median (lower is better), if it sets one.
     pub goal_keel_max: Option<f64>,
+    /// Issue 13's goal for the ratio Keel / Linux where higher is better (throughput), if it
+    /// sets one.
+    pub goal_ratio_min: Option<f64>,
     pub goal: &'static str,
 }
 
@@ -120,6 +128,25 @@ pub struct Row {
 /// them (index `at`).
 fn per_guest(figures: [Option<u64>; 3], at: usize, guests: usize) -> Option<f64> {
     Some((figures[at]? as f64 - figures[0]? as f64) / guests as f64)
+}
+
+/// A guest disk row: `index` into `standard_workloads`, higher is better.
+const fn disk_row(
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    pick: fn(&RunFigures) -> Option<f64>,
+) -> Row {
+    Row {
+        key,
+        label,
+        unit,
+        pick,
+        goal_ratio: None,
+        goal_keel_max: None,
+        goal_ratio_min: Some(1.2),
+        goal: "≥ 1.2× Linux dom0's (ratio ≥ 1.20, higher is better)",
+    }
 }
 
 /// Every row, in the order of the table.
@@ -131,6 +158,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.dom0_boot_ms,
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "– (none set)",
     },
     Row {
@@ -140,6 +168,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.start_call_ms,
         goal_ratio: Some(0.1),
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "≥ 10× faster (ratio ≤ 0.10)",
     },
     Row {
@@ -149,6 +178,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.start_elf_call_ms,
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "– (a profile of the row above)",
     },
     Row {
@@ -158,6 +188,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.start_marker_ms,
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "– (the same guest's own boot dominates)",
     },
     Row {
@@ -167,6 +198,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.shutdown_ms,
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "– (none set)",
     },
     Row {
@@ -176,6 +208,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.dom0_used_kib[0].map(|k| k as f64),
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "–",
     },
     Row {
@@ -185,6 +218,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.dom0_used_kib[1].map(|k| k as f64),
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "–",
     },
     Row {
@@ -194,6 +228,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| per_guest(r.dom0_used_kib, 1, 1),
         goal_ratio: Some(0.1),
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "≤ 1/10 of Linux dom0's (ratio ≤ 0.10)",
     },
     Row {
@@ -203,6 +238,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| Some(-per_guest(r.xen_free_kib, 1, 1)?),
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "– (the guest's memory and Xen's own, not dom0's)",
     },
     Row {
@@ -212,6 +248,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.start_loaded_call_ms,
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "– (see the next row)",
     },
     Row {
@@ -221,6 +258,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| Some(r.start_loaded_call_ms? / r.start_call_ms?),
         goal_ratio: None,
         goal_keel_max: Some(1.2),
+        goal_ratio_min: None,
         goal: "Keel ≤ 1.2×",
     },
     Row {
@@ -230,6 +268,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| r.dom0_used_kib[2].map(|k| k as f64),
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "–",
     },
     Row {
@@ -239,6 +278,7 @@ pub const ROWS: &[Row] = &[
         pick: |r| per_guest(r.dom0_used_kib, 2, LOADED_GUESTS),
         goal_ratio: Some(0.1),
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "≤ 1/10 of Linux dom0's (ratio ≤ 0.10)",
     },
     Row {
@@ -251,9 +291,66 @@ pub const ROWS: &[Row] = &[
         },
         goal_ratio: None,
         goal_keel_max: None,
+        goal_ratio_min: None,
         goal: "– (the first guest's fixed cost left out)",
     },
+    disk_row(
+        "disk-seq-write-qd1",
+        "guest disk: seq-write 1 MiB, QD 1",
+        "MB/s",
+        |r| r.disk[0],
+    ),
+    disk_row(
+        "disk-seq-write-qd32",
+        "guest disk: seq-write 1 MiB, QD 32",
+        "MB/s",
+        |r| r.disk[1],
+    ),
+    disk_row(
+        "disk-seq-read-qd1",
+        "guest disk: seq-read 1 MiB, QD 1",
+        "MB/s",
+        |r| r.disk[2],
+    ),
+    disk_row(
+        "disk-seq-read-qd32",
+        "guest disk: seq-read 1 MiB, QD 32",
+        "MB/s",
+        |r| r.disk[3],
+    ),
+    disk_row(
+        "disk-rand-write-qd1",
+        "guest disk: rand-write 4 KiB, QD 1",
+        "IOPS",
+        |r| r.disk[4],
+    ),
+    disk_row(
+        "disk-rand-write-qd32",
+        "guest disk: rand-write 4 KiB, QD 32",
+        "IOPS",
+        |r| r.disk[5],
+    ),
+    disk_row(
+        "disk-rand-read-qd1",
+        "guest disk: rand-read 4 KiB, QD 1",
+        "IOPS",
+        |r| r.disk[6],
+    ),
+    disk_row(
+        "disk-rand-read-qd32",
+        "guest disk: rand-read 4 KiB, QD 32",
+        "IOPS",
+        |r| r.disk[7],
+    ),
 ];
+
+/// The disk rows' position in [`ROWS`] and in `standard_workloads`.
+fn disk_index(row: &Row) -> Option<usize> {
+    let first = ROWS.iter().position(|r| r.key.starts_with("disk-"))?;
+    let at = ROWS.iter().position(|r| r.key == row.key)?;
+    at.checked_sub(first)
+        .filter(|_| row.key.starts_with("disk-"))
+}
 
 /// Why a row misses its goal, as measured; rows not listed say "not profiled yet".
 pub const MEASURED_CAUSES: &[(&str, &str)] = &[];
@@ -270,6 +367,9 @@ pub struct GuestsBench {
     pub cores: usize,
     pub cpu_model: Option<String>,
     pub qemu_version: Option<String>,
+    /// The last disk run's profile of each stack.
+    pub keel_disk: Option<disk::DiskProfile>,
+    pub linux_disk: Option<disk::DiskProfile>,
 }
 
 fn scaled(row: &Row, value: f64) -> f64 {
@@ -296,8 +396,8 @@ fn cell(summary: Option<Summary>) -> String {
     }
 }
 
-/// Keel's median over Linux's (lower is better for every row); `None` without both or when
-/// Linux's is zero.
+/// Keel's median over Linux's (lower is better except on the disk rows); `None` without both
+/// or when Linux's is zero.
 pub fn ratio(keel: Option<Summary>, linux: Option<Summary>) -> Option<f64> {
     let (keel, linux) = (keel?, linux?);
     (linux.median != 0.0).then(|| keel.median / linux.median)
@@ -306,7 +406,12 @@ pub fn ratio(keel: Option<Summary>, linux: Option<Summary>) -> Option<f64> {
 /// Whether a row meets its goal on the ratio Keel / Linux: `None` when it sets none or was
 /// not measured on both.
 pub fn meets(row: &Row, ratio: Option<f64>) -> Option<bool> {
-    Some(ratio? <= row.goal_ratio?)
+    let ratio = ratio?;
+    match (row.goal_ratio, row.goal_ratio_min) {
+        (Some(max), _) => Some(ratio <= max),
+        (None, Some(min)) => Some(ratio >= min),
+        (None, None) => None,
+    }
 }
 
 /// Whether a row meets its goal, on the ratio or on Keel's own median: `None` when it sets
@@ -320,7 +425,7 @@ pub fn met(row: &Row, keel: Option<Summary>, linux: Option<Summary>) -> Option<b
 
 /// Whether a row sets a goal at all.
 fn has_goal(row: &Row) -> bool {
-    row.goal_ratio.is_some() || row.goal_keel_max.is_some()
+    row.goal_ratio.is_some() || row.goal_keel_max.is_some() || row.goal_ratio_min.is_some()
 }
 
 impl GuestsBench {
@@ -386,6 +491,16 @@ impl GuestsBench {
     /// A cause this run measured itself: for the start, how much of each stack's call the
     /// bzImage's decompression takes (the same call with the ELF kernel).
     fn measured_cause(&self, row: &Row) -> Option<String> {
+        if let Some(index) = disk_index(row) {
+            let median = |runs: &[RunFigures]| summary(row, runs).map(|s| s.median);
+            return Some(disk::miss_cause(
+                index,
+                self.keel_disk.as_ref(),
+                self.linux_disk.as_ref(),
+                median(&self.keel)?,
+                median(&self.linux)?,
+            ));
+        }
         if row.key != "start-running" {
             return None;
         }
@@ -443,11 +558,25 @@ impl GuestsBench {
              {LOADED_GUESTS} guests of the same size (the ELF `vmlinux`, quicker to start) \
              started one after the other and waited for until each is idle at its marker, \
              then dom0's memory, then one more start of the measured guest\n\
+             - Guest disk rows: the same guest ({} MiB, the initramfs plus `kbench`) with \
+             one disk as `xvda`, `kbench /dev/xvda` (O_DIRECT + Linux AIO through \
+             `xen-blkfront`), each stack on its own freshly booted host of the same flags: on \
+             Keel a {} MiB thin VDI of its 256 MiB virtio-blk SR, through Keel's blkback; on \
+             Linux a 256 MiB virtio-blk disk with the SR disk's QEMU flags (behind the IOMMU, \
+             `disable-legacy=on,iommu_platform=on`), whole as `phy:/dev/vdX`, through \
+             Linux's blkback (the guest's initramfs comes in on a second disk). The workloads \
+             of `bench guest-disk` (over the first 64 MiB, writes first) at 1/{} of its \
+             requests, the same on both: 64 / 128 MiB per sequential row at QD 1 / 32 in \
+             1 MiB requests, 2000 / 8000 random 4 KiB requests\n\
              - Runs: {} of Keel and {} of Linux, alternating, each on a freshly booted host; \
-             ratios are of medians, lower is better for Keel on every row\n\
+             ratios are of medians, lower is better for Keel on every row except the guest \
+             disk rows (MB/s, IOPS: higher is better)\n\
              - Keel's dom0 memory is its heap (`host.query_data_source {HEAP_SOURCE}`) when \
              Keel reports it; Linux's is `free`'s \"used\" (MemTotal − MemFree − Buffers − \
              Cached − SReclaimable, so its initramfs in the page cache is not counted)\n\n",
+            disk::DISK_GUEST_MIB,
+            disk::VDI_MIB,
+            disk::OPS_DIVISOR,
             self.keel.len(),
             self.linux.len()
         ));
@@ -459,6 +588,20 @@ impl GuestsBench {
                 out.push_str(&miss);
                 out.push('\n');
             }
+        }
+        if self.keel_disk.is_some() || self.linux_disk.is_some() {
+            out.push_str(
+                "\nThe guest disk profile: the whole `kbench` run (all eight rows), last run of \
+                 each stack; the guest's counters are read by the guest right before and after \
+                 its workloads, dom0's vCPU time (Xen's accounting: Keel's usage ledger \
+                 `vcpu_seconds`, sampled every 5 s; Linux's `xl list`) when the guest says it \
+                 starts (10 s before its first request) and when it is done, so about 10–15 s \
+                 of idle time are in dom0's and the guest's figures.\n\n",
+            );
+            out.push_str(&disk::profile_table(
+                self.keel_disk.as_ref(),
+                self.linux_disk.as_ref(),
+            ));
         }
         if !self.notes.is_empty() {
             out.push('\n');
@@ -473,8 +616,7 @@ impl GuestsBench {
             }
         }
         out.push_str(
-            "\nNot measured yet: guest \
-             disks through blkback and guest networks through netback on the two stacks (the \
+            "\nNot measured yet: guest networks through netback on the two stacks (the \
              reference stack's networked guests triple-fault under QEMU 7.2's nested SVM: \
              `../shared/notes/linux-dom0-xl.md`).\n\n\
              Reproduce every row with `cargo xtask bench guests --runs N` (`--record` rewrites \
@@ -502,7 +644,8 @@ struct KeelHost {
 }
 
 impl KeelHost {
-    fn boot(image: &PathBuf, run: u32, figures: &mut RunFigures) -> Result<KeelHost, XtaskError> {
+    /// Boots Keel as `name` (its console log's name) on a fresh SR disk.
+    fn boot(image: &PathBuf, name: &str, figures: &mut RunFigures) -> Result<KeelHost, XtaskError> {
         let dir = keel_tests::paths::keel_dir()
             .join("bench-disks")
             .join("guests");
@@ -516,7 +659,7 @@ impl KeelHost {
         std::fs::File::create(&disk)
             .and_then(|f| f.set_len(SR_DISK_BYTES))
             .map_err(io("creating the SR disk"))?;
-        let machine = Machine::new(format!("bench-guests-keel-{run}"))
+        let machine = Machine::new(name)
             .image(image)
             .under_xen()
             .memory_mib(HOST_MEMORY_MIB)
@@ -731,7 +874,7 @@ fn linux_measure_loaded(
 }
 
 fn run_keel(image: &PathBuf, run: u32, figures: &mut RunFigures) -> Result<(), XtaskError> {
-    let host = KeelHost::boot(image, run, figures)?;
+    let host = KeelHost::boot(image, &format!("bench-guests-keel-{run}"), figures)?;
     host.measure(figures)
 }
 
@@ -779,16 +922,28 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     let step = progress::step("building the reference stack (Linux dom0 + xl)");
     reference::build()?;
     step.done();
+    let step = progress::step("preparing the disk guest's initramfs (kbench)");
+    let disk_initrd = disk::guest_initrd()?;
+    step.done();
     let mut report = GuestsBench {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model: cpu_model(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         qemu_version: qemu_version(),
         ..GuestsBench::default()
     };
+    // `KEEL_BENCH_GUESTS_ONLY=disk`: the guest disk rows alone (to reproduce them quickly).
+    let disk_only = std::env::var("KEEL_BENCH_GUESTS_ONLY").is_ok_and(|v| v == "disk");
     for run in 1..=runs {
         for stack in [Stack::Keel, Stack::Linux] {
-            let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
             let mut figures = RunFigures::default();
+            if disk_only {
+                match stack {
+                    Stack::Keel => report.keel.push(figures),
+                    Stack::Linux => report.linux.push(figures),
+                }
+                continue;
+            }
+            let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
             let outcome = match stack {
                 Stack::Keel => run_keel(&image, run, &mut figures),
                 Stack::Linux => run_linux(run, &mut figures, &mut report.notes),
@@ -805,6 +960,45 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
             }
             step.done();
         }
+        // The guest disk rows, each stack on a fresh host (alternating too).
+        for stack in [Stack::Keel, Stack::Linux] {
+            let step = progress::step(format!("{} guest disk run {run}/{runs}", stack.label()));
+            let index = run as usize - 1;
+            let figures = match stack {
+                Stack::Keel => report.keel.get_mut(index),
+                Stack::Linux => report.linux.get_mut(index),
+            }
+            .ok_or_else(|| failed("a run's figures are missing"))?;
+            let outcome = match stack {
+                Stack::Keel => disk::run_keel(&image, &disk_initrd, run, figures),
+                Stack::Linux => disk::run_linux(&disk_initrd, run, figures),
+            };
+            let shown: Vec<String> = figures
+                .disk
+                .iter()
+                .map(|v| v.map_or_else(|| "–".into(), |v| format!("{v:.1}")))
+                .collect();
+            progress::note(format!(
+                "{} disk {run}/{runs} (MB/s ×4, IOPS ×4): {}",
+                stack.label(),
+                shown.join(" ")
+            ));
+            match outcome {
+                Ok(profile) => {
+                    progress::note(format!("{} disk profile: {profile:?}", stack.label()));
+                    match stack {
+                        Stack::Keel => report.keel_disk = Some(profile),
+                        Stack::Linux => report.linux_disk = Some(profile),
+                    }
+                }
+                Err(error) => {
+                    let problem = format!("{} guest disk run {run}: {error}", stack.label());
+                    progress::note(&problem);
+                    report.problems.push(problem);
+                }
+            }
+            step.done();
+        }
     }
     println!("{}", report.table());
     for miss in report.misses() {
@@ -818,11 +1012,13 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         )?;
         println!("recorded in {}", doc.display());
     }
-    if report.keel.iter().all(|r| r.start_call_ms.is_none())
-        || report.linux.iter().all(|r| r.start_call_ms.is_none())
-    {
+    let measured = |runs: &[RunFigures]| {
+        runs.iter()
+            .any(|r| r.start_call_ms.is_some() || r.disk.iter().any(Option::is_some))
+    };
+    if !measured(&report.keel) || !measured(&report.linux) {
         return Err(failed(format!(
-            "no guest start was measured on one stack: {}",
+            "nothing was measured on one stack: {}",
             report.problems.join("; ")
         )));
     }
@@ -845,14 +1041,22 @@ mod tests {
             start_loaded_call_ms: Some(start_s * 1100.0),
             dom0_used_kib: used.map(Some),
             xen_free_kib: [Some(free[0]), Some(free[1]), None],
+            disk: [Some(30.0); 8],
         }
     }
 
     fn bench() -> GuestsBench {
         GuestsBench {
             keel: vec![
-                figures(1.0, 30.0, [10_240, 10_340, 11_040], [1_000_000, 884_000]),
-                figures(3.0, 34.0, [10_240, 10_440, 11_840], [1_000_000, 884_000]),
+                // Keel's disk rows 1.5× Linux's (45 against 30).
+                RunFigures {
+                    disk: [Some(45.0); 8],
+                    ..figures(1.0, 30.0, [10_240, 10_340, 11_040], [1_000_000, 884_000])
+                },
+                RunFigures {
+                    disk: [Some(45.0); 8],
+                    ..figures(3.0, 34.0, [10_240, 10_440, 11_840], [1_000_000, 884_000])
+                },
             ],
             linux: vec![
                 figures(20.0, 33.0, [22_000, 23_600, 150_000], [1_000_000, 884_600]),
@@ -863,6 +1067,8 @@ mod tests {
             cores: 2,
             cpu_model: Some("Test CPU".into()),
             qemu_version: Some("QEMU 7.2".into()),
+            keel_disk: None,
+            linux_disk: None,
         }
     }
 
@@ -1021,6 +1227,90 @@ mod tests {
         assert_eq!(meets(start, Some(0.5)), Some(false));
         assert_eq!(meets(start, None), None);
         assert_eq!(meets(&ROWS[0], Some(0.5)), None);
+    }
+
+    #[test]
+    fn disk_rows_are_throughput_higher_is_better_with_their_goal_at_1_2() {
+        let mut b = bench();
+        let table = b.table();
+        assert!(
+            table.contains("| guest disk: seq-write 1 MiB, QD 1 | MB/s | 45.00 / 45.00 / 45.00 | 30.00 / 30.00 / 30.00 | 1.50 | ≥ 1.2× Linux dom0's (ratio ≥ 1.20, higher is better) | yes |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| guest disk: rand-read 4 KiB, QD 32 | IOPS | 45.00 / 45.00 / 45.00 | 30.00 / 30.00 / 30.00 | 1.50 |"),
+            "{table}"
+        );
+        // Keel at 33 against Linux's 30 is faster, but not 1.2× faster.
+        for run in &mut b.keel {
+            run.disk[4] = Some(33.0);
+        }
+        let table = b.table();
+        assert!(
+            table.contains("| guest disk: rand-write 4 KiB, QD 1 | IOPS | 33.00 / 33.00 / 33.00 | 30.00 / 30.00 / 30.00 | 1.10 | ≥ 1.2× Linux dom0's (ratio ≥ 1.20, higher is better) | **no** |"),
+            "{table}"
+        );
+        let misses = b.misses();
+        assert_eq!(misses.len(), 1, "{misses:?}");
+        // 33 IOPS at QD 1: 30.3 ms a request; Linux's 30: 33.3 ms.
+        assert!(
+            misses[0].starts_with("- guest disk: rand-write 4 KiB, QD 1 misses its goal: each request of the row takes 30.3 ms on Keel, 33.3 ms on Linux (at QD 1)"),
+            "{misses:?}"
+        );
+        // With profiles, dom0's CPU per request is named.
+        let profile = |dom0_s: f64| disk::DiskProfile {
+            dom0_cpu_s: Some(dom0_s),
+            guest_requests: Some(disk::BlockDelta {
+                reads: 500,
+                read_sectors: 4000,
+                writes: 500,
+                write_sectors: 4000,
+            }),
+            ..disk::DiskProfile::default()
+        };
+        b.keel_disk = Some(profile(3.0));
+        b.linux_disk = Some(profile(1.0));
+        let misses = b.misses();
+        assert!(
+            misses[0].contains(
+                "dom0 spent 3000 µs of vCPU time per guest request on Keel, 1000 µs on Linux"
+            ),
+            "{misses:?}"
+        );
+        let section = b.markdown_section("cargo xtask bench guests --runs 2 --record", "now");
+        assert!(
+            section.contains("| dom0 vCPU time per guest request | 3000 µs | 1000 µs |"),
+            "{section}"
+        );
+        assert!(section.contains("higher is better)"), "{section}");
+        // Not measured on one stack: named, not met.
+        for run in &mut b.linux {
+            run.disk = [None; 8];
+        }
+        assert!(b.misses().contains(
+            &"- guest disk: seq-read 1 MiB, QD 32 is not compared: Linux's figure not measured"
+                .to_string()
+        ));
+    }
+
+    #[test]
+    fn disk_rows_follow_the_workload_table() {
+        let table = keel_repositories::bench::standard_workloads();
+        let disk_rows: Vec<&Row> = ROWS.iter().filter(|r| r.key.starts_with("disk-")).collect();
+        assert_eq!(disk_rows.len(), table.len());
+        for (i, (row, w)) in disk_rows.iter().zip(&table).enumerate() {
+            assert_eq!(disk_index(row), Some(i));
+            assert!(row.label.contains(w.pattern.name()), "{}", row.label);
+            assert!(
+                row.label.ends_with(&format!("QD {}", w.queue_depth)),
+                "{}",
+                row.label
+            );
+            let mut figures = RunFigures::default();
+            figures.disk[i] = Some(7.0);
+            assert_eq!((row.pick)(&figures), Some(7.0), "{}", row.label);
+        }
+        assert_eq!(disk_index(&ROWS[0]), None);
     }
 
     #[test]
