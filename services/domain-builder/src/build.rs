@@ -13,24 +13,18 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use keel_xen::control::ControlError;
-use keel_xen::domctl::{
-    create_domain, destroy_domain, get_hvm_context, hvm_context_size, set_hvm_context, set_max_mem,
-    set_max_vcpus, set_paging_mempool_size, CreateDomain,
-};
-use keel_xen::evtchn::{alloc_unbound, Port};
-use keel_xen::hvm::{set_param, HvmParam};
+use keel_xen::domctl::{destroy_domain, get_hvm_context, hvm_context_size, set_hvm_context};
+use keel_xen::evtchn::Port;
 use keel_xen::hvm_save::{self, ContextWriter, HvmHwCpu, SaveFormatError};
-use keel_xen::hypercall::PAGE_SIZE;
-use keel_xen::memory::{populate_physmap, set_memory_map};
+use keel_xen::memory::populate_physmap;
 use keel_xen::{Hypervisor, XenError};
 
 use crate::acpi::{self, AcpiError};
-use crate::elf_load::{LoadError, LoadedKernel};
-use crate::guest_memory::{GuestMemory, GuestWriter, HoleFrames, MapError, WRITE_WINDOW_FRAMES};
-use crate::kernel_image::{self, KernelError, KernelFormat, CHUNK};
-use crate::layout::{self, MemoryLayout};
+use crate::guest_memory::{HoleFrames, MapError, WRITE_WINDOW_FRAMES};
+use crate::kernel_image::{KernelError, CHUNK};
+use crate::layout;
+use crate::pvh_build::{PvhBuild, PROBE_BYTES};
 use crate::source::{ImageSource, SourceError};
-use crate::start_info::{Module, StartInfo};
 
 /// Longest command line accepted (Linux's x86 `COMMAND_LINE_SIZE`).
 pub const MAX_CMDLINE: usize = 2048;
@@ -39,10 +33,10 @@ const POPULATE_BATCH: usize = 512;
 /// Order of a 2 MiB extent.
 const ORDER_2M: u32 = 9;
 /// `GTF_permit_access`.
-const GTF_PERMIT_ACCESS: u16 = 1;
+pub(crate) const GTF_PERMIT_ACCESS: u16 = 1;
 /// Grant references Xen reserves for the toolstack (`GNTTAB_RESERVED_*`).
-const GNTTAB_RESERVED_CONSOLE: usize = 0;
-const GNTTAB_RESERVED_XENSTORE: usize = 1;
+pub(crate) const GNTTAB_RESERVED_CONSOLE: usize = 0;
+pub(crate) const GNTTAB_RESERVED_XENSTORE: usize = 1;
 /// How often `destroydomain` is asked again while Xen answers "still tearing down".
 const DESTROY_ATTEMPTS: u32 = 1000;
 
@@ -145,6 +139,33 @@ pub enum Step {
     VcpuContext,
 }
 
+/// A [`crate::PvhBuild`] fed against its own announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedError {
+    /// `begin` was given less of the kernel's head than [`crate::pvh_build::PROBE_BYTES`].
+    ShortHead,
+    /// More bytes than the image's announced size.
+    PastTheEnd { what: Step },
+    /// Initrd bytes, or `finish`, before the whole kernel.
+    KernelIncomplete,
+    /// `finish` before the whole initrd.
+    InitrdIncomplete,
+    /// Initrd bytes for a build announced without one.
+    NoInitrd,
+}
+
+impl core::fmt::Display for FeedError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FeedError::ShortHead => write!(f, "the kernel's head is too short to probe"),
+            FeedError::PastTheEnd { what } => write!(f, "{what:?}: more bytes than announced"),
+            FeedError::KernelIncomplete => write!(f, "the kernel has not all arrived"),
+            FeedError::InitrdIncomplete => write!(f, "the initrd has not all arrived"),
+            FeedError::NoInitrd => write!(f, "initrd bytes for a guest without an initrd"),
+        }
+    }
+}
+
 /// Why a domain could not be built. The half-built domain, if any, has been destroyed
 /// (except for [`BuildError::DestroyFailed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +201,8 @@ pub enum BuildError {
     HvmContext(SaveFormatError),
     /// Dom0 frames could not be unmapped from the guest.
     LeakedMappings(u64),
+    /// A stepped build was fed out of order (the caller's mistake, not the image's).
+    Feed(FeedError),
     /// The build failed with `cause` and destroying domain `domid` failed with `error`.
     DestroyFailed {
         domid: u16,
@@ -208,6 +231,7 @@ impl core::fmt::Display for BuildError {
             BuildError::LeakedMappings(n) => {
                 write!(f, "{n} dom0 frames could not be unmapped from the guest")
             }
+            BuildError::Feed(e) => write!(f, "images fed out of order: {e}"),
             BuildError::DestroyFailed {
                 domid,
                 cause,
@@ -220,7 +244,7 @@ impl core::fmt::Display for BuildError {
     }
 }
 
-fn xen(step: Step) -> impl Fn(XenError) -> BuildError {
+pub(crate) fn xen(step: Step) -> impl Fn(XenError) -> BuildError {
     move |error| match error {
         XenError::ENOMEM => BuildError::XenOutOfMemory { step },
         error => BuildError::Xen {
@@ -230,14 +254,14 @@ fn xen(step: Step) -> impl Fn(XenError) -> BuildError {
     }
 }
 
-fn domctl(step: Step) -> impl Fn(ControlError) -> BuildError {
+pub(crate) fn domctl(step: Step) -> impl Fn(ControlError) -> BuildError {
     move |error| match error {
         ControlError::Xen(XenError::ENOMEM) => BuildError::XenOutOfMemory { step },
         error => BuildError::Xen { step, error },
     }
 }
 
-fn map(step: Step) -> impl Fn(MapError) -> BuildError {
+pub(crate) fn map(step: Step) -> impl Fn(MapError) -> BuildError {
     move |error| BuildError::Map { step, error }
 }
 
@@ -271,35 +295,62 @@ impl DomainConfig<'_> {
 }
 
 /// Builds a PVH domain from `kernel` (a PVH ELF or an xz bzImage) and `initrd`, mapping its
-/// memory through `holes`. On success the domain is paused; unpause it with
-/// `keel_xen::domctl::unpause_domain` once xenstore and the console are set up.
+/// memory through `holes`: [`PvhBuild`] fed from the sources [`CHUNK`] bytes at a time. On
+/// success the domain is paused; unpause it with `keel_xen::domctl::unpause_domain` once
+/// xenstore and the console are set up.
 pub fn build_pvh<H: Hypervisor + ?Sized, F: HoleFrames>(
     hv: &H,
     holes: &mut F,
     config: &DomainConfig<'_>,
     kernel: &mut dyn ImageSource,
-    initrd: Option<&mut dyn ImageSource>,
+    mut initrd: Option<&mut dyn ImageSource>,
     options: &BuildOptions,
 ) -> Result<BuiltDomain, BuildError> {
-    config.validate().map_err(BuildError::Config)?;
-    // Refuse what is not a kernel before creating anything.
-    let format = kernel_image::probe(kernel).map_err(BuildError::Kernel)?;
-    let domid = create_domain(hv, 0, &CreateDomain::pvh(config.uuid, config.vcpus))
-        .map_err(domctl(Step::CreateDomain))?;
-    let result = {
-        let memory = GuestMemory::new(hv, holes, domid);
-        let built = populate_and_load(&memory, config, format, kernel, initrd, options);
-        // Every window is gone by now; a frame that would not unmap pins the guest.
-        match (built, memory.leaked_frames()) {
-            (Ok(_), leaked) if leaked > 0 => Err(BuildError::LeakedMappings(leaked)),
-            (result, _) => result,
+    let kernel_size = kernel.size();
+    let mut head = alloc::vec![0u8; kernel_size.min(PROBE_BYTES as u64) as usize];
+    kernel
+        .read_at(0, &mut head)
+        .map_err(|e| BuildError::Kernel(e.into()))?;
+    let initrd_size = initrd.as_ref().map(|i| i.size());
+    let mut build = PvhBuild::begin(hv, holes, config, &head, kernel_size, initrd_size, options)?;
+    let mut buf = head;
+    buf.resize(CHUNK, 0);
+    let mut fed = build.kernel_received();
+    let result = (|| {
+        while fed < kernel_size {
+            let n = (kernel_size - fed).min(CHUNK as u64) as usize;
+            kernel
+                .read_at(fed, &mut buf[..n])
+                .map_err(|e| BuildError::Kernel(e.into()))?;
+            build.feed_kernel(hv, holes, &buf[..n])?;
+            fed += n as u64;
         }
-    };
-    result.map_err(|cause| destroy_after_failure(hv, domid, cause))
+        if let Some(image) = initrd.as_mut() {
+            let size = image.size();
+            let mut offset = 0u64;
+            // An empty initrd is fed once, so that the kernel is known to be whole.
+            loop {
+                let n = (size - offset).min(CHUNK as u64) as usize;
+                image
+                    .read_at(offset, &mut buf[..n])
+                    .map_err(BuildError::Initrd)?;
+                build.feed_initrd(hv, holes, &buf[..n])?;
+                offset += n as u64;
+                if offset >= size {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => build.finish(hv, holes),
+        Err(cause) => Err(build.abort(hv, holes, cause)),
+    }
 }
 
 /// Destroys a half-built domain, returning the error to report.
-fn destroy_after_failure<H: Hypervisor + ?Sized>(
+pub(crate) fn destroy_after_failure<H: Hypervisor + ?Sized>(
     hv: &H,
     domid: u16,
     cause: BuildError,
@@ -330,7 +381,7 @@ fn destroy_after_failure<H: Hypervisor + ?Sized>(
 }
 
 /// Populates guest frames `range`, 2 MiB extents where aligned, 4 KiB elsewhere.
-fn populate_range<H: Hypervisor + ?Sized>(
+pub(crate) fn populate_range<H: Hypervisor + ?Sized>(
     hv: &H,
     domid: u16,
     range: Range<u64>,
@@ -351,206 +402,6 @@ fn populate_range<H: Hypervisor + ?Sized>(
         populate_physmap(hv, domid, order, &batch)?;
     }
     Ok(())
-}
-
-fn populate_and_load<H: Hypervisor + ?Sized, F: HoleFrames>(
-    memory: &GuestMemory<'_, H, F>,
-    config: &DomainConfig<'_>,
-    format: KernelFormat,
-    kernel: &mut dyn ImageSource,
-    initrd: Option<&mut dyn ImageSource>,
-    options: &BuildOptions,
-) -> Result<BuiltDomain, BuildError> {
-    let hv = memory.hypervisor();
-    let domid = memory.domid();
-    let page = PAGE_SIZE as u64;
-
-    // build_pre.
-    set_max_vcpus(hv, domid, config.vcpus).map_err(domctl(Step::MaxVcpus))?;
-    set_max_mem(hv, domid, config.max_memory_kib()).map_err(domctl(Step::MaxMem))?;
-    let store_port =
-        alloc_unbound(hv, domid, config.store_domid).map_err(xen(Step::EventChannels))?;
-    let console_port =
-        alloc_unbound(hv, domid, config.console_domid).map_err(xen(Step::EventChannels))?;
-    set_param(hv, domid, HvmParam::TimerMode, 1).map_err(xen(Step::HvmParams))?;
-    set_param(hv, domid, HvmParam::Altp2m, 0).map_err(xen(Step::HvmParams))?;
-    // Before any memory (XSA-409).
-    set_paging_mempool_size(hv, domid, config.paging_pool_bytes())
-        .map_err(domctl(Step::PagingPool))?;
-
-    // Memory.
-    let layout = MemoryLayout::new(config.memory_mib);
-    let mut populated: Vec<Range<u64>> = layout.ram_frames().collect();
-    populated.push(layout::ACPI_BASE / page..layout::ACPI_BASE / page + layout::ACPI_PAGES);
-    populated.push(layout::SPECIAL_FIRST_GFN..layout::SPECIAL_FIRST_GFN + layout::SPECIAL_PAGES);
-    for range in &populated {
-        populate_range(hv, domid, range.clone()).map_err(xen(Step::PopulateMemory))?;
-    }
-
-    // Kernel.
-    let mut writer = GuestWriter::new(memory, &populated, options.window_frames);
-    let loaded: LoadedKernel = match format {
-        KernelFormat::Elf => kernel_image::load_elf(kernel, layout.low_end, &mut writer)
-            .map_err(BuildError::Kernel)?,
-        KernelFormat::BzImageGzip { payload } => {
-            crate::gzip::load_gzip(kernel, payload, layout.low_end, &mut writer)
-                .map_err(BuildError::Kernel)?
-        }
-        KernelFormat::BzImageXz { payload, dict_size } => {
-            // The dictionary lives at the top of low RAM; the kernel must load below it.
-            let dict_frames = layout::page_align(dict_size) / page;
-            let scratch =
-                (layout.low_end / page)
-                    .checked_sub(dict_frames)
-                    .ok_or(BuildError::Kernel(KernelError::Load(LoadError::TooBig {
-                        end: dict_size,
-                        limit: layout.low_end,
-                    })))?;
-            let mut dictionary = memory
-                .map(scratch, dict_frames)
-                .map_err(map(Step::LoadKernel))?;
-            let loaded = kernel_image::load_xz(
-                kernel,
-                payload,
-                dictionary.bytes(),
-                scratch * page,
-                &mut writer,
-            )
-            .map_err(BuildError::Kernel)?;
-            // Leave no decompressor state behind in the guest's RAM.
-            dictionary.bytes().fill(0);
-            loaded
-        }
-    };
-
-    // Initrd, page-aligned after the kernel.
-    let mut next = layout::page_align(loaded.end);
-    let initrd_range = match initrd {
-        None => None,
-        Some(image) => {
-            let size = image.size();
-            let end = next.saturating_add(size);
-            if end > layout.low_end {
-                return Err(BuildError::TooBig {
-                    what: Step::LoadInitrd,
-                    end,
-                    limit: layout.low_end,
-                });
-            }
-            let mut buf = alloc::vec![0u8; CHUNK];
-            let mut offset = 0u64;
-            while offset < size {
-                let n = (size - offset).min(CHUNK as u64) as usize;
-                image
-                    .read_at(offset, &mut buf[..n])
-                    .map_err(BuildError::Initrd)?;
-                writer
-                    .write(next + offset, &buf[..n])
-                    .map_err(map(Step::LoadInitrd))?;
-                offset += n as u64;
-            }
-            let range = next..end;
-            next = layout::page_align(end);
-            Some(range)
-        }
-    };
-
-    // ACPI tables and the memory map.
-    let tables = acpi::build(layout::ACPI_BASE, config.vcpus).map_err(BuildError::Acpi)?;
-    if tables.bytes.len() as u64 > layout::ACPI_PAGES * page {
-        return Err(BuildError::TooBig {
-            what: Step::Acpi,
-            end: layout::ACPI_BASE + tables.bytes.len() as u64,
-            limit: layout::ACPI_BASE + layout::ACPI_PAGES * page,
-        });
-    }
-    writer
-        .write(tables.base, &tables.bytes)
-        .map_err(map(Step::Acpi))?;
-    let e820 = layout.e820();
-    set_memory_map(hv, domid, &e820).map_err(xen(Step::MemoryMap))?;
-
-    // Start info.
-    let start_info = StartInfo {
-        cmdline: config.cmdline,
-        initrd: initrd_range.as_ref().map(|r| Module {
-            paddr: r.start,
-            size: r.end - r.start,
-        }),
-        rsdp_paddr: tables.rsdp_paddr,
-        memmap: &e820,
-    };
-    let start_info_paddr = next;
-    let start_info_end = start_info_paddr + start_info.len() as u64;
-    if start_info_end > layout.low_end {
-        return Err(BuildError::TooBig {
-            what: Step::StartInfo,
-            end: start_info_end,
-            limit: layout.low_end,
-        });
-    }
-    writer
-        .write(start_info_paddr, &start_info.encode(start_info_paddr))
-        .map_err(map(Step::StartInfo))?;
-
-    // Special pages: clean rings, the identity page table, and the params naming them.
-    writer
-        .zero(
-            layout::SPECIAL_FIRST_GFN * page,
-            layout::SPECIAL_PAGES * page,
-        )
-        .map_err(map(Step::SpecialPages))?;
-    writer
-        .write(layout::IDENT_PT_GFN * page, &layout::ident_page_table())
-        .map_err(map(Step::SpecialPages))?;
-    drop(writer);
-    for (param, value) in [
-        (HvmParam::StorePfn, layout::STORE_GFN),
-        (HvmParam::ConsolePfn, layout::CONSOLE_GFN),
-        (HvmParam::IdentPt, layout::IDENT_PT_GFN * page),
-        (HvmParam::StoreEvtchn, u64::from(store_port.0)),
-        (HvmParam::ConsoleEvtchn, u64::from(console_port.0)),
-    ] {
-        set_param(hv, domid, param, value).map_err(xen(Step::SpecialPages))?;
-    }
-
-    // Grant entries the backends map the rings by (`xc_dom_gnttab_seed`).
-    {
-        let mut frame = memory.map_grant_frame().map_err(map(Step::GrantTable))?;
-        let bytes = frame.bytes();
-        for (gref, domid, gfn) in [
-            (
-                GNTTAB_RESERVED_CONSOLE,
-                config.console_domid,
-                layout::CONSOLE_GFN,
-            ),
-            (
-                GNTTAB_RESERVED_XENSTORE,
-                config.store_domid,
-                layout::STORE_GFN,
-            ),
-        ] {
-            let entry = &mut bytes[gref * 8..gref * 8 + 8];
-            entry[..2].copy_from_slice(&GTF_PERMIT_ACCESS.to_le_bytes());
-            entry[2..4].copy_from_slice(&domid.to_le_bytes());
-            entry[4..8].copy_from_slice(&(gfn as u32).to_le_bytes());
-        }
-    }
-
-    set_vcpu_state(hv, domid, config.vcpus, loaded.entry, start_info_paddr)?;
-
-    Ok(BuiltDomain {
-        domid,
-        store_port,
-        console_port,
-        store_gfn: layout::STORE_GFN,
-        console_gfn: layout::CONSOLE_GFN,
-        entry: loaded.entry,
-        start_info_paddr,
-        kernel: loaded.start..loaded.end,
-        initrd: initrd_range,
-        max_memory_kib: config.max_memory_kib(),
-    })
 }
 
 /// vCPU 0's registers at the PVH entry (`docs/misc/pvh.pandoc`): 32-bit protected mode,
@@ -577,7 +428,7 @@ pub fn pvh_boot_cpu(entry: u64, start_info_paddr: u64) -> HvmHwCpu {
 
 /// `vcpu_hvm`: MTRRs on (write-back) for every vCPU, then vCPU 0's registers, last,
 /// because each load resets the vCPUs.
-fn set_vcpu_state<H: Hypervisor + ?Sized>(
+pub(crate) fn set_vcpu_state<H: Hypervisor + ?Sized>(
     hv: &H,
     domid: u16,
     vcpus: u32,
@@ -615,6 +466,7 @@ fn set_vcpu_state<H: Hypervisor + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elf_load::LoadError;
 
     fn config() -> DomainConfig<'static> {
         DomainConfig {

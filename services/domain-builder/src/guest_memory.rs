@@ -76,11 +76,17 @@ pub struct GuestMemory<'a, H: Hypervisor + ?Sized, F: HoleFrames> {
 
 impl<'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestMemory<'a, H, F> {
     pub fn new(hv: &'a H, holes: &'a mut F, domid: u16) -> Self {
+        Self::resume(hv, holes, domid, 0)
+    }
+
+    /// The same guest's memory again, `leaked` frames already lost by earlier calls (a
+    /// stepped build reaches the guest through a new `GuestMemory` per step).
+    pub fn resume(hv: &'a H, holes: &'a mut F, domid: u16, leaked: u64) -> Self {
         GuestMemory {
             hv,
             holes: RefCell::new(holes),
             domid,
-            leaked: Cell::new(0),
+            leaked: Cell::new(leaked),
         }
     }
 
@@ -168,6 +174,23 @@ impl<'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestMemory<'a, H, F> {
         Ok(window)
     }
 
+    /// A window kept mapped past this `GuestMemory` ([`Window::into_run`]) taken back;
+    /// it unmaps when dropped, as any window.
+    pub fn adopt(&self, run: MappedRun) -> Window<'_, 'a, H, F> {
+        Window {
+            memory: self,
+            local: run.local,
+            gfn: run.gfn,
+            frames: run.frames,
+            leaked_before: self.leaked.get(),
+        }
+    }
+
+    /// Dom0's address of a kept window's first byte (valid for its frames while mapped).
+    pub fn run_address(&self, run: &MappedRun) -> *mut u8 {
+        self.holes.borrow().address(run.local)
+    }
+
     fn unmap_frame(&self, local: u64) {
         // One retry: a transient failure must not keep the guest's page pinned.
         let ok = remove_from_physmap(self.hv, local).is_ok()
@@ -192,7 +215,39 @@ pub struct Window<'m, 'a, H: Hypervisor + ?Sized, F: HoleFrames> {
     leaked_before: u64,
 }
 
+/// A window kept mapped across calls, holding no borrow: give it back to a
+/// [`GuestMemory`] of the same guest with [`GuestMemory::adopt`] to use or unmap it. Dropped
+/// as it is, its frames stay mapped (and the guest's pages pinned) for good.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a kept window stays mapped until a GuestMemory adopts and drops it"]
+pub struct MappedRun {
+    local: u64,
+    gfn: u64,
+    frames: u64,
+}
+
+impl MappedRun {
+    pub fn gfn(&self) -> u64 {
+        self.gfn
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+}
+
 impl<H: Hypervisor + ?Sized, F: HoleFrames> Window<'_, '_, H, F> {
+    /// Keeps the window mapped after this borrow of the guest's memory ends.
+    pub fn into_run(self) -> MappedRun {
+        let run = MappedRun {
+            local: self.local,
+            gfn: self.gfn,
+            frames: self.frames,
+        };
+        core::mem::forget(self);
+        run
+    }
+
     /// First guest frame of the window.
     pub fn gfn(&self) -> u64 {
         self.gfn
@@ -246,6 +301,23 @@ impl<'m, 'a, H: Hypervisor + ?Sized, F: HoleFrames> GuestWriter<'m, 'a, H, F> {
             window: None,
             window_frames: window_frames.max(1),
         }
+    }
+
+    /// A writer whose current window was kept by [`GuestWriter::suspend`].
+    pub fn resume(
+        memory: &'m GuestMemory<'a, H, F>,
+        populated: &'m [Range<u64>],
+        window_frames: u64,
+        window: Option<MappedRun>,
+    ) -> Self {
+        let mut writer = Self::new(memory, populated, window_frames);
+        writer.window = window.map(|run| memory.adopt(run));
+        writer
+    }
+
+    /// Ends this writer but keeps its window mapped for [`GuestWriter::resume`].
+    pub fn suspend(mut self) -> Option<MappedRun> {
+        self.window.take().map(Window::into_run)
     }
 
     /// The window covering `gfn`, mapped on demand.

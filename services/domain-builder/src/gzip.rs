@@ -5,14 +5,13 @@
 //! dom0's heap; what comes out goes, as for xz, through [`ElfStream`] into guest memory.
 
 use alloc::boxed::Box;
-use core::ops::Range;
+use alloc::vec::Vec;
 use miniz_oxide::inflate::core::{decompress, inflate_flags, DecompressorOxide};
 use miniz_oxide::inflate::TINFLStatus;
 
-use crate::elf_load::{ElfStream, LoadedKernel};
+use crate::elf_load::ElfStream;
 use crate::guest_memory::GuestWrite;
 use crate::kernel_image::{KernelError, CHUNK};
-use crate::source::ImageSource;
 
 /// gzip's magic and the deflate method.
 pub const MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
@@ -121,87 +120,152 @@ impl Crc32 {
     }
 }
 
-/// Inflates the gzip `payload` of `source` and loads the ELF that comes out.
-pub fn load_gzip(
-    source: &mut dyn ImageSource,
-    payload: Range<u64>,
-    limit: u64,
-    out: &mut impl GuestWrite,
-) -> Result<LoadedKernel, KernelError> {
-    let gz = |e| KernelError::Gzip(e);
-    let mut input = alloc::vec![0u8; CHUNK];
-    let mut ring = alloc::vec![0u8; WINDOW];
-    let mut inflater = Box::<DecompressorOxide>::default();
-    let mut stream = ElfStream::new(limit);
-    let mut crc = Crc32::new();
-    let mut size = 0u32;
-    let (mut in_start, mut in_end) = (0usize, 0usize);
-    let mut offset = payload.start;
-    // Keeps at least CHUNK/4 unread bytes in `input` while the source has more.
-    let mut refill = |input: &mut [u8],
-                      in_start: &mut usize,
-                      in_end: &mut usize,
-                      offset: &mut u64|
-     -> Result<(), KernelError> {
-        input.copy_within(*in_start..*in_end, 0);
-        *in_end -= *in_start;
-        *in_start = 0;
-        let n = (payload.end - *offset).min((CHUNK - *in_end) as u64) as usize;
-        source.read_at(*offset, &mut input[*in_end..*in_end + n])?;
-        *offset += n as u64;
-        *in_end += n;
-        Ok(())
-    };
-    refill(&mut input, &mut in_start, &mut in_end, &mut offset)?;
-    in_start = header_len(&input[..in_end]).map_err(gz)?;
-    let mut out_pos = 0usize;
-    loop {
-        if in_end - in_start < CHUNK / 4 && offset < payload.end {
-            refill(&mut input, &mut in_start, &mut in_end, &mut offset)?;
+/// A gzip payload inflated as it arrives.
+pub struct GzipPayload {
+    /// Received input not yet taken: the header until it is whole, deflate data the
+    /// inflater left, then the trailer.
+    input: Vec<u8>,
+    ring: Vec<u8>,
+    out_pos: usize,
+    inflater: Box<DecompressorOxide>,
+    phase: Phase,
+    crc: Crc32,
+    size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Header,
+    Deflate,
+    /// The deflate stream ended; the 8-byte trailer is arriving.
+    Trailer,
+    Checked,
+}
+
+impl Default for GzipPayload {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GzipPayload {
+    pub fn new() -> Self {
+        GzipPayload {
+            input: Vec::new(),
+            ring: alloc::vec![0u8; WINDOW],
+            out_pos: 0,
+            inflater: Box::<DecompressorOxide>::default(),
+            phase: Phase::Header,
+            crc: Crc32::new(),
+            size: 0,
         }
-        let more = if offset < payload.end {
-            inflate_flags::TINFL_FLAG_HAS_MORE_INPUT
-        } else {
-            0
-        };
-        let (status, consumed, written) = decompress(
-            &mut inflater,
-            &input[in_start..in_end],
-            &mut ring,
-            out_pos,
-            more,
-        );
-        let produced = &ring[out_pos..out_pos + written];
-        crc.update(produced);
-        size = size.wrapping_add(written as u32);
-        if !stream.complete() {
-            stream.push(produced, out)?;
-        }
-        out_pos = (out_pos + written) & (WINDOW - 1);
-        in_start += consumed;
-        match status {
-            TINFLStatus::Done => break,
-            TINFLStatus::HasMoreOutput => {}
-            TINFLStatus::NeedsMoreInput if offset < payload.end => {}
-            TINFLStatus::NeedsMoreInput | TINFLStatus::FailedCannotMakeProgress => {
-                return Err(gz(GzipError::Truncated))
+    }
+
+    /// The next payload bytes (`last`: the payload ends with them); what inflates goes to
+    /// `elf` until it is complete.
+    pub fn push(
+        &mut self,
+        mut bytes: &[u8],
+        last: bool,
+        elf: &mut ElfStream,
+        out: &mut impl GuestWrite,
+    ) -> Result<(), KernelError> {
+        let gz = KernelError::Gzip;
+        loop {
+            // Bounded input at a time.
+            let room = CHUNK.saturating_sub(self.input.len()).max(1);
+            let (now, rest) = bytes.split_at(bytes.len().min(room));
+            self.input.extend_from_slice(now);
+            bytes = rest;
+            let no_more = last && bytes.is_empty();
+            match self.phase {
+                Phase::Header => match header_len(&self.input) {
+                    Ok(n) => {
+                        self.input.drain(..n);
+                        self.phase = Phase::Deflate;
+                        continue;
+                    }
+                    // The header may be whole only with more input (64 KiB at most).
+                    Err(_) if !no_more && self.input.len() < CHUNK => {}
+                    Err(e) => return Err(gz(e)),
+                },
+                Phase::Deflate => {
+                    self.inflate(no_more, elf, out)?;
+                    if self.phase == Phase::Trailer {
+                        continue;
+                    }
+                }
+                Phase::Trailer => {
+                    if self.input.len() >= 8 {
+                        let t = &self.input[..8];
+                        let crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+                        let size = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
+                        if crc != self.crc.value() || size != self.size {
+                            return Err(gz(GzipError::Checksum));
+                        }
+                        self.phase = Phase::Checked;
+                    }
+                }
+                Phase::Checked => self.input.clear(),
             }
-            _ => return Err(gz(GzipError::Corrupt)),
+            if bytes.is_empty() {
+                return Ok(());
+            }
         }
     }
-    // The trailer: CRC-32 and size of the uncompressed data.
-    if in_end - in_start < 8 && offset < payload.end {
-        refill(&mut input, &mut in_start, &mut in_end, &mut offset)?;
+
+    /// Inflates what the input allows (`no_more`: the payload has all arrived).
+    fn inflate(
+        &mut self,
+        no_more: bool,
+        elf: &mut ElfStream,
+        out: &mut impl GuestWrite,
+    ) -> Result<(), KernelError> {
+        let gz = KernelError::Gzip;
+        let flags = if no_more {
+            0
+        } else {
+            inflate_flags::TINFL_FLAG_HAS_MORE_INPUT
+        };
+        loop {
+            let (status, consumed, written) = decompress(
+                &mut self.inflater,
+                &self.input,
+                &mut self.ring,
+                self.out_pos,
+                flags,
+            );
+            let produced = &self.ring[self.out_pos..self.out_pos + written];
+            self.crc.update(produced);
+            self.size = self.size.wrapping_add(written as u32);
+            if !elf.complete() {
+                elf.push(produced, out)?;
+            }
+            self.out_pos = (self.out_pos + written) & (WINDOW - 1);
+            self.input.drain(..consumed.min(self.input.len()));
+            match status {
+                TINFLStatus::Done => {
+                    self.phase = Phase::Trailer;
+                    return Ok(());
+                }
+                TINFLStatus::HasMoreOutput => {}
+                TINFLStatus::NeedsMoreInput if !no_more => return Ok(()),
+                TINFLStatus::NeedsMoreInput | TINFLStatus::FailedCannotMakeProgress => {
+                    return Err(gz(GzipError::Truncated))
+                }
+                _ => return Err(gz(GzipError::Corrupt)),
+            }
+        }
     }
-    let trailer = input
-        .get(in_start..in_start + 8)
-        .ok_or(gz(GzipError::Truncated))?;
-    let expected_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    let expected_size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
-    if expected_crc != crc.value() || expected_size != size {
-        return Err(gz(GzipError::Checksum));
+
+    /// The payload has all arrived: the stream and its trailer must have.
+    pub fn check_ended(&self) -> Result<(), KernelError> {
+        match self.phase {
+            Phase::Checked => Ok(()),
+            Phase::Header => Err(KernelError::Gzip(GzipError::BadHeader)),
+            _ => Err(KernelError::Gzip(GzipError::Truncated)),
+        }
     }
-    Ok(stream.finish(out)?)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use xz4rust::{XzDecoder, XzError, XzNextBlockResult};
 use crate::elf_load::{ElfError, ElfStream, LoadError, LoadedKernel};
 use crate::guest_memory::GuestWrite;
 use crate::gzip::{self, GzipError};
+use crate::kernel_stream::KernelStream;
 use crate::source::{ImageSource, SourceError};
 
 /// Bytes read from a source at a time, and decompressed output handled at a time.
@@ -203,74 +204,103 @@ fn xz_dict_size(head: &[u8]) -> Option<u64> {
     None
 }
 
-/// Loads an ELF image straight from `source`.
-pub fn load_elf(
+/// Loads the kernel in `source` (of `format`, from [`probe`]) through a [`KernelStream`],
+/// reading [`CHUNK`] bytes at a time; `dictionary` as for [`KernelStream::new`].
+pub fn load(
     source: &mut dyn ImageSource,
+    format: &KernelFormat,
+    dictionary: Option<&mut [u8]>,
     limit: u64,
     out: &mut impl GuestWrite,
 ) -> Result<LoadedKernel, KernelError> {
     let size = source.size();
-    let mut stream = ElfStream::new(limit);
+    let mut stream = KernelStream::new(format, size, limit, dictionary)?;
     let mut buf = alloc::vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    while offset < size && !stream.complete() {
-        let n = (size - offset).min(CHUNK as u64) as usize;
-        source.read_at(offset, &mut buf[..n])?;
+    while stream.received() < size {
+        let n = (size - stream.received()).min(CHUNK as u64) as usize;
+        source.read_at(stream.received(), &mut buf[..n])?;
         stream.push(&buf[..n], out)?;
-        offset += n as u64;
     }
-    Ok(stream.finish(out)?)
+    stream.finish(out)
 }
 
-/// Decompresses the xz `payload` of `source` with the lent `dictionary` (at least the
-/// stream's dictionary size) and loads the ELF that comes out.
-pub fn load_xz(
-    source: &mut dyn ImageSource,
-    payload: Range<u64>,
-    dictionary: &mut [u8],
-    limit: u64,
-    out: &mut impl GuestWrite,
-) -> Result<LoadedKernel, KernelError> {
-    let mut decoder = Box::new(XzDecoder::with_fixed_size_dict(dictionary));
-    let mut stream = ElfStream::new(limit);
-    let mut input = alloc::vec![0u8; CHUNK];
-    let mut output = alloc::vec![0u8; CHUNK];
-    let (mut in_start, mut in_end) = (0usize, 0usize);
-    let mut offset = payload.start;
-    loop {
-        if in_start == in_end || in_end - in_start < CHUNK / 4 {
-            // Keep the unread input, top the buffer up.
-            input.copy_within(in_start..in_end, 0);
-            in_end -= in_start;
-            in_start = 0;
-            let n = (payload.end - offset).min((CHUNK - in_end) as u64) as usize;
-            source.read_at(offset, &mut input[in_end..in_end + n])?;
-            offset += n as u64;
-            in_end += n;
-        }
-        let result = decoder.decode(&input[in_start..in_end], &mut output);
-        let (consumed, produced, ended) = match result {
-            Ok(XzNextBlockResult::NeedMoreData(c, p)) => (c, p, false),
-            Ok(XzNextBlockResult::EndOfStream(c, p)) => (c, p, true),
-            Err(XzError::NeedsLargerInputBuffer) if offset < payload.end => (0, 0, false),
-            Err(XzError::NeedsLargerInputBuffer) => {
-                return Err(LoadError::Elf(ElfError::Truncated).into())
-            }
-            Err(e) => return Err(KernelError::Decompress(e)),
-        };
-        in_start += consumed;
-        if !stream.complete() {
-            stream.push(&output[..produced], out)?;
-        }
-        if ended {
-            break;
-        }
-        if consumed == 0 && produced == 0 && offset == payload.end {
-            // No progress and no more input: the stream is cut short.
-            return Err(LoadError::Elf(ElfError::Truncated).into());
+/// An xz payload decoded as it arrives, with a lent dictionary.
+pub struct XzPayload<'d> {
+    decoder: Box<XzDecoder<'d>>,
+    /// Received input the decoder has not taken yet (it wants whole headers at once).
+    input: Vec<u8>,
+    output: Vec<u8>,
+    ended: bool,
+}
+
+impl<'d> XzPayload<'d> {
+    pub fn new(dictionary: &'d mut [u8]) -> Self {
+        XzPayload {
+            decoder: Box::new(XzDecoder::with_fixed_size_dict(dictionary)),
+            input: Vec::new(),
+            output: alloc::vec![0u8; CHUNK],
+            ended: false,
         }
     }
-    Ok(stream.finish(out)?)
+
+    /// The next payload bytes (`last`: the payload ends with them); what decodes goes to
+    /// `elf` until it is complete.
+    pub fn push(
+        &mut self,
+        mut bytes: &[u8],
+        last: bool,
+        elf: &mut ElfStream,
+        out: &mut impl GuestWrite,
+    ) -> Result<(), KernelError> {
+        while !bytes.is_empty() && !self.ended {
+            // Bounded input at a time: the decoder is given at most CHUNK bytes.
+            let room = CHUNK.saturating_sub(self.input.len()).max(1);
+            let (now, rest) = bytes.split_at(bytes.len().min(room));
+            self.input.extend_from_slice(now);
+            bytes = rest;
+            self.decode(elf, out)?;
+        }
+        if last && !self.ended {
+            self.decode(elf, out)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes what the input allows.
+    fn decode(
+        &mut self,
+        elf: &mut ElfStream,
+        out: &mut impl GuestWrite,
+    ) -> Result<(), KernelError> {
+        while !self.ended {
+            let (consumed, produced, ended) =
+                match self.decoder.decode(&self.input, &mut self.output) {
+                    Ok(XzNextBlockResult::NeedMoreData(c, p)) => (c, p, false),
+                    Ok(XzNextBlockResult::EndOfStream(c, p)) => (c, p, true),
+                    Err(XzError::NeedsLargerInputBuffer) => (0, 0, false),
+                    Err(e) => return Err(KernelError::Decompress(e)),
+                };
+            self.input.drain(..consumed.min(self.input.len()));
+            if !elf.complete() {
+                elf.push(&self.output[..produced], out)?;
+            }
+            self.ended = ended;
+            if consumed == 0 && produced == 0 {
+                // Needs more input than there is.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The payload has all arrived: the stream must have ended.
+    pub fn check_ended(&self) -> Result<(), KernelError> {
+        if self.ended {
+            Ok(())
+        } else {
+            Err(LoadError::Elf(ElfError::Truncated).into())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ pub mod elf_load;
 pub mod guest_memory;
 pub mod gzip;
 pub mod kernel_image;
+pub mod kernel_stream;
 pub mod layout;
+pub mod pvh_build;
 pub mod source;
 pub mod start_info;
 
@@ -22,8 +24,9 @@ pub mod start_info;
 pub mod fake;
 
 pub use build::{
-    build_pvh, BuildError, BuildOptions, BuiltDomain, ConfigError, DomainConfig, Step,
+    build_pvh, BuildError, BuildOptions, BuiltDomain, ConfigError, DomainConfig, FeedError, Step,
 };
 pub use guest_memory::{HoleFrames, MapError};
 pub use kernel_image::KernelError;
+pub use pvh_build::{PvhBuild, PROBE_BYTES};
 pub use source::{BytesSource, ImageSource, SourceError};

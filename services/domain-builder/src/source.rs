@@ -35,6 +35,24 @@ impl ImageSource for BytesSource<'_> {
     }
 }
 
+/// The first bytes of an image of `size` bytes: reads beyond them fail (what the stepped
+/// builder probes a kernel's format from).
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixSource<'a> {
+    pub head: &'a [u8],
+    pub size: u64,
+}
+
+impl ImageSource for PrefixSource<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        BytesSource(self.head).read_at(offset, buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

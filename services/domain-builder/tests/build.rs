@@ -11,8 +11,8 @@ use keel_domain_builder::elf_load::{ElfError, LoadError};
 use keel_domain_builder::fake::FakeHoles;
 use keel_domain_builder::layout::{self, E820_ACPI, E820_RAM, E820_RESERVED};
 use keel_domain_builder::{
-    build_pvh, BuildError, BuildOptions, BuiltDomain, BytesSource, DomainConfig, ImageSource,
-    KernelError,
+    build_pvh, BuildError, BuildOptions, BuiltDomain, BytesSource, DomainConfig, FeedError,
+    ImageSource, KernelError, PvhBuild, PROBE_BYTES,
 };
 use keel_xen::control::ControlError;
 use keel_xen::domctl::dominf;
@@ -713,4 +713,193 @@ fn loads_debians_grub_for_xen_pvh() {
     assert_eq!(built.kernel.start, 0x10_0000);
     assert_eq!(built.entry, 0x10_0000);
     eprintln!("GRUB for Xen PVH: {built:#x?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The stepped build (`PvhBuild`): what Keel's XenAPI drives, a storage read per job step.
+
+/// Feeds `image` to a stepped build in pieces cycling through `pieces` bytes; returns the
+/// result and the most dom0 frames mapped between two steps.
+fn build_stepped(
+    a: &Attempt,
+    cfg: &DomainConfig<'_>,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+    pieces: &[usize],
+    options: &BuildOptions,
+) -> (Result<BuiltDomain, BuildError>, u64, usize) {
+    let mut holes = FakeHoles::new(&a.xen);
+    let head = &kernel[..kernel.len().min(PROBE_BYTES)];
+    let build = PvhBuild::begin(
+        &a.xen,
+        &mut holes,
+        cfg,
+        head,
+        kernel.len() as u64,
+        initrd.map(|i| i.len() as u64),
+        options,
+    );
+    let mut build = match build {
+        Ok(b) => b,
+        Err(e) => return (Err(e), holes.free_frames(), 0),
+    };
+    let mut most_mapped = a.xen.foreign_mapping_count();
+    let mut sizes = pieces.iter().cycle();
+    let mut fed = head.len();
+    let mut result = Ok(());
+    while fed < kernel.len() && result.is_ok() {
+        let n = (*sizes.next().unwrap()).min(kernel.len() - fed);
+        result = build.feed_kernel(&a.xen, &mut holes, &kernel[fed..fed + n]);
+        fed += n;
+        most_mapped = most_mapped.max(a.xen.foreign_mapping_count());
+    }
+    let mut fed = 0;
+    while let (Some(initrd), true) = (initrd, result.is_ok()) {
+        let n = (*sizes.next().unwrap()).min(initrd.len() - fed);
+        result = build.feed_initrd(&a.xen, &mut holes, &initrd[fed..fed + n]);
+        fed += n;
+        most_mapped = most_mapped.max(a.xen.foreign_mapping_count());
+        if fed == initrd.len() {
+            break;
+        }
+    }
+    let built = match result {
+        Ok(()) => build.finish(&a.xen, &mut holes),
+        Err(e) => Err(build.abort(&a.xen, &mut holes, e)),
+    };
+    (built, holes.free_frames(), most_mapped)
+}
+
+#[test]
+fn a_stepped_build_fed_in_uneven_pieces_gives_the_same_guest() {
+    let initrd = initrd();
+    let options = BuildOptions { window_frames: 64 };
+    for (name, image) in [
+        ("elf", kernel_elf()),
+        ("xz", xz_bzimage()),
+        ("gzip", gzip_bzimage()),
+    ] {
+        let a = Attempt::new();
+        let cfg = config(32, 2);
+        let (built, holes_free, most_mapped) = build_stepped(
+            &a,
+            &cfg,
+            &image,
+            Some(&initrd),
+            &[1, 4093, 65537, 7],
+            &options,
+        );
+        let built = built.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        check_guest(&a.xen, &built, &cfg, &initrd);
+        assert_eq!(holes_free, HOLE_FRAMES, "{name}");
+        assert_eq!(a.xen.foreign_mapping_count(), 0, "{name}");
+        // Between steps at most the write window and the xz dictionary stay mapped.
+        let dictionary = if name == "xz" { 64 } else { 0 };
+        assert!(
+            most_mapped as u64 <= 64 + dictionary,
+            "{name}: {most_mapped} frames mapped between steps"
+        );
+    }
+}
+
+#[test]
+fn a_stepped_build_abandoned_at_any_step_leaves_nothing() {
+    let image = xz_bzimage();
+    let initrd = initrd();
+    let cfg = config(32, 1);
+    let options = BuildOptions { window_frames: 16 };
+    // Steps of 20 000 bytes: the kernel and the initrd are fed in ~15 steps together.
+    let steps = (image.len() - PROBE_BYTES.min(image.len())).div_ceil(20_000)
+        + initrd.len().div_ceil(20_000);
+    for abandon_after in 0..=steps {
+        let a = Attempt::new();
+        let mut holes = FakeHoles::new(&a.xen);
+        let mut build = PvhBuild::begin(
+            &a.xen,
+            &mut holes,
+            &cfg,
+            &image[..PROBE_BYTES.min(image.len())],
+            image.len() as u64,
+            Some(initrd.len() as u64),
+            &options,
+        )
+        .unwrap();
+        let mut stream = image[PROBE_BYTES.min(image.len())..]
+            .chunks(20_000)
+            .map(|c| (true, c))
+            .chain(initrd.chunks(20_000).map(|c| (false, c)));
+        for _ in 0..abandon_after {
+            let (kernel, piece) = stream.next().unwrap();
+            if kernel {
+                build.feed_kernel(&a.xen, &mut holes, piece).unwrap();
+            } else {
+                build.feed_initrd(&a.xen, &mut holes, piece).unwrap();
+            }
+        }
+        let cause = BuildError::Feed(FeedError::KernelIncomplete);
+        assert_eq!(build.abort(&a.xen, &mut holes, cause.clone()), cause);
+        a.assert_clean(holes.free_frames());
+    }
+}
+
+#[test]
+fn a_stepped_build_fed_out_of_order_fails_typed_and_clean() {
+    let image = kernel_elf();
+    let initrd = initrd();
+    let cfg = config(32, 1);
+    let options = BuildOptions::default();
+    let begin = |a: &Attempt, holes: &mut FakeHoles<'_>, head: &[u8]| {
+        PvhBuild::begin(
+            &a.xen,
+            holes,
+            &cfg,
+            head,
+            image.len() as u64,
+            Some(initrd.len() as u64),
+            &options,
+        )
+    };
+    // A head shorter than the probe needs: refused before anything exists.
+    let a = Attempt::new();
+    let mut holes = FakeHoles::new(&a.xen);
+    assert_eq!(
+        begin(&a, &mut holes, &image[..100]).err(),
+        Some(BuildError::Feed(FeedError::ShortHead))
+    );
+    a.assert_clean(holes.free_frames());
+    // The initrd before the whole kernel; finishing early; more kernel than announced.
+    let head = &image[..PROBE_BYTES];
+    let a = Attempt::new();
+    let mut holes = FakeHoles::new(&a.xen);
+    let mut build = begin(&a, &mut holes, head).unwrap();
+    assert_eq!(
+        build.feed_initrd(&a.xen, &mut holes, &initrd[..10]),
+        Err(BuildError::Feed(FeedError::KernelIncomplete))
+    );
+    assert_eq!(
+        build.feed_kernel(&a.xen, &mut holes, &vec![0; image.len()]),
+        Err(BuildError::Feed(FeedError::PastTheEnd {
+            what: Step::LoadKernel
+        }))
+    );
+    assert_eq!(
+        build.finish(&a.xen, &mut holes),
+        Err(BuildError::Feed(FeedError::KernelIncomplete))
+    );
+    a.assert_clean(holes.free_frames());
+    // The whole kernel, part of the initrd, then finish.
+    let a = Attempt::new();
+    let mut holes = FakeHoles::new(&a.xen);
+    let mut build = begin(&a, &mut holes, head).unwrap();
+    build
+        .feed_kernel(&a.xen, &mut holes, &image[PROBE_BYTES..])
+        .unwrap();
+    build
+        .feed_initrd(&a.xen, &mut holes, &initrd[..1000])
+        .unwrap();
+    assert_eq!(
+        build.finish(&a.xen, &mut holes),
+        Err(BuildError::Feed(FeedError::InitrdIncomplete))
+    );
+    a.assert_clean(holes.free_frames());
 }
