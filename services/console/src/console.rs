@@ -57,17 +57,15 @@ pub struct Console<P> {
 }
 
 impl<P: ConsolePage> Console<P> {
-    /// A console over `page` keeping `history_bytes` of output. All its memory is allocated
-    /// here, fallibly; on failure the page comes back with the error.
+    /// A console over `page` keeping up to `history_bytes` of output. Its history and input
+    /// queue take memory as output and input arrive, fallibly, within their bounds; a
+    /// history size that could never be allocated gives the page back with the error.
     pub fn new(page: P, history_bytes: usize) -> Result<Self, (TryReserveError, P)> {
         let history = match History::with_capacity(history_bytes) {
             Ok(h) => h,
             Err(e) => return Err((e, page)),
         };
-        let mut input = VecDeque::new();
-        if let Err(e) = input.try_reserve_exact(INPUT_QUEUE_BYTES) {
-            return Err((e, page));
-        }
+        let input = VecDeque::new();
         Ok(Console {
             ring: ConsoleRing::new(page),
             state: ConsoleState::Connected,
@@ -117,6 +115,10 @@ impl<P: ConsolePage> Console<P> {
     pub fn queue_input(&mut self, bytes: &[u8]) -> Result<usize, ConsoleError> {
         self.check_connected()?;
         let n = (INPUT_QUEUE_BYTES - self.input.len()).min(bytes.len());
+        if self.input.try_reserve(n).is_err() {
+            // No memory now: nothing accepted, the client waits as on a full queue.
+            return Ok(0);
+        }
         self.input.extend(bytes.iter().take(n).copied());
         Ok(n)
     }
@@ -153,6 +155,10 @@ impl<P: ConsolePage> Console<P> {
             }
             self.input.drain(..n);
             done.input_bytes += n;
+        }
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            // Input is rare (a person typing): hold no queue between keystrokes.
+            self.input = VecDeque::new();
         }
         done.notify = done.output_bytes > 0 || done.input_bytes > 0;
         Ok(done)
