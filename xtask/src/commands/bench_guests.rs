@@ -934,41 +934,10 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     // `KEEL_BENCH_GUESTS_ONLY=disk`: the guest disk rows alone (to reproduce them quickly).
     let disk_only = std::env::var("KEEL_BENCH_GUESTS_ONLY").is_ok_and(|v| v == "disk");
     for run in 1..=runs {
-        for stack in [Stack::Keel, Stack::Linux] {
-            let mut figures = RunFigures::default();
-            if disk_only {
-                match stack {
-                    Stack::Keel => report.keel.push(figures),
-                    Stack::Linux => report.linux.push(figures),
-                }
-                continue;
-            }
-            let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
-            let outcome = match stack {
-                Stack::Keel => run_keel(&image, run, &mut figures),
-                Stack::Linux => run_linux(run, &mut figures, &mut report.notes),
-            };
-            note_run(stack, run, runs, &figures);
-            if let Err(error) = outcome {
-                let problem = format!("{} run {run}: {error}", stack.label());
-                progress::note(&problem);
-                report.problems.push(problem);
-            }
-            match stack {
-                Stack::Keel => report.keel.push(figures),
-                Stack::Linux => report.linux.push(figures),
-            }
-            step.done();
-        }
-        // The guest disk rows, each stack on a fresh host (alternating too).
-        for stack in [Stack::Keel, Stack::Linux] {
+        let mut figures = [RunFigures::default(), RunFigures::default()];
+        // The guest disk rows first (a failure there shows early), each stack on a fresh host.
+        for (stack, figures) in [Stack::Keel, Stack::Linux].into_iter().zip(&mut figures) {
             let step = progress::step(format!("{} guest disk run {run}/{runs}", stack.label()));
-            let index = run as usize - 1;
-            let figures = match stack {
-                Stack::Keel => report.keel.get_mut(index),
-                Stack::Linux => report.linux.get_mut(index),
-            }
-            .ok_or_else(|| failed("a run's figures are missing"))?;
             let outcome = match stack {
                 Stack::Keel => disk::run_keel(&image, &disk_initrd, run, figures),
                 Stack::Linux => disk::run_linux(&disk_initrd, run, figures),
@@ -998,6 +967,26 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
                 }
             }
             step.done();
+        }
+        for (stack, mut figures) in [Stack::Keel, Stack::Linux].into_iter().zip(figures) {
+            if !disk_only {
+                let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
+                let outcome = match stack {
+                    Stack::Keel => run_keel(&image, run, &mut figures),
+                    Stack::Linux => run_linux(run, &mut figures, &mut report.notes),
+                };
+                note_run(stack, run, runs, &figures);
+                if let Err(error) = outcome {
+                    let problem = format!("{} run {run}: {error}", stack.label());
+                    progress::note(&problem);
+                    report.problems.push(problem);
+                }
+                step.done();
+            }
+            match stack {
+                Stack::Keel => report.keel.push(figures),
+                Stack::Linux => report.linux.push(figures),
+            }
         }
     }
     println!("{}", report.table());
