@@ -114,32 +114,66 @@ impl CdpPrep {
     }
 }
 
-/// A fixed ring of CDPs, newest at `head`.
+/// A ring of at most `rows` CDPs, newest at `head`, that takes memory as rows close: a
+/// VM's RRD costs the history it has (a fresh one nothing, one running for an hour a
+/// fifth of the bound), never more than the full archive. Rows not held are unknown (NaN),
+/// as a fresh rrdtool archive's are.
+///
+/// While it grows the values are in order (oldest first, `head` = the last); once `rows`
+/// are held it wraps. If growing fails it wraps over what it holds and grows again only
+/// when its values are back in order: history is forgotten sooner, nothing fails.
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     values: Vec<f64>,
     head: usize,
+    rows: usize,
 }
 
+/// Rows of the first allocation of a ring (then doubling up to its bound).
+const FIRST_ROWS: usize = 8;
+
 impl Ring {
-    fn new(rows: usize) -> Result<Self, TryReserveError> {
-        let mut values = Vec::new();
-        values.try_reserve_exact(rows)?;
-        values.resize(rows, f64::NAN);
-        Ok(Ring { values, head: 0 })
+    fn new(rows: usize) -> Self {
+        Ring {
+            values: Vec::new(),
+            head: 0,
+            rows,
+        }
+    }
+
+    /// Room for one more value in order, if the ring may and can grow.
+    fn grow(&mut self) -> bool {
+        let len = self.values.len();
+        let in_order = len == 0 || self.head == len - 1;
+        if len >= self.rows || !in_order {
+            return false;
+        }
+        if len < self.values.capacity() {
+            return true;
+        }
+        let target = (len * 2).max(FIRST_ROWS).min(self.rows);
+        self.values.try_reserve_exact(target - len).is_ok()
+            || self.values.try_reserve_exact(1).is_ok()
     }
 
     fn push(&mut self, value: f64) {
-        if self.values.is_empty() {
+        if self.grow() {
+            self.head = self.values.len();
+            self.values.push(value);
             return;
         }
-        self.head = (self.head + 1) % self.values.len();
+        let len = self.values.len();
+        if len == 0 {
+            // Not one row of memory: the row is lost, as if unknown.
+            return;
+        }
+        self.head = (self.head + 1) % len;
         if let Some(slot) = self.values.get_mut(self.head) {
             *slot = value;
         }
     }
 
-    /// The CDP `age` rows before the newest (0 = newest); NaN past the ring.
+    /// The CDP `age` rows before the newest (0 = newest); NaN past what is held.
     pub fn get(&self, age: usize) -> f64 {
         let len = self.values.len();
         if age >= len {
@@ -147,6 +181,11 @@ impl Ring {
         }
         let index = (self.head + len - age) % len;
         self.values.get(index).copied().unwrap_or(f64::NAN)
+    }
+
+    /// Heap bytes held.
+    fn allocated(&self) -> usize {
+        self.values.capacity() * core::mem::size_of::<f64>()
     }
 }
 
@@ -188,8 +227,7 @@ impl Archive {
     pub(crate) fn add_source(&mut self) -> Result<(), TryReserveError> {
         self.rings.try_reserve(1)?;
         self.preps.try_reserve(1)?;
-        let ring = Ring::new(self.timescale.rows as usize)?;
-        self.rings.push(ring);
+        self.rings.push(Ring::new(self.timescale.rows as usize));
         self.preps.push(CdpPrep::fresh(self.cf, self.filled));
         Ok(())
     }
@@ -280,16 +318,18 @@ impl Archive {
         self.filled = 0;
     }
 
-    /// Writes the row in progress and the rings (for [`crate::Metering::save`]).
+    /// Writes the row in progress and the rings (for [`crate::Metering::save`]), each as
+    /// its full `rows` in order, oldest first (rows not held are unknown), newest last.
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.u32(self.filled);
+        let rows = self.timescale.rows as usize;
         for (ring, prep) in self.rings.iter().zip(&self.preps) {
             w.f64(prep.value);
             w.u32(prep.known);
             w.u32(prep.unknown);
-            w.u32(ring.head as u32);
-            for value in &ring.values {
-                w.f64(*value);
+            w.u32(rows.saturating_sub(1) as u32);
+            for age in (0..rows).rev() {
+                w.f64(ring.get(age));
             }
         }
     }
@@ -315,25 +355,36 @@ impl Archive {
                 known,
                 unknown,
             };
+            let rows = ring.rows;
             let head = r.u32()? as usize;
-            if head >= ring.values.len() {
+            if head >= rows {
                 return Err(DecodeError::BadValue);
             }
-            ring.head = head;
-            for slot in ring.values.iter_mut() {
-                *slot = r.f64()?;
+            let mut values = Vec::new();
+            values
+                .try_reserve_exact(rows)
+                .map_err(|_| DecodeError::TooLong)?;
+            for _ in 0..rows {
+                values.push(r.f64()?);
             }
+            // Oldest first, then only from the oldest known row on: the ring holds the
+            // history there is, as if it had grown with it.
+            values.rotate_left((head + 1) % rows);
+            let unknown = values.iter().take_while(|v| v.is_nan()).count();
+            values.drain(..unknown);
+            values.shrink_to_fit();
+            ring.head = values.len().saturating_sub(1);
+            ring.values = values;
         }
         self.filled = filled;
         Ok(())
     }
 
-    /// Bytes held by this archive's rings and preparation areas.
+    /// Bytes held by this archive's rings and preparation areas: at most `rows` values per
+    /// data source, fewer while its history is shorter.
     pub fn memory_bytes(&self) -> usize {
-        self.rings.len()
-            * (self.timescale.rows as usize * core::mem::size_of::<f64>()
-                + core::mem::size_of::<Ring>()
-                + core::mem::size_of::<CdpPrep>())
+        self.rings.iter().map(Ring::allocated).sum::<usize>()
+            + self.rings.len() * (core::mem::size_of::<Ring>() + core::mem::size_of::<CdpPrep>())
     }
 }
 

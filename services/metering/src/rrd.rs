@@ -157,7 +157,8 @@ impl Rrd {
             .map_or(f64::NAN, |a| a.value(index, 0))
     }
 
-    /// Bytes this RRD holds (its archives dominate: [`ROWS_PER_SOURCE`] × 8 per source).
+    /// Bytes this RRD holds (its archives dominate: up to [`ROWS_PER_SOURCE`] × 8 per source,
+    /// as rows close).
     pub fn memory_bytes(&self) -> usize {
         core::mem::size_of::<Self>()
             + self
@@ -506,19 +507,74 @@ mod tests {
         assert_eq!(rrd.source_index("b"), Some(1));
     }
 
+    /// Every row of every archive, newest first.
+    fn rows_of(rrd: &Rrd) -> Vec<Vec<u64>> {
+        rrd.archives()
+            .iter()
+            .map(|a| {
+                (0..a.rows() as usize)
+                    .map(|age| a.value(0, age).to_bits())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partly_grown_or_wrapped_history_is_saved_and_restored_as_it_was() {
+        let t0 = 1_000_000 * STEP_MS;
+        for steps in [0, 1, 7, 119, 120, 121, 400] {
+            let mut gauge = spec("g", DsType::Gauge, 1e9);
+            gauge.units = "B";
+            let mut rrd = Rrd::new(alloc::vec![gauge], t0).unwrap();
+            for step in 1..=steps {
+                rrd.update(t0 + step * STEP_MS, &[Some(step as f64)])
+                    .unwrap();
+            }
+            let mut w = Writer::default();
+            rrd.encode(&mut w);
+            let restored = Rrd::decode(&mut Reader::new(&w.bytes)).unwrap();
+            assert_eq!(rows_of(&restored), rows_of(&rrd), "{steps} steps");
+            assert!(
+                restored.memory_bytes() <= rrd.memory_bytes(),
+                "{steps} steps"
+            );
+            // And it goes on from there as the original does.
+            let (mut a, mut b) = (rrd, restored);
+            for step in steps + 1..=steps + 130 {
+                a.update(t0 + step * STEP_MS, &[Some(1.0)]).unwrap();
+                b.update(t0 + step * STEP_MS, &[Some(1.0)]).unwrap();
+            }
+            assert_eq!(rows_of(&a), rows_of(&b), "{steps} steps, then 130");
+        }
+    }
+
     #[test]
     fn memory_is_what_the_layout_says() {
         let t0 = 1_000_000 * STEP_MS;
         let specs = (0..10)
             .map(|i| spec(&alloc::format!("s{i}"), DsType::Gauge, 1.0))
             .collect();
-        let rrd = Rrd::new(specs, t0).unwrap();
+        let mut rrd = Rrd::new(specs, t0).unwrap();
+        let state = 10 * 2048;
+        assert!(rrd.memory_bytes() < state, "a fresh RRD holds no rows");
+        // Ten minutes of samples: the 5 s archives (120 rows each) fill, the others hold
+        // the rows closed so far.
+        let values = [Some(0.5); 10];
+        for step in 1..=120 {
+            rrd.update(t0 + step * STEP_MS, &values).unwrap();
+        }
+        let ten_minutes = rrd.memory_bytes();
+        assert!(ten_minutes >= 10 * 3 * 120 * 8, "{ten_minutes}");
+        // At most 16 rows of the 1-minute archives, 8 of the two others (first allocations).
+        assert!(
+            ten_minutes <= 10 * 3 * (120 + 16 + 8 + 8) * 8 + state,
+            "{ten_minutes}"
+        );
+        assert_eq!(rrd.latest(0), 0.5);
+        // Over a year later every ring is full, and never more than the layout.
+        rrd.update(t0 + 400 * 24 * 3600 * 1000, &values).unwrap();
         let rings = 10 * ROWS_PER_SOURCE * 8;
         assert!(rrd.memory_bytes() >= rings);
-        assert!(
-            rrd.memory_bytes() < rings + 10 * 2048,
-            "{}",
-            rrd.memory_bytes()
-        );
+        assert!(rrd.memory_bytes() < rings + state, "{}", rrd.memory_bytes());
     }
 }
