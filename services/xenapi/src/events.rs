@@ -8,6 +8,13 @@
 //! Tokens are the decimal id of the last event the client has seen, zero-padded to 20 digits
 //! (opaque to clients; only ever compared by this module). The empty token means "nothing
 //! seen yet": `event.from` then answers with an `add` event per existing object.
+//!
+//! Each event keeps its object's record as it was, encoded ([`Snapshot`]): the history is
+//! a thousand records and the tree form would cost dom0 about four times the heap.
+
+mod snapshot;
+
+pub use snapshot::Snapshot;
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -43,7 +50,7 @@ pub struct Event {
     pub operation: Operation,
     pub reference: String,
     /// The object's record after the change (before it, for `del`).
-    pub snapshot: Value,
+    pub snapshot: Snapshot,
 }
 
 impl Event {
@@ -61,12 +68,13 @@ impl Event {
         );
         m.insert("operation".to_string(), Value::str(self.operation.as_str()));
         m.insert("ref".to_string(), Value::String(self.reference.clone()));
-        if let Value::Struct(fields) = &self.snapshot {
+        let snapshot = self.snapshot.to_value();
+        if let Value::Struct(fields) = &snapshot {
             if let Some(uuid) = fields.get("uuid") {
                 m.insert("obj_uuid".to_string(), uuid.clone());
             }
         }
-        m.insert("snapshot".to_string(), self.snapshot.clone());
+        m.insert("snapshot".to_string(), snapshot);
         Value::Struct(m)
     }
 }
@@ -142,7 +150,7 @@ impl EventLog {
             class,
             operation,
             reference,
-            snapshot,
+            snapshot: Snapshot::new(&snapshot),
         });
         self.last_id
     }

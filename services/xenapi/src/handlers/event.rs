@@ -9,7 +9,7 @@ use super::{session_of, value, wait};
 use crate::api::Wait;
 use crate::dispatch::{Args, CallContext, CallOutcome, Outcome};
 use crate::error::ApiError;
-use crate::events::{format_token, Event, Token};
+use crate::events::{format_token, Event, Snapshot, Token};
 use crate::schema::{find_class_ignore_case, Schema};
 use crate::value::Value;
 
@@ -201,7 +201,7 @@ fn snapshot_all(ctx: &CallContext<'_>, sub: &Subscription) -> Value {
                 timestamp: ctx.now,
                 class,
                 operation: crate::events::Operation::Add,
-                snapshot: db.record(&r).unwrap_or(Value::Nil),
+                snapshot: Snapshot::new(&db.record(&r).unwrap_or(Value::Nil)),
                 reference: r,
             };
             events.push(event.to_value());
