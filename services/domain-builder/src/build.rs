@@ -203,6 +203,8 @@ pub enum BuildError {
     LeakedMappings(u64),
     /// A stepped build was fed out of order (the caller's mistake, not the image's).
     Feed(FeedError),
+    /// The caller gave a stepped build up ([`crate::PvhBuild::abort`] with no other cause).
+    Abandoned,
     /// The build failed with `cause` and destroying domain `domid` failed with `error`.
     DestroyFailed {
         domid: u16,
@@ -232,6 +234,7 @@ impl core::fmt::Display for BuildError {
                 write!(f, "{n} dom0 frames could not be unmapped from the guest")
             }
             BuildError::Feed(e) => write!(f, "images fed out of order: {e}"),
+            BuildError::Abandoned => write!(f, "the build was given up"),
             BuildError::DestroyFailed {
                 domid,
                 cause,

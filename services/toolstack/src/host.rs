@@ -8,6 +8,7 @@
 //! channel fires, [`XenHost::on_dom_exc`] on `VIRQ_DOM_EXC`, and hands
 //! [`XenHost::take_reports`] to the XenAPI with no borrow held.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
@@ -15,10 +16,10 @@ use core::cell::RefCell;
 use core::ops::Deref;
 
 use keel_console::{ConsolePage, ConsoleSet};
-use keel_domain_builder::{BuildError, BuildOptions, HoleFrames};
+use keel_domain_builder::{BuildError, BuildOptions, HoleFrames, PvhBuild};
 use keel_xen::evtchn::{send, Port};
 use keel_xen::Hypervisor;
-use keel_xenapi::guest::{BootSpec, GuestError};
+use keel_xenapi::guest::{BootImage, BootSpec, GuestError, PreparedStart};
 use keel_xenstored::{LocalClient, RingPage, Xenstored};
 
 use crate::builder::{Builder, ConsoleBackend};
@@ -79,6 +80,9 @@ pub struct XenHost<H: ?Sized + 'static, B, SF: MapFrames, CF: MapFrames> {
     /// The disk backends (blkback) serving guests' vbds; [`NoDiskBackends`] until the
     /// kernel hands its own to [`XenHost::set_disk_backends`].
     pub disks: alloc::boxed::Box<dyn DiskBackends>,
+    /// Starts being built, their images arriving a piece per XenAPI step.
+    pub prepared: BTreeMap<u64, PvhBuild>,
+    next_prepared: u64,
 }
 
 /// What one [`XenHost::service`] call did.
@@ -122,6 +126,8 @@ where
             options: BuildOptions::default(),
             clocks,
             disks: alloc::boxed::Box::new(NoDiskBackends),
+            prepared: BTreeMap::new(),
+            next_prepared: 0,
         }
     }
 
@@ -130,10 +136,12 @@ where
         self.disks = disks;
     }
 
-    /// Runs `f` with the toolstack, the environment it acts through and the builder.
+    /// Runs `f` with the toolstack, the environment it acts through and the builder; the
+    /// builder finishes `prepared` if `f` builds, and abandons it otherwise.
     #[allow(clippy::type_complexity)]
     fn lend<R>(
         &mut self,
+        prepared: Option<PvhBuild>,
         f: impl FnOnce(
             &mut Toolstack,
             &mut Env<
@@ -176,8 +184,25 @@ where
             hv,
             holes: &mut self.holes,
             options: self.options,
+            prepared,
         };
-        f(&mut self.toolstack, &mut env, &mut builder)
+        let result = f(&mut self.toolstack, &mut env, &mut builder);
+        if let Some(build) = builder.prepared.take() {
+            // The start was refused before it built (the toolstack's own checks): the
+            // domain goes; the refusal is what the caller reports.
+            let _refused_first = builder.abort(build, BuildError::Abandoned);
+        }
+        result
+    }
+
+    /// A builder over this host's hypervisor and holes, for one call.
+    fn builder(&mut self) -> PvhBuilder<'_, H, B> {
+        PvhBuilder {
+            hv: self.hv,
+            holes: &mut self.holes,
+            options: self.options,
+            prepared: None,
+        }
     }
 
     /// Our ends of every guest channel (store and console), for the kernel to route their
@@ -224,7 +249,7 @@ where
                 Some(serviced.more_output)
             });
         }
-        self.lend(|toolstack, env, _| {
+        self.lend(None, |toolstack, env, _| {
             deliver_watch_events(toolstack, env, now);
             if toolstack.next_deadline().is_some_and(|d| d <= now) {
                 toolstack.poll(env, now);
@@ -237,7 +262,7 @@ where
     /// answer to the domain scan; the next event scans again.
     pub fn on_dom_exc(&mut self) -> Result<(), keel_xen::control::ControlError> {
         let now = (self.clocks.monotonic_ns)();
-        self.lend(|toolstack, env, _| {
+        self.lend(None, |toolstack, env, _| {
             let scanned = toolstack.on_dom_exc(env, now);
             deliver_watch_events(toolstack, env, now);
             scanned
@@ -278,8 +303,9 @@ where
     type ConsoleError = ConsoleAttachError<GuestPageError>;
     type BuildError = BuildFailure;
 
-    fn with<R>(
+    fn with_prepared<R>(
         &mut self,
+        prepared: Option<PreparedStart>,
         f: impl FnOnce(
             &mut Toolstack,
             &mut Env<
@@ -292,7 +318,9 @@ where
             &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
         ) -> R,
     ) -> R {
-        self.borrow_mut().lend(|toolstack, env, builder| {
+        let mut host = self.borrow_mut();
+        let build = prepared.and_then(|p| host.prepared.remove(&p.0));
+        host.lend(build, |toolstack, env, builder| {
             let mut env: Env<
                 '_,
                 dyn Store + '_,
@@ -310,6 +338,58 @@ where
         })
     }
 
+    fn prepare(
+        &mut self,
+        spec: &BootSpec,
+        kernel_head: &[u8],
+    ) -> Result<PreparedStart, BuildFailure> {
+        let mut host = self.borrow_mut();
+        let build = host
+            .builder()
+            .prepare(spec, kernel_head)
+            .map_err(|error| BuildFailure {
+                error,
+                memory_bytes: memory_mib(spec) << 20,
+            })?;
+        let id = host.next_prepared;
+        host.next_prepared += 1;
+        host.prepared.insert(id, build);
+        Ok(PreparedStart(id))
+    }
+
+    fn load(
+        &mut self,
+        start: PreparedStart,
+        image: BootImage,
+        bytes: &[u8],
+    ) -> Result<(), BuildFailure> {
+        let mut host = self.borrow_mut();
+        let failure = |error| BuildFailure {
+            error,
+            memory_bytes: 0,
+        };
+        let mut build = host
+            .prepared
+            .remove(&start.0)
+            .ok_or(failure(PvhError::NotPrepared))?;
+        let mut builder = host.builder();
+        match builder.load(&mut build, image, bytes) {
+            Ok(()) => {
+                host.prepared.insert(start.0, build);
+                Ok(())
+            }
+            Err(e) => Err(failure(builder.abort(build, e))),
+        }
+    }
+
+    fn abandon(&mut self, start: PreparedStart) {
+        let mut host = self.borrow_mut();
+        if let Some(build) = host.prepared.remove(&start.0) {
+            // Nobody waits for this build's outcome.
+            let _abandoned = host.builder().abort(build, BuildError::Abandoned);
+        }
+    }
+
     fn monotonic_ns(&self) -> u64 {
         (self.borrow().clocks.monotonic_ns)()
     }
@@ -325,6 +405,9 @@ where
     fn build_error(&self, failure: BuildFailure) -> GuestError {
         match failure.error {
             PvhError::Uuid => GuestError::Failed("bad VM UUID for the domain builder".into()),
+            PvhError::NotPrepared => {
+                GuestError::Failed("no such start being prepared (abandoned?)".into())
+            }
             PvhError::Build(BuildError::XenOutOfMemory { .. }) => GuestError::NotEnoughMemory {
                 needed: failure.memory_bytes,
                 available: self.borrow().free_memory(),

@@ -10,7 +10,8 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use keel_xenapi::guest::{
-    BootSpec, DiskSpec, DiskVdi, DomId, ExitReason as ApiExit, GuestBackend, GuestError,
+    BootImage, BootSpec, DiskSpec, DiskVdi, DomId, ExitReason as ApiExit, GuestBackend, GuestError,
+    PreparedStart,
 };
 use keel_xenapi::{ApiError, ShutdownFailure as ApiFailure, ShutdownRequest, Timestamp, XenApi};
 
@@ -29,7 +30,26 @@ pub trait GuestHost {
     type BuildError: core::fmt::Debug;
 
     /// Runs `f` with the toolstack and, lent for the call, xenstored, the console backend,
-    /// domain control and the builder.
+    /// domain control and the builder, whose `build` finishes `prepared` (a start from
+    /// [`GuestHost::prepare`]; one `f` did not finish is abandoned).
+    #[allow(clippy::type_complexity)]
+    fn with_prepared<R>(
+        &mut self,
+        prepared: Option<PreparedStart>,
+        f: impl FnOnce(
+            &mut Toolstack,
+            &mut Env<
+                '_,
+                dyn Store + '_,
+                dyn ConsoleBackend<Error = Self::ConsoleError> + '_,
+                dyn DomainControl + '_,
+                dyn DiskBackends,
+            >,
+            &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
+        ) -> R,
+    ) -> R;
+
+    /// [`GuestHost::with_prepared`] with no start to finish.
     #[allow(clippy::type_complexity)]
     fn with<R>(
         &mut self,
@@ -44,7 +64,29 @@ pub trait GuestHost {
             >,
             &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
         ) -> R,
-    ) -> R;
+    ) -> R {
+        self.with_prepared(None, f)
+    }
+
+    /// Begins building the domain for `spec` from its kernel's head (the domain exists,
+    /// paused, from now on): [`GuestBackend::prepare_start`].
+    fn prepare(
+        &mut self,
+        spec: &BootSpec,
+        kernel_head: &[u8],
+    ) -> Result<PreparedStart, Self::BuildError>;
+
+    /// The next image bytes of a prepared start: [`GuestBackend::load_image`]. After an
+    /// error the start is gone (its domain destroyed).
+    fn load(
+        &mut self,
+        start: PreparedStart,
+        image: BootImage,
+        bytes: &[u8],
+    ) -> Result<(), Self::BuildError>;
+
+    /// Gives a prepared start up (its domain destroyed); unknown ones are ignored.
+    fn abandon(&mut self, start: PreparedStart);
 
     /// Monotonic nanoseconds (the toolstack's timers).
     fn monotonic_ns(&self) -> u64;
@@ -132,9 +174,39 @@ impl<H: GuestHost> GuestBackend for Guests<H> {
         self.0.free_memory()
     }
 
-    fn start(&mut self, spec: BootSpec) -> Result<DomId, GuestError> {
-        let uuid = parse_uuid(&spec.vm_uuid)
-            .ok_or_else(|| GuestError::Failed(format!("bad VM UUID {:?}", spec.vm_uuid)))?;
+    fn prepare_start(
+        &mut self,
+        spec: &BootSpec,
+        kernel_head: &[u8],
+    ) -> Result<PreparedStart, GuestError> {
+        self.0
+            .prepare(spec, kernel_head)
+            .map_err(|e| self.0.build_error(e))
+    }
+
+    fn load_image(
+        &mut self,
+        start: PreparedStart,
+        image: BootImage,
+        bytes: &[u8],
+    ) -> Result<(), GuestError> {
+        self.0
+            .load(start, image, bytes)
+            .map_err(|e| self.0.build_error(e))
+    }
+
+    fn abandon_start(&mut self, start: PreparedStart) {
+        self.0.abandon(start);
+    }
+
+    fn start(&mut self, prepared: PreparedStart, spec: BootSpec) -> Result<DomId, GuestError> {
+        let Some(uuid) = parse_uuid(&spec.vm_uuid) else {
+            self.0.abandon(prepared);
+            return Err(GuestError::Failed(format!(
+                "bad VM UUID {:?}",
+                spec.vm_uuid
+            )));
+        };
         let now = self.0.monotonic_ns();
         let unix = self.0.unix_ns();
         let name = spec.name.clone();
@@ -152,7 +224,9 @@ impl<H: GuestHost> GuestBackend for Guests<H> {
         };
         let result = self
             .0
-            .with(|toolstack, env, builder| toolstack.start(env, builder, &request, now));
+            .with_prepared(Some(prepared), |toolstack, env, builder| {
+                toolstack.start(env, builder, &request, now)
+            });
         match result {
             Ok(d) => Ok(DomId::from(d)),
             Err(StartError::Build(e)) => Err(self.0.build_error(e)),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::ConsoleMapFailed;
 use common::FakeConsoles;
@@ -16,7 +16,8 @@ use keel_xen::domctl::dominf;
 use keel_xen::fake::FakeXen;
 use keel_xen::xenstore_wire::{XsMessage, XsType};
 use keel_xenapi::guest::{
-    BootSpec, DiskSpec, DiskVdi, ExitReason as ApiExit, GuestBackend, GuestError,
+    BootImage, BootSpec, DiskSpec, DiskVdi, DomId, ExitReason as ApiExit, GuestBackend, GuestError,
+    PreparedStart,
 };
 use keel_xenapi::{ShutdownFailure as ApiFailure, ShutdownRequest};
 use keel_xenstored::{LocalClient, Xenstored};
@@ -104,14 +105,17 @@ struct Host {
     toolstack: Toolstack,
     clock: u64,
     disks: Disks,
+    /// Starts prepared and not yet finished or abandoned.
+    prepared: BTreeSet<u64>,
 }
 
 impl GuestHost for Host {
     type ConsoleError = ConsoleMapFailed;
     type BuildError = BuildFailure;
 
-    fn with<R>(
+    fn with_prepared<R>(
         &mut self,
+        prepared: Option<PreparedStart>,
         f: impl FnOnce(
             &mut Toolstack,
             &mut Env<
@@ -140,7 +144,36 @@ impl GuestHost for Host {
             control: &control,
             disks: &mut self.disks as &mut dyn DiskBackends,
         };
+        if let Some(p) = prepared {
+            // The fake builder builds any spec; a prepared start is used up either way.
+            self.prepared.remove(&p.0);
+        }
         f(&mut self.toolstack, &mut env, &mut self.builder)
+    }
+
+    fn prepare(
+        &mut self,
+        _spec: &BootSpec,
+        kernel_head: &[u8],
+    ) -> Result<PreparedStart, BuildFailure> {
+        assert_eq!(kernel_head, KERNEL);
+        let id = self.prepared.last().map_or(0, |l| l + 1);
+        self.prepared.insert(id);
+        Ok(PreparedStart(id))
+    }
+
+    fn load(
+        &mut self,
+        start: PreparedStart,
+        _image: BootImage,
+        _bytes: &[u8],
+    ) -> Result<(), BuildFailure> {
+        assert!(self.prepared.contains(&start.0));
+        Ok(())
+    }
+
+    fn abandon(&mut self, start: PreparedStart) {
+        self.prepared.remove(&start.0);
     }
 
     fn monotonic_ns(&self) -> u64 {
@@ -181,6 +214,7 @@ fn guests() -> Guests<Host> {
         toolstack: Toolstack::new(Timeouts::default()),
         clock: 0,
         disks: Disks::default(),
+        prepared: BTreeSet::new(),
     })
 }
 
@@ -192,14 +226,25 @@ fn spec() -> BootSpec {
         target_memory_bytes: 256 << 20,
         max_vcpus: 2,
         vcpus_at_startup: 1,
-        kernel: vec![0x7f, b'E', b'L', b'F'],
-        ramdisk: None,
+        kernel_size: KERNEL.len() as u64,
+        ramdisk_size: None,
         cmdline: "console=hvc0".into(),
         paused: false,
         platform: vec![],
         xenstore_data: vec![("vm-data/role".into(), "web".into())],
         disks: vec![],
     }
+}
+
+/// The tests' kernel: its head is all of it.
+const KERNEL: &[u8] = b"\x7fELF";
+
+/// `prepare_start`, then `start`, as the XenAPI drives them.
+fn start(g: &mut Guests<Host>, spec: BootSpec) -> Result<DomId, GuestError> {
+    let prepared = g.prepare_start(&spec, KERNEL)?;
+    let result = g.start(prepared, spec);
+    assert!(g.0.prepared.is_empty(), "the prepared start was used up");
+    result
 }
 
 fn read(g: &mut Guests<Host>, path: &str) -> Option<String> {
@@ -212,7 +257,7 @@ fn read(g: &mut Guests<Host>, path: &str) -> Option<String> {
 #[test]
 fn a_guest_started_shut_down_and_destroyed_through_the_seam() {
     let mut g = guests();
-    let d = g.start(spec()).unwrap();
+    let d = start(&mut g, spec()).unwrap();
     assert_eq!(d, 8);
     assert_eq!(g.free_memory(), 1 << 30);
     assert_eq!(
@@ -315,19 +360,19 @@ fn failures_cross_the_seam_as_guest_errors() {
     assert_eq!(g.pause(70_000), Err(GuestError::NoSuchDomain(70_000)));
     let mut bad = spec();
     bad.vm_uuid = "not-a-uuid".into();
-    assert!(matches!(g.start(bad), Err(GuestError::Failed(_))));
+    assert!(matches!(start(&mut g, bad), Err(GuestError::Failed(_))));
     g.0.builder.fail = true;
     assert_eq!(
-        g.start(spec()),
+        start(&mut g, spec()),
         Err(GuestError::NotEnoughMemory {
             needed: 1,
             available: 0
         })
     );
     g.0.builder.fail = false;
-    let d = g.start(spec()).unwrap();
+    let d = start(&mut g, spec()).unwrap();
     assert!(
-        matches!(g.start(spec()), Err(GuestError::Failed(_))),
+        matches!(start(&mut g, spec()), Err(GuestError::Failed(_))),
         "already running"
     );
     assert!(g.set_vcpus_online(d, 3).is_err());
@@ -336,7 +381,7 @@ fn failures_cross_the_seam_as_guest_errors() {
 #[test]
 fn unacknowledged_requests_and_vanished_domains_are_reported() {
     let mut g = guests();
-    let d = g.start(spec()).unwrap();
+    let d = start(&mut g, spec()).unwrap();
     g.request_shutdown(d, ShutdownRequest::PowerOff).unwrap();
     let deadline = Timeouts::default().shutdown_ack_ns;
     let h = &mut g.0;
@@ -410,7 +455,7 @@ fn disks_cross_the_seam_and_unplug_through_xenstored_watches() {
     let mut g = guests();
     let mut s = spec();
     s.disks = vec![xvd(0, Some("root-vdi"))];
-    let d = g.start(s).unwrap();
+    let d = start(&mut g, s).unwrap();
     assert_eq!(g.0.disks.0, ["start 8 51712 root-vdi"]);
     let be = "/local/domain/0/backend/vbd/8/51712";
     let fe = "/local/domain/8/device/vbd/51712";

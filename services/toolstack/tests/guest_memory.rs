@@ -27,7 +27,7 @@ use keel_xen::fake::FakeXen;
 use keel_xen::grant_table::{gtf, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
 use keel_xen::xenstore_ring::XenstoreDomainInterface;
 use keel_xen::xenstore_wire::{XsMessage, XsType};
-use keel_xenapi::guest::{BootSpec, GuestBackend};
+use keel_xenapi::guest::{BootImage, BootSpec, GuestBackend, KERNEL_HEAD_BYTES};
 use keel_xenstored::Xenstored;
 
 /// Counts the bytes this thread holds (the test is one thread; others' tests run beside).
@@ -136,6 +136,8 @@ type Host = SharedHost<
     Frames<XenconsInterface>,
 >;
 
+const RAMDISK: &[u8] = &[7; 5000];
+
 fn spec(i: usize, kernel: &[u8]) -> BootSpec {
     BootSpec {
         vm_uuid: format!("0a0b0c0d-0000-4000-8000-{i:012}"),
@@ -144,8 +146,8 @@ fn spec(i: usize, kernel: &[u8]) -> BootSpec {
         target_memory_bytes: 32 << 20,
         max_vcpus: 1,
         vcpus_at_startup: 1,
-        kernel: kernel.to_vec(),
-        ramdisk: Some(vec![7; 5000]),
+        kernel_size: kernel.len() as u64,
+        ramdisk_size: Some(RAMDISK.len() as u64),
         cmdline: "console=hvc0 quiet loglevel=4 keel_guest=idle".into(),
         paused: false,
         platform: vec![],
@@ -267,7 +269,16 @@ fn run(n: usize) -> Shares {
     }
     let mut backend = guests(&host);
     for (i, console_page) in console_pages.iter().enumerate().take(n) {
-        let domid = backend.start(spec(i, &kernel)).unwrap();
+        let spec = spec(i, &kernel);
+        let head = kernel.len().min(KERNEL_HEAD_BYTES);
+        let prepared = backend.prepare_start(&spec, &kernel[..head]).unwrap();
+        backend
+            .load_image(prepared, BootImage::Kernel, &kernel[head..])
+            .unwrap();
+        backend
+            .load_image(prepared, BootImage::Ramdisk, RAMDISK)
+            .unwrap();
+        let domid = backend.start(prepared, spec).unwrap();
         NOW_NS.fetch_add(1_000_000_000, Ordering::Relaxed);
         guest_xenstore_traffic(
             &mut host.borrow_mut().xenstored,

@@ -11,12 +11,11 @@ use std::collections::BTreeMap;
 use common::FakeConsoles;
 use keel_domain_builder::elf_load::testimage::pvh_elf64;
 use keel_domain_builder::fake::FakeHoles;
-use keel_domain_builder::{BuildError, BuildOptions, KernelError};
-use keel_toolstack::pvh::guest_error;
+use keel_domain_builder::{BuildError, BuildOptions, FeedError, KernelError, PROBE_BYTES};
 use keel_toolstack::*;
 use keel_xen::domctl::dominf;
 use keel_xen::fake::FakeXen;
-use keel_xenapi::guest::{BootSpec, GuestError};
+use keel_xenapi::guest::{BootImage, BootSpec};
 use keel_xenstored::Xenstored;
 
 const HOLES: u64 = 0x20000;
@@ -35,7 +34,9 @@ impl StoreRings for Rings {
     }
 }
 
-fn spec(kernel: Vec<u8>) -> BootSpec {
+const RAMDISK: &[u8] = &[7; 5000];
+
+fn spec(kernel: &[u8]) -> BootSpec {
     BootSpec {
         vm_uuid: "0a0b0c0d-0000-4000-8000-000000000002".into(),
         name: "tiny".into(),
@@ -43,8 +44,8 @@ fn spec(kernel: Vec<u8>) -> BootSpec {
         target_memory_bytes: 32 << 20,
         max_vcpus: 1,
         vcpus_at_startup: 1,
-        kernel,
-        ramdisk: Some(vec![7; 5000]),
+        kernel_size: kernel.len() as u64,
+        ramdisk_size: Some(RAMDISK.len() as u64),
         cmdline: "console=hvc0".into(),
         paused: false,
         platform: vec![],
@@ -64,12 +65,8 @@ fn a_boot_spec_is_built_introduced_attached_started_and_destroyed() {
     let mut consoles = FakeConsoles::default();
     let mut toolstack = Toolstack::new(Timeouts::default());
     let control = XenControl(&xen);
-    let spec = spec(pvh_elf64(
-        0x100_0000,
-        &[0x90; 4096],
-        0x1000,
-        Some(0x100_0000),
-    ));
+    let kernel = pvh_elf64(0x100_0000, &[0x90; 4096], 0x1000, Some(0x100_0000));
+    let spec = spec(&kernel);
     let request = StartRequest {
         uuid: keel_toolstack::xenapi::parse_uuid(&spec.vm_uuid).unwrap(),
         name: &spec.name,
@@ -86,7 +83,11 @@ fn a_boot_spec_is_built_introduced_attached_started_and_destroyed() {
             hv: &xen,
             holes: &mut holes,
             options: BuildOptions::default(),
+            prepared: None,
         };
+        builder
+            .prepare_whole(&spec, &kernel, Some(RAMDISK))
+            .unwrap();
         let mut store = LocalStore {
             xenstored: &mut xs,
             client,
@@ -145,26 +146,46 @@ fn a_boot_spec_is_built_introduced_attached_started_and_destroyed() {
 }
 
 #[test]
-fn a_bad_kernel_is_an_invalid_image_and_leaves_nothing() {
+fn a_bad_kernel_is_refused_and_leaves_nothing() {
     let xen = FakeXen::with_dom0_holes(HOLES, HOLE_FRAMES);
+    let free_before = xen.free_pages();
     let mut holes = FakeHoles::new(&xen);
-    let bad = spec(b"not a kernel at all".to_vec());
+    let not_a_kernel = b"not a kernel at all";
+    let bad = spec(not_a_kernel);
     let mut builder = PvhBuilder {
         hv: &xen,
         holes: &mut holes,
         options: BuildOptions::default(),
+        prepared: None,
     };
-    let err = builder.build(&bad).unwrap_err();
     assert_eq!(
-        err,
-        PvhError::Build(BuildError::Kernel(KernelError::NotAKernel))
+        builder.prepare_whole(&bad, not_a_kernel, None),
+        Err(PvhError::Build(BuildError::Kernel(KernelError::NotAKernel)))
     );
-    assert!(matches!(
-        guest_error(&err, &bad, 1 << 30),
-        GuestError::InvalidImage { .. }
-    ));
     assert_eq!(xen.domain_ids(), Vec::<u16>::new());
-    let mut no_uuid = spec(vec![]);
+    let mut no_uuid = spec(not_a_kernel);
     no_uuid.vm_uuid = "x".into();
-    assert_eq!(builder.build(&no_uuid), Err(PvhError::Uuid));
+    assert_eq!(
+        builder.prepare_whole(&no_uuid, not_a_kernel, None),
+        Err(PvhError::Uuid)
+    );
+    // Nothing prepared: nothing to build.
+    assert_eq!(builder.build(&bad), Err(PvhError::NotPrepared));
+    // A kernel cut short is found at its end: the domain that existed meanwhile is gone.
+    let kernel = pvh_elf64(0x100_0000, &[0x90; 80_000], 0x1000, Some(0x100_0000));
+    let short = spec(&kernel);
+    let mut build = builder.prepare(&short, &kernel[..PROBE_BYTES]).unwrap();
+    assert_eq!(xen.domain_ids().len(), 1);
+    let err = builder
+        .load(
+            &mut build,
+            BootImage::Kernel,
+            &kernel[PROBE_BYTES..kernel.len() - 10],
+        )
+        .and_then(|()| builder.load(&mut build, BootImage::Ramdisk, RAMDISK))
+        .unwrap_err();
+    assert_eq!(err, BuildError::Feed(FeedError::KernelIncomplete));
+    assert!(matches!(builder.abort(build, err), PvhError::Build(_)));
+    assert_eq!(xen.domain_ids(), Vec::<u16>::new());
+    assert_eq!(xen.free_pages(), free_before, "Xen memory back");
 }

@@ -51,6 +51,9 @@ pub trait Job {
     fn cancel(&mut self) -> bool {
         true
     }
+    /// The job is being dropped before it ended (its task was destroyed, or cancelled at
+    /// once): release what it holds outside itself (a half-built domain, busy marks).
+    fn abandon(&mut self, _ctx: &mut CallContext<'_>) {}
 }
 
 pub enum JobStep {

@@ -24,10 +24,16 @@
 //! `clean_shutdown` / `clean_reboot` is waiting for exactly this exit. The toolstack must not
 //! destroy a shut-down domain itself: the VM's actions decide (`preserve` keeps it).
 //!
-//! # Boot images
-//! `VM.PV_kernel` and `VM.PV_ramdisk` name VDIs (`vdi:<VDI uuid>`, see docs/guests.md). The
-//! XenAPI reads them from the storage manager in bounded steps and hands the bytes over in
-//! the [`BootSpec`], so the toolstack never needs the storage manager.
+//! # Boot images, a piece per step
+//! `VM.PV_kernel` and `VM.PV_ramdisk` name VDIs (`vdi:<VDI uuid>`, see docs/guests.md). A
+//! start is prepared, fed and finished: [`GuestBackend::prepare_start`] with the kernel's
+//! first [`KERNEL_HEAD_BYTES`] (the backend refuses what is not a kernel, then creates the
+//! domain paused), [`GuestBackend::load_image`] with the rest of the kernel and then the
+//! ramdisk, in file order, a bounded piece per XenAPI job step (the backend loads each
+//! piece into the guest as it arrives, decompressing on the way), and
+//! [`GuestBackend::start`]. So the toolstack never needs the storage manager, no whole
+//! image is ever in the control domain's memory, and no step holds the host for longer than
+//! its piece takes.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -52,10 +58,13 @@ pub struct BootSpec {
     pub max_vcpus: u32,
     /// vCPUs online at boot (`VCPUs_at_startup`); the rest are offline (`cpu/<n>/availability`).
     pub vcpus_at_startup: u32,
-    /// The kernel image: an ELF with a PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`).
-    pub kernel: Vec<u8>,
-    /// The initial ramdisk, loaded as module 0, if any.
-    pub ramdisk: Option<Vec<u8>>,
+    /// Size in bytes of the kernel image (a PVH ELF, or a bzImage whose payload is one);
+    /// its bytes arrive through [`GuestBackend::prepare_start`] and
+    /// [`GuestBackend::load_image`].
+    pub kernel_size: u64,
+    /// Size in bytes of the initial ramdisk (module 0), if any; its bytes arrive after the
+    /// kernel's.
+    pub ramdisk_size: Option<u64>,
     /// The kernel command line (`PV_args`).
     pub cmdline: String,
     /// Leave the domain paused after building it (`VM.start(start_paused=true)`).
@@ -208,16 +217,53 @@ impl GuestError {
     }
 }
 
+/// The kernel bytes [`GuestBackend::prepare_start`] is given: enough for a bzImage's setup
+/// header and the first bytes of its payload (keel-domain-builder's `PROBE_BYTES`).
+pub const KERNEL_HEAD_BYTES: usize = 64 << 10;
+
+/// A start between [`GuestBackend::prepare_start`] and [`GuestBackend::start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PreparedStart(pub u64);
+
+/// Which boot image [`GuestBackend::load_image`] is given bytes of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootImage {
+    Kernel,
+    Ramdisk,
+}
+
 /// The toolstack, as the XenAPI uses it. See the module documentation for the reports that
 /// must come back through [`crate::XenApi`].
 pub trait GuestBackend {
     /// Bytes of host memory free for new domains now.
     fn free_memory(&self) -> u64;
 
-    /// Builds a PVH domain from `spec` (memory, vCPUs, kernel, ramdisk, command line,
-    /// xenstore entries, console), and unpauses it unless `spec.paused`. Returns its domid.
-    /// On failure nothing of the domain is left behind.
-    fn start(&mut self, spec: BootSpec) -> Result<DomId, GuestError>;
+    /// Begins a start: checks `spec`, refuses a kernel whose head (`kernel_head`: its first
+    /// `min(kernel_size, KERNEL_HEAD_BYTES)` bytes, which also count as its first bytes
+    /// loaded) is not one, and creates the domain, paused, with its memory.
+    fn prepare_start(
+        &mut self,
+        spec: &BootSpec,
+        kernel_head: &[u8],
+    ) -> Result<PreparedStart, GuestError>;
+
+    /// The next bytes of `image`, in file order: the whole kernel first, then the ramdisk.
+    /// Work is proportional to `bytes`. After an error the prepared start is gone.
+    fn load_image(
+        &mut self,
+        start: PreparedStart,
+        image: BootImage,
+        bytes: &[u8],
+    ) -> Result<(), GuestError>;
+
+    /// Finishes the prepared start once both images are in: the domain's last pieces, its
+    /// xenstore entries, console and disks; unpauses it unless `spec.paused`. Returns its
+    /// domid. On failure nothing of the domain is left behind.
+    fn start(&mut self, start: PreparedStart, spec: BootSpec) -> Result<DomId, GuestError>;
+
+    /// Gives up a prepared start: its domain is destroyed. An unknown or finished one is
+    /// ignored.
+    fn abandon_start(&mut self, start: PreparedStart);
 
     /// Asks the guest to power off or reboot by writing `control/shutdown`. Returns once
     /// the request is written; report the guest's acknowledgement (it clears the key) with

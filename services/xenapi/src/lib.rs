@@ -55,7 +55,8 @@ pub use dispatch::{Args, CallContext, CallOutcome, Job, JobStep, Outcome};
 pub use error::ApiError;
 pub use error_network::NetworkError;
 pub use guest::{
-    BootSpec, DiskSpec, DiskVdi, DomId, ExitReason, GuestBackend, GuestError, ShutdownRequest,
+    BootImage, BootSpec, DiskSpec, DiskVdi, DomId, ExitReason, GuestBackend, GuestError,
+    PreparedStart, ShutdownRequest, KERNEL_HEAD_BYTES,
 };
 pub use handlers::vbd_metrics::DiskIoSample;
 pub use handlers::vm_power::ShutdownFailure;

@@ -83,15 +83,22 @@ fn evict_finished(ctx: &mut CallContext<'_>, now: Timestamp) -> Result<(), ApiEr
     Ok(())
 }
 
+/// Drops `task`'s job, if it still has one, letting it release what it holds.
+pub fn discard_job(ctx: &mut CallContext<'_>, task: &str) {
+    if let Some(mut job) = ctx.state.jobs.remove(task) {
+        job.abandon(ctx);
+    }
+}
+
 /// Record a task's end.
 pub fn complete(
     ctx: &mut CallContext<'_>,
     task: &str,
     result: Result<Value, ApiError>,
 ) -> Result<(), ApiError> {
+    discard_job(ctx, task);
     let now = ctx.now;
     let state = &mut *ctx.state;
-    state.jobs.remove(task);
     let mut changes = vec![
         ("progress", Value::Float(1.0)),
         ("finished", Value::DateTime(now.to_xapi_datetime())),
@@ -191,6 +198,8 @@ pub fn run(ctx: &mut CallContext<'_>) -> usize {
                 // the task; only keep it if the task still exists.
                 if ctx.state.db.is_a(&task, "task") {
                     ctx.state.jobs.insert(task, job);
+                } else {
+                    job.abandon(ctx);
                 }
             }
             JobStep::Done(v) => consistent(complete(ctx, &task, Ok(v))),

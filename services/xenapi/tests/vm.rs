@@ -309,8 +309,8 @@ fn a_template_clone_starts_and_shuts_down_cleanly() {
     assert_eq!(h.power(&vm), "Running");
     let domid = h.domid(&vm);
     let domain = h.guests.domain(domid).expect("domain built");
-    assert!(domain.spec.kernel.starts_with(KERNEL));
-    assert!(domain.spec.ramdisk.as_ref().unwrap().starts_with(RAMDISK));
+    assert!(domain.kernel.starts_with(KERNEL));
+    assert!(domain.ramdisk.as_ref().unwrap().starts_with(RAMDISK));
     assert_eq!(domain.spec.cmdline, "console=hvc0 quiet");
     assert_eq!(domain.spec.max_memory_bytes, 256 * MIB);
     assert!(!domain.paused);
@@ -860,10 +860,11 @@ fn pygrub_boots_the_hosts_grub_with_the_vms_own_disk() {
         vec![s(&vm), Value::Bool(false), Value::Bool(false)],
     );
     let domid = h.domid(&vm);
-    let spec = h.guests.domain(domid).unwrap().spec;
-    assert_eq!(&spec.kernel[..GRUB.len()], GRUB);
-    assert_eq!(spec.kernel.len(), 512, "the VDI's whole content");
-    assert_eq!(spec.ramdisk, None);
+    let domain = h.guests.domain(domid).unwrap();
+    assert_eq!(&domain.kernel[..GRUB.len()], GRUB);
+    assert_eq!(domain.kernel.len(), 512, "the VDI's whole content");
+    assert_eq!(domain.ramdisk, None);
+    let spec = domain.spec;
     assert_eq!(spec.cmdline, "console=hvc0 for-grub");
     assert_eq!(spec.disks.len(), 1);
     assert_eq!(spec.disks[0].device, "xvda");
@@ -1127,8 +1128,9 @@ fn a_pending_event_from_wakes_when_a_guest_stops_by_itself() {
     assert!(of("vm_metrics", &metrics, "mod"));
 }
 
-/// Images are read a few MiB per step with the task's progress moving; `task.cancel` stops
-/// the start at its next step and leaves the VM halted and free.
+/// Images are read and handed to the backend a bounded piece per step with the task's
+/// progress moving; `task.cancel` stops the start at its next step, gives the backend's
+/// half-built domain up, and leaves the VM halted and free; so does `task.destroy`.
 #[test]
 fn a_start_reads_its_images_in_steps_and_can_be_cancelled() {
     let mut h = host();
@@ -1158,13 +1160,38 @@ fn a_start_reads_its_images_in_steps_and_can_be_cancelled() {
         Value::empty_struct()
     );
     assert!(h.guests.domids().is_empty());
+    let free_memory = h.guests.free_memory_now();
+    {
+        let backend = h.guests.0.borrow();
+        assert!(
+            backend.prepared.is_empty(),
+            "the prepared start was abandoned"
+        );
+        assert!(backend.calls.iter().any(|c| c.starts_with("abandon_start")));
+    }
+
+    // A task destroyed mid-start: nobody waits for it, and nothing of it stays.
+    let task = start(&mut h);
+    h.api.run_tasks(h.now);
+    h.api.run_tasks(h.now);
+    assert_eq!(h.guests.0.borrow().prepared.len(), 1);
+    h.ok("task.destroy", vec![s(&task)]);
+    assert!(h.guests.0.borrow().prepared.is_empty());
+    assert_eq!(h.guests.free_memory_now(), free_memory);
+    assert_eq!(
+        h.get("VM", &vm, "current_operations"),
+        Value::empty_struct()
+    );
 
     let task = start(&mut h);
     h.run();
     assert_eq!(h.task_status(&task), "success");
     let domid = h.domid(&vm);
     let domain = h.guests.domain(domid).unwrap();
-    assert_eq!(domain.spec.kernel, kernel, "the whole image, in order");
+    assert_eq!(domain.kernel, kernel, "the whole image, in order");
+    // No step hands the backend more than a bounded piece: no whole image in one call.
+    let largest = h.guests.0.borrow().largest_piece;
+    assert!(largest <= 256 << 10, "{largest} bytes in one step");
 }
 
 /// A restart on a full host waits for Xen to return the old domain's memory (it does so

@@ -19,7 +19,7 @@ pub fn task_create(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, Ap
 /// `task.destroy(session, self)`.
 pub fn task_destroy(ctx: &mut CallContext<'_>, args: &Args) -> Result<Outcome, ApiError> {
     let task = args.str(0)?.to_string();
-    ctx.state.jobs.remove(&task);
+    tasks::discard_job(ctx, &task);
     ctx.state.sync_tasks.remove(&task);
     ctx.state.sync_results.remove(&task);
     let now = ctx.now;

@@ -127,6 +127,14 @@ impl Job for CopyJob {
         JobStep::Done(Value::String(self.dest.vdi.clone()))
     }
 
+    fn abandon(&mut self, ctx: &mut CallContext<'_>) {
+        // The task is gone: no one reads the result, but the half copy must go too.
+        let cancelled = ApiError::TaskCancelled {
+            task: self.key.clone(),
+        };
+        let _failed: JobStep = self.discard(ctx.state, ctx.now, cancelled);
+    }
+
     fn cancel(&mut self) -> bool {
         // Stop at the next step, which removes the partial copy.
         self.cancelled = true;

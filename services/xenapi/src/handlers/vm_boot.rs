@@ -17,7 +17,7 @@ use super::vm_domain::guests;
 use super::vm_rules::{check_memory, int_field, text, MAX_VCPUS};
 use crate::api::State;
 use crate::error::ApiError;
-use crate::guest::BootSpec;
+use crate::guest::{BootImage, BootSpec, PreparedStart, KERNEL_HEAD_BYTES};
 use crate::store::Db;
 use crate::value::Value;
 
@@ -25,8 +25,10 @@ use crate::value::Value;
 pub const MAX_KERNEL_BYTES: u64 = 64 << 20;
 /// Largest initial ramdisk loaded.
 pub const MAX_RAMDISK_BYTES: u64 = 512 << 20;
-/// Image bytes read from the storage manager per job step.
-const LOAD_PER_STEP: u64 = 4 << 20;
+/// Image bytes read from the storage manager and handed to the backend per job step: the
+/// backend loads (and decompresses) them within the step, so this bounds how long a step
+/// holds the host (an xz kernel's 256 KiB decode to about 2 MiB).
+const LOAD_PER_STEP: u64 = 256 << 10;
 /// Prefix of `PV_kernel` / `PV_ramdisk` values naming a VDI.
 pub const VDI_PREFIX: &str = "vdi:";
 
@@ -231,8 +233,8 @@ pub(crate) fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<Boo
         target_memory_bytes: dynamic_max as u64,
         max_vcpus: vcpus_max as u32,
         vcpus_at_startup: vcpus_at_startup as u32,
-        kernel: Vec::new(),
-        ramdisk: None,
+        kernel_size: kernel.size,
+        ramdisk_size: ramdisk.as_ref().map(|r| r.size),
         cmdline: text(db, vm, "PV_args"),
         paused,
         platform: string_pairs(db, vm, "platform"),
@@ -251,39 +253,34 @@ pub(crate) fn plan_boot(state: &mut State, vm: &str, paused: bool) -> Result<Boo
     })
 }
 
-/// Image data being read.
+/// Image data being read and handed to the backend, a piece per job step.
 pub(crate) struct Loading {
     plan: BootPlan,
-    kernel: Vec<u8>,
-    ramdisk: Vec<u8>,
+    /// The backend's start, once the kernel's head went to it.
+    prepared: Option<PreparedStart>,
+    kernel_loaded: u64,
+    ramdisk_loaded: u64,
+    /// One step's piece, reserved once.
+    piece: Vec<u8>,
 }
 
 impl Loading {
     pub(crate) fn new(vm: &str, plan: BootPlan) -> Result<Loading, ApiError> {
-        let reserve = |source: &ImageSource| {
-            let mut buffer = Vec::new();
-            buffer
-                .try_reserve_exact(source.size as usize)
-                .map_err(|_| {
-                    boot_failed(
-                        vm,
-                        format!(
-                            "not enough memory in the control domain to load {} ({} bytes)",
-                            source.field, source.size
-                        ),
-                    )
-                })?;
-            Ok::<_, ApiError>(buffer)
-        };
-        let kernel = reserve(&plan.kernel)?;
-        let ramdisk = match &plan.ramdisk {
-            Some(source) => reserve(source)?,
-            None => Vec::new(),
-        };
+        let mut piece = Vec::new();
+        piece
+            .try_reserve_exact(LOAD_PER_STEP.max(KERNEL_HEAD_BYTES as u64) as usize)
+            .map_err(|_| {
+                boot_failed(
+                    vm,
+                    "not enough memory in the control domain to read the boot images".to_string(),
+                )
+            })?;
         Ok(Loading {
             plan,
-            kernel,
-            ramdisk,
+            prepared: None,
+            kernel_loaded: 0,
+            ramdisk_loaded: 0,
+            piece,
         })
     }
 
@@ -292,33 +289,26 @@ impl Loading {
     }
 
     pub(crate) fn loaded(&self) -> u64 {
-        (self.kernel.len() + self.ramdisk.len()) as u64
+        self.kernel_loaded + self.ramdisk_loaded
     }
 
-    /// Reads up to [`LOAD_PER_STEP`] more bytes; true once both images are in memory.
-    pub(crate) fn load_some(&mut self, state: &mut State, vm: &str) -> Result<bool, ApiError> {
-        let (source, buffer) = if (self.kernel.len() as u64) < self.plan.kernel.size {
-            (&self.plan.kernel, &mut self.kernel)
-        } else if let Some(r) = self
-            .plan
-            .ramdisk
-            .as_ref()
-            .filter(|r| (self.ramdisk.len() as u64) < r.size)
-        {
-            (r, &mut self.ramdisk)
-        } else {
-            return Ok(true);
-        };
-        let offset = buffer.len() as u64;
-        let n = (source.size - offset).min(LOAD_PER_STEP) as usize;
-        buffer.resize(buffer.len() + n, 0);
+    /// Reads `len` bytes of `source` at `offset` into the piece buffer.
+    fn read(
+        piece: &mut Vec<u8>,
+        state: &mut State,
+        vm: &str,
+        source: &ImageSource,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), ApiError> {
+        piece.clear();
+        piece.resize(len, 0);
         let storage = state.storage.as_deref_mut().ok_or_else(|| {
             boot_failed(
                 vm,
                 format!("{}: this host has no storage to read it from", source.field),
             )
         })?;
-        let piece = buffer.get_mut(offset as usize..).unwrap_or_default();
         storage
             .read(&source.at.sr_uuid, &source.at.vdi_uuid, offset, piece)
             .map_err(|e| {
@@ -329,17 +319,87 @@ impl Loading {
                         source.field, source.at.vdi_uuid
                     ),
                 )
-            })?;
-        Ok(false)
+            })
     }
 
-    /// The spec to build, its disks checked again now (another VM may have attached one of
-    /// them while the images were read).
-    pub(crate) fn into_spec(self, db: &Db, vm: &str) -> Result<BootSpec, ApiError> {
-        let mut spec = self.plan.spec;
-        spec.kernel = self.kernel;
-        spec.ramdisk = self.plan.ramdisk.is_some().then_some(self.ramdisk);
-        spec.disks = super::vbd::plan_disks(db, vm)?;
-        Ok(spec)
+    /// One step: the kernel's head to `GuestBackend::prepare_start`, or up to
+    /// [`LOAD_PER_STEP`] more image bytes to `GuestBackend::load_image`. True once both
+    /// images are in. After an error nothing is left to abandon.
+    pub(crate) fn load_some(&mut self, state: &mut State, vm: &str) -> Result<bool, ApiError> {
+        let kernel = &self.plan.kernel;
+        let Some(prepared) = self.prepared else {
+            let n = kernel.size.min(KERNEL_HEAD_BYTES as u64);
+            Self::read(&mut self.piece, state, vm, kernel, 0, n as usize)?;
+            let prepared = guests(state)?
+                .prepare_start(&self.plan.spec, &self.piece)
+                .map_err(|e| e.to_api_error(vm))?;
+            self.prepared = Some(prepared);
+            self.kernel_loaded = n;
+            return Ok(false);
+        };
+        let (source, image, loaded) = if self.kernel_loaded < kernel.size {
+            (kernel, BootImage::Kernel, &mut self.kernel_loaded)
+        } else if let Some(r) = self
+            .plan
+            .ramdisk
+            .as_ref()
+            .filter(|r| self.ramdisk_loaded < r.size)
+        {
+            (r, BootImage::Ramdisk, &mut self.ramdisk_loaded)
+        } else {
+            return Ok(true);
+        };
+        let n = (source.size - *loaded).min(LOAD_PER_STEP);
+        let read = Self::read(&mut self.piece, state, vm, source, *loaded, n as usize);
+        let fed = read.and_then(|()| {
+            guests(state)?
+                .load_image(prepared, image, &self.piece)
+                .map_err(|e| e.to_api_error(vm))
+        });
+        match fed {
+            Ok(()) => {
+                *loaded += n;
+                Ok(false)
+            }
+            Err(e) => {
+                // A failed load_image drops the start itself; a failed read does not.
+                self.abandon(state);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the backend's start up, if there is one.
+    pub(crate) fn abandon(&mut self, state: &mut State) {
+        if let Some(prepared) = self.prepared.take() {
+            if let Ok(backend) = guests(state) {
+                backend.abandon_start(prepared);
+            }
+        }
+    }
+
+    /// The prepared start and the spec to finish it with, its disks checked again now
+    /// (another VM may have attached one of them while the images were read). On error the
+    /// start is abandoned.
+    pub(crate) fn into_start(
+        mut self,
+        state: &mut State,
+        vm: &str,
+    ) -> Result<(PreparedStart, BootSpec), ApiError> {
+        let disks = super::vbd::plan_disks(&state.db, vm);
+        match (self.prepared.take(), disks) {
+            (Some(prepared), Ok(disks)) => {
+                let mut spec = self.plan.spec;
+                spec.disks = disks;
+                Ok((prepared, spec))
+            }
+            (prepared, result) => {
+                self.prepared = prepared;
+                self.abandon(state);
+                Err(result.err().unwrap_or_else(|| ApiError::InternalError {
+                    message: "VM.start: the images were not loaded".to_string(),
+                }))
+            }
+        }
     }
 }

@@ -43,6 +43,7 @@ use crate::api::State;
 use crate::dispatch::{Args, CallContext, Job, JobStep, Outcome};
 use crate::error::ApiError;
 use crate::guest::{DomId, ExitReason, ShutdownRequest};
+use crate::store::consistent;
 use crate::time::Timestamp;
 use crate::value::Value;
 
@@ -124,9 +125,13 @@ impl PowerJob {
         let vm = self.vm.clone();
         let phase = core::mem::replace(&mut self.phase, Phase::Plan { first_try: None });
         if self.cancelled && !matches!(phase, Phase::Ask(_)) {
-            if let Phase::AwaitAck { domid, .. } | Phase::AwaitExit { domid, .. } = phase {
-                // The guest may still stop; its actions_after_* then apply as usual.
-                state.shutdowns.remove(&domid);
+            match phase {
+                Phase::AwaitAck { domid, .. } | Phase::AwaitExit { domid, .. } => {
+                    // The guest may still stop; its actions_after_* then apply as usual.
+                    state.shutdowns.remove(&domid);
+                }
+                Phase::Load(mut loading) => loading.abandon(state),
+                _ => {}
             }
             return Err(ApiError::TaskCancelled {
                 task: self.key.clone(),
@@ -238,14 +243,14 @@ impl PowerJob {
                     self.phase = Phase::Load(loading);
                     return Ok(false);
                 }
-                let mut spec = loading.into_spec(&state.db, &vm)?;
+                let (prepared, mut spec) = loading.into_start(state, &vm)?;
                 let (paused, vcpus) = (spec.paused, spec.vcpus_at_startup);
                 // The guest must find its network interfaces when it boots (its DHCP client
                 // runs early): the domain stays paused until its VIFs are attached.
                 let hold = !paused && super::vif::has_vifs(&state.db, &vm);
                 spec.paused |= hold;
                 let domid = guests(state)?
-                    .start(spec)
+                    .start(prepared, spec)
                     .map_err(|e| e.to_api_error(&vm))?;
                 record_started(state, &vm, domid, paused, vcpus, now)?;
                 if hold {
@@ -298,6 +303,28 @@ impl Job for PowerJob {
         // Stop at the next step, which releases the VM.
         self.cancelled = true;
         false
+    }
+
+    fn abandon(&mut self, ctx: &mut CallContext<'_>) {
+        let phase = core::mem::replace(&mut self.phase, Phase::Plan { first_try: None });
+        match phase {
+            Phase::Load(mut loading) => loading.abandon(ctx.state),
+            Phase::AwaitAck { domid, .. } | Phase::AwaitExit { domid, .. } => {
+                ctx.state.shutdowns.remove(&domid);
+            }
+            _ => {}
+        }
+        // The VM is no longer busy with this task.
+        if ctx.state.db.is_a(&self.vm, "VM") {
+            let now = ctx.now;
+            consistent(mark_operation(
+                &mut ctx.state.db,
+                &self.vm,
+                &self.key,
+                None,
+                now,
+            ));
+        }
     }
 }
 

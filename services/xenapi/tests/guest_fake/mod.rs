@@ -8,11 +8,17 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use keel_xenapi::{BootSpec, DiskSpec, DiskVdi, DomId, GuestBackend, GuestError, ShutdownRequest};
+use keel_xenapi::{
+    BootImage, BootSpec, DiskSpec, DiskVdi, DomId, GuestBackend, GuestError, PreparedStart,
+    ShutdownRequest, KERNEL_HEAD_BYTES,
+};
 
 #[derive(Clone, Debug)]
 pub struct FakeDomain {
     pub spec: BootSpec,
+    /// The images as the backend received them.
+    pub kernel: Vec<u8>,
+    pub ramdisk: Option<Vec<u8>>,
     pub paused: bool,
     /// What `control/shutdown` holds, until the test acknowledges for the guest.
     pub shutdown_request: Option<ShutdownRequest>,
@@ -36,6 +42,19 @@ pub struct State {
     /// Destroyed domains' memory goes to `held_memory` instead of `free_memory`.
     pub hold_returned_memory: bool,
     pub held_memory: u64,
+    /// Starts between prepare_start and start (their memory is taken).
+    pub prepared: BTreeMap<u64, Prepared>,
+    pub next_prepared: u64,
+    /// Most image bytes one load_image call was given.
+    pub largest_piece: usize,
+}
+
+/// A start being prepared.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub spec: BootSpec,
+    pub kernel: Vec<u8>,
+    pub ramdisk: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -76,25 +95,87 @@ impl GuestBackend for FakeGuests {
         self.0.borrow().free_memory
     }
 
-    fn start(&mut self, spec: BootSpec) -> Result<DomId, GuestError> {
+    fn prepare_start(
+        &mut self,
+        spec: &BootSpec,
+        kernel_head: &[u8],
+    ) -> Result<PreparedStart, GuestError> {
         let mut state = self.0.borrow_mut();
-        if let Some(e) = state.fail_next_start.take() {
-            return Err(e);
-        }
         if spec.max_memory_bytes > state.free_memory {
             return Err(GuestError::NotEnoughMemory {
                 needed: spec.max_memory_bytes,
                 available: state.free_memory,
             });
         }
-        if !spec.kernel.starts_with(b"\x7fELF") {
+        let expected_head = spec.kernel_size.min(KERNEL_HEAD_BYTES as u64) as usize;
+        assert_eq!(kernel_head.len(), expected_head, "the kernel's head");
+        if !kernel_head.starts_with(b"\x7fELF") {
             return Err(GuestError::InvalidImage {
                 reason: "PV_kernel is not an ELF image".into(),
             });
         }
+        state.free_memory -= spec.max_memory_bytes;
+        let id = state.next_prepared;
+        state.next_prepared += 1;
+        state.calls.push(format!("prepare_start {id}"));
+        let prepared = Prepared {
+            spec: spec.clone(),
+            kernel: kernel_head.to_vec(),
+            ramdisk: Vec::new(),
+        };
+        state.prepared.insert(id, prepared);
+        Ok(PreparedStart(id))
+    }
+
+    fn load_image(
+        &mut self,
+        start: PreparedStart,
+        image: BootImage,
+        bytes: &[u8],
+    ) -> Result<(), GuestError> {
+        let mut state = self.0.borrow_mut();
+        state.largest_piece = state.largest_piece.max(bytes.len());
+        let p = state
+            .prepared
+            .get_mut(&start.0)
+            .ok_or(GuestError::Failed("no such prepared start".into()))?;
+        match image {
+            BootImage::Kernel => {
+                assert!(p.ramdisk.is_empty(), "kernel bytes after the ramdisk's");
+                p.kernel.extend_from_slice(bytes);
+                assert!(p.kernel.len() as u64 <= p.spec.kernel_size);
+            }
+            BootImage::Ramdisk => {
+                assert_eq!(p.kernel.len() as u64, p.spec.kernel_size, "ramdisk early");
+                p.ramdisk.extend_from_slice(bytes);
+                assert!(Some(p.ramdisk.len() as u64) <= p.spec.ramdisk_size);
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, start: PreparedStart, spec: BootSpec) -> Result<DomId, GuestError> {
+        let mut state = self.0.borrow_mut();
+        let prepared = state
+            .prepared
+            .remove(&start.0)
+            .ok_or(GuestError::Failed("no such prepared start".into()))?;
+        if let Some(e) = state.fail_next_start.take() {
+            state.free_memory += prepared.spec.max_memory_bytes;
+            return Err(e);
+        }
+        assert_eq!(
+            prepared.kernel.len() as u64,
+            spec.kernel_size,
+            "the whole kernel"
+        );
+        assert_eq!(
+            spec.ramdisk_size,
+            spec.ramdisk_size.map(|_| prepared.ramdisk.len() as u64),
+            "the whole ramdisk"
+        );
         let domid = state.next_domid;
         state.next_domid += 1;
-        state.free_memory -= spec.max_memory_bytes;
         state.calls.push(format!("start {domid}"));
         let domain = FakeDomain {
             paused: spec.paused,
@@ -103,10 +184,20 @@ impl GuestBackend for FakeGuests {
             vcpus_online: spec.vcpus_at_startup,
             disks: spec.disks.iter().map(|d| (d.devid, d.clone())).collect(),
             unplugged: Vec::new(),
+            kernel: prepared.kernel,
+            ramdisk: spec.ramdisk_size.map(|_| prepared.ramdisk),
             spec,
         };
         state.domains.insert(domid, domain);
         Ok(domid)
+    }
+
+    fn abandon_start(&mut self, start: PreparedStart) {
+        let mut state = self.0.borrow_mut();
+        if let Some(p) = state.prepared.remove(&start.0) {
+            state.free_memory += p.spec.max_memory_bytes;
+            state.calls.push(format!("abandon_start {}", start.0));
+        }
     }
 
     fn request_shutdown(
