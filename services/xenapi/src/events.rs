@@ -21,6 +21,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 
 use crate::error::ApiError;
+use crate::schema::ClassDecl;
 use crate::time::Timestamp;
 use crate::value::Value;
 
@@ -132,10 +133,12 @@ impl EventLog {
         self.last_id
     }
 
+    /// Appends an event about `reference`, an object of `class`, whose record is now (or,
+    /// for `del`, was) `snapshot`.
     pub fn push(
         &mut self,
         timestamp: Timestamp,
-        class: &'static str,
+        class: &'static ClassDecl,
         operation: Operation,
         reference: String,
         snapshot: Value,
@@ -147,10 +150,10 @@ impl EventLog {
         self.history.push_back(Event {
             id: self.last_id,
             timestamp,
-            class,
+            class: class.name,
             operation,
             reference,
-            snapshot: Snapshot::new(&snapshot),
+            snapshot: Snapshot::new(&snapshot, class.fields),
         });
         self.last_id
     }
@@ -178,7 +181,7 @@ mod tests {
         for _ in 0..n {
             log.push(
                 Timestamp::default(),
-                "pool",
+                &crate::classes::POOL,
                 Operation::Mod,
                 "r".into(),
                 Value::Nil,

@@ -375,7 +375,7 @@ impl Db {
         let snapshot = self.record(reference).unwrap_or(Value::Nil);
         Some(
             self.events
-                .push(now, class.name, op, reference.to_string(), snapshot),
+                .push(now, class, op, reference.to_string(), snapshot),
         )
     }
 

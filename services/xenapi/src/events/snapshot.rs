@@ -8,14 +8,17 @@
 //!
 //! The encoding (private to this process, never stored or sent): one tag byte per value —
 //! nil, false, true, int (zigzag LEB128), float (8 bytes LE), string and dateTime (LEB128
-//! length, UTF-8 bytes), array (LEB128 count, items), struct (LEB128 count, then key as a
-//! string without tag, value).
+//! length, UTF-8 bytes), array (LEB128 count, items), struct (LEB128 count, then per field
+//! its key and value). A key that is one of the class's declared fields is its index
+//! (LEB128 of 2 × index + 1), any other its text (LEB128 of 2 × length, then the bytes):
+//! a record's field names, most of its bytes, are never copied.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::schema::FieldDecl;
 use crate::value::Value;
 
 const NIL: u8 = 0;
@@ -28,32 +31,47 @@ const DATE_TIME: u8 = 6;
 const ARRAY: u8 = 7;
 const STRUCT: u8 = 8;
 
-/// A [`Value`] kept encoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot(Box<[u8]>);
+/// A [`Value`] kept encoded, with the field names of its class.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    bytes: Box<[u8]>,
+    fields: &'static [FieldDecl],
+}
+
+/// Equal when they stand for the same value (whatever dictionary each was made with).
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_value() == other.to_value()
+    }
+}
 
 impl Snapshot {
-    pub fn new(value: &Value) -> Snapshot {
+    /// `value` encoded; keys that are `fields`' names (the record's class) are kept as
+    /// their index.
+    pub fn new(value: &Value, fields: &'static [FieldDecl]) -> Snapshot {
         let mut out = Vec::new();
-        encode(value, &mut out);
-        Snapshot(out.into_boxed_slice())
+        encode(value, fields, &mut out);
+        Snapshot {
+            bytes: out.into_boxed_slice(),
+            fields,
+        }
     }
 
     /// The value it was made from.
     pub fn to_value(&self) -> Value {
-        let mut input = &self.0[..];
+        let mut input = &self.bytes[..];
         // Only `Snapshot::new` makes the bytes, so they always decode; were they not to,
         // the event would carry no snapshot rather than take the service down.
-        decode(&mut input).unwrap_or(Value::Nil)
+        decode(&mut input, self.fields).unwrap_or(Value::Nil)
     }
 
     /// Bytes held.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 }
 
@@ -70,7 +88,7 @@ fn put_text(text: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(text.as_bytes());
 }
 
-fn encode(value: &Value, out: &mut Vec<u8>) {
+fn encode(value: &Value, fields: &[FieldDecl], out: &mut Vec<u8>) {
     match value {
         Value::Nil => out.push(NIL),
         Value::Bool(false) => out.push(FALSE),
@@ -95,15 +113,21 @@ fn encode(value: &Value, out: &mut Vec<u8>) {
             out.push(ARRAY);
             put_len(items.len() as u64, out);
             for item in items {
-                encode(item, out);
+                encode(item, fields, out);
             }
         }
-        Value::Struct(fields) => {
+        Value::Struct(map) => {
             out.push(STRUCT);
-            put_len(fields.len() as u64, out);
-            for (key, field) in fields {
-                put_text(key, out);
-                encode(field, out);
+            put_len(map.len() as u64, out);
+            for (key, field) in map {
+                match fields.iter().position(|f| f.name == key) {
+                    Some(index) => put_len(2 * index as u64 + 1, out),
+                    None => {
+                        put_len(2 * key.len() as u64, out);
+                        out.extend_from_slice(key.as_bytes());
+                    }
+                }
+                encode(field, fields, out);
             }
         }
     }
@@ -127,14 +151,28 @@ fn take_len(input: &mut &[u8]) -> Option<u64> {
     None
 }
 
-fn take_text(input: &mut &[u8]) -> Option<String> {
-    let len = usize::try_from(take_len(input)?).ok()?;
+fn take_bytes(input: &mut &[u8], len: u64) -> Option<String> {
+    let len = usize::try_from(len).ok()?;
     let (text, rest) = (input.get(..len)?, input.get(len..)?);
     *input = rest;
     String::from_utf8(text.to_vec()).ok()
 }
 
-fn decode(input: &mut &[u8]) -> Option<Value> {
+fn take_text(input: &mut &[u8]) -> Option<String> {
+    let len = take_len(input)?;
+    take_bytes(input, len)
+}
+
+fn take_key(input: &mut &[u8], fields: &[FieldDecl]) -> Option<String> {
+    let key = take_len(input)?;
+    if key % 2 == 1 {
+        let index = usize::try_from(key / 2).ok()?;
+        return fields.get(index).map(|f| String::from(f.name));
+    }
+    take_bytes(input, key / 2)
+}
+
+fn decode(input: &mut &[u8], fields: &[FieldDecl]) -> Option<Value> {
     Some(match take_byte(input)? {
         NIL => Value::Nil,
         FALSE => Value::Bool(false),
@@ -155,18 +193,18 @@ fn decode(input: &mut &[u8]) -> Option<Value> {
             // Each item takes at least a byte: a count beyond the input is not believed.
             let mut items = Vec::with_capacity(usize::try_from(count).ok()?.min(input.len()));
             for _ in 0..count {
-                items.push(decode(input)?);
+                items.push(decode(input, fields)?);
             }
             Value::Array(items)
         }
         STRUCT => {
             let count = take_len(input)?;
-            let mut fields = BTreeMap::new();
+            let mut map = BTreeMap::new();
             for _ in 0..count {
-                let key = take_text(input)?;
-                fields.insert(key, decode(input)?);
+                let key = take_key(input, fields)?;
+                map.insert(key, decode(input, fields)?);
             }
-            Value::Struct(fields)
+            Value::Struct(map)
         }
         _ => return None,
     })
@@ -175,6 +213,7 @@ fn decode(input: &mut &[u8]) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::{ro, FieldType};
     use alloc::string::ToString;
     use alloc::vec;
 
@@ -209,22 +248,43 @@ mod tests {
         Value::Struct(fields)
     }
 
+    static FIELDS: [FieldDecl; 3] = [
+        ro("uuid", FieldType::String),
+        ro("power_state", FieldType::String),
+        ro("domid", FieldType::Int),
+    ];
+
     #[test]
     fn every_kind_of_value_comes_back_as_it_was() {
         for value in [record(), Value::Nil, Value::Array(vec![]), Value::Int(-1)] {
-            assert_eq!(Snapshot::new(&value).to_value(), value);
+            assert_eq!(Snapshot::new(&value, &FIELDS).to_value(), value);
+            assert_eq!(Snapshot::new(&value, &[]).to_value(), value);
         }
     }
 
     #[test]
+    fn declared_field_names_are_kept_as_their_index() {
+        let with = Snapshot::new(&record(), &FIELDS);
+        let without = Snapshot::new(&record(), &[]);
+        let names: usize = FIELDS.iter().map(|f| f.name.len()).sum();
+        assert_eq!(with.len() + names, without.len());
+    }
+
+    #[test]
     fn truncated_or_unknown_bytes_decode_to_nothing() {
-        let bytes = Snapshot::new(&record()).0;
+        let snapshot = Snapshot::new(&record(), &FIELDS);
+        let bytes = &snapshot.bytes;
         for cut in 0..bytes.len() {
-            assert_eq!(decode(&mut &bytes[..cut]), None, "cut at {cut}");
+            assert_eq!(decode(&mut &bytes[..cut], &FIELDS), None, "cut at {cut}");
         }
-        assert_eq!(decode(&mut &[9u8][..]), None);
+        assert_eq!(decode(&mut &[9u8][..], &FIELDS), None);
+        // A field index the class does not have.
+        assert_eq!(decode(&mut &[STRUCT, 1, 7, NIL][..], &FIELDS), None);
         assert_eq!(
-            decode(&mut &[INT, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..]),
+            decode(
+                &mut &[INT, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+                &FIELDS
+            ),
             None
         );
     }

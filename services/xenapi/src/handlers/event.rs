@@ -201,7 +201,7 @@ fn snapshot_all(ctx: &CallContext<'_>, sub: &Subscription) -> Value {
                 timestamp: ctx.now,
                 class,
                 operation: crate::events::Operation::Add,
-                snapshot: Snapshot::new(&db.record(&r).unwrap_or(Value::Nil)),
+                snapshot: Snapshot::new(&db.record(&r).unwrap_or(Value::Nil), &[]),
                 reference: r,
             };
             events.push(event.to_value());
