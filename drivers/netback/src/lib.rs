@@ -28,7 +28,7 @@ pub mod xenbus;
 
 pub use env::{CopyBuffer, Env, FramePort, Full, NetStore, RingFrames, StoreError, BUFFER_PAGES};
 pub use fault::Fault;
-pub use netback::{Netback, Progress, RxDrop, RX_UNNOTIFIED_POLL_NS};
+pub use netback::{Netback, Progress, RxDrop, IDLE_TRIM_NS, RX_UNNOTIFIED_POLL_NS};
 pub use queue::MCAST_MAX;
 pub use ratelimit::RateLimit;
 pub use stats::VifCounters;

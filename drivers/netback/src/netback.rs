@@ -64,7 +64,13 @@ pub struct Netback {
     fault: Option<Fault>,
     mcast: Vec<[u8; 6]>,
     scratch: Scratch,
+    /// When a poll last found work (ns): a VIF quiet for [`IDLE_TRIM_NS`] gives back its
+    /// scratch.
+    busy_at_ns: u64,
 }
+
+/// How long a VIF must be quiet before it gives back the scratch a burst grew.
+pub const IDLE_TRIM_NS: u64 = 1_000_000_000;
 
 impl Netback {
     /// A backend for `config`. Nothing is written until [`start`](Self::start).
@@ -80,6 +86,7 @@ impl Netback {
             fault: None,
             mcast: Vec::new(),
             scratch: Scratch::default(),
+            busy_at_ns: 0,
         }
     }
 
@@ -435,6 +442,25 @@ impl Netback {
             progress.disconnected = true;
             progress.more_work = false;
             progress.wake_at_ns = None;
+        }
+        let quiet = !progress.more_work
+            && progress.wake_at_ns.is_none()
+            && progress.tx_packets == 0
+            && progress.rx_frames == 0
+            && self
+                .queues
+                .iter()
+                .all(|q| q.rx_pending.is_empty() && q.held.is_none());
+        if !quiet {
+            self.busy_at_ns = now_ns;
+        } else if now_ns.saturating_sub(self.busy_at_ns) >= IDLE_TRIM_NS {
+            // Quiet for a while (not between two packets of a stream): give back what the
+            // last burst grew.
+            self.scratch.trim_idle();
+            for q in &mut self.queues {
+                // A drained burst's queue of frames for the guest (up to its bound).
+                q.rx_pending = VecDeque::new();
+            }
         }
         progress
     }

@@ -56,6 +56,33 @@ pub(crate) struct Scratch {
     pub rx_planned: Vec<RxPlanned>,
 }
 
+/// Scratch an idle VIF may keep: about what MTU-sized traffic uses. A burst of large
+/// (TSO/GSO) packets grows it to ~128 KiB; kept by every idle VIF that once carried one,
+/// that would be dom0 heap per guest for nothing.
+pub(crate) const IDLE_SCRATCH_BYTES: usize = 8 * 1024;
+
+impl Scratch {
+    /// Heap bytes held.
+    fn bytes(&self) -> usize {
+        use core::mem::size_of;
+        self.frame.capacity()
+            + self.segment.capacity()
+            + self.ops.capacity() * size_of::<GnttabCopy>()
+            + self.responses.capacity() * size_of::<(u16, i16)>()
+            + self.frags.capacity() * size_of::<TxRequest>()
+            + self.planned.capacity() * size_of::<Planned>()
+            + self.rx_planned.capacity() * size_of::<RxPlanned>()
+    }
+
+    /// The VIF went idle: give back what a burst grew past [`IDLE_SCRATCH_BYTES`]. Nothing
+    /// in it outlives a pass; the next burst allocates again (once, not per packet).
+    pub(crate) fn trim_idle(&mut self) {
+        if self.bytes() > IDLE_SCRATCH_BYTES {
+            *self = Scratch::default();
+        }
+    }
+}
+
 /// Everything a queue's work borrows from its VIF.
 pub(crate) struct Ctx<'a, H: ?Sized, B: ?Sized> {
     pub hv: &'a H,
