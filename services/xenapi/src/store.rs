@@ -25,12 +25,40 @@ pub trait Entropy {
 #[derive(Clone, Debug)]
 pub struct Object {
     pub class: &'static ClassDecl,
-    fields: BTreeMap<&'static str, Value>,
+    /// The stored fields' values in the class's declaration order (a derived field's slot
+    /// holds `Nil`, never read): a vector, not a map keyed by name, so a VM's hundred
+    /// fields cost their values and not a tree of names besides.
+    fields: Vec<Value>,
 }
 
 impl Object {
+    /// An object of `class` with every stored field at its type's default.
+    fn new(class: &'static ClassDecl) -> Object {
+        let fields = class
+            .fields
+            .iter()
+            .map(|f| match f.source {
+                Source::Stored => default_for(&f.ty),
+                Source::Inverse { .. } => Value::Nil,
+            })
+            .collect();
+        Object { class, fields }
+    }
+
+    fn slot(&self, field: &str) -> Option<usize> {
+        self.class
+            .fields
+            .iter()
+            .position(|f| f.name == field && f.source == Source::Stored)
+    }
+
     pub fn stored(&self, field: &str) -> Option<&Value> {
-        self.fields.get(field)
+        self.fields.get(self.slot(field)?)
+    }
+
+    fn stored_mut(&mut self, field: &str) -> Option<&mut Value> {
+        let slot = self.slot(field)?;
+        self.fields.get_mut(slot)
     }
 }
 
@@ -110,21 +138,19 @@ impl Db {
         now: Timestamp,
     ) -> String {
         let reference = self.new_ref();
-        let mut fields = BTreeMap::new();
-        for f in class.fields.iter().filter(|f| f.source == Source::Stored) {
-            fields.insert(f.name, default_for(&f.ty));
-        }
+        let mut object = Object::new(class);
         if class.has_field("uuid") {
             let uuid = self.new_uuid();
-            fields.insert("uuid", Value::String(uuid));
+            if let Some(slot) = object.stored_mut("uuid") {
+                *slot = Value::String(uuid);
+            }
         }
         for (name, value) in initial {
-            if let Some(slot) = fields.get_mut(name) {
+            if let Some(slot) = object.stored_mut(name) {
                 *slot = value;
             }
         }
-        self.objects
-            .insert(reference.clone(), Object { class, fields });
+        self.objects.insert(reference.clone(), object);
         self.by_class
             .entry(class.name)
             .or_default()
@@ -141,22 +167,20 @@ impl Db {
         &mut self,
         class: &'static ClassDecl,
         reference: &str,
-        mut fields: BTreeMap<&'static str, Value>,
+        fields: BTreeMap<&'static str, Value>,
         now: Timestamp,
     ) -> bool {
         if self.objects.contains_key(reference) {
             return false;
         }
-        for f in class.fields.iter().filter(|f| f.source == Source::Stored) {
-            fields.entry(f.name).or_insert_with(|| default_for(&f.ty));
+        let mut object = Object::new(class);
+        for (name, value) in fields {
+            // Names that are not stored fields of the class are dropped.
+            if let Some(slot) = object.stored_mut(name) {
+                *slot = value;
+            }
         }
-        fields.retain(|name, _| {
-            class
-                .field(name)
-                .is_some_and(|f| f.source == Source::Stored)
-        });
-        self.objects
-            .insert(reference.to_string(), Object { class, fields });
+        self.objects.insert(reference.to_string(), object);
         self.by_class
             .entry(class.name)
             .or_default()
@@ -185,8 +209,8 @@ impl Db {
         let mut rewritten = Vec::new();
         for (reference, object) in self.objects.iter_mut() {
             let mut changed = false;
-            for decl in object.class.fields {
-                if let Some(value) = object.fields.get_mut(decl.name) {
+            for (decl, value) in object.class.fields.iter().zip(object.fields.iter_mut()) {
+                if decl.source == Source::Stored {
                     changed |= replace_ref(&decl.ty, value, old, new);
                 }
             }
@@ -252,7 +276,7 @@ impl Db {
     pub fn find_by_uuid(&self, class: &str, uuid: &str) -> Option<String> {
         self.by_class.get(class)?.iter().find_map(|r| {
             let o = self.objects.get(r)?;
-            (o.fields.get("uuid")?.as_str()? == uuid).then(|| r.clone())
+            (o.stored("uuid")?.as_str()? == uuid).then(|| r.clone())
         })
     }
 
@@ -266,8 +290,7 @@ impl Db {
     fn field_value(&self, reference: &str, object: &Object, decl: &FieldDecl) -> Value {
         match decl.source {
             Source::Stored => object
-                .fields
-                .get(decl.name)
+                .stored(decl.name)
                 .cloned()
                 .unwrap_or_else(|| default_for(&decl.ty)),
             Source::Inverse { field } => {
@@ -282,7 +305,7 @@ impl Db {
                     .filter(|r| {
                         self.objects
                             .get(*r)
-                            .and_then(|o| o.fields.get(field))
+                            .and_then(|o| o.stored(field))
                             .and_then(Value::as_str)
                             == Some(reference)
                     })
@@ -322,7 +345,9 @@ impl Db {
         for (name, value) in changes {
             match object.class.field(name) {
                 Some(decl) if decl.source == Source::Stored => {
-                    object.fields.insert(decl.name, value);
+                    if let Some(slot) = object.stored_mut(decl.name) {
+                        *slot = value;
+                    }
                 }
                 _ => {
                     return Err(ApiError::InternalError {

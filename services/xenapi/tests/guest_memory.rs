@@ -198,6 +198,7 @@ fn the_xenapi_keeps_records_and_events_per_guest() {
     let (records, events) = per_guest(8);
     println!("XenAPI heap per guest (8 guests): records {records} B, event history {events} B");
     assert!(records > 0 && events > 0);
-    assert!(records < 16 * 1024, "records: {records} B per guest");
+    // A record is a vector of its stored fields (11.8 KB per guest as maps keyed by name).
+    assert!(records < 9 * 1024, "records: {records} B per guest");
     assert!(events < 20 * 1024, "event history: {events} B per guest");
 }
