@@ -36,6 +36,7 @@ pub mod prereq;
 pub mod python;
 pub mod qemu;
 pub mod reference;
+pub mod reference_net;
 pub mod triple_fault;
 pub mod xen;
 pub mod xen_stall;

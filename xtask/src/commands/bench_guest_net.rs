@@ -105,7 +105,7 @@ for vm, rec in x.VM.get_all_records().items():
 "#;
 
 /// The guest initramfs with `udp_pps` as `/bin/udp_pps` (a second, concatenated cpio).
-fn guest_initrd() -> Result<PathBuf, XtaskError> {
+pub(crate) fn guest_initrd() -> Result<PathBuf, XtaskError> {
     let mut archive = fs::read(guest::initramfs()?).map_err(io("reading the guest initramfs"))?;
     let binary = fs::read(guest::udp_pps()?).map_err(io("reading udp_pps"))?;
     archive.extend(linux::cpio_newc(&[CpioEntry {
@@ -134,7 +134,7 @@ struct RunFigures {
 }
 
 /// `... send=16@10.0.2.2:40000 uptime 61.20 70.45` → MB/s for `mib` MiB.
-fn send_rate(line: &str, mib: u64) -> Option<f64> {
+pub(crate) fn send_rate(line: &str, mib: u64) -> Option<f64> {
     let mut words = line.split_whitespace().rev();
     let end: f64 = words.next()?.parse().ok()?;
     let start: f64 = words.next()?.parse().ok()?;
@@ -142,7 +142,7 @@ fn send_rate(line: &str, mib: u64) -> Option<f64> {
 }
 
 /// `... udp_pps received 12345 packets in 9.981 s` (or `sent`) → packets per second.
-fn udp_rate(line: &str) -> Option<f64> {
+pub(crate) fn udp_rate(line: &str) -> Option<f64> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words
         .iter()
@@ -153,7 +153,7 @@ fn udp_rate(line: &str) -> Option<f64> {
 }
 
 /// A TCP sink on 127.0.0.1: sends (bytes, seconds from first byte to end) per connection.
-fn tcp_sink() -> Result<(u16, mpsc::Receiver<(u64, f64)>), XtaskError> {
+pub(crate) fn tcp_sink() -> Result<(u16, mpsc::Receiver<(u64, f64)>), XtaskError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding the TCP sink"))?;
     let port = listener
         .local_addr()
@@ -183,7 +183,7 @@ fn tcp_sink() -> Result<(u16, mpsc::Receiver<(u64, f64)>), XtaskError> {
 
 /// A UDP counter on 127.0.0.1: from the first datagram until 3 s without one, sends
 /// (datagrams, seconds from the first to the last).
-fn udp_counter() -> Result<(u16, mpsc::Receiver<(u64, f64)>), XtaskError> {
+pub(crate) fn udp_counter() -> Result<(u16, mpsc::Receiver<(u64, f64)>), XtaskError> {
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(io("binding the UDP counter"))?;
     let port = socket
         .local_addr()

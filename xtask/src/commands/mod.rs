@@ -6,6 +6,7 @@ pub mod bench_dom0;
 pub mod bench_guest_disk;
 pub mod bench_guest_net;
 pub mod bench_guests;
+pub mod bench_guests_net;
 pub mod bench_soak;
 pub mod bench_storage;
 pub mod bench_vm;
