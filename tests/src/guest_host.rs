@@ -48,8 +48,10 @@ for name in names:
 
 /// Runs one call on a VM and prints the VM's power state and domid afterwards, and the
 /// host's free memory. `wait-halted` waits for the guest to stop by itself; `start-refused`
-/// expects `VM.start` to fail and prints the error code; `set-FIELD VALUE` calls
-/// `VM.set_FIELD(vm, VALUE)`.
+/// expects `VM.start` to fail and prints the error code; `start-watched` starts the VM as a
+/// task and keeps calling the host meanwhile, printing how many answers came and the longest
+/// wait between two (a start that held the host would show as one long wait); `set-FIELD
+/// VALUE` calls `VM.set_FIELD(vm, VALUE)`.
 pub const CALL_SCRIPT: &str = r#"
 import sys, time, socket, XenAPI
 socket.setdefaulttimeout(240)  # a host that stops answering fails the step, not the run
@@ -67,6 +69,16 @@ elif call == "start-refused":
         raise AssertionError("VM.start of a broken VM succeeded")
     except XenAPI.Failure as f:
         print("refused", f.details[0], flush=True)
+elif call == "start-watched":
+    task = x.Async.VM.start(vm, False, False)
+    last, longest, answers = time.time(), 0.0, 0
+    while x.task.get_status(task) == "pending":
+        now = time.time()
+        longest, last, answers = max(longest, now - last), now, answers + 1
+        assert now - started < 240, "VM.start still pending"
+    status = x.task.get_status(task)
+    assert status == "success", (status, x.task.get_error_info(task))
+    print("watched %d %.2f" % (answers, max(longest, time.time() - last)), flush=True)
 elif call == "wait-halted":
     while x.VM.get_power_state(vm) != "Halted":
         assert time.time() - started < 300, "still " + x.VM.get_power_state(vm)
@@ -88,6 +100,11 @@ pub struct After {
     pub domid: String,
     pub free_bytes: u64,
     pub refused: Option<String>,
+    /// Seconds the call took (as the client timed it).
+    pub took_s: f64,
+    /// `start-watched`: the host's answers while the start ran, and the longest wait
+    /// between two, in seconds.
+    pub watched: Option<(u64, f64)>,
 }
 
 /// Reads a VM's console through its XenAPI `console` object: `location` names the
@@ -149,6 +166,13 @@ impl Host {
                 .and_then(|f| f.parse().ok())
                 .expect("the script prints free memory"),
             refused: field("refused "),
+            took_s: field("took ")
+                .and_then(|t| t.parse().ok())
+                .expect("the script prints how long the call took"),
+            watched: field("watched ").and_then(|w| {
+                let (answers, longest) = w.split_once(' ')?;
+                Some((answers.parse().ok()?, longest.parse().ok()?))
+            }),
         })
     }
 
@@ -185,7 +209,8 @@ impl Host {
         let out = run_script(
             CONSOLE_SCRIPT,
             &[&self.url, &self.password, &port, vm, text, &seconds],
-        )?;
+        )
+        .inspect_err(|_| self.report_stall())?;
         Ok(out
             .lines()
             .find_map(|l| l.strip_prefix("line "))
