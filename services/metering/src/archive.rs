@@ -192,6 +192,11 @@ impl Ring {
 /// One archive: a resolution and a consolidation function over all data sources.
 #[derive(Debug, Clone)]
 pub struct Archive {
+    /// A MIN or MAX of single-PDP rows: each row consolidates one PDP, so it equals the
+    /// AVERAGE archive of the same timescale row for row. It keeps no rows of its own;
+    /// [`crate::Rrd::values_of`] reads them from that archive (the export and the snapshot
+    /// are what they were).
+    mirror: bool,
     cf: Cf,
     timescale: Timescale,
     /// PDPs (known or not) already in the current row; the same for every data source.
@@ -211,6 +216,7 @@ impl Archive {
     ) -> Result<Self, TryReserveError> {
         let filled = (pdp_index % u64::from(timescale.pdp_per_row)) as u32;
         let mut archive = Archive {
+            mirror: cf != Cf::Average && timescale.pdp_per_row == 1,
             cf,
             timescale,
             filled,
@@ -227,13 +233,23 @@ impl Archive {
     pub(crate) fn add_source(&mut self) -> Result<(), TryReserveError> {
         self.rings.try_reserve(1)?;
         self.preps.try_reserve(1)?;
-        self.rings.push(Ring::new(self.timescale.rows as usize));
+        let rows = if self.mirror {
+            0
+        } else {
+            self.timescale.rows as usize
+        };
+        self.rings.push(Ring::new(rows));
         self.preps.push(CdpPrep::fresh(self.cf, self.filled));
         Ok(())
     }
 
     pub fn cf(&self) -> Cf {
         self.cf
+    }
+
+    /// Whether its rows are another archive's (see [`Archive`]'s `mirror`).
+    pub(crate) fn is_mirror(&self) -> bool {
+        self.mirror
     }
 
     pub fn pdp_per_row(&self) -> u32 {
@@ -319,17 +335,18 @@ impl Archive {
     }
 
     /// Writes the row in progress and the rings (for [`crate::Metering::save`]), each as
-    /// its full `rows` in order, oldest first (rows not held are unknown), newest last.
-    pub(crate) fn encode(&self, w: &mut Writer) {
+    /// its full `rows` in order, oldest first (rows not held are unknown), newest last;
+    /// the rows are read from `values` (this archive, or the one a mirror reads).
+    pub(crate) fn encode(&self, values: &Archive, w: &mut Writer) {
         w.u32(self.filled);
         let rows = self.timescale.rows as usize;
-        for (ring, prep) in self.rings.iter().zip(&self.preps) {
+        for (source, prep) in self.preps.iter().enumerate() {
             w.f64(prep.value);
             w.u32(prep.known);
             w.u32(prep.unknown);
             w.u32(rows.saturating_sub(1) as u32);
             for age in (0..rows).rev() {
-                w.f64(ring.get(age));
+                w.f64(values.value(source, age));
             }
         }
     }
@@ -355,7 +372,7 @@ impl Archive {
                 known,
                 unknown,
             };
-            let rows = ring.rows;
+            let rows = self.timescale.rows as usize;
             let head = r.u32()? as usize;
             if head >= rows {
                 return Err(DecodeError::BadValue);
@@ -369,6 +386,10 @@ impl Archive {
             }
             // Oldest first, then only from the oldest known row on: the ring holds the
             // history there is, as if it had grown with it.
+            if self.mirror {
+                // Its rows are the AVERAGE archive's, restored there.
+                continue;
+            }
             values.rotate_left((head + 1) % rows);
             let unknown = values.iter().take_while(|v| v.is_nan()).count();
             values.drain(..unknown);

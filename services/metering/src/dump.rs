@@ -69,7 +69,7 @@ pub fn dump_xml(rrd: &Rrd) -> Result<String, ExportError> {
             out.push_str("<row>");
             for index in 0..sources.len() {
                 out.push_str("<v>");
-                push_float(&mut out, archive.value(index, age));
+                push_float(&mut out, rrd.values_of(archive).value(index, age));
                 out.push_str("</v>");
             }
             out.push_str("</row>");

@@ -41,7 +41,7 @@ pub use dump::dump_xml;
 pub use ledger::{tenant_of, Baseline, Entry, Ledger, UsageCounters, VmIdentity, MAX_TAGS};
 pub use meter::{is_uuid, MeterError, Metering, SampleReport, DEFAULT_MAX_VMS};
 pub use report::{render_csv, render_json, UsageFormat, UsageRow, CSV_HEADER};
-pub use rrd::{Rrd, RrdError, HEARTBEAT_MS, ROWS_PER_SOURCE, STEP_MS};
+pub use rrd::{Rrd, RrdError, HEARTBEAT_MS, HELD_ROWS_PER_SOURCE, ROWS_PER_SOURCE, STEP_MS};
 pub use snapshot::RestoreError;
 pub use store::{push_frame, split_frames, UsageStore, FRAME_HEADER, MAX_FRAME};
 pub use text::parse_time;

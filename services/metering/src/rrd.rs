@@ -19,8 +19,12 @@ pub const STEP_MS: u64 = 5_000;
 /// The longest gap between two updates after which the rates in between are unknown
 /// (xapi's minimal_heartbeat, 300 s).
 pub const HEARTBEAT_MS: u64 = 300_000;
-/// CDPs one data source keeps over all archives: 3 CFs × (120 + 120 + 168 + 366).
+/// CDPs one data source has over all archives: 3 CFs × (120 + 120 + 168 + 366) (what its
+/// export and its snapshot carry).
 pub const ROWS_PER_SOURCE: usize = 3 * (120 + 120 + 168 + 366);
+/// Of those, the most held in memory: the 5 s MIN and MAX rows are the AVERAGE's
+/// ([`Rrd::values_of`]).
+pub const HELD_ROWS_PER_SOURCE: usize = ROWS_PER_SOURCE - 2 * 120;
 
 /// Why an update or a change was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +149,18 @@ impl Rrd {
         &self.archives
     }
 
+    /// The archive holding `archive`'s rows: itself, or for a MIN or MAX of single-PDP rows
+    /// (equal row for row) the AVERAGE archive of its timescale. Read values through it.
+    pub fn values_of<'a>(&'a self, archive: &'a Archive) -> &'a Archive {
+        if !archive.is_mirror() {
+            return archive;
+        }
+        self.archives
+            .iter()
+            .find(|a| a.cf() == Cf::Average && a.pdp_per_row() == archive.pdp_per_row())
+            .unwrap_or(archive)
+    }
+
     pub(crate) fn source_states(&self) -> &[DsState] {
         &self.sources
     }
@@ -262,7 +278,7 @@ impl Rrd {
             w.u64(ds.unknown_ms);
         }
         for archive in &self.archives {
-            archive.encode(w);
+            archive.encode(self.values_of(archive), w);
         }
     }
 
@@ -513,7 +529,7 @@ mod tests {
             .iter()
             .map(|a| {
                 (0..a.rows() as usize)
-                    .map(|age| a.value(0, age).to_bits())
+                    .map(|age| rrd.values_of(a).value(0, age).to_bits())
                     .collect()
             })
             .collect()
@@ -557,23 +573,32 @@ mod tests {
         let mut rrd = Rrd::new(specs, t0).unwrap();
         let state = 10 * 2048;
         assert!(rrd.memory_bytes() < state, "a fresh RRD holds no rows");
-        // Ten minutes of samples: the 5 s archives (120 rows each) fill, the others hold
-        // the rows closed so far.
+        // Ten minutes of samples: the 5 s archive (120 rows; its MIN and MAX are the
+        // AVERAGE's) fills, the others hold the rows closed so far.
         let values = [Some(0.5); 10];
         for step in 1..=120 {
             rrd.update(t0 + step * STEP_MS, &values).unwrap();
         }
         let ten_minutes = rrd.memory_bytes();
-        assert!(ten_minutes >= 10 * 3 * 120 * 8, "{ten_minutes}");
+        assert!(ten_minutes >= 10 * 120 * 8, "{ten_minutes}");
         // At most 16 rows of the 1-minute archives, 8 of the two others (first allocations).
         assert!(
-            ten_minutes <= 10 * 3 * (120 + 16 + 8 + 8) * 8 + state,
+            ten_minutes <= 10 * (120 + 3 * (16 + 8 + 8)) * 8 + state,
             "{ten_minutes}"
         );
+        // The MIN and MAX of single-PDP rows read as the AVERAGE's.
+        let five_s = |cf| {
+            let a = &rrd.archives()[archive_index(&rrd, cf, 1)];
+            (0..120)
+                .map(|age| rrd.values_of(a).value(3, age))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(five_s(Cf::Min), five_s(Cf::Average));
+        assert_eq!(five_s(Cf::Max), alloc::vec![0.5; 120]);
         assert_eq!(rrd.latest(0), 0.5);
         // Over a year later every ring is full, and never more than the layout.
         rrd.update(t0 + 400 * 24 * 3600 * 1000, &values).unwrap();
-        let rings = 10 * ROWS_PER_SOURCE * 8;
+        let rings = 10 * HELD_ROWS_PER_SOURCE * 8;
         assert!(rrd.memory_bytes() >= rings);
         assert!(rrd.memory_bytes() < rings + state, "{}", rrd.memory_bytes());
     }

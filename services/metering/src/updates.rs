@@ -275,7 +275,7 @@ pub fn export(owners: &[Owner<'_>], query: &UpdatesQuery) -> Result<Xport, Expor
                 legend.try_reserve(1)?;
                 columns.try_reserve(1)?;
                 legend.push(format!("{}:{prefix}{}", archive.cf().as_str(), spec.name));
-                columns.push((archive, index, owner_last_cdp));
+                columns.push((owner.rrd.values_of(archive), index, owner_last_cdp));
             }
         }
     }

@@ -103,15 +103,18 @@ fn per_guest(minutes: u64) -> i64 {
 }
 
 /// An RRD holds the rows it has closed: a guest sampled for five minutes (60 rows of the
-/// 5 s archives, 5 of the minute ones) costs a fraction of the 3 × 18.6 KB its three data
-/// sources may grow to, and after ten minutes the 5 s archives are full and stay so.
+/// 5 s archive, 5 of the minute ones) costs a fraction of the 3 × 18.6 KB its three data
+/// sources may grow to, and after ten minutes the 5 s archive is full and stays so; its
+/// MIN and MAX, equal to its AVERAGE row for row, hold nothing (56.6 KB from the first
+/// sample before rows grew on demand, 14.2 KB after ten minutes before the 5 s MIN and MAX
+/// were read from the AVERAGE).
 #[test]
 fn a_running_guests_rrd_costs_the_history_it_has() {
     let five = per_guest(5);
     let ten = per_guest(10);
     println!("metering heap per guest: {five} B after 5 min, {ten} B after 10 min");
     let bound = (3 * ROWS_PER_SOURCE * 8) as i64;
-    assert!(five < bound / 4, "{five} B after 5 minutes (bound {bound})");
-    assert!(ten < bound / 3, "{ten} B after 10 minutes (bound {bound})");
+    assert!(five < bound / 8, "{five} B after 5 minutes (bound {bound})");
+    assert!(ten < bound / 6, "{ten} B after 10 minutes (bound {bound})");
     assert!(five < ten, "grows with the history");
 }
