@@ -12,6 +12,7 @@ use miniz_oxide::inflate::TINFLStatus;
 use crate::elf_load::ElfStream;
 use crate::guest_memory::GuestWrite;
 use crate::kernel_image::{KernelError, CHUNK};
+use crate::kernel_stream::take_input;
 
 /// gzip's magic and the deflate method.
 pub const MAGIC: [u8; 3] = [0x1f, 0x8b, 8];
@@ -172,11 +173,7 @@ impl GzipPayload {
     ) -> Result<(), KernelError> {
         let gz = KernelError::Gzip;
         loop {
-            // Bounded input at a time.
-            let room = CHUNK.saturating_sub(self.input.len()).max(1);
-            let (now, rest) = bytes.split_at(bytes.len().min(room));
-            self.input.extend_from_slice(now);
-            bytes = rest;
+            take_input(&mut self.input, &mut bytes);
             let no_more = last && bytes.is_empty();
             match self.phase {
                 Phase::Header => match header_len(&self.input) {

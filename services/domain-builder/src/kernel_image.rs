@@ -18,7 +18,7 @@ use xz4rust::{XzDecoder, XzError, XzNextBlockResult};
 use crate::elf_load::{ElfError, ElfStream, LoadError, LoadedKernel};
 use crate::guest_memory::GuestWrite;
 use crate::gzip::{self, GzipError};
-use crate::kernel_stream::KernelStream;
+use crate::kernel_stream::{take_input, KernelStream};
 use crate::source::{ImageSource, SourceError};
 
 /// Bytes read from a source at a time, and decompressed output handled at a time.
@@ -253,11 +253,7 @@ impl<'d> XzPayload<'d> {
         out: &mut impl GuestWrite,
     ) -> Result<(), KernelError> {
         while !bytes.is_empty() && !self.ended {
-            // Bounded input at a time: the decoder is given at most CHUNK bytes.
-            let room = CHUNK.saturating_sub(self.input.len()).max(1);
-            let (now, rest) = bytes.split_at(bytes.len().min(room));
-            self.input.extend_from_slice(now);
-            bytes = rest;
+            take_input(&mut self.input, &mut bytes);
             self.decode(elf, out)?;
         }
         if last && !self.ended {

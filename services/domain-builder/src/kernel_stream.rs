@@ -10,8 +10,19 @@
 use crate::elf_load::{ElfError, ElfStream, LoadError, LoadedKernel};
 use crate::guest_memory::GuestWrite;
 use crate::gzip::GzipPayload;
-use crate::kernel_image::{KernelError, KernelFormat, XzPayload};
+use crate::kernel_image::{KernelError, KernelFormat, XzPayload, CHUNK};
+use alloc::vec::Vec;
 use core::ops::Range;
+
+/// Moves the next of `bytes` into a decoder's pending `input`, up to [`CHUNK`] pending
+/// (at least one byte, so that a decoder that needs a longer run than it holds still
+/// advances): decoders are handed bounded input however large a piece the caller feeds.
+pub(crate) fn take_input(input: &mut Vec<u8>, bytes: &mut &[u8]) {
+    let room = CHUNK.saturating_sub(input.len()).max(1);
+    let (now, rest) = bytes.split_at(bytes.len().min(room));
+    input.extend_from_slice(now);
+    *bytes = rest;
+}
 
 /// How the payload is decoded.
 enum Decoder<'d> {

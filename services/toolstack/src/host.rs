@@ -30,7 +30,7 @@ use crate::guest_page::{GrantMapper, GuestPage, GuestPageError, MapFrames, Mappe
 use crate::pvh::{memory_mib, PvhBuilder, PvhError};
 use crate::store::Store;
 use crate::toolstack::{Env, Toolstack};
-use crate::xenapi::{take_reports, GuestHost, Guests, Report};
+use crate::xenapi::{take_reports, GuestHost, Guests, HostEnv, Report};
 use crate::xenstored::{deliver_watch_events, LocalStore};
 use crate::Timeouts;
 
@@ -308,13 +308,7 @@ where
         prepared: Option<PreparedStart>,
         f: impl FnOnce(
             &mut Toolstack,
-            &mut Env<
-                '_,
-                dyn Store + '_,
-                dyn ConsoleBackend<Error = Self::ConsoleError> + '_,
-                dyn DomainControl + '_,
-                dyn DiskBackends,
-            >,
+            &mut HostEnv<'_, Self::ConsoleError>,
             &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
         ) -> R,
     ) -> R {

@@ -24,6 +24,16 @@ use crate::toolstack::{
     Env, Event, EventKind, LifecycleError, StartError, StartRequest, Toolstack,
 };
 
+/// The environment a [`GuestHost`] lends the toolstack for one call, its console backend's
+/// error `CE`.
+pub type HostEnv<'a, CE> = Env<
+    'a,
+    dyn Store + 'a,
+    dyn ConsoleBackend<Error = CE> + 'a,
+    dyn DomainControl + 'a,
+    dyn DiskBackends,
+>;
+
 /// The kernel's side of [`Guests`].
 pub trait GuestHost {
     type ConsoleError: core::fmt::Debug;
@@ -32,36 +42,22 @@ pub trait GuestHost {
     /// Runs `f` with the toolstack and, lent for the call, xenstored, the console backend,
     /// domain control and the builder, whose `build` finishes `prepared` (a start from
     /// [`GuestHost::prepare`]; one `f` did not finish is abandoned).
-    #[allow(clippy::type_complexity)]
     fn with_prepared<R>(
         &mut self,
         prepared: Option<PreparedStart>,
         f: impl FnOnce(
             &mut Toolstack,
-            &mut Env<
-                '_,
-                dyn Store + '_,
-                dyn ConsoleBackend<Error = Self::ConsoleError> + '_,
-                dyn DomainControl + '_,
-                dyn DiskBackends,
-            >,
+            &mut HostEnv<'_, Self::ConsoleError>,
             &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
         ) -> R,
     ) -> R;
 
     /// [`GuestHost::with_prepared`] with no start to finish.
-    #[allow(clippy::type_complexity)]
     fn with<R>(
         &mut self,
         f: impl FnOnce(
             &mut Toolstack,
-            &mut Env<
-                '_,
-                dyn Store + '_,
-                dyn ConsoleBackend<Error = Self::ConsoleError> + '_,
-                dyn DomainControl + '_,
-                dyn DiskBackends,
-            >,
+            &mut HostEnv<'_, Self::ConsoleError>,
             &mut (dyn Builder<Spec = BootSpec, Error = Self::BuildError> + '_),
         ) -> R,
     ) -> R {

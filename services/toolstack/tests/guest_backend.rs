@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::ConsoleMapFailed;
 use common::FakeConsoles;
 use keel_toolstack::skeleton::shutdown_path;
+use keel_toolstack::xenapi::HostEnv;
 use keel_toolstack::*;
 use keel_xen::domctl::dominf;
 use keel_xen::fake::FakeXen;
@@ -118,12 +119,7 @@ impl GuestHost for Host {
         prepared: Option<PreparedStart>,
         f: impl FnOnce(
             &mut Toolstack,
-            &mut Env<
-                '_,
-                dyn Store + '_,
-                dyn ConsoleBackend<Error = ConsoleMapFailed> + '_,
-                dyn DomainControl + '_,
-            >,
+            &mut HostEnv<'_, ConsoleMapFailed>,
             &mut (dyn Builder<Spec = BootSpec, Error = BuildFailure> + '_),
         ) -> R,
     ) -> R {
