@@ -320,11 +320,12 @@ impl Db {
     pub fn record(&self, reference: &str) -> Option<Value> {
         let object = self.objects.get(reference)?;
         let mut out = BTreeMap::new();
-        for decl in object.class.fields {
-            out.insert(
-                decl.name.to_string(),
-                self.field_value(reference, object, decl),
-            );
+        for (decl, stored) in object.class.fields.iter().zip(&object.fields) {
+            let value = match decl.source {
+                Source::Stored => stored.clone(),
+                Source::Inverse { .. } => self.field_value(reference, object, decl),
+            };
+            out.insert(decl.name.to_string(), value);
         }
         Some(Value::Struct(out))
     }

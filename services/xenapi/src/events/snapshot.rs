@@ -113,22 +113,37 @@ fn encode(value: &Value, fields: &[FieldDecl], out: &mut Vec<u8>) {
             out.push(ARRAY);
             put_len(items.len() as u64, out);
             for item in items {
-                encode(item, fields, out);
+                encode(item, &[], out);
             }
         }
         Value::Struct(map) => {
-            out.push(STRUCT);
-            put_len(map.len() as u64, out);
-            for (key, field) in map {
-                match fields.iter().position(|f| f.name == key) {
-                    Some(index) => put_len(2 * index as u64 + 1, out),
-                    None => {
-                        put_len(2 * key.len() as u64, out);
-                        out.extend_from_slice(key.as_bytes());
+            // The record's declared fields by index, in declaration order (one lookup each
+            // in the map); keys the class does not declare, and every key of a nested map
+            // (`fields` applies to the record itself), as text.
+            let mut body = Vec::new();
+            let mut count = 0u64;
+            let mut declared = 0;
+            for (index, decl) in fields.iter().enumerate() {
+                if let Some(field) = map.get(decl.name) {
+                    put_len(2 * index as u64 + 1, &mut body);
+                    encode(field, &[], &mut body);
+                    count += 1;
+                    declared += 1;
+                }
+            }
+            if declared < map.len() {
+                for (key, field) in map {
+                    if !fields.iter().any(|f| f.name == key) {
+                        put_len(2 * key.len() as u64, &mut body);
+                        body.extend_from_slice(key.as_bytes());
+                        encode(field, &[], &mut body);
+                        count += 1;
                     }
                 }
-                encode(field, fields, out);
             }
+            out.push(STRUCT);
+            put_len(count, out);
+            out.extend_from_slice(&body);
         }
     }
 }
@@ -193,7 +208,7 @@ fn decode(input: &mut &[u8], fields: &[FieldDecl]) -> Option<Value> {
             // Each item takes at least a byte: a count beyond the input is not believed.
             let mut items = Vec::with_capacity(usize::try_from(count).ok()?.min(input.len()));
             for _ in 0..count {
-                items.push(decode(input, fields)?);
+                items.push(decode(input, &[])?);
             }
             Value::Array(items)
         }
@@ -202,7 +217,7 @@ fn decode(input: &mut &[u8], fields: &[FieldDecl]) -> Option<Value> {
             let mut map = BTreeMap::new();
             for _ in 0..count {
                 let key = take_key(input, fields)?;
-                map.insert(key, decode(input, fields)?);
+                map.insert(key, decode(input, &[])?);
             }
             Value::Struct(map)
         }
@@ -259,6 +274,17 @@ mod tests {
         for value in [record(), Value::Nil, Value::Array(vec![]), Value::Int(-1)] {
             assert_eq!(Snapshot::new(&value, &FIELDS).to_value(), value);
             assert_eq!(Snapshot::new(&value, &[]).to_value(), value);
+        }
+    }
+
+    /// The encoder writes a declared field once per declaration: names must be unique.
+    #[test]
+    fn every_class_declares_each_field_name_once() {
+        for class in crate::classes::ALL {
+            for (i, f) in class.fields.iter().enumerate() {
+                let again = class.fields[..i].iter().any(|g| g.name == f.name);
+                assert!(!again, "{}.{} declared twice", class.name, f.name);
+            }
         }
     }
 
