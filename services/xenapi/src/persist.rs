@@ -166,11 +166,10 @@ pub fn export(db: &Db) -> Database {
 
 /// One object's stored fields as a record.
 fn record_of(class: &ClassDecl, object: &crate::store::Object) -> Record {
-    stored_fields(class)
-        .filter_map(|decl| {
-            let value = object.stored(decl.name)?;
-            Some((decl.name.to_string(), to_field(&decl.ty, value)))
-        })
+    debug_assert!(core::ptr::eq(class, object.class));
+    object
+        .stored_fields()
+        .map(|(decl, value)| (decl.name.to_string(), to_field(&decl.ty, value)))
         .collect()
 }
 

@@ -56,6 +56,15 @@ impl Object {
         self.fields.get(self.slot(field)?)
     }
 
+    /// Every stored field with its value, in declaration order.
+    pub fn stored_fields(&self) -> impl Iterator<Item = (&'static FieldDecl, &Value)> {
+        self.class
+            .fields
+            .iter()
+            .zip(&self.fields)
+            .filter(|(decl, _)| decl.source == Source::Stored)
+    }
+
     fn stored_mut(&mut self, field: &str) -> Option<&mut Value> {
         let slot = self.slot(field)?;
         self.fields.get_mut(slot)
