@@ -528,6 +528,52 @@ fn a_vdi_is_written_by_one_guest_at_a_time() {
     );
 }
 
+/// A start reads its kernel a piece per step; if another VM starts with the same disk
+/// meanwhile, the first start fails at its end with `VDI_IN_USE` and its half-built domain
+/// is given up (the backend's prepared start abandoned, its memory back).
+#[test]
+fn a_disk_taken_while_a_start_loads_fails_that_start_cleanly() {
+    let mut h = host();
+    let shared = h.vdi("shared");
+    let slow = h.vm("slow");
+    let quick = h.vm("quick");
+    h.vbd(&slow, &shared, "0", "RW", "Disk");
+    h.vbd(&quick, &shared, "0", "RW", "Disk");
+    // The slow VM's kernel takes 64 steps to load, the quick one's 16.
+    let named = text(&h.get("VM", &slow, "PV_kernel")).to_string();
+    let kernel_uuid = named.trim_start_matches("vdi:").to_string();
+    let kernel = text(&h.ok("VDI.get_by_uuid", vec![s(&kernel_uuid)])).to_string();
+    h.ok("VDI.resize", vec![s(&kernel), Value::Int(16 * MIB as i64)]);
+    let free_before = h.guests.free_memory_now();
+
+    let task = text(&h.ok(
+        "Async.VM.start",
+        vec![s(&slow), Value::Bool(false), Value::Bool(false)],
+    ))
+    .to_string();
+    h.api.run_tasks(h.now);
+    assert_eq!(
+        h.guests.0.borrow().prepared.len(),
+        1,
+        "the slow start began"
+    );
+    h.start(&quick);
+    for _ in 0..100 {
+        h.api.run_tasks(h.now);
+    }
+    assert_eq!(text(&h.get("task", &task, "status")), "failure");
+    let error = h.get("task", &task, "error_info");
+    assert_eq!(
+        error.as_array().unwrap()[..2],
+        [s("VDI_IN_USE"), s(&shared)]
+    );
+    assert_eq!(text(&h.get("VM", &slow, "power_state")), "Halted");
+    assert!(h.guests.0.borrow().prepared.is_empty(), "abandoned");
+    let quick_domid = h.domid(&quick);
+    let quick_memory = h.guests.domain(quick_domid).unwrap().spec.max_memory_bytes;
+    assert_eq!(h.guests.free_memory_now(), free_before - quick_memory);
+}
+
 #[test]
 fn disks_are_hot_plugged_and_unplugged_on_a_running_guest() {
     let mut h = host();

@@ -386,19 +386,19 @@ impl Loading {
         state: &mut State,
         vm: &str,
     ) -> Result<(PreparedStart, BootSpec), ApiError> {
-        let disks = super::vbd::plan_disks(&state.db, vm);
-        match (self.prepared.take(), disks) {
-            (Some(prepared), Ok(disks)) => {
+        let prepared = self.prepared.ok_or_else(|| ApiError::InternalError {
+            message: "VM.start: the images were not loaded".to_string(),
+        })?;
+        match super::vbd::plan_disks(&state.db, vm) {
+            Ok(disks) => {
+                self.prepared = None;
                 let mut spec = self.plan.spec;
                 spec.disks = disks;
                 Ok((prepared, spec))
             }
-            (prepared, result) => {
-                self.prepared = prepared;
+            Err(e) => {
                 self.abandon(state);
-                Err(result.err().unwrap_or_else(|| ApiError::InternalError {
-                    message: "VM.start: the images were not loaded".to_string(),
-                }))
+                Err(e)
             }
         }
     }
