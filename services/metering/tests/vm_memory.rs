@@ -8,56 +8,13 @@
 // Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use keel_heap_count::{held_bytes, CountingAlloc};
 use keel_metering::figures::{HostFigures, VmFigures};
 use keel_metering::{Metering, ROWS_PER_SOURCE, STEP_MS};
 
-/// Counts the bytes this thread holds (other tests of the binary run on other threads).
-struct Counting;
-
-thread_local! {
-    static HELD: Cell<i64> = const { Cell::new(0) };
-}
-
-fn add(bytes: usize, sign: i64) {
-    // `try_with`: the allocator runs while thread-locals are torn down too.
-    let _ = HELD.try_with(|h| h.set(h.get() + sign * bytes as i64));
-}
-
-// SAFETY: every call forwards to the system allocator unchanged; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add(layout.size(), 1);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) };
-        add(layout.size(), -1);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's arguments.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add(new_size, 1);
-            add(layout.size(), -1);
-        }
-        p
-    }
-}
-
+/// Counts the bytes each thread holds (other tests of the binary run on other threads).
 #[global_allocator]
-static COUNTING: Counting = Counting;
-
-fn held() -> i64 {
-    HELD.with(Cell::get)
-}
+static HEAP: CountingAlloc = CountingAlloc;
 
 const HOST: &str = "00000000-0000-4000-8000-000000000001";
 const T0_MS: u64 = 1_700_000_000_000;
@@ -86,14 +43,14 @@ fn guest(i: usize, step: u64) -> VmFigures {
 
 /// Heap the metering holds with `n` guests sampled for `minutes`.
 fn held_after(n: usize, minutes: u64) -> i64 {
-    let before = held();
+    let before = held_bytes();
     let mut metering = Metering::new(HOST).unwrap();
     for step in 0..minutes * 60_000 / STEP_MS {
         let vms: Vec<VmFigures> = (0..n).map(|i| guest(i, step)).collect();
         let report = metering.sample(T0_MS + step * STEP_MS, &host(), &vms);
         assert!(report.vm_errors.is_empty() && report.host_error.is_none());
     }
-    let kept = held() - before;
+    let kept = held_bytes() - before;
     drop(metering);
     kept
 }

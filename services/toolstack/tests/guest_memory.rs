@@ -14,14 +14,14 @@
 // Helpers outside `#[test]` functions unwrap too: a panic here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_console::XenconsInterface;
 use keel_domain_builder::elf_load::testimage::pvh_elf64;
 use keel_domain_builder::fake::FakeHoles;
+use keel_heap_count::{freed_by, CountingAlloc};
 use keel_toolstack::{guests, Clocks, MapFrames, SharedHost, Timeouts, Toolstack, XenHost};
 use keel_xen::fake::FakeXen;
 use keel_xen::grant_table::{gtf, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
@@ -30,57 +30,9 @@ use keel_xen::xenstore_wire::{XsMessage, XsType};
 use keel_xenapi::guest::{BootImage, BootSpec, GuestBackend, KERNEL_HEAD_BYTES};
 use keel_xenstored::Xenstored;
 
-/// Counts the bytes this thread holds (the test is one thread; others' tests run beside).
-struct Counting;
-
-thread_local! {
-    static HELD: Cell<i64> = const { Cell::new(0) };
-}
-
-fn add(bytes: usize, sign: i64) {
-    // `try_with`: the allocator runs while thread-locals are torn down too.
-    let _ = HELD.try_with(|h| h.set(h.get() + sign * bytes as i64));
-}
-
-// SAFETY: every call forwards to the system allocator unchanged; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add(layout.size(), 1);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) };
-        add(layout.size(), -1);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's arguments.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add(new_size, 1);
-            add(layout.size(), -1);
-        }
-        p
-    }
-}
-
+/// Counts the bytes each thread holds (the test is one thread; others' tests run beside).
 #[global_allocator]
-static COUNTING: Counting = Counting;
-
-fn held() -> i64 {
-    HELD.with(Cell::get)
-}
-
-/// Bytes the heap gives back when `f` runs.
-fn freed_by(f: impl FnOnce()) -> i64 {
-    let before = held();
-    f();
-    before - held()
-}
+static HEAP: CountingAlloc = CountingAlloc;
 
 static NOW_NS: AtomicU64 = AtomicU64::new(1_000_000_000);
 

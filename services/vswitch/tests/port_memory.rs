@@ -8,56 +8,14 @@
 // Test helpers outside #[test] functions unwrap too: a panic here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::Ipv4Addr;
 
+use keel_heap_count::{held_bytes, CountingAlloc};
 use keel_vswitch::*;
 
-/// Counts the bytes this thread holds (other tests of the binary run on other threads).
-struct Counting;
-
-thread_local! {
-    static HELD: Cell<i64> = const { Cell::new(0) };
-}
-
-fn add(bytes: usize, sign: i64) {
-    // `try_with`: the allocator runs while thread-locals are torn down too.
-    let _ = HELD.try_with(|h| h.set(h.get() + sign * bytes as i64));
-}
-
-// SAFETY: every call forwards to the system allocator unchanged; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add(layout.size(), 1);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) };
-        add(layout.size(), -1);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's arguments.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add(new_size, 1);
-            add(layout.size(), -1);
-        }
-        p
-    }
-}
-
+/// Counts the bytes each thread holds (other tests of the binary run on other threads).
 #[global_allocator]
-static COUNTING: Counting = Counting;
-
-fn held() -> i64 {
-    HELD.with(Cell::get)
-}
+static HEAP: CountingAlloc = CountingAlloc;
 
 fn mac(n: u8) -> MacAddr {
     MacAddr([0x00, 0x16, 0x3e, 0, 0, n])
@@ -84,7 +42,7 @@ fn frame(n: u8) -> Vec<u8> {
 
 /// Heap the switch holds with `n` guest ports that each sent a frame.
 fn switch_bytes(n: u8) -> i64 {
-    let before = held();
+    let before = held_bytes();
     let mut sw = Switch::new(SwitchConfig::default());
     let uplink = sw.add_port(PortConfig::Uplink, 0).unwrap();
     let net = sw
@@ -115,7 +73,7 @@ fn switch_bytes(n: u8) -> i64 {
             forwarded.verdict
         );
     }
-    let kept = held() - before;
+    let kept = held_bytes() - before;
     drop(sw);
     kept
 }

@@ -15,59 +15,16 @@ mod common;
 mod guest_fake;
 mod storage_fake;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use common::*;
 use guest_fake::FakeGuests;
+use keel_heap_count::{held_bytes, CountingAlloc};
 use keel_xenapi::handlers::vm_builtin::PVH_TEMPLATE_NAME;
 use keel_xenapi::{ApiError, Limits, StorageBackend, Value, XenApi};
 use storage_fake::FakeStorage;
 
-/// Counts the bytes this thread holds (other tests of the binary run on other threads).
-struct Counting;
-
-thread_local! {
-    static HELD: Cell<i64> = const { Cell::new(0) };
-}
-
-fn add(bytes: usize, sign: i64) {
-    // `try_with`: the allocator runs while thread-locals are torn down too.
-    let _ = HELD.try_with(|h| h.set(h.get() + sign * bytes as i64));
-}
-
-// SAFETY: every call forwards to the system allocator unchanged; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            add(layout.size(), 1);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) };
-        add(layout.size(), -1);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's arguments.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            add(new_size, 1);
-            add(layout.size(), -1);
-        }
-        p
-    }
-}
-
+/// Counts the bytes each thread holds (other tests of the binary run on other threads).
 #[global_allocator]
-static COUNTING: Counting = Counting;
-
-fn held() -> i64 {
-    HELD.with(Cell::get)
-}
+static HEAP: CountingAlloc = CountingAlloc;
 
 const MIB: u64 = 1 << 20;
 
@@ -175,9 +132,9 @@ fn service_bytes(n: usize, event_history: usize) -> i64 {
         host.start_guest(&format!("bench-bg{i}"));
     }
     let storage = host.storage.clone();
-    let before = held();
+    let before = held_bytes();
     drop(host);
-    let freed = before - held();
+    let freed = before - held_bytes();
     drop(storage);
     freed
 }
