@@ -71,14 +71,20 @@ elif call == "start-refused":
         print("refused", f.details[0], flush=True)
 elif call == "start-watched":
     task = x.Async.VM.start(vm, False, False)
-    last, longest, answers = time.time(), 0.0, 0
+    last, progress, answers, gaps = time.time(), 0.0, 0, []
     while x.task.get_status(task) == "pending":
-        now = time.time()
-        longest, last, answers = max(longest, now - last), now, answers + 1
+        now, was = time.time(), progress
+        progress = x.task.get_progress(task)
+        gaps.append((now - last, was, progress))
+        last, answers = now, answers + 1
         assert now - started < 240, "VM.start still pending"
     status = x.task.get_status(task)
     assert status == "success", (status, x.task.get_error_info(task))
-    print("watched %d %.2f" % (answers, max(longest, time.time() - last)), flush=True)
+    gaps.append((time.time() - last, progress, 1.0))
+    gaps.sort(reverse=True)
+    # The longest waits, with the task's progress before and after each.
+    print("waits", " ".join("%.2f@%.2f-%.2f" % g for g in gaps[:4]), flush=True)
+    print("watched %d %.2f" % (answers, gaps[0][0]), flush=True)
 elif call == "wait-halted":
     while x.VM.get_power_state(vm) != "Halted":
         assert time.time() - started < 300, "still " + x.VM.get_power_state(vm)
