@@ -50,6 +50,11 @@ fn serve_rounds(mut round: impl FnMut() -> Option<bool>) -> bool {
     true
 }
 
+/// Builds under way at once. Each maps its xz dictionary (up to 64 MiB of hole frames) and
+/// holds its decoder's buffers (a few hundred KiB of heap) while its images arrive; more
+/// starts wait their turn in the XenAPI.
+pub const MAX_PREPARED_STARTS: usize = 4;
+
 /// The kernel's clocks.
 #[derive(Debug, Clone, Copy)]
 pub struct Clocks {
@@ -338,6 +343,12 @@ where
         kernel_head: &[u8],
     ) -> Result<PreparedStart, BuildFailure> {
         let mut host = self.borrow_mut();
+        if host.prepared.len() >= MAX_PREPARED_STARTS {
+            return Err(BuildFailure {
+                error: PvhError::StartsBusy,
+                memory_bytes: 0,
+            });
+        }
         let build = host
             .builder()
             .prepare(spec, kernel_head)
@@ -399,6 +410,7 @@ where
     fn build_error(&self, failure: BuildFailure) -> GuestError {
         match failure.error {
             PvhError::Uuid => GuestError::Failed("bad VM UUID for the domain builder".into()),
+            PvhError::StartsBusy => GuestError::StartsBusy,
             PvhError::NotPrepared => {
                 GuestError::Failed("no such start being prepared (abandoned?)".into())
             }

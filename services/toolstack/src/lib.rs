@@ -37,7 +37,7 @@ pub use devices::{
 };
 pub use domain::{Domain, ExitReason, Phase, ShutdownFailure, ShutdownKind, StateError, Timeouts};
 pub use guest_page::{GrantMapper, GuestPage, GuestPageError, MapFrames, MappedPages};
-pub use host::{guests, BuildFailure, Clocks, Serviced, SharedHost, XenHost};
+pub use host::{guests, BuildFailure, Clocks, Serviced, SharedHost, XenHost, MAX_PREPARED_STARTS};
 pub use pvh::{PvhBuilder, PvhError};
 pub use skeleton::XenstoreDataError;
 pub use store::{Access, Perm, Store, StoreError};

@@ -23,6 +23,8 @@ pub enum PvhError {
     Uuid,
     /// `build` was called with no prepared build to finish.
     NotPrepared,
+    /// As many builds as the host runs at once are under way.
+    StartsBusy,
     Build(BuildError),
 }
 

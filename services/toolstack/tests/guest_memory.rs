@@ -14,15 +14,19 @@
 // Helpers outside `#[test]` functions unwrap too: a panic here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::cell::RefCell;
 use std::rc::Rc;
+
+use common::Frames;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_console::XenconsInterface;
 use keel_domain_builder::elf_load::testimage::pvh_elf64;
 use keel_domain_builder::fake::FakeHoles;
 use keel_heap_count::{freed_by, CountingAlloc};
-use keel_toolstack::{guests, Clocks, MapFrames, SharedHost, Timeouts, Toolstack, XenHost};
+use keel_toolstack::{guests, Clocks, SharedHost, Timeouts, Toolstack, XenHost};
 use keel_xen::fake::FakeXen;
 use keel_xen::grant_table::{gtf, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
 use keel_xen::xenstore_ring::XenstoreDomainInterface;
@@ -43,43 +47,6 @@ fn now_ns() -> u64 {
 const HOLES: u64 = 0x20000;
 const HOLE_FRAMES: u64 = 4096;
 const MAX_GUESTS: usize = 16;
-
-/// dom0 frames for guests' pages; the pages themselves are mapped guest memory in the
-/// kernel (no heap), so they are made before anything is counted and shown by reference.
-struct Frames<P: 'static> {
-    pages: &'static [P],
-    base: u64,
-    next: u64,
-    free: Vec<u64>,
-}
-
-impl<P: 'static> Frames<P> {
-    fn new(pages: &'static [P], base: u64) -> Self {
-        Frames {
-            pages,
-            base,
-            next: base,
-            free: Vec::with_capacity(pages.len()),
-        }
-    }
-}
-
-impl<P: 'static> MapFrames for Frames<P> {
-    type View = &'static P;
-    fn allocate(&mut self) -> Option<u64> {
-        self.free.pop().or_else(|| {
-            let gfn = self.next;
-            self.next += 1;
-            (gfn - self.base < self.pages.len() as u64).then_some(gfn)
-        })
-    }
-    fn free(&mut self, gfn: u64) {
-        self.free.push(gfn);
-    }
-    fn view(&self, gfn: u64) -> &'static P {
-        &self.pages[(gfn - self.base) as usize]
-    }
-}
 
 type Host = SharedHost<
     FakeXen,

@@ -186,6 +186,9 @@ pub enum GuestError {
     /// The guest has not advertised the feature a request needs (e.g.
     /// `control/feature-poweroff` absent and the request therefore pointless).
     Unsupported(String),
+    /// As many starts as the backend builds at once are being prepared: try again once one
+    /// of them has finished (the XenAPI's start task waits and does).
+    StartsBusy,
     /// Anything else; the message says what.
     Failed(String),
 }
@@ -209,6 +212,10 @@ impl GuestError {
             },
             GuestError::Unsupported(what) => ApiError::OperationNotAllowed {
                 reason: alloc::format!("the guest does not support {what}"),
+            },
+            GuestError::StartsBusy => ApiError::OperationNotAllowed {
+                reason: "the host is already building as many guests as it builds at once"
+                    .to_string(),
             },
             GuestError::Failed(message) => ApiError::InternalError {
                 message: alloc::format!("toolstack: {message}"),
@@ -240,7 +247,9 @@ pub trait GuestBackend {
 
     /// Begins a start: checks `spec`, refuses a kernel whose head (`kernel_head`: its first
     /// `min(kernel_size, KERNEL_HEAD_BYTES)` bytes, which also count as its first bytes
-    /// loaded) is not one, and creates the domain, paused, with its memory.
+    /// loaded) is not one, and creates the domain, paused, with its memory. A backend that
+    /// builds a bounded number of domains at once answers [`GuestError::StartsBusy`] beyond
+    /// it (nothing created).
     fn prepare_start(
         &mut self,
         spec: &BootSpec,

@@ -1194,6 +1194,39 @@ fn a_start_reads_its_images_in_steps_and_can_be_cancelled() {
     assert!(largest <= 256 << 10, "{largest} bytes in one step");
 }
 
+/// A backend that builds one guest at a time: a second start waits for its turn (its task
+/// pending, nothing prepared) and then runs.
+#[test]
+fn a_start_waits_while_the_backend_is_building_as_many_as_it_does_at_once() {
+    let mut h = host();
+    h.guests.0.borrow_mut().max_prepared = Some(1);
+    let mut kernel = KERNEL.to_vec();
+    kernel.resize(2 << 20, 0x90);
+    let uuid = h.image_vdi("vmlinuz 2 MiB", &kernel);
+    let vms = [h.guest("first"), h.guest("second")];
+    let mut tasks = Vec::new();
+    for vm in &vms {
+        h.ok("VM.set_PV_kernel", vec![s(vm), s(&format!("vdi:{uuid}"))]);
+        let task = h.ok(
+            "Async.VM.start",
+            vec![s(vm), Value::Bool(false), Value::Bool(false)],
+        );
+        tasks.push(text(&task).to_string());
+    }
+    for _ in 0..3 {
+        h.api.run_tasks(h.now);
+    }
+    assert_eq!(h.guests.0.borrow().prepared.len(), 1, "one start at a time");
+    assert_eq!(h.task_status(&tasks[1]), "pending");
+    h.run();
+    for (vm, task) in vms.iter().zip(&tasks) {
+        assert_eq!(h.task_status(task), "success");
+        assert_eq!(h.power(vm), "Running");
+        let domid = h.domid(vm);
+        assert_eq!(h.guests.domain(domid).unwrap().kernel, kernel);
+    }
+}
+
 /// A restart on a full host waits for Xen to return the old domain's memory (it does so
 /// shortly after the destroy), and gives up with `HOST_NOT_ENOUGH_FREE_MEMORY` if it never
 /// comes back.

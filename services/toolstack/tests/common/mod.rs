@@ -178,3 +178,40 @@ impl Store for FakeStore {
             .ok_or(StoreError::NotFound)
     }
 }
+
+/// dom0 frames for guests' pages; the pages themselves are mapped guest memory in the
+/// kernel (no heap), so they are made before anything is counted and shown by reference.
+pub struct Frames<P: 'static> {
+    pages: &'static [P],
+    base: u64,
+    next: u64,
+    free: Vec<u64>,
+}
+
+impl<P: 'static> Frames<P> {
+    pub fn new(pages: &'static [P], base: u64) -> Self {
+        Frames {
+            pages,
+            base,
+            next: base,
+            free: Vec::with_capacity(pages.len()),
+        }
+    }
+}
+
+impl<P: 'static> keel_toolstack::MapFrames for Frames<P> {
+    type View = &'static P;
+    fn allocate(&mut self) -> Option<u64> {
+        self.free.pop().or_else(|| {
+            let gfn = self.next;
+            self.next += 1;
+            (gfn - self.base < self.pages.len() as u64).then_some(gfn)
+        })
+    }
+    fn free(&mut self, gfn: u64) {
+        self.free.push(gfn);
+    }
+    fn view(&self, gfn: u64) -> &'static P {
+        &self.pages[(gfn - self.base) as usize]
+    }
+}

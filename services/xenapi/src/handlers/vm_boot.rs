@@ -17,7 +17,7 @@ use super::vm_domain::guests;
 use super::vm_rules::{check_memory, int_field, text, MAX_VCPUS};
 use crate::api::State;
 use crate::error::ApiError;
-use crate::guest::{BootImage, BootSpec, PreparedStart, KERNEL_HEAD_BYTES};
+use crate::guest::{BootImage, BootSpec, GuestError, PreparedStart, KERNEL_HEAD_BYTES};
 use crate::store::Db;
 use crate::value::Value;
 
@@ -329,10 +329,15 @@ impl Loading {
         let kernel = &self.plan.kernel;
         let Some(prepared) = self.prepared else {
             let n = kernel.size.min(KERNEL_HEAD_BYTES as u64);
-            Self::read(&mut self.piece, state, vm, kernel, 0, n as usize)?;
-            let prepared = guests(state)?
-                .prepare_start(&self.plan.spec, &self.piece)
-                .map_err(|e| e.to_api_error(vm))?;
+            if self.piece.len() as u64 != n {
+                Self::read(&mut self.piece, state, vm, kernel, 0, n as usize)?;
+            }
+            let prepared = match guests(state)?.prepare_start(&self.plan.spec, &self.piece) {
+                Ok(prepared) => prepared,
+                // Other starts are building: wait for a turn, one step at a time.
+                Err(GuestError::StartsBusy) => return Ok(false),
+                Err(e) => return Err(e.to_api_error(vm)),
+            };
             self.prepared = Some(prepared);
             self.kernel_loaded = n;
             return Ok(false);

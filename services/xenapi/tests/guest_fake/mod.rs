@@ -47,6 +47,8 @@ pub struct State {
     pub next_prepared: u64,
     /// Most image bytes one load_image call was given.
     pub largest_piece: usize,
+    /// Starts prepared at once before prepare_start answers StartsBusy, if bounded.
+    pub max_prepared: Option<usize>,
 }
 
 /// A start being prepared.
@@ -101,6 +103,12 @@ impl GuestBackend for FakeGuests {
         kernel_head: &[u8],
     ) -> Result<PreparedStart, GuestError> {
         let mut state = self.0.borrow_mut();
+        if state
+            .max_prepared
+            .is_some_and(|m| state.prepared.len() >= m)
+        {
+            return Err(GuestError::StartsBusy);
+        }
         if spec.max_memory_bytes > state.free_memory {
             return Err(GuestError::NotEnoughMemory {
                 needed: spec.max_memory_bytes,
