@@ -22,7 +22,8 @@
 //! networking under QEMU 7.2", has what was measured with the harness's flags.
 //!
 //! `cargo test -p xtask bench_guests_net -- --ignored --nocapture` boots each stack once and
-//! prints both stacks' figures (about 15 min under TCG).
+//! prints both stacks' figures (27 min under TCG at load ~12 on 2 cores: Linux dom0 about 10,
+//! Keel about 17).
 
 // `bench guests` (its owner wires these rows in) is the caller; until then only the tests are.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 use keel_tests::guest;
 use keel_tests::reference::{self, ReferenceHost};
 use keel_tests::reference_net;
+use keel_tests::triple_fault::triple_faults;
 use keel_tests::{Pattern, Vm};
 
 use crate::commands::bench_guest_net::{send_rate, tcp_sink, udp_counter, udp_rate};
@@ -280,7 +282,39 @@ fn management_network(s: &Session) -> Result<String, XtaskError> {
 /// guests boot), writes the two guests' `xl` configurations with a VIF each on `xenbr0`,
 /// `xl create`s them, polls their console logs every [`POLL`] until both are done, then reads
 /// each VIF's counters in dom0 (into the profile) and destroys the guests.
+///
+/// A failure beside a triple fault of dom0 that Xen reports in its own code (the emulator's,
+/// `keel_tests::triple_fault`) says so first, `EMULATOR FAULT: …`, for the caller to run again
+/// on a fresh host.
 pub fn run_linux(host: &ReferenceHost, initrd: &Path) -> Result<NetFigures, XtaskError> {
+    measure_linux(host, initrd).map_err(|error| {
+        match emulator_fault(&host.machine.serial_lines()) {
+            Some(fault) => failed(format!("EMULATOR FAULT: {fault}; {error}")),
+            None => error,
+        }
+    })
+}
+
+/// The first triple fault in `console` whose reported state is Xen's own, as a sentence.
+pub fn emulator_fault(console: &[String]) -> Option<String> {
+    triple_faults(console)
+        .into_iter()
+        .find(|f| f.emulator)
+        .map(|f| {
+            format!(
+                "d{}v{} triple fault at Xen's {}",
+                f.domain,
+                f.vcpu,
+                f.rip
+                    .as_deref()
+                    .unwrap_or("(no RIP line)")
+                    .trim_start_matches("(XEN)")
+                    .trim()
+            )
+        })
+}
+
+fn measure_linux(host: &ReferenceHost, initrd: &Path) -> Result<NetFigures, XtaskError> {
     let data = std::fs::read(initrd).map_err(|error| XtaskError::Io {
         what: format!("reading {}", initrd.display()),
         error,
@@ -375,7 +409,7 @@ mod tests {
     /// Both stacks' network rows, one fresh host each, Linux first (a benchmark's pieces,
     /// not a CI test).
     #[test]
-    #[ignore = "boots Linux dom0 and Keel under nested TCG with two guests each (~15 min)"]
+    #[ignore = "boots Linux dom0 and Keel under nested TCG with two guests each (15–30 min)"]
     fn both_stacks_carry_the_guests_traffic() {
         if let Err(e) = both_stacks() {
             panic!("{e}");
@@ -516,6 +550,26 @@ mod tests {
             "vif1.0 (bench-net-a): from guest 4091 frames, to guest 6604 frames, dropped tx_dropped=21"
         );
         assert!(vif_summary("b", 2, &counters[..2]).ends_with("dropped none"));
+    }
+
+    #[test]
+    fn only_a_triple_fault_in_xens_own_code_is_the_emulators() {
+        let console = lines(
+            "(XEN) d0v0 Triple fault - invoking HVM shutdown action 1\n\
+             (XEN) *** Dumping Dom0 vcpu#0 state: ***\n\
+             (XEN) ----[ Xen-4.17.7  x86_64  debug=n  Not tainted ]----\n\
+             (XEN) CPU:    0\n\
+             (XEN) RIP:    e008:[<ffff82d0402044a5>]\n",
+        );
+        let fault = emulator_fault(&console).expect("the emulator's fault");
+        assert!(fault.starts_with("d0v0 triple fault at Xen's "), "{fault}");
+        assert!(fault.contains("ffff82d0402044a5"), "{fault}");
+        let guest = lines(
+            "(XEN) d3v0 Triple fault - invoking HVM shutdown action 1\n\
+             (XEN) RIP:    0010:[<ffffffff81000000>]\n",
+        );
+        assert_eq!(emulator_fault(&guest), None);
+        assert_eq!(emulator_fault(&[]), None);
     }
 
     #[test]
