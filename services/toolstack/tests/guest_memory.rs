@@ -16,20 +16,15 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use common::Frames;
+use common::{page_host, PageHost};
+use keel_toolstack::MapFrames;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_console::XenconsInterface;
 use keel_domain_builder::elf_load::testimage::pvh_elf64;
-use keel_domain_builder::fake::FakeHoles;
 use keel_heap_count::{freed_by, CountingAlloc};
-use keel_toolstack::{guests, Clocks, SharedHost, Timeouts, Toolstack, XenHost};
+use keel_toolstack::{guests, Timeouts, Toolstack};
 use keel_xen::fake::FakeXen;
-use keel_xen::grant_table::{gtf, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
-use keel_xen::xenstore_ring::XenstoreDomainInterface;
 use keel_xen::xenstore_wire::{XsMessage, XsType};
 use keel_xenapi::guest::{BootImage, BootSpec, GuestBackend, KERNEL_HEAD_BYTES};
 use keel_xenstored::Xenstored;
@@ -48,12 +43,7 @@ const HOLES: u64 = 0x20000;
 const HOLE_FRAMES: u64 = 4096;
 const MAX_GUESTS: usize = 16;
 
-type Host = SharedHost<
-    FakeXen,
-    FakeHoles<'static>,
-    Frames<XenstoreDomainInterface>,
-    Frames<XenconsInterface>,
->;
+type Host = PageHost;
 
 const RAMDISK: &[u8] = &[7; 5000];
 
@@ -149,43 +139,13 @@ struct Shares {
     toolstack: i64,
 }
 
-fn leak<T>(n: usize, make: impl Fn() -> T) -> &'static [T] {
-    Box::leak(
-        (0..n)
-            .map(|_| make())
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    )
-}
-
 fn run(n: usize) -> Shares {
     let xen: &'static FakeXen = Box::leak(Box::new(FakeXen::with_dom0_holes(HOLES, HOLE_FRAMES)));
-    let store_pages = leak(MAX_GUESTS, XenstoreDomainInterface::zeroed);
-    let console_pages = leak(MAX_GUESTS, XenconsInterface::zeroed);
     let kernel = pvh_elf64(0x100_0000, &[0x90; 4096], 0x1000, Some(0x100_0000));
-    let host: Host = Rc::new(RefCell::new(XenHost::new(
-        xen,
-        FakeHoles::new(xen),
-        Frames::new(store_pages, 0x9_0000),
-        Frames::new(console_pages, 0xa_0000),
-        Clocks {
-            monotonic_ns: now_ns,
-            unix_ns: now_ns,
-        },
-    )));
-    // The grants Linux's `gnttab_init` keeps for the console and store pages (the domain
-    // builder fills them in Xen; the fake is told here, for every domain id used).
-    for domid in 1..=MAX_GUESTS as u16 {
-        let frame = 0x10_0000 + u64::from(domid) * 2;
-        xen.add_foreign_grant(domid, GNTTAB_RESERVED_CONSOLE, 0, gtf::PERMIT_ACCESS, frame);
-        xen.add_foreign_grant(
-            domid,
-            GNTTAB_RESERVED_XENSTORE,
-            0,
-            gtf::PERMIT_ACCESS,
-            frame + 1,
-        );
-    }
+    let host: Host = page_host(xen, MAX_GUESTS, now_ns);
+    let console_pages: Vec<&XenconsInterface> = (0..MAX_GUESTS)
+        .map(|i| host.borrow().console_frames.view(0xa_0000 + i as u64))
+        .collect();
     let mut backend = guests(&host);
     for (i, console_page) in console_pages.iter().enumerate().take(n) {
         let spec = spec(i, &kernel);

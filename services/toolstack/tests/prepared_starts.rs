@@ -8,17 +8,10 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use common::Frames;
-use keel_console::XenconsInterface;
+use common::{page_host, PageHost};
 use keel_domain_builder::elf_load::testimage::pvh_elf64;
-use keel_domain_builder::fake::FakeHoles;
-use keel_toolstack::{guests, Clocks, Guests, SharedHost, XenHost, MAX_PREPARED_STARTS};
+use keel_toolstack::{guests, Guests, MAX_PREPARED_STARTS};
 use keel_xen::fake::FakeXen;
-use keel_xen::grant_table::{gtf, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
-use keel_xen::xenstore_ring::XenstoreDomainInterface;
 use keel_xenapi::guest::{
     BootImage, BootSpec, GuestBackend, GuestError, PreparedStart, KERNEL_HEAD_BYTES,
 };
@@ -27,12 +20,7 @@ const HOLES: u64 = 0x20000;
 const HOLE_FRAMES: u64 = 4096;
 const PAGES: usize = 8;
 
-type Host = SharedHost<
-    FakeXen,
-    FakeHoles<'static>,
-    Frames<XenstoreDomainInterface>,
-    Frames<XenconsInterface>,
->;
+type Host = PageHost;
 
 fn now_ns() -> u64 {
     1_000_000_000
@@ -40,35 +28,7 @@ fn now_ns() -> u64 {
 
 fn host() -> (&'static FakeXen, Guests<Host>) {
     let xen: &'static FakeXen = Box::leak(Box::new(FakeXen::with_dom0_holes(HOLES, HOLE_FRAMES)));
-    let store: &'static [XenstoreDomainInterface] = Box::leak(
-        (0..PAGES)
-            .map(|_| XenstoreDomainInterface::zeroed())
-            .collect(),
-    );
-    let console: &'static [XenconsInterface] =
-        Box::leak((0..PAGES).map(|_| XenconsInterface::zeroed()).collect());
-    for domid in 1..=PAGES as u16 * 4 {
-        let frame = 0x10_0000 + u64::from(domid) * 2;
-        xen.add_foreign_grant(domid, GNTTAB_RESERVED_CONSOLE, 0, gtf::PERMIT_ACCESS, frame);
-        xen.add_foreign_grant(
-            domid,
-            GNTTAB_RESERVED_XENSTORE,
-            0,
-            gtf::PERMIT_ACCESS,
-            frame + 1,
-        );
-    }
-    let host: Host = Rc::new(RefCell::new(XenHost::new(
-        xen,
-        FakeHoles::new(xen),
-        Frames::new(store, 0x9_0000),
-        Frames::new(console, 0xa_0000),
-        Clocks {
-            monotonic_ns: now_ns,
-            unix_ns: now_ns,
-        },
-    )));
-    (xen, guests(&host))
+    (xen, guests(&page_host(xen, PAGES, now_ns)))
 }
 
 /// A 100 KiB PVH kernel: its head and the rest.

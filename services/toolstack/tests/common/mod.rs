@@ -215,3 +215,53 @@ impl<P: 'static> keel_toolstack::MapFrames for Frames<P> {
         &self.pages[(gfn - self.base) as usize]
     }
 }
+
+/// The host assembly (`XenHost`) over `FakeXen`, with `Frames` for the store and console
+/// pages.
+pub type PageHost = keel_toolstack::SharedHost<
+    FakeXen,
+    keel_domain_builder::fake::FakeHoles<'static>,
+    Frames<keel_xen::xenstore_ring::XenstoreDomainInterface>,
+    Frames<keel_console::XenconsInterface>,
+>;
+
+/// A `XenHost` over `xen` (made with dom0 holes) with `pages` store and console pages each,
+/// its clocks `now_ns`. Xen is told of the grants Linux's `gnttab_init` keeps for the console
+/// and store pages of domains 1 to `4 × pages` (the domain builder fills them in a real Xen).
+pub fn page_host(xen: &'static FakeXen, pages: usize, now_ns: fn() -> u64) -> PageHost {
+    use keel_xen::grant_table::{gtf, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
+    fn leak<T>(n: usize, make: impl Fn() -> T) -> &'static [T] {
+        Box::leak(
+            (0..n)
+                .map(|_| make())
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
+    }
+    let store = leak(
+        pages,
+        keel_xen::xenstore_ring::XenstoreDomainInterface::zeroed,
+    );
+    let console = leak(pages, keel_console::XenconsInterface::zeroed);
+    for domid in 1..=(pages * 4) as u16 {
+        let frame = 0x10_0000 + u64::from(domid) * 2;
+        xen.add_foreign_grant(domid, GNTTAB_RESERVED_CONSOLE, 0, gtf::PERMIT_ACCESS, frame);
+        xen.add_foreign_grant(
+            domid,
+            GNTTAB_RESERVED_XENSTORE,
+            0,
+            gtf::PERMIT_ACCESS,
+            frame + 1,
+        );
+    }
+    std::rc::Rc::new(RefCell::new(keel_toolstack::XenHost::new(
+        xen,
+        keel_domain_builder::fake::FakeHoles::new(xen),
+        Frames::new(store, 0x9_0000),
+        Frames::new(console, 0xa_0000),
+        keel_toolstack::Clocks {
+            monotonic_ns: now_ns,
+            unix_ns: now_ns,
+        },
+    )))
+}
