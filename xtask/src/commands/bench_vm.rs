@@ -403,11 +403,22 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     };
     let measured = measure(&host, runs, &probe, &background, &mut report);
     if let Err(error) = &measured {
+        // What QEMU and Xen say the machine was doing (docs/xen.md, "Emulator faults"):
+        // a Xen that answers its debug keys while Keel does not points at Keel.
+        let stall = host.machine.xen_stall_report();
+        for line in stall.lines() {
+            eprintln!("{line}");
+        }
         // Minutes of measurements are worth keeping when a later step fails.
         if report.alone.is_empty() {
             return measured;
         }
-        report.stopped = Some(error.to_string());
+        let xen = if stall.xen_answered {
+            "Xen answered its debug keys"
+        } else {
+            "Xen did not answer its debug keys"
+        };
+        report.stopped = Some(format!("{error} ({xen})"));
     }
     println!("{}", report.table());
     println!("{}", report.memory_words());
