@@ -54,8 +54,10 @@ const END: &str = "kbench: end";
 const DONE: &str = "keel-guest: kbench done";
 /// xvda's device number (blkif's `202 << 8`): its backend directory and sysfs name.
 const XVDA: u32 = 51712;
-/// How long dom0's use with no guest running is measured.
+/// How long dom0's use with no guest running is measured, after [`IDLE_SETTLE`] of quiet
+/// (the uploads and the VM's creation, or the initramfs's copy, just ended).
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
+const IDLE_SETTLE: Duration = Duration::from_secs(15);
 
 /// `/bin/kbench` of the disk guest: what blkfront negotiated, the guest's CPU and xvda's
 /// counters (spaces squeezed: Keel's log splits a long console line), a 10 s pause (dom0's counters are read meanwhile), then the real binary on
@@ -536,8 +538,10 @@ pub fn data_source_value(answer: &str) -> Option<f64> {
 }
 
 /// dom0's vCPU use with no guest running: the mean of its `cpu0` data source (busy seconds
-/// per second over the last 5 s) read at the end of each 5 s of [`IDLE_WINDOW`].
+/// per second over the last 5 s) read at the end of each 5 s of [`IDLE_WINDOW`], after
+/// [`IDLE_SETTLE`].
 fn keel_idle_share(session: &Session, dom0: &str) -> Option<f64> {
+    std::thread::sleep(IDLE_SETTLE);
     let mut readings = Vec::new();
     for _ in 0..IDLE_WINDOW.as_secs() / 5 {
         std::thread::sleep(Duration::from_secs(5));
@@ -717,6 +721,7 @@ pub fn run_linux(
             .find(|(n, _)| n == "Domain-0")
             .map(|(_, t)| t)
     };
+    std::thread::sleep(IDLE_SETTLE);
     let idle_from = host.run_ok("xl list", CALL_DEADLINE)?;
     let idle_started = Instant::now();
     std::thread::sleep(IDLE_WINDOW);
