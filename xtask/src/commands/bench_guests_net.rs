@@ -22,8 +22,7 @@
 //! networking under QEMU 7.2", has what was measured with the harness's flags.
 //!
 //! `cargo test -p xtask bench_guests_net -- --ignored --nocapture` boots each stack once and
-//! prints both stacks' figures (27 min under TCG at load ~12 on 2 cores: Linux dom0 about 10,
-//! Keel about 17).
+//! prints both stacks' figures (10 min under TCG on 2 cores at load ~7, 27 min at load ~12).
 
 // `bench guests` (its owner wires these rows in) is the caller; until then only the tests are.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -409,7 +408,7 @@ mod tests {
     /// Both stacks' network rows, one fresh host each, Linux first (a benchmark's pieces,
     /// not a CI test).
     #[test]
-    #[ignore = "boots Linux dom0 and Keel under nested TCG with two guests each (15–30 min)"]
+    #[ignore = "boots Linux dom0 and Keel under nested TCG with two guests each (10–30 min)"]
     fn both_stacks_carry_the_guests_traffic() {
         if let Err(e) = both_stacks() {
             panic!("{e}");
