@@ -30,7 +30,7 @@
 
 mod disk;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use keel_tests::credentials::test_credentials;
@@ -42,6 +42,8 @@ use keel_tests::reference::{self, ReferenceHost};
 use keel_tests::{DiskBus, Machine, NicModel, Pattern, Vm};
 
 use crate::bench_report::{cpu_model, qemu_version, record_section, section_markers};
+use crate::commands::bench_guest_net;
+use crate::commands::bench_guests_net::{self, NET_ROWS};
 use crate::commands::bench_soak::memory::{data_source_kib, HEAP_SOURCE};
 use crate::commands::build::build_image;
 use crate::commands::vm::Session;
@@ -110,6 +112,9 @@ pub struct RunFigures {
     /// The guest disk rows (MB/s or IOPS, in `standard_workloads` order), from the stack's
     /// disk run ([`disk`]).
     pub disk: [Option<f64>; 8],
+    /// The guest network rows (in [`bench_guests_net::NET_ROWS`] order), from the stack's
+    /// network run.
+    pub net: [Option<f64>; 4],
 }
 
 /// The figures of one row: how to read them from a run and what the issue asks of them.
@@ -136,7 +141,7 @@ fn per_guest(figures: [Option<u64>; 3], at: usize, guests: usize) -> Option<f64>
     Some((figures[at]? as f64 - figures[0]? as f64) / guests as f64)
 }
 
-/// A guest disk row: `index` into `standard_workloads`, higher is better.
+/// A guest disk or network row: throughput, higher is better, issue 13's goal ≥ 1.2×.
 const fn disk_row(
     key: &'static str,
     label: &'static str,
@@ -348,6 +353,18 @@ pub const ROWS: &[Row] = &[
         "IOPS",
         |r| r.disk[7],
     ),
+    disk_row(NET_ROWS[0].key, NET_ROWS[0].label, NET_ROWS[0].unit, |r| {
+        r.net[0]
+    }),
+    disk_row(NET_ROWS[1].key, NET_ROWS[1].label, NET_ROWS[1].unit, |r| {
+        r.net[1]
+    }),
+    disk_row(NET_ROWS[2].key, NET_ROWS[2].label, NET_ROWS[2].unit, |r| {
+        r.net[2]
+    }),
+    disk_row(NET_ROWS[3].key, NET_ROWS[3].label, NET_ROWS[3].unit, |r| {
+        r.net[3]
+    }),
 ];
 
 /// The disk rows' position in [`ROWS`] and in `standard_workloads`.
@@ -376,6 +393,8 @@ pub struct GuestsBench {
     /// The last disk run's profile of each stack.
     pub keel_disk: Option<disk::DiskProfile>,
     pub linux_disk: Option<disk::DiskProfile>,
+    /// The last network run's profile of each stack, each line naming its stack.
+    pub net_profile: Vec<String>,
 }
 
 fn scaled(row: &Row, value: f64) -> f64 {
@@ -507,6 +526,13 @@ impl GuestsBench {
                 median(&self.linux)?,
             ));
         }
+        if NET_ROWS.iter().any(|n| n.key == row.key) && !self.net_profile.is_empty() {
+            return Some(
+                "not profiled beyond the guest network profile below (what the sender sent, \
+                 each VIF's drops)"
+                    .to_string(),
+            );
+        }
         if row.key != "start-running" {
             return None;
         }
@@ -621,11 +647,17 @@ impl GuestsBench {
                 out.push_str(&format!("- {problem}\n"));
             }
         }
+        if !self.net_profile.is_empty() {
+            out.push_str(
+                "\nThe guest network profile (last run of each stack): what the sending guest \
+                 itself sent, and each VIF's counters.\n\n",
+            );
+            for line in &self.net_profile {
+                out.push_str(&format!("- {line}\n"));
+            }
+        }
         out.push_str(
-            "\nNot measured yet: guest networks through netback on the two stacks (the \
-             reference stack's networked guests triple-fault under QEMU 7.2's nested SVM: \
-             `../shared/notes/linux-dom0-xl.md`).\n\n\
-             Reproduce every row with `cargo xtask bench guests --runs N` (`--record` rewrites \
+            "\nReproduce every row with `cargo xtask bench guests --runs N` (`--record` rewrites \
              this section); the reference stack alone boots and starts one guest with \
              `cargo test -p keel-tests --test reference -- --ignored --nocapture`.\n",
         );
@@ -901,6 +933,35 @@ fn run_linux(
     linux_measure(&host, vmlinux_mib, figures, notes)
 }
 
+/// The guest network rows on a freshly booted Keel host; returns the run's profile.
+fn net_run_keel(
+    image: &PathBuf,
+    initrd: &Path,
+    run: u32,
+    figures: &mut RunFigures,
+) -> Result<Vec<String>, XtaskError> {
+    let host = KeelHost::boot(
+        image,
+        &format!("bench-guests-keel-net-{run}"),
+        &mut RunFigures::default(),
+    )?;
+    let net = bench_guests_net::run_keel(&host.machine, &host.session, initrd)?;
+    figures.net = net.values;
+    Ok(net.profile)
+}
+
+/// The guest network rows on a freshly booted reference host; returns the run's profile.
+fn net_run_linux(
+    initrd: &Path,
+    run: u32,
+    figures: &mut RunFigures,
+) -> Result<Vec<String>, XtaskError> {
+    let host = reference::boot(&format!("bench-guests-linux-net-{run}"), HOST_MEMORY_MIB)?;
+    let net = bench_guests_net::run_linux(&host, initrd)?;
+    figures.net = net.values;
+    Ok(net.profile)
+}
+
 fn note_run(stack: Stack, run: u32, runs: u32, f: &RunFigures) {
     let s = |v: Option<f64>| v.map_or_else(|| "–".into(), |v| format!("{:.2} s", v / 1000.0));
     let k = |v: Option<u64>| v.map_or_else(|| "–".into(), |v| format!("{v} KiB"));
@@ -928,8 +989,9 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     let step = progress::step("building the reference stack (Linux dom0 + xl)");
     reference::build()?;
     step.done();
-    let step = progress::step("preparing the disk guest's initramfs (kbench)");
+    let step = progress::step("preparing the disk and network guests' initramfs");
     let disk_initrd = disk::guest_initrd()?;
+    let net_initrd = bench_guest_net::guest_initrd()?;
     step.done();
     let mut report = GuestsBench {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -968,6 +1030,31 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
                 }
                 Err(error) => {
                     let problem = format!("{} guest disk run {run}: {error}", stack.label());
+                    progress::note(&problem);
+                    report.problems.push(problem);
+                }
+            }
+            step.done();
+        }
+        // The guest network rows, each stack on a fresh host.
+        for (stack, figures) in [Stack::Keel, Stack::Linux].into_iter().zip(&mut figures) {
+            if disk_only {
+                break;
+            }
+            let step = progress::step(format!("{} guest network run {run}/{runs}", stack.label()));
+            let outcome = match stack {
+                Stack::Keel => net_run_keel(&image, &net_initrd, run, figures),
+                Stack::Linux => net_run_linux(&net_initrd, run, figures),
+            };
+            match outcome {
+                Ok(profile) => {
+                    report.net_profile.retain(|l| !l.starts_with(stack.label()));
+                    report
+                        .net_profile
+                        .extend(profile.iter().map(|l| format!("{}: {l}", stack.label())));
+                }
+                Err(error) => {
+                    let problem = format!("{} guest network run {run}: {error}", stack.label());
                     progress::note(&problem);
                     report.problems.push(problem);
                 }
@@ -1037,19 +1124,24 @@ mod tests {
             dom0_used_kib: used.map(Some),
             xen_free_kib: [Some(free[0]), Some(free[1]), None],
             disk: [Some(30.0); 8],
+            net: [Some(0.2), Some(0.1), Some(400.0), Some(1000.0)],
         }
     }
+
+    const KEEL_NET: [Option<f64>; 4] = [Some(0.3), Some(0.15), Some(600.0), Some(1500.0)];
 
     fn bench() -> GuestsBench {
         GuestsBench {
             keel: vec![
-                // Keel's disk rows 1.5× Linux's (45 against 30).
+                // Keel's disk and network rows 1.5× Linux's.
                 RunFigures {
                     disk: [Some(45.0); 8],
+                    net: KEEL_NET,
                     ..figures(1.0, 30.0, [10_240, 10_340, 11_040], [1_000_000, 884_000])
                 },
                 RunFigures {
                     disk: [Some(45.0); 8],
+                    net: KEEL_NET,
                     ..figures(3.0, 34.0, [10_240, 10_440, 11_840], [1_000_000, 884_000])
                 },
             ],
@@ -1064,6 +1156,7 @@ mod tests {
             qemu_version: Some("QEMU 7.2".into()),
             keel_disk: None,
             linux_disk: None,
+            net_profile: vec!["Keel: sender sent 1000 frames/s".into()],
         }
     }
 
@@ -1290,6 +1383,38 @@ mod tests {
             &"- guest disk: seq-read 1 MiB, QD 32 is not compared: Linux's figure not measured"
                 .to_string()
         ));
+    }
+
+    #[test]
+    fn network_rows_are_throughput_with_their_goal_and_profile() {
+        let mut b = bench();
+        // Keel's network figures 1.5× Linux's on the TCP rows, 0.5× on the frame rows.
+        for run in &mut b.keel {
+            run.net = [Some(0.3), Some(0.15), Some(200.0), Some(500.0)];
+        }
+        let met_of = |key: &str| {
+            let row = ROWS.iter().find(|r| r.key == key).unwrap();
+            assert_eq!(row.goal_ratio_min, Some(1.2), "{key}");
+            met(row, summary(row, &b.keel), summary(row, &b.linux))
+        };
+        assert_eq!(met_of(NET_ROWS[0].key), Some(true));
+        assert_eq!(met_of(NET_ROWS[1].key), Some(true));
+        assert_eq!(met_of(NET_ROWS[2].key), Some(false));
+        assert_eq!(met_of(NET_ROWS[3].key), Some(false));
+        let section = b.markdown_section("cargo xtask bench guests --runs 2", "today");
+        assert!(section.contains(NET_ROWS[2].label), "{section}");
+        assert!(
+            section.contains("- Keel: sender sent 1000 frames/s"),
+            "{section}"
+        );
+        assert!(!section.contains("Not measured yet"), "{section}");
+        assert_eq!(
+            b.misses()
+                .iter()
+                .filter(|m| m.contains("misses its goal") && m.contains("frames"))
+                .count(),
+            2
+        );
     }
 
     #[test]
