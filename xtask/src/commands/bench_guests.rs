@@ -999,12 +999,17 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         qemu_version: qemu_version(),
         ..GuestsBench::default()
     };
-    // `KEEL_BENCH_GUESTS_ONLY=disk`: the guest disk rows alone (to reproduce them quickly).
-    let disk_only = std::env::var("KEEL_BENCH_GUESTS_ONLY").is_ok_and(|v| v == "disk");
+    // `KEEL_BENCH_GUESTS_ONLY=disk` or `=net`: the guest disk or network rows alone (to
+    // reproduce them quickly).
+    let only = std::env::var("KEEL_BENCH_GUESTS_ONLY").unwrap_or_default();
+    let (disk_only, net_only) = (only == "disk", only == "net");
     for run in 1..=runs {
         let mut figures = [RunFigures::default(), RunFigures::default()];
         // The guest disk rows first (a failure there shows early), each stack on a fresh host.
         for (stack, figures) in [Stack::Keel, Stack::Linux].into_iter().zip(&mut figures) {
+            if net_only {
+                break;
+            }
             let step = progress::step(format!("{} guest disk run {run}/{runs}", stack.label()));
             let outcome = match stack {
                 Stack::Keel => disk::run_keel(&image, &disk_initrd, run, figures),
@@ -1046,6 +1051,16 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
                 Stack::Keel => net_run_keel(&image, &net_initrd, run, figures),
                 Stack::Linux => net_run_linux(&net_initrd, run, figures),
             };
+            let shown: Vec<String> = figures
+                .net
+                .iter()
+                .map(|v| v.map_or_else(|| "–".into(), |v| format!("{v:.3}")))
+                .collect();
+            progress::note(format!(
+                "{} network {run}/{runs} (TCP out, TCP guest-guest MB/s; frames guest-guest, out /s): {}",
+                stack.label(),
+                shown.join(" ")
+            ));
             match outcome {
                 Ok(profile) => {
                     report.net_profile.retain(|l| !l.starts_with(stack.label()));
@@ -1062,7 +1077,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
             step.done();
         }
         for (stack, mut figures) in [Stack::Keel, Stack::Linux].into_iter().zip(figures) {
-            if !disk_only {
+            if !disk_only && !net_only {
                 let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
                 let outcome = match stack {
                     Stack::Keel => run_keel(&image, run, &mut figures),
