@@ -1063,6 +1063,9 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
             ));
             match outcome {
                 Ok(profile) => {
+                    for line in &profile {
+                        progress::note(format!("{} network profile: {line}", stack.label()));
+                    }
                     report.net_profile.retain(|l| !l.starts_with(stack.label()));
                     report
                         .net_profile
@@ -1110,8 +1113,11 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         println!("recorded in {}", doc.display());
     }
     let measured = |runs: &[RunFigures]| {
-        runs.iter()
-            .any(|r| r.start_call_ms.is_some() || r.disk.iter().any(Option::is_some))
+        runs.iter().any(|r| {
+            r.start_call_ms.is_some()
+                || r.disk.iter().any(Option::is_some)
+                || r.net.iter().any(Option::is_some)
+        })
     };
     if !measured(&report.keel) || !measured(&report.linux) {
         return Err(failed(format!(
