@@ -75,6 +75,12 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> XtaskError {
 /// The guest initramfs with `kbench` as `/bin/kbench.bin` behind [`kbench_wrapper`] as
 /// `/bin/kbench` (a second, concatenated cpio archive).
 fn guest_initrd() -> Result<PathBuf, XtaskError> {
+    kbench_initrd(&kbench_wrapper(), "guest-kbench.cpio")
+}
+
+/// The guest initramfs with `kbench` as `/bin/kbench.bin` and `wrapper` (a shell script
+/// running it) as `/bin/kbench`, appended as a second cpio archive; written as `artifact`.
+pub(crate) fn kbench_initrd(wrapper: &str, artifact: &str) -> Result<PathBuf, XtaskError> {
     let mut archive = fs::read(guest::initramfs()?).map_err(io("reading the guest initramfs"))?;
     let binary = fs::read(bench_storage::kbench()?).map_err(io("reading kbench"))?;
     archive.extend(linux::cpio_newc(&[
@@ -86,10 +92,10 @@ fn guest_initrd() -> Result<PathBuf, XtaskError> {
         CpioEntry {
             path: "bin/kbench".into(),
             mode: 0o100755,
-            data: kbench_wrapper().into_bytes(),
+            data: wrapper.as_bytes().to_vec(),
         },
     ]));
-    let out = linux::artifact("guest-kbench.cpio");
+    let out = linux::artifact(artifact);
     fs::write(&out, archive).map_err(io("writing the guest kbench initramfs"))?;
     Ok(out)
 }

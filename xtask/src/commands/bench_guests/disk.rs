@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_repositories::bench::{standard_workloads, Figures, Pattern as Workload};
 use keel_tests::guest;
-use keel_tests::linux::{self, CpioEntry};
+use keel_tests::linux;
 use keel_tests::reference::{self, ReferenceHost};
 use keel_tests::Pattern;
 
@@ -30,7 +30,7 @@ use super::{
     failed, KeelHost, RunFigures, CALL_DEADLINE, GUEST_BOOT_DEADLINE, HOST_MEMORY_MIB,
     SR_DISK_BYTES,
 };
-use crate::commands::bench_storage;
+use crate::commands::bench_guest_disk;
 use crate::commands::vm::Session;
 use crate::error::XtaskError;
 use crate::load::{self, Param};
@@ -90,23 +90,7 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> XtaskError {
 
 /// The guest initramfs with `kbench` as `/bin/kbench.bin` behind [`kbench_wrapper`].
 pub fn guest_initrd() -> Result<PathBuf, XtaskError> {
-    let mut archive = fs::read(guest::initramfs()?).map_err(io("reading the guest initramfs"))?;
-    let binary = fs::read(bench_storage::kbench()?).map_err(io("reading kbench"))?;
-    archive.extend(linux::cpio_newc(&[
-        CpioEntry {
-            path: "bin/kbench.bin".into(),
-            mode: 0o100755,
-            data: binary,
-        },
-        CpioEntry {
-            path: "bin/kbench".into(),
-            mode: 0o100755,
-            data: kbench_wrapper().into_bytes(),
-        },
-    ]));
-    let out = linux::artifact("guest-kbench-guests.cpio");
-    fs::write(&out, archive).map_err(io("writing the disk guest's initramfs"))?;
-    Ok(out)
+    bench_guest_disk::kbench_initrd(&kbench_wrapper(), "guest-kbench-guests.cpio")
 }
 
 /// The workloads the guest must report, in order: the table's with 1 MiB sequential requests
