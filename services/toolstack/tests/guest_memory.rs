@@ -49,19 +49,9 @@ const RAMDISK: &[u8] = &[7; 5000];
 
 fn spec(i: usize, kernel: &[u8]) -> BootSpec {
     BootSpec {
-        vm_uuid: format!("0a0b0c0d-0000-4000-8000-{i:012}"),
         name: format!("bench-bg{i}"),
-        max_memory_bytes: 32 << 20,
-        target_memory_bytes: 32 << 20,
-        max_vcpus: 1,
-        vcpus_at_startup: 1,
-        kernel_size: kernel.len() as u64,
-        ramdisk_size: Some(RAMDISK.len() as u64),
         cmdline: "console=hvc0 quiet loglevel=4 keel_guest=idle".into(),
-        paused: false,
-        platform: vec![],
-        xenstore_data: vec![],
-        disks: vec![],
+        ..common::boot_spec(i, kernel.len(), Some(RAMDISK.len()))
     }
 }
 

@@ -37,21 +37,7 @@ fn kernel() -> Vec<u8> {
 }
 
 fn spec(i: usize, kernel: &[u8]) -> BootSpec {
-    BootSpec {
-        vm_uuid: format!("0a0b0c0d-0000-4000-8000-{i:012}"),
-        name: format!("guest-{i}"),
-        max_memory_bytes: 32 << 20,
-        target_memory_bytes: 32 << 20,
-        max_vcpus: 1,
-        vcpus_at_startup: 1,
-        kernel_size: kernel.len() as u64,
-        ramdisk_size: None,
-        cmdline: "console=hvc0".into(),
-        paused: false,
-        platform: vec![],
-        xenstore_data: vec![],
-        disks: vec![],
-    }
+    common::boot_spec(i, kernel.len(), None)
 }
 
 fn prepare(g: &mut Guests<Host>, i: usize, kernel: &[u8]) -> Result<PreparedStart, GuestError> {

@@ -38,19 +38,8 @@ const RAMDISK: &[u8] = &[7; 5000];
 
 fn spec(kernel: &[u8]) -> BootSpec {
     BootSpec {
-        vm_uuid: "0a0b0c0d-0000-4000-8000-000000000002".into(),
         name: "tiny".into(),
-        max_memory_bytes: 32 << 20,
-        target_memory_bytes: 32 << 20,
-        max_vcpus: 1,
-        vcpus_at_startup: 1,
-        kernel_size: kernel.len() as u64,
-        ramdisk_size: Some(RAMDISK.len() as u64),
-        cmdline: "console=hvc0".into(),
-        paused: false,
-        platform: vec![],
-        xenstore_data: vec![],
-        disks: vec![],
+        ..common::boot_spec(2, kernel.len(), Some(RAMDISK.len()))
     }
 }
 

@@ -265,3 +265,27 @@ pub fn page_host(xen: &'static FakeXen, pages: usize, now_ns: fn() -> u64) -> Pa
         },
     )))
 }
+
+/// A boot spec for guest `i` (its UUID ends in `i`; name `guest-<i>`): 32 MiB, one vCPU,
+/// `console=hvc0`, images of the sizes given, no disks. Tests change fields with `..`.
+pub fn boot_spec(
+    i: usize,
+    kernel_size: usize,
+    ramdisk_size: Option<usize>,
+) -> keel_xenapi::guest::BootSpec {
+    keel_xenapi::guest::BootSpec {
+        vm_uuid: format!("0a0b0c0d-0000-4000-8000-{i:012}"),
+        name: format!("guest-{i}"),
+        max_memory_bytes: 32 << 20,
+        target_memory_bytes: 32 << 20,
+        max_vcpus: 1,
+        vcpus_at_startup: 1,
+        kernel_size: kernel_size as u64,
+        ramdisk_size: ramdisk_size.map(|r| r as u64),
+        cmdline: "console=hvc0".into(),
+        paused: false,
+        platform: vec![],
+        xenstore_data: vec![],
+        disks: vec![],
+    }
+}
