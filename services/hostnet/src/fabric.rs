@@ -66,6 +66,9 @@ pub struct Fabric {
     uplinks: Vec<PortId>,
     /// A frame was queued for a guest's port since [`Fabric::take_guest_frames`].
     guest_frames: bool,
+    /// A frame was queued for an uplink or delivered to the management stack since
+    /// [`Fabric::take_host_frames`].
+    host_frames: bool,
     next_age_ms: u64,
 }
 
@@ -77,6 +80,7 @@ impl Fabric {
             local: None,
             uplinks: Vec::new(),
             guest_frames: false,
+            host_frames: false,
             next_age_ms: AGE_INTERVAL_MS,
         }
     }
@@ -195,10 +199,16 @@ impl Fabric {
             let queued = match self.outputs.get_mut(&delivery.port) {
                 Some(Output::Queue(queue)) => {
                     let pushed = queue.push(frame, delivery.edit);
-                    self.guest_frames |= pushed.is_ok() && !self.uplinks.contains(&delivery.port);
+                    let to_uplink = self.uplinks.contains(&delivery.port);
+                    self.guest_frames |= pushed.is_ok() && !to_uplink;
+                    self.host_frames |= pushed.is_ok() && to_uplink;
                     pushed
                 }
-                Some(Output::Local(end)) => end.deliver(frame, delivery.edit),
+                Some(Output::Local(end)) => {
+                    let delivered = end.deliver(frame, delivery.edit);
+                    self.host_frames |= delivered.is_ok();
+                    delivered
+                }
                 None => Err(QueueError::Full),
             };
             if queued.is_err() {
@@ -243,6 +253,13 @@ impl Fabric {
     /// that switched it wakes the one that serves guests.
     pub fn take_guest_frames(&mut self) -> bool {
         core::mem::take(&mut self.guest_frames)
+    }
+
+    /// Whether a frame was queued for an uplink or handed to the management stack since the
+    /// last call: the guest task, which switches guests' frames, wakes the network task,
+    /// which owns the NIC and the stack (and polls the NIC less often while it is idle).
+    pub fn take_host_frames(&mut self) -> bool {
+        core::mem::take(&mut self.host_frames)
     }
 
     /// Frames waiting in `port`'s output queue.

@@ -79,6 +79,10 @@ fn uplink_local_and_vif_exchange_frames_with_tags() {
     assert_eq!(&buf[..60], &reply[..]);
     assert_eq!(fabric.pending(guest), 0);
     assert!(!fabric.take_guest_frames(), "nothing went to a guest");
+    assert!(
+        fabric.take_host_frames(),
+        "a frame handed to the stack wakes the network task"
+    );
 
     // The stack sends: the pump switches it to the uplink, untagged.
     stack.transmit(&frame(OUTSIDE, HOST, 80)).unwrap();
@@ -88,8 +92,17 @@ fn uplink_local_and_vif_exchange_frames_with_tags() {
     assert_eq!(out, frame(OUTSIDE, HOST, 80));
 
     // The guest on VLAN 10 sends out: tagged on the uplink.
+    assert!(
+        fabric.take_host_frames(),
+        "the stack's frame for the uplink"
+    );
+    assert!(!fabric.take_host_frames(), "told once");
     let v = fabric.ingress(3, guest, &frame(OUTSIDE, GUEST, 64));
     assert!(matches!(v, Verdict::Flooded | Verdict::Unicast), "{v:?}");
+    assert!(
+        fabric.take_host_frames(),
+        "a guest's frame for the uplink wakes the network task"
+    );
     let out = take(&mut fabric, eth0).unwrap();
     assert_eq!(out, tagged(OUTSIDE, GUEST, 10, 68));
     assert!(
@@ -103,6 +116,10 @@ fn uplink_local_and_vif_exchange_frames_with_tags() {
         "a frame queued for a VIF is told once"
     );
     assert!(!fabric.take_guest_frames());
+    assert!(
+        !fabric.take_host_frames(),
+        "a frame for a guest wakes no host task"
+    );
     assert_eq!(take(&mut fabric, guest).unwrap(), frame(GUEST, OUTSIDE, 64));
     assert_eq!(stack.receive(&mut buf).unwrap(), None);
     // Nothing left anywhere.

@@ -12,12 +12,14 @@ extern crate alloc;
 
 mod budget;
 mod device;
+mod idle_poll;
 mod listener;
 
 use core::net::Ipv4Addr;
 
 pub use budget::{try_zeroed, BudgetError, MemoryBudget};
 pub use device::DeviceAdapter;
+pub use idle_poll::IdlePoll;
 pub use keel_netdev::{Counters, NetDevice};
 pub use listener::{ListenerConfig, TcpListener};
 pub use smoltcp;

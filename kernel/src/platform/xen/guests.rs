@@ -26,7 +26,7 @@ use keel_xenapi::guest::GuestBackend;
 use keel_xenapi::{Timestamp, XenApi};
 
 use super::disks::{self, SharedDisks};
-use super::events::{EventChannel, EventGroup};
+use super::events::{EventChannel, EventGroup, Kick};
 use super::holes::{ConsoleFrames, KernelHoles, StoreFrames};
 use super::hypercall::Xen;
 use super::vifs::{self, Vifs};
@@ -50,6 +50,9 @@ pub struct GuestService {
     pub(crate) vifs: Option<Vifs>,
     /// Guests' disks (`disks.rs`), for the metering's counters.
     pub(crate) disks: SharedDisks,
+    /// Wakes the network task, which polls its NIC less often while idle: frames the
+    /// guests sent to the uplink or to Keel's stack, reports for the XenAPI it owns.
+    host_wake: Kick,
 }
 
 fn monotonic_ns() -> u64 {
@@ -61,6 +64,11 @@ fn unix_ns() -> u64 {
 }
 
 impl GuestService {
+    /// What the network task waits on besides its timer.
+    pub fn host_wake(&self) -> &Kick {
+        &self.host_wake
+    }
+
     /// The XenAPI's guest backend over this service's toolstack.
     pub fn backend(&self) -> Box<dyn GuestBackend> {
         Box::new(guests(&self.host))
@@ -162,6 +170,7 @@ pub fn start(
         reports: Rc::new(RefCell::new(VecDeque::new())),
         vifs: vifs::new(),
         disks: disks.clone(),
+        host_wake: Kick::new(),
     };
     handle.spawn(serve(handle.clone(), service.clone(), disks, dom_exc));
     log::info!("guests: toolstack ready (xenstored, consoles, PVH builder, blkback)");
@@ -225,6 +234,10 @@ async fn serve(handle: Handle, service: GuestService, disks: SharedDisks, dom_ex
             let reports = host.take_reports();
             if !reports.is_empty() {
                 service.reports.borrow_mut().extend(reports);
+                service.host_wake.kick();
+            }
+            if service.vifs.as_ref().is_some_and(Vifs::take_host_frames) {
+                service.host_wake.kick();
             }
             let more =
                 serviced.more || disks_serviced.more || nets.as_ref().is_some_and(|n| n.more);

@@ -64,6 +64,16 @@ impl Vifs {
         }
     }
 
+    /// Tells whether frames were switched to the uplink or Keel's stack since the last
+    /// call: the guest task then wakes the network task, which owns both.
+    pub fn take_host_frames(&self) -> bool {
+        self.netbacks
+            .borrow()
+            .fabric()
+            .borrow_mut()
+            .take_host_frames()
+    }
+
     /// What the guest task waits on besides its channels.
     pub fn kicks(&self) -> &Kick {
         &self.kick
