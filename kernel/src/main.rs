@@ -270,6 +270,10 @@ mod kernel {
                     let value = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
                     log::error!("read {value:#x} from address 0: page 0 is mapped");
                 }
+                TestAction::StackOverflow => {
+                    let depth = recurse(0);
+                    log::error!("recursed {depth} frames deep without a fault: no stack guard");
+                }
                 TestAction::BenchStorage => {
                     crate::storage::bench(&bench_disks);
                     console::write_line(format_args!("keel: powering off"));
@@ -307,6 +311,16 @@ mod kernel {
             apic::arm_timer(sleep_ns);
             arch::enable_interrupts_and_halt();
         }
+    }
+
+    /// Recurses without bound (each frame keeps 1 KiB live), for `keel.test=stack-overflow`.
+    #[inline(never)]
+    fn recurse(depth: u64) -> u64 {
+        let frame = core::hint::black_box([depth as u8; 1024]);
+        if depth > 1 << 20 {
+            return depth;
+        }
+        recurse(depth + 1) + u64::from(core::hint::black_box(frame)[0])
     }
 
     #[panic_handler]

@@ -198,16 +198,22 @@ pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> Result<MemoryReport, Init
     // SAFETY: virtual = physical (offset 0) for every frame the tables will use.
     let mut table = unsafe { OffsetPageTable::new(l4, VirtAddr::new(0)) };
     let rw = Flags::PRESENT | Flags::WRITABLE;
+    // Pages left unmapped: page 0 (null pointers) and the stack's lowest page, so a stack
+    // that overflows faults (a double fault on its own stack, printed) instead of writing
+    // over the page tables and statics below it.
+    let unmapped = [0, stack_guard_page()];
     let mut ram_bytes = 0;
     for r in ram {
         ram_bytes += r.len();
         let (start, end) = (align_down(r.start, TWO_MIB), align_up(r.end, TWO_MIB));
         let mut addr = start;
         while addr < end {
-            if addr == 0 {
-                // Page 0 stays unmapped; the rest of the first 2 MiB uses 4 KiB pages.
-                for page in (FRAME_SIZE..TWO_MIB).step_by(FRAME_SIZE as usize) {
-                    let _ = map_4k(&mut table, page, rw);
+            if unmapped.iter().any(|u| align_down(*u, TWO_MIB) == addr) {
+                // This 2 MiB uses 4 KiB pages, all but the unmapped ones.
+                for page in (addr..addr + TWO_MIB).step_by(FRAME_SIZE as usize) {
+                    if !unmapped.contains(&page) {
+                        let _ = map_4k(&mut table, page, rw);
+                    }
                 }
             } else {
                 let page = Page::<Size2MiB>::containing_address(VirtAddr::new(addr));
@@ -256,6 +262,16 @@ pub unsafe fn init(ram: &[Range], in_use: &[Range]) -> Result<MemoryReport, Init
         heap_bytes,
         free_frame_bytes: FRAMES.lock().free_bytes(),
     })
+}
+
+/// The boot stack's lowest whole page (the stack grows down to it).
+pub fn stack_guard_page() -> u64 {
+    extern "C" {
+        static boot_stack_bottom: u8;
+    }
+    // Only the symbol's address is taken, never its contents.
+    let bottom = core::ptr::addr_of!(boot_stack_bottom) as u64;
+    align_up(bottom, FRAME_SIZE)
 }
 
 fn map_4k(table: &mut OffsetPageTable<'static>, phys: u64, flags: Flags) -> Result<(), MapError> {

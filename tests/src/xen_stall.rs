@@ -156,7 +156,9 @@ pub fn probe(vm: &Vm, full: bool) -> StallReport {
     report
 }
 
-/// `info cpus`, and from `info registers -a` each CPU's header and `RIP=` line.
+/// `info cpus`, and from `info registers -a` each CPU's header, `RIP=` line and the line
+/// with `RSP=` (where the stack is: a dom0 spinning in an interrupt handler says whether its
+/// stack had run past its bottom).
 fn emulator_state(socket: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     match monitor_command(socket, "info cpus") {
@@ -172,7 +174,7 @@ fn emulator_state(socket: &Path) -> Vec<String> {
         lines.extend(
             out.lines()
                 .map(str::trim)
-                .filter(|l| l.starts_with("CPU#") || l.starts_with("RIP="))
+                .filter(|l| l.starts_with("CPU#") || l.starts_with("RIP=") || l.contains("RSP="))
                 .map(String::from),
         );
     }

@@ -96,3 +96,26 @@ fn test_fault_reports_the_page_fault_then_panics_with_status_3() -> Result<(), H
     assert_eq!(status.code(), Some(3), "QEMU {status}");
     Ok(())
 }
+
+#[test]
+fn a_stack_overflow_hits_the_guard_page_and_panics_with_status_3() -> Result<(), HarnessError> {
+    let vm = Machine::new("stack_overflow")
+        .append("keel.test=stack-overflow")
+        .boot()?;
+    vm.wait_for(Pattern::starts_with(READY_PREFIX), BOOT_DEADLINE)?;
+    // The page fault cannot push its frame onto the guard page: a double fault, on its own
+    // stack, names the guard page.
+    let line = vm.wait_for(Pattern::starts_with("keel: PANIC at "), BOOT_DEADLINE)?;
+    let Some(panic) = PanicLine::parse(&line) else {
+        panic!("panic line without a location: {line:?}");
+    };
+    assert!(
+        panic
+            .message
+            .contains("the kernel stack overflowed into its guard page"),
+        "{panic:?}"
+    );
+    let status = vm.wait_exit(EXIT_DEADLINE)?;
+    assert_eq!(status.code(), Some(3), "QEMU {status}");
+    Ok(())
+}

@@ -46,6 +46,8 @@ pub enum TestAction {
     Poweroff,
     /// Read address 0 right after `keel: ready`: a page fault, reported by the exception path.
     Fault,
+    /// Recurse without bound right after `keel: ready`: the stack's guard page stops it.
+    StackOverflow,
     /// Benchmark every disk raw after `keel: ready` (their contents are overwritten; no SR is
     /// attached or formatted), print the figures, and power off.
     BenchStorage,
@@ -149,7 +151,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         name: "test",
-        accepted: "one of none|panic|poweroff|fault|bench-storage",
+        accepted: "one of none|panic|poweroff|fault|stack-overflow|bench-storage",
         default: "none",
         help: "test-only action after ready",
         apply: |c, v| {
@@ -158,6 +160,7 @@ pub const OPTIONS: &[OptionSpec] = &[
                 "panic" => TestAction::Panic,
                 "poweroff" => TestAction::Poweroff,
                 "fault" => TestAction::Fault,
+                "stack-overflow" => TestAction::StackOverflow,
                 "bench-storage" => TestAction::BenchStorage,
                 _ => return Err(()),
             };
@@ -374,6 +377,10 @@ mod tests {
         assert_eq!(parse_all("keel.ip=192.0.2.10/24 keel.ip=dhcp").0.ip, None);
         assert_eq!(parse_all("keel.debug_exit=244").0.debug_exit, Some(244));
         assert_eq!(parse_all("keel.test=fault").0.test, TestAction::Fault);
+        assert_eq!(
+            parse_all("keel.test=stack-overflow").0.test,
+            TestAction::StackOverflow
+        );
         assert_eq!(
             parse_all("keel.test=bench-storage").0.test,
             TestAction::BenchStorage

@@ -256,5 +256,12 @@ fn exception(f: &TrapFrame) -> ! {
         f.r14,
         f.r15
     ));
+    let guard = crate::memory::stack_guard_page();
+    if (guard..guard + 4096).contains(&cr2) {
+        panic!(
+            "CPU exception {} ({name}) at rip {:#x}: the kernel stack overflowed into its guard page at {guard:#x}",
+            f.vector, f.rip
+        );
+    }
     panic!("CPU exception {} ({name}) at rip {:#x}", f.vector, f.rip);
 }
