@@ -10,12 +10,17 @@
 //! Locking on one CPU: the dispatcher and each port's waker slot are taken by the handler
 //! (interrupts off) and by tasks only with interrupts disabled, so neither side can be
 //! interrupted while holding them. The handler wakes by reference and never drops a waker,
-//! so it never enters the heap allocator.
+//! so it never enters the heap allocator. Even so the handler only *tries* the dispatcher's
+//! lock: a dom0 under QEMU's nested SVM was once seen spinning for good in this handler on
+//! a held dispatcher (every probe: RIP in the lock's loop, interrupts off, no other CPU), so
+//! the upcall can arrive while a task holds it with interrupts off. Then the handler leaves
+//! the events pending and counts it ([`DEFERRED_UPCALLS`]); Xen injects the vector again
+//! once interrupts are on, and the holder, on its one CPU, has let go by then.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::future::poll_fn;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
 
 use keel_xen::evtchn::{self, scan_pending, Port};
@@ -35,6 +40,11 @@ pub const UPCALL_VECTOR: u8 = 0xf3;
 static SHARED: Once<&'static SharedInfo> = Once::new();
 static DISPATCHER: Mutex<Option<EventDispatcher<Arc<PortEvent>>>> = Mutex::new(None);
 
+/// Upcalls that found the dispatcher held and left their events pending for the next one.
+static DEFERRED_UPCALLS: AtomicU64 = AtomicU64::new(0);
+/// How many of those a task has logged.
+static DEFERRED_LOGGED: AtomicU64 = AtomicU64::new(0);
+
 /// One bound port's state, shared by the handler and the waiting task.
 #[derive(Default)]
 pub struct PortEvent {
@@ -46,8 +56,13 @@ impl PortEvent {
     /// Interrupt context: record the event and wake the waiter, if any.
     fn fire(&self) {
         self.fired.store(true, Ordering::Release);
-        if let Some(waker) = self.waker.lock().as_ref() {
-            waker.wake_by_ref();
+        // Held only by a task inside `poll_event`, which checks `fired` again after it lets
+        // go: that task sees this event without a wake, so never spin here (see the module's
+        // documentation for why the handler can find it held).
+        if let Some(slot) = self.waker.try_lock() {
+            if let Some(waker) = slot.as_ref() {
+                waker.wake_by_ref();
+            }
         }
     }
 }
@@ -108,7 +123,7 @@ pub fn init(shared: &'static SharedInfo) -> Result<(), SetCallbackError> {
         word.store(u64::MAX, Ordering::SeqCst);
     }
     SHARED.call_once(|| shared);
-    without_interrupts(|| *DISPATCHER.lock() = Some(EventDispatcher::new()));
+    with_dispatcher(|d| *d = Some(EventDispatcher::new()));
     idt::set_handler(UPCALL_VECTOR, upcall);
     hvm::set_callback_via(&Xen, CallbackVia::Vector(UPCALL_VECTOR))
 }
@@ -120,9 +135,31 @@ fn upcall(_vector: u8) {
     let Some(vcpu) = shared.vcpu(0) else {
         return;
     };
-    if let Some(dispatcher) = DISPATCHER.lock().as_mut() {
+    // Never spin here: whoever holds the lock was interrupted by this handler and cannot
+    // let go until it returns. The selector bits and `evtchn_upcall_pending` stay set, so
+    // the scan happens at the next injection.
+    let Some(mut guard) = DISPATCHER.try_lock() else {
+        DEFERRED_UPCALLS.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if let Some(dispatcher) = guard.as_mut() {
         dispatcher.dispatch(scan_pending(shared, vcpu), |_, event| event.fire());
     }
+}
+
+/// Runs `f` on the dispatcher with interrupts off (the handler takes it too), then reports
+/// upcalls that came while a task held it: the emulator delivered the vector with
+/// interrupts off (see the module's documentation).
+fn with_dispatcher<R>(f: impl FnOnce(&mut Option<EventDispatcher<Arc<PortEvent>>>) -> R) -> R {
+    let result = without_interrupts(|| f(&mut DISPATCHER.lock()));
+    let deferred = DEFERRED_UPCALLS.load(Ordering::Relaxed);
+    if deferred > DEFERRED_LOGGED.swap(deferred, Ordering::Relaxed) {
+        log::warn!(
+            "events: {deferred} upcall(s) so far arrived while a task held the dispatcher with \
+             interrupts off; their events were taken at the next upcall"
+        );
+    }
+    result
 }
 
 /// Why a port could not be bound.
@@ -147,7 +184,7 @@ impl EventChannel {
     /// Routes `port`'s events to the returned channel and unmasks the port.
     pub fn bind(port: Port) -> Result<Self, BindPortError> {
         let event = Arc::new(PortEvent::default());
-        without_interrupts(|| match DISPATCHER.lock().as_mut() {
+        with_dispatcher(|d| match d.as_mut() {
             Some(d) => d
                 .bind(port, Arc::clone(&event))
                 .map_err(BindPortError::Dispatcher),
@@ -200,7 +237,7 @@ impl EventGroup {
         self.ports
             .try_reserve(1)
             .map_err(|_| BindPortError::OutOfMemory)?;
-        without_interrupts(|| match DISPATCHER.lock().as_mut() {
+        with_dispatcher(|d| match d.as_mut() {
             Some(d) => d
                 .bind(port, Arc::clone(&self.event))
                 .map_err(BindPortError::Dispatcher),
@@ -249,6 +286,6 @@ fn release(port: Port) {
         // In range: the dispatcher accepted the port.
         let _ = evtchn::mask(shared, port);
     }
-    let removed = without_interrupts(|| DISPATCHER.lock().as_mut()?.unbind(port));
+    let removed = with_dispatcher(|d| d.as_mut()?.unbind(port));
     drop(removed);
 }
