@@ -733,11 +733,12 @@ impl KeelHost {
                 .and_then(|answer| data_source_kib(&answer))
         };
         // Until the host RRD holds its first 5 s average the source is unknown, which
-        // XML-RPC carries as 0.0 (it has no NaN); a heap in use is never 0, so wait for a
-        // real figure (seen: the 0-guest reading of the first recorded run).
+        // XML-RPC carries as 0.0 (it has no NaN), or the call fails; a heap in use is never
+        // 0, so wait for a real figure (seen: the 0-guest reading of the first recorded run
+        // as 0, of the 21:05 record as no figure).
         let asked = Instant::now();
         let mut heap = query();
-        while heap == Some(0) && asked.elapsed() < HEAP_KNOWN_DEADLINE {
+        while heap.is_none_or(|kib| kib == 0) && asked.elapsed() < HEAP_KNOWN_DEADLINE {
             std::thread::sleep(Duration::from_secs(1));
             heap = query();
         }
