@@ -228,10 +228,6 @@ async fn drive<D: NetDevice>(
     let host_wake = guests.as_ref().map(|g| g.host_wake().clone());
     loop {
         let now_ms = handle.now_ns() / 1_000_000;
-        // What the guests sent to the NIC or the stack before this round is moved in it.
-        if let Some(vifs) = &reporting.vifs {
-            vifs.take_host_frames();
-        }
         // What the NIC brought reaches the stack in this round, and what the stack sent
         // leaves in it.
         let mut busy = uplink.poll(now_ms);
@@ -265,6 +261,10 @@ async fn drive<D: NetDevice>(
         busy |= uplink.pending() > 0;
         if let Some(vifs) = &reporting.vifs {
             vifs.kick_if_frames_for_guests();
+            // Frames for the NIC or the stack flagged so far were switched by this task (or
+            // by the guest task before this round) and are moved or still pending (`busy`):
+            // clear the flag so the guest task wakes this task only for frames it adds.
+            vifs.take_host_frames();
         }
         match stack.take_event() {
             Some(NetEvent::Configured(c)) => {
