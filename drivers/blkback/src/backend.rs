@@ -73,7 +73,10 @@ impl Config {
             limits: Limits::default(),
             max_queues: 4,
             max_ring_page_order: MAX_RING_PAGE_ORDER,
-            max_persistent_grants: 256,
+            // Linux blkback's default: a one-page ring's 32 requests of 32 indirect
+            // segments and their indirect page each, the whole pool blkfront reuses. With
+            // 256, a guest at queue depth 32 had 3/4 of its pages copied by the hypervisor.
+            max_persistent_grants: 1056,
         }
     }
 }

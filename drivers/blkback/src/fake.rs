@@ -489,6 +489,8 @@ pub struct FakeGrantCopy<'x> {
     pub scratch_gfn: u64,
     /// Copies issued (operations), for tests that count them.
     pub ops: usize,
+    /// Hypercalls issued (each a batch of operations).
+    pub calls: usize,
 }
 
 impl<'x> FakeGrantCopy<'x> {
@@ -497,11 +499,13 @@ impl<'x> FakeGrantCopy<'x> {
             xen,
             scratch_gfn: 0x7_0000,
             ops: 0,
+            calls: 0,
         }
     }
 
     fn run(&mut self, ops: &mut [GnttabCopy]) -> Result<(), CopyError> {
         self.ops += ops.len();
+        self.calls += 1;
         grant_copy(self.xen, ops).map_err(CopyError::Hypercall)?;
         for (span, op) in ops.iter().enumerate() {
             op.result()

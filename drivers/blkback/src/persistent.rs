@@ -10,7 +10,7 @@
 //! Every mapping goes away when the device disconnects.
 
 use alloc::collections::BTreeMap;
-use core::ops::Deref;
+use core::ops::{Deref, Range};
 use core::sync::atomic::Ordering;
 
 use keel_xen::grant_table::{map_grant, unmap_grant, GrantOpError, MappedGrant};
@@ -158,22 +158,22 @@ impl<H: Hypervisor + ?Sized, F: RingFrames> GrantIo for PersistentIo<'_, H, F> {
         if !word_aligned(spans) {
             return self.fallback.copy_from_guest(domid, spans, dst);
         }
-        let mut at = 0;
-        for (index, span) in spans.iter().enumerate() {
-            let len = usize::from(span.len);
-            let out = &mut dst[at..at + len];
-            if self.ensure_mapped(domid, span, index)? {
-                if let Some(m) = self.table.mapped.get(&span.gref.0) {
-                    read_words(&m.view, usize::from(span.offset), out);
+        self.for_each_piece(domid, spans, |io, piece| match piece {
+            Piece::Mapped {
+                gref,
+                offset,
+                bytes,
+            } => {
+                if let Some(m) = io.table.mapped.get(&gref) {
+                    read_words(&m.view, offset, &mut dst[bytes]);
                 }
-            } else {
-                self.fallback
-                    .copy_from_guest(domid, core::slice::from_ref(span), out)
-                    .map_err(|e| reindex(e, index))?;
+                Ok(())
             }
-            at += len;
-        }
-        Ok(())
+            Piece::Copied { spans: run, bytes } => io
+                .fallback
+                .copy_from_guest(domid, &spans[run.clone()], &mut dst[bytes])
+                .map_err(|e| reindex(e, run.start)),
+        })
     }
 
     fn copy_to_guest(
@@ -186,29 +186,95 @@ impl<H: Hypervisor + ?Sized, F: RingFrames> GrantIo for PersistentIo<'_, H, F> {
         if !word_aligned(spans) {
             return self.fallback.copy_to_guest(domid, spans, src);
         }
+        self.for_each_piece(domid, spans, |io, piece| match piece {
+            Piece::Mapped {
+                gref,
+                offset,
+                bytes,
+            } => {
+                if let Some(m) = io.table.mapped.get(&gref) {
+                    write_words(&m.view, offset, &src[bytes]);
+                }
+                Ok(())
+            }
+            Piece::Copied { spans: run, bytes } => io
+                .fallback
+                .copy_to_guest(domid, &spans[run.clone()], &src[bytes])
+                .map_err(|e| reindex(e, run.start)),
+        })
+    }
+}
+
+/// Where one part of a request's data goes.
+enum Piece {
+    /// One span through its mapping: `offset` in the grant's page, `bytes` of the buffer.
+    Mapped {
+        gref: u32,
+        offset: usize,
+        bytes: Range<usize>,
+    },
+    /// Consecutive spans not mapped (over the limit), copied by the fallback in one call —
+    /// one `GNTTABOP_copy` for the run instead of one per span.
+    Copied {
+        spans: Range<usize>,
+        bytes: Range<usize>,
+    },
+}
+
+impl<H: Hypervisor + ?Sized, F: RingFrames> PersistentIo<'_, H, F> {
+    /// Maps what the limit allows and hands `f` the request's pieces in order.
+    fn for_each_piece(
+        &mut self,
+        domid: u16,
+        spans: &[GrantSpan],
+        mut f: impl FnMut(&mut Self, Piece) -> Result<(), CopyError>,
+    ) -> Result<(), CopyError> {
         let mut at = 0;
+        // The unmapped run so far: its first span and where its bytes start.
+        let mut run: Option<(usize, usize)> = None;
         for (index, span) in spans.iter().enumerate() {
             let len = usize::from(span.len);
-            let data = &src[at..at + len];
             if self.ensure_mapped(domid, span, index)? {
-                if let Some(m) = self.table.mapped.get(&span.gref.0) {
-                    write_words(&m.view, usize::from(span.offset), data);
+                if let Some((first, from)) = run.take() {
+                    f(
+                        self,
+                        Piece::Copied {
+                            spans: first..index,
+                            bytes: from..at,
+                        },
+                    )?;
                 }
-            } else {
-                self.fallback
-                    .copy_to_guest(domid, core::slice::from_ref(span), data)
-                    .map_err(|e| reindex(e, index))?;
+                f(
+                    self,
+                    Piece::Mapped {
+                        gref: span.gref.0,
+                        offset: usize::from(span.offset),
+                        bytes: at..at + len,
+                    },
+                )?;
+            } else if run.is_none() {
+                run = Some((index, at));
             }
             at += len;
+        }
+        if let Some((first, from)) = run {
+            f(
+                self,
+                Piece::Copied {
+                    spans: first..spans.len(),
+                    bytes: from..at,
+                },
+            )?;
         }
         Ok(())
     }
 }
 
-fn reindex(e: CopyError, index: usize) -> CopyError {
+/// An error of the fallback's call on the spans from `first` on, named by the request's span.
+fn reindex(e: CopyError, first: usize) -> CopyError {
     match e {
-        CopyError::Grant { status, .. } => CopyError::Grant {
-            span: index,
+        CopyError::Grant { span, status } => CopyError::Grant {
+            span: first + span,
             status,
         },
         other => other,
@@ -281,5 +347,65 @@ mod tests {
         assert_eq!(table.unmap_all(&xen, &mut frames), 0);
         assert_eq!(frames.in_use(), 0);
         assert_eq!(xen.foreign_grant_flags(5, GrantRef(10)), gtf::PERMIT_ACCESS);
+    }
+
+    #[test]
+    fn spans_past_the_limit_are_copied_in_one_call_per_run() {
+        let xen = FakeXen::new();
+        let front = FrontPages::default();
+        for g in 20..24 {
+            xen.add_foreign_grant(
+                5,
+                GrantRef(g),
+                0,
+                gtf::PERMIT_ACCESS,
+                FOREIGN_FRAME_BASE + u64::from(g),
+            );
+            front.add(5, GrantRef(g));
+            // The mapped grant's page is the frontend's; the others are read by copy.
+            front.write(5, GrantRef(g), 0, &[g as u8; 512]);
+            xen.write_foreign_frame(FOREIGN_FRAME_BASE + u64::from(g), 0, &[g as u8; 512]);
+        }
+        let mut frames = FakeFrames::new(&front);
+        let mut table = PersistentGrants::new(1);
+        let mut copier = FakeGrantCopy::new(&xen);
+        let mut io = PersistentIo {
+            hv: &xen,
+            frames: &mut frames,
+            table: &mut table,
+            fallback: &mut copier,
+        };
+        let spans = [
+            span(20, 0, 512),
+            span(21, 0, 512),
+            span(22, 0, 512),
+            span(23, 0, 512),
+        ];
+        let mut dst = [0u8; 2048];
+        io.copy_from_guest(5, &spans, &mut dst).unwrap();
+        for (i, chunk) in dst.chunks(512).enumerate() {
+            assert_eq!(chunk, [20 + i as u8; 512]);
+        }
+        io.copy_to_guest(5, &spans, &[0x77; 2048]).unwrap();
+        assert_eq!(front.read(5, GrantRef(20))[..512], [0x77; 512]);
+        // A bad grant inside a copied run is named by its place in the request.
+        assert_eq!(
+            io.copy_from_guest(
+                5,
+                &[span(20, 0, 512), span(21, 0, 512), span(99, 0, 512)],
+                &mut dst[..1536]
+            ),
+            Err(CopyError::Grant {
+                span: 2,
+                status: GntStatus::BadGntref
+            })
+        );
+        // The three unmapped spans went in one hypercall each way, not one per span.
+        assert_eq!((copier.ops, copier.calls), (3 + 3 + 2, 3));
+        assert_eq!(
+            xen.read_foreign_frame(FOREIGN_FRAME_BASE + 23, 0, 512),
+            [0x77; 512]
+        );
+        assert_eq!(table.unmap_all(&xen, &mut frames), 0);
     }
 }

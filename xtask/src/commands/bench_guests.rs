@@ -1004,12 +1004,23 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
     // reproduce them quickly).
     let only = std::env::var("KEEL_BENCH_GUESTS_ONLY").unwrap_or_default();
     let (disk_only, net_only) = (only == "disk", only == "net");
+    // `KEEL_BENCH_GUESTS_STACK=keel` or `=linux`: one stack alone (to profile one side; no
+    // ratio can be formed, so the run ends in an error after printing its figures).
+    let one_stack = std::env::var("KEEL_BENCH_GUESTS_STACK").unwrap_or_default();
+    let skipped = |stack: Stack| match one_stack.as_str() {
+        "keel" => stack != Stack::Keel,
+        "linux" => stack != Stack::Linux,
+        _ => false,
+    };
     for run in 1..=runs {
         let mut figures = [RunFigures::default(), RunFigures::default()];
         // The guest disk rows first (a failure there shows early), each stack on a fresh host.
         for (stack, figures) in [Stack::Keel, Stack::Linux].into_iter().zip(&mut figures) {
             if net_only {
                 break;
+            }
+            if skipped(stack) {
+                continue;
             }
             let step = progress::step(format!("{} guest disk run {run}/{runs}", stack.label()));
             let outcome = match stack {
@@ -1047,6 +1058,9 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
             if disk_only {
                 break;
             }
+            if skipped(stack) {
+                continue;
+            }
             let step = progress::step(format!("{} guest network run {run}/{runs}", stack.label()));
             let outcome = match stack {
                 Stack::Keel => net_run_keel(&image, &net_initrd, run, figures),
@@ -1081,7 +1095,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
             step.done();
         }
         for (stack, mut figures) in [Stack::Keel, Stack::Linux].into_iter().zip(figures) {
-            if !disk_only && !net_only {
+            if !disk_only && !net_only && !skipped(stack) {
                 let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
                 let outcome = match stack {
                     Stack::Keel => run_keel(&image, run, &mut figures),
