@@ -227,7 +227,10 @@ impl ManagementServer {
     pub fn poll(&mut self, sockets: &mut SocketSet<'static>, mono_ms: u64, now: Timestamp) -> bool {
         let mut activity = self.accept(sockets);
         if self.api.has_running_tasks() {
-            self.api.run_tasks(now);
+            // A job that worked (a VM.start reading its images a piece per step) counts as
+            // activity, so the caller steps it again at once instead of after its idle
+            // back-off; a job only waiting for a guest does not.
+            activity |= self.api.step_tasks(now).worked;
         }
         let verifications = self.api.password_verifications();
         let mut i = 0;

@@ -377,14 +377,19 @@ impl XenApi {
 
     /// Step every running job once; returns how many are still running.
     pub fn run_tasks(&mut self, now: Timestamp) -> usize {
+        self.step_tasks(now).running
+    }
+
+    /// Step every running job once; says how many still run and whether any did work.
+    pub fn step_tasks(&mut self, now: Timestamp) -> tasks::TaskRound {
         let mut ctx = CallContext {
             state: &mut self.state,
             now,
             session: None,
         };
-        let running = tasks::run(&mut ctx);
+        let round = tasks::run(&mut ctx);
         persist::save_if_changed(&mut self.state);
-        running
+        round
     }
 
     /// When the answer of the call [`XenApi::handle`] just made may be sent, if it must wait:

@@ -57,8 +57,12 @@ pub trait Job {
 }
 
 pub enum JobStep {
-    /// Still running; fraction done in 0..=1.
+    /// Still running and did work in this step (read, built, copied): step it again soon.
+    /// Fraction done in 0..=1.
     Progress(f64),
+    /// Still running, only waiting (for a guest, a device, a deadline): this step changed
+    /// nothing, so the server may step it again at its own idle pace.
+    Waiting(f64),
     Done(Value),
     Failed(ApiError),
 }

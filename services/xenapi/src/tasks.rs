@@ -178,15 +178,28 @@ pub fn start_sync_job(
     Ok(task)
 }
 
-/// Step every running job once. Returns how many are still running.
-pub fn run(ctx: &mut CallContext<'_>) -> usize {
+/// What one round of the jobs did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskRound {
+    /// Jobs still running.
+    pub running: usize,
+    /// A job did work or finished: the server should run the next round soon rather than
+    /// at its idle pace (a `VM.start` reads its images a piece per step).
+    pub worked: bool,
+}
+
+/// Step every running job once.
+pub fn run(ctx: &mut CallContext<'_>) -> TaskRound {
     let running: Vec<String> = ctx.state.jobs.keys().cloned().collect();
+    let mut worked = false;
     for task in running {
         let Some(mut job) = ctx.state.jobs.remove(&task) else {
             continue;
         };
-        match job.step(ctx) {
-            JobStep::Progress(p) => {
+        let step = job.step(ctx);
+        worked |= !matches!(step, JobStep::Waiting(_));
+        match step {
+            JobStep::Progress(p) | JobStep::Waiting(p) => {
                 let p = if p.is_finite() {
                     p.clamp(0.0, 1.0)
                 } else {
@@ -206,7 +219,10 @@ pub fn run(ctx: &mut CallContext<'_>) -> usize {
             JobStep::Failed(e) => consistent(complete(ctx, &task, Err(e))),
         }
     }
-    ctx.state.jobs.len()
+    TaskRound {
+        running: ctx.state.jobs.len(),
+        worked,
+    }
 }
 
 /// `task.cancel`.

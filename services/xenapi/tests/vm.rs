@@ -549,6 +549,42 @@ fn async_start_is_a_task_and_every_change_arrives_through_event_from() {
 }
 
 #[test]
+fn a_start_loading_its_images_is_work_and_a_shutdown_awaiting_its_guest_is_waiting() {
+    let mut h = host();
+    let vm = h.guest("paced");
+    let task = text(&h.ok(
+        "Async.VM.start",
+        vec![s(&vm), Value::Bool(false), Value::Bool(false)],
+    ))
+    .to_string();
+    // Every step of the start reads and hands on image bytes (or starts the domain): the
+    // server is told to step it again at once, not at its idle pace.
+    let mut steps = 0;
+    while h.api.has_running_tasks() {
+        let round = h.api.step_tasks(h.now);
+        assert!(round.worked, "step {steps} of VM.start did no work");
+        steps += 1;
+        assert!(steps < 1000, "VM.start never finished");
+    }
+    assert_eq!(h.task_status(&task), "success");
+    // A clean shutdown asks once, then waits for the guest: those steps are not work.
+    let task = h.start_async("VM.clean_shutdown", &vm);
+    assert!(h.api.step_tasks(h.now).worked, "asking the guest is work");
+    for _ in 0..3 {
+        h.now = h.now.plus_ms(100);
+        let round = h.api.step_tasks(h.now);
+        assert_eq!((round.running, round.worked), (1, false));
+    }
+    let domid = h.domid(&vm);
+    h.api.shutdown_acknowledged(domid, h.now);
+    assert!(
+        h.api.step_tasks(h.now).worked,
+        "the acknowledgement moves it on"
+    );
+    assert_eq!(h.task_status(&task), "pending");
+}
+
+#[test]
 fn an_unacknowledged_clean_shutdown_fails_and_leaves_the_guest_running() {
     let mut h = host();
     let (vm, domid) = h.running_guest("deaf");

@@ -70,7 +70,7 @@ impl Job for UnplugJob {
         }
         let attached = db.get(&self.vbd, "currently_attached") == Some(Value::Bool(true));
         if attached && now < self.deadline {
-            return JobStep::Progress(0.5);
+            return JobStep::Waiting(0.5);
         }
         let mut ops = operations(db, &self.vbd);
         ops.remove(&self.key);

@@ -225,7 +225,7 @@ impl CopyVmJob {
     fn advance(&mut self, ctx: &mut CallContext<'_>) -> Result<Option<String>, ApiError> {
         if let Some((source, mut job)) = self.copying.take() {
             match job.step(ctx) {
-                JobStep::Progress(_) => self.copying = Some((source, job)),
+                JobStep::Progress(_) | JobStep::Waiting(_) => self.copying = Some((source, job)),
                 JobStep::Done(Value::String(copy)) => {
                     self.made.insert(source, copy);
                 }

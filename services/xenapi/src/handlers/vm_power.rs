@@ -266,6 +266,14 @@ impl PowerJob {
         Ok(false)
     }
 
+    /// Image bytes in so far (0 outside the load phase).
+    fn loaded(&self) -> u64 {
+        match &self.phase {
+            Phase::Load(l) => l.loaded(),
+            _ => 0,
+        }
+    }
+
     fn progress(&self) -> f64 {
         match &self.phase {
             Phase::Ask(_) | Phase::HardStop | Phase::Plan { .. } => 0.0,
@@ -285,9 +293,17 @@ impl Job for PowerJob {
 
     fn step(&mut self, ctx: &mut CallContext<'_>) -> JobStep {
         let now = ctx.now;
+        let before = (core::mem::discriminant(&self.phase), self.loaded());
         let result = self.advance(ctx.state, now);
         if let Ok(false) = result {
-            return JobStep::Progress(self.progress());
+            // The same phase with no more image bytes in: waiting (for the guest's
+            // acknowledgement or exit, for memory, for another start's turn).
+            let after = (core::mem::discriminant(&self.phase), self.loaded());
+            return if after == before {
+                JobStep::Waiting(self.progress())
+            } else {
+                JobStep::Progress(self.progress())
+            };
         }
         // Finished either way: the VM is free again.
         if let Err(e) = mark_operation(&mut ctx.state.db, &self.vm, &self.key, None, now) {
