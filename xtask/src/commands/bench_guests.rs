@@ -44,7 +44,7 @@ use keel_tests::{DiskBus, Machine, NicModel, Pattern, Vm};
 use crate::bench_report::{cpu_model, qemu_version, record_section, section_markers};
 use crate::commands::bench_guest_net;
 use crate::commands::bench_guests_net::{self, NET_ROWS};
-use crate::commands::bench_soak::memory::{data_source_kib, HEAP_SOURCE};
+use crate::commands::bench_soak::memory::{data_source_kib, data_source_value, HEAP_SOURCE};
 use crate::commands::build::build_image;
 use crate::commands::vm::Session;
 use crate::error::XtaskError;
@@ -115,6 +115,21 @@ pub struct RunFigures {
     /// The guest network rows (in [`bench_guests_net::NET_ROWS`] order), from the stack's
     /// network run.
     pub net: [Option<f64>; 4],
+    /// Who used the CPUs around the start with [`LOADED_GUESTS`] running.
+    pub loaded_cpu: Option<LoadedCpu>,
+}
+
+/// CPU use around the start with [`LOADED_GUESTS`] running, in CPUs (1.0: one whole CPU of
+/// the machine's two): dom0's and the sum of the running guests', while they idle before
+/// the call and during it. Keel: each domain's `cpu0` data source (Xen's accounting, the
+/// last 5 s average; the call's is read as it returns); Linux: `xl list`'s times before and
+/// after (the idle window: 5 s).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadedCpu {
+    pub idle_dom0: f64,
+    pub idle_guests: f64,
+    pub call_dom0: f64,
+    pub call_guests: f64,
 }
 
 /// The figures of one row: how to read them from a run and what the issue asks of them.
@@ -533,6 +548,9 @@ impl GuestsBench {
                     .to_string(),
             );
         }
+        if row.key == "start-slowdown-loaded" {
+            return self.loaded_cause();
+        }
         if row.key != "start-running" {
             return None;
         }
@@ -554,6 +572,28 @@ impl GuestsBench {
             } else {
                 f64::NAN
             },
+        ))
+    }
+
+    /// What the CPUs did around the start with guests running (last run of each stack).
+    fn loaded_cause(&self) -> Option<String> {
+        let keel = self.keel.iter().rev().find_map(|r| r.loaded_cpu)?;
+        let linux = self.linux.iter().rev().find_map(|r| r.loaded_cpu);
+        let shares = |c: &LoadedCpu| {
+            format!(
+                "idle before the call the {LOADED_GUESTS} guests used {:.2} CPU and dom0 {:.2}; \
+                 during the call the guests {:.2} and dom0 {:.2}",
+                c.idle_guests, c.idle_dom0, c.call_guests, c.call_dom0
+            )
+        };
+        Some(format!(
+            "the machine has 2 CPUs and the call is dom0's work (most of it un-xz-ing the \
+             kernel) on one vCPU; on Keel {}{} (Xen's accounting, the last run)",
+            shares(&keel),
+            linux.map_or_else(String::new, |l| format!(
+                "; on Linux dom0 + xl {}",
+                shares(&l)
+            ))
         ))
     }
 
@@ -807,7 +847,7 @@ impl KeelHost {
         (kernel, elf, ramdisk): (&str, &str, &str),
         figures: &mut RunFigures,
     ) -> Result<(), XtaskError> {
-        let mut domids = Vec::new();
+        let (mut domids, mut domains) = (Vec::new(), Vec::new());
         for i in 1..=LOADED_GUESTS {
             let vm = self.session.create_guest(
                 &format!("bench-bg{i}"),
@@ -817,6 +857,7 @@ impl KeelHost {
             )?;
             self.session.start(&vm)?;
             domids.push(self.session.value("VM.get_domid", &[&vm])?);
+            domains.push(vm);
         }
         for domid in &domids {
             let marker = Pattern::contains(format!("guest d{domid}: {GUEST_READY}"));
@@ -829,10 +870,48 @@ impl KeelHost {
         let vm = self
             .session
             .create_guest("bench-loaded", (kernel, ramdisk), "idle", GUEST_MIB)?;
+        let idle = self.cpu_use(&domains)?;
         let started = Instant::now();
         self.session.start(&vm)?;
         figures.start_loaded_call_ms = Some(ms(started.elapsed()));
+        let call = self.cpu_use(&domains)?;
+        if let (Some(idle), Some(call)) = (idle, call) {
+            figures.loaded_cpu = Some(LoadedCpu {
+                idle_dom0: idle.0,
+                idle_guests: idle.1,
+                call_dom0: call.0,
+                call_guests: call.1,
+            });
+        }
         Ok(())
+    }
+
+    /// dom0's and the sum of `guests`' `cpu0` data sources (the last 5 s average), if each
+    /// is known.
+    fn cpu_use(&self, guests: &[String]) -> Result<Option<(f64, f64)>, XtaskError> {
+        let dom0 = self
+            .session
+            .reference("host.get_control_domain", &[&self.host])?;
+        let read = |vm: &str| {
+            self.session
+                .call(
+                    "VM.query_data_source",
+                    &[Param::Str(vm), Param::Str("cpu0")],
+                )
+                .ok()
+                .and_then(|answer| data_source_value(&answer))
+        };
+        let Some(dom0) = read(&dom0) else {
+            return Ok(None);
+        };
+        let mut sum = 0.0;
+        for vm in guests {
+            match read(vm) {
+                Some(share) => sum += share,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some((dom0, sum)))
     }
 }
 
@@ -906,10 +985,47 @@ fn linux_measure_loaded(
     figures.dom0_used_kib[2] = Some(host.dom0_used_kib()?);
     figures.xen_free_kib[2] = Some(host.xen_free_kib()?);
     let config = host.write_guest_config("bench-loaded", "idle", GUEST_MIB)?;
+    let idle_from = (Instant::now(), host.run_ok("xl list", CALL_DEADLINE)?);
+    std::thread::sleep(Duration::from_secs(5));
+    let call_from = (Instant::now(), host.run_ok("xl list", CALL_DEADLINE)?);
     let started = Instant::now();
     host.run_ok(&format!("xl create {config}"), CALL_DEADLINE)?;
     figures.start_loaded_call_ms = Some(ms(started.elapsed()));
+    let call_to = (Instant::now(), host.run_ok("xl list", CALL_DEADLINE)?);
+    let idle = xl_cpu_use(&idle_from, &call_from, &names);
+    let call = xl_cpu_use(&call_from, &call_to, &names);
+    if let (Some(idle), Some(call)) = (idle, call) {
+        figures.loaded_cpu = Some(LoadedCpu {
+            idle_dom0: idle.0,
+            idle_guests: idle.1,
+            call_dom0: call.0,
+            call_guests: call.1,
+        });
+    }
     Ok(())
+}
+
+/// dom0's and the sum of `guests`' CPU use (in CPUs) between two `xl list`s taken at their
+/// instants.
+fn xl_cpu_use(
+    (from_at, from): &(Instant, String),
+    (to_at, to): &(Instant, String),
+    guests: &[String],
+) -> Option<(f64, f64)> {
+    let wall = to_at.duration_since(*from_at).as_secs_f64();
+    let (before, after) = (disk::parse_xl_list(from), disk::parse_xl_list(to));
+    let used = |name: &str| {
+        let time = |list: &[(String, f64)]| list.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+        Some(time(&after)? - time(&before)?)
+    };
+    if wall <= 0.0 {
+        return None;
+    }
+    let mut guests_s = 0.0;
+    for name in guests {
+        guests_s += used(name)?;
+    }
+    Some((used("Domain-0")? / wall, guests_s / wall))
 }
 
 fn run_keel(image: &PathBuf, run: u32, figures: &mut RunFigures) -> Result<(), XtaskError> {
@@ -982,6 +1098,16 @@ fn note_run(stack: Stack, run: u32, runs: u32, f: &RunFigures) {
         k(f.xen_free_kib[1]),
         k(f.xen_free_kib[2]),
     ));
+    if let Some(c) = f.loaded_cpu {
+        progress::note(format!(
+            "{} {run}/{runs}: CPUs used beside the start with {LOADED_GUESTS} guests: idle guests {:.2}, dom0 {:.2}; during the call guests {:.2}, dom0 {:.2}",
+            stack.label(),
+            c.idle_guests,
+            c.idle_dom0,
+            c.call_guests,
+            c.call_dom0
+        ));
+    }
 }
 
 pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
@@ -1000,10 +1126,10 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         qemu_version: qemu_version(),
         ..GuestsBench::default()
     };
-    // `KEEL_BENCH_GUESTS_ONLY=disk` or `=net`: the guest disk or network rows alone (to
-    // reproduce them quickly).
+    // `KEEL_BENCH_GUESTS_ONLY=disk`, `=net` or `=start`: the guest disk, network or
+    // start/memory rows alone (to reproduce them quickly).
     let only = std::env::var("KEEL_BENCH_GUESTS_ONLY").unwrap_or_default();
-    let (disk_only, net_only) = (only == "disk", only == "net");
+    let (disk_only, net_only, start_only) = (only == "disk", only == "net", only == "start");
     // `KEEL_BENCH_GUESTS_STACK=keel` or `=linux`: one stack alone (to profile one side; no
     // ratio can be formed, so the run ends in an error after printing its figures).
     let one_stack = std::env::var("KEEL_BENCH_GUESTS_STACK").unwrap_or_default();
@@ -1016,7 +1142,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         let mut figures = [RunFigures::default(), RunFigures::default()];
         // The guest disk rows first (a failure there shows early), each stack on a fresh host.
         for (stack, figures) in [Stack::Keel, Stack::Linux].into_iter().zip(&mut figures) {
-            if net_only {
+            if net_only || start_only {
                 break;
             }
             if skipped(stack) {
@@ -1055,7 +1181,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         }
         // The guest network rows, each stack on a fresh host.
         for (stack, figures) in [Stack::Keel, Stack::Linux].into_iter().zip(&mut figures) {
-            if disk_only {
+            if disk_only || start_only {
                 break;
             }
             if skipped(stack) {
@@ -1161,6 +1287,7 @@ mod tests {
             xen_free_kib: [Some(free[0]), Some(free[1]), None],
             disk: [Some(30.0); 8],
             net: [Some(0.2), Some(0.1), Some(400.0), Some(1000.0)],
+            loaded_cpu: None,
         }
     }
 
@@ -1494,5 +1621,45 @@ mod tests {
                 "missing {expected:?} in {section}"
             );
         }
+    }
+
+    #[test]
+    fn xl_cpu_use_is_each_domains_time_over_the_wall_time() {
+        let at = Instant::now();
+        let list = |d0: f64, a: f64, b: f64| {
+            format!(
+                "Name ID Mem VCPUs State Time(s)\nDomain-0 0 1280 1 r----- {d0}\n\
+                 bench-bg1 1 128 1 -b---- {a}\nbench-bg2 2 128 1 -b---- {b}\n"
+            )
+        };
+        let from = (at, list(10.0, 1.0, 2.0));
+        let to = (at + Duration::from_secs(4), list(12.0, 1.4, 2.2));
+        let names = ["bench-bg1".to_string(), "bench-bg2".to_string()];
+        let (dom0, guests) = xl_cpu_use(&from, &to, &names).unwrap();
+        assert!((dom0 - 0.5).abs() < 1e-9 && (guests - 0.15).abs() < 1e-9);
+        // A guest missing from a list: no figure rather than a wrong one.
+        assert_eq!(xl_cpu_use(&from, &to, &["bench-bg3".to_string()]), None);
+    }
+
+    #[test]
+    fn a_slow_start_beside_guests_names_who_used_the_cpus() {
+        let mut b = bench();
+        for run in &mut b.keel {
+            run.start_loaded_call_ms = run.start_call_ms.map(|ms| ms * 1.5);
+            run.loaded_cpu = Some(LoadedCpu {
+                idle_dom0: 0.12,
+                idle_guests: 0.4,
+                call_dom0: 0.9,
+                call_guests: 0.6,
+            });
+        }
+        let misses = b.misses().join("\n");
+        assert!(
+            misses.contains(
+                "on Keel idle before the call the 8 guests used 0.40 CPU and dom0 0.12; \
+                 during the call the guests 0.60 and dom0 0.90"
+            ),
+            "{misses}"
+        );
     }
 }

@@ -24,6 +24,11 @@ pub const HEAP_SOURCE: &str = "keel_heap_used_kib";
 
 /// The number in a successful `host.query_data_source` answer (an XML-RPC double).
 pub fn data_source_kib(answer: &[u8]) -> Option<u64> {
+    data_source_value(answer).map(|number| number as u64)
+}
+
+/// The value in a successful `*.query_data_source` answer, if finite and not negative.
+pub fn data_source_value(answer: &[u8]) -> Option<f64> {
     if !crate::load::succeeded(answer) {
         return None;
     }
@@ -35,7 +40,7 @@ pub fn data_source_kib(answer: &[u8]) -> Option<u64> {
         .find_map(|tag| value.strip_prefix(tag))
         .unwrap_or(value);
     let number: f64 = value.get(..value.find('<')?)?.trim().parse().ok()?;
-    (number.is_finite() && number >= 0.0).then_some(number as u64)
+    (number.is_finite() && number >= 0.0).then_some(number)
 }
 
 /// What the verdict was taken on.
