@@ -8,6 +8,7 @@
 //! channel fires, [`XenHost::on_dom_exc`] on `VIRQ_DOM_EXC`, and hands
 //! [`XenHost::take_reports`] to the XenAPI with no borrow held.
 
+use crate::start_times::StartTimes;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::rc::Rc;
@@ -87,6 +88,8 @@ pub struct XenHost<H: ?Sized + 'static, B, SF: MapFrames, CF: MapFrames> {
     pub disks: alloc::boxed::Box<dyn DiskBackends>,
     /// Starts being built, their images arriving a piece per XenAPI step.
     pub prepared: BTreeMap<u64, PvhBuild>,
+    /// Where each prepared start's time went so far (logged when it finishes).
+    start_times: BTreeMap<u64, StartTimes>,
     next_prepared: u64,
 }
 
@@ -132,6 +135,7 @@ where
             clocks,
             disks: alloc::boxed::Box::new(NoDiskBackends),
             prepared: BTreeMap::new(),
+            start_times: BTreeMap::new(),
             next_prepared: 0,
         }
     }
@@ -319,7 +323,9 @@ where
     ) -> R {
         let mut host = self.borrow_mut();
         let build = prepared.and_then(|p| host.prepared.remove(&p.0));
-        host.lend(build, |toolstack, env, builder| {
+        let times = prepared.and_then(|p| Some((p.0, host.start_times.remove(&p.0)?)));
+        let finish_from = (host.clocks.monotonic_ns)();
+        let result = host.lend(build, |toolstack, env, builder| {
             let mut env: Env<
                 '_,
                 dyn Store + '_,
@@ -334,7 +340,15 @@ where
             };
             let mut builder = KeepSpec(builder);
             f(toolstack, &mut env, &mut builder)
-        })
+        });
+        if let Some((id, times)) = times {
+            let end = (host.clocks.monotonic_ns)();
+            log::info!(
+                "guests: start {id}: {}",
+                times.summary(end.saturating_sub(finish_from), end)
+            );
+        }
+        result
     }
 
     fn prepare(
@@ -343,6 +357,7 @@ where
         kernel_head: &[u8],
     ) -> Result<PreparedStart, BuildFailure> {
         let mut host = self.borrow_mut();
+        let began = (host.clocks.monotonic_ns)();
         if host.prepared.len() >= MAX_PREPARED_STARTS {
             return Err(BuildFailure {
                 error: PvhError::StartsBusy,
@@ -359,6 +374,9 @@ where
         let id = host.next_prepared;
         host.next_prepared += 1;
         host.prepared.insert(id, build);
+        let prepared_ns = (host.clocks.monotonic_ns)().saturating_sub(began);
+        host.start_times
+            .insert(id, StartTimes::new(began, prepared_ns, kernel_head.len()));
         Ok(PreparedStart(id))
     }
 
@@ -377,18 +395,28 @@ where
             .prepared
             .remove(&start.0)
             .ok_or(failure(PvhError::NotPrepared))?;
+        let began = (host.clocks.monotonic_ns)();
         let mut builder = host.builder();
         match builder.load(&mut build, image, bytes) {
             Ok(()) => {
                 host.prepared.insert(start.0, build);
+                let ns = (host.clocks.monotonic_ns)().saturating_sub(began);
+                if let Some(times) = host.start_times.get_mut(&start.0) {
+                    times.loaded(image, bytes.len(), ns);
+                }
                 Ok(())
             }
-            Err(e) => Err(failure(builder.abort(build, e))),
+            Err(e) => {
+                let failure = failure(builder.abort(build, e));
+                host.start_times.remove(&start.0);
+                Err(failure)
+            }
         }
     }
 
     fn abandon(&mut self, start: PreparedStart) {
         let mut host = self.borrow_mut();
+        host.start_times.remove(&start.0);
         if let Some(build) = host.prepared.remove(&start.0) {
             // Nobody waits for this build's outcome.
             let _abandoned = host.builder().abort(build, BuildError::Abandoned);

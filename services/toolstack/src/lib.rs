@@ -24,6 +24,7 @@ pub mod guest_page;
 pub mod host;
 pub mod pvh;
 pub mod skeleton;
+pub mod start_times;
 pub mod store;
 pub mod toolstack;
 pub mod xenapi;
