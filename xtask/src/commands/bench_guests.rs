@@ -28,7 +28,7 @@
 //! the goal of issue 13 beside it (lower is better, except the disk rows' throughput). A
 //! benchmark, not a test.
 
-mod disk;
+pub(crate) mod disk;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -117,6 +117,9 @@ pub struct RunFigures {
     pub net: [Option<f64>; 4],
     /// Who used the CPUs around the start with [`LOADED_GUESTS`] running.
     pub loaded_cpu: Option<LoadedCpu>,
+    /// Where Keel's start call went (its `guests: start N: …` log line), for the bzImage
+    /// and the ELF kernel.
+    pub start_split: [Option<String>; 2],
 }
 
 /// CPU use around the start with [`LOADED_GUESTS`] running, in CPUs (1.0: one whole CPU of
@@ -564,7 +567,7 @@ impl GuestsBench {
              `VM.start` takes {keel_elf:.2} s instead of {keel:.2} s (un-xz-ing the payload: \
              {:.0} % of the call) and `xl create` {linux_elf:.2} s instead of {linux:.2} s \
              ({:.0} %); without it the ratio is {:.2}. Both stacks decompress the same 8 MB \
-             into 66 MB under TCG; what remains of Keel's call is not profiled yet",
+             into 66 MB under TCG{}",
             share(keel, keel_elf),
             share(linux, linux_elf),
             if linux_elf > 0.0 {
@@ -572,6 +575,20 @@ impl GuestsBench {
             } else {
                 f64::NAN
             },
+            match self
+                .keel
+                .iter()
+                .rev()
+                .find(|r| r.start_split.iter().any(Option::is_some))
+            {
+                Some(run) => format!(
+                    ". Where Keel's call went (its log, last run): with the bzImage {}; with \
+                     the ELF {}",
+                    run.start_split[0].as_deref().unwrap_or("–"),
+                    run.start_split[1].as_deref().unwrap_or("–")
+                ),
+                None => "; what remains of Keel's call is not profiled".to_string(),
+            }
         ))
     }
 
@@ -698,7 +715,9 @@ impl GuestsBench {
         }
         out.push_str(
             "\nReproduce every row with `cargo xtask bench guests --runs N` (`--record` rewrites \
-             this section); the reference stack alone boots and starts one guest with \
+             this section); `KEEL_BENCH_GUESTS_ONLY=disk`, `=net` or `=start` runs one group of \
+             rows, `KEEL_BENCH_GUESTS_STACK=keel` or `=linux` one stack (figures without \
+             ratios); the reference stack alone boots and starts one guest with \
              `cargo test -p keel-tests --test reference -- --ignored --nocapture`.\n",
         );
         out.push_str(
@@ -806,6 +825,7 @@ impl KeelHost {
         let started = Instant::now();
         self.session.start(&vm)?;
         figures.start_call_ms = Some(ms(started.elapsed()));
+        figures.start_split[0] = self.last_start_split();
         let domid = self.session.value("VM.get_domid", &[&vm])?;
         let marker = Pattern::contains(format!("guest d{domid}: {GUEST_READY}"));
         let line = self.machine.wait_for_line(marker, GUEST_BOOT_DEADLINE)?;
@@ -836,6 +856,7 @@ impl KeelHost {
         let started = Instant::now();
         self.session.start(&vm)?;
         figures.start_elf_call_ms = Some(ms(started.elapsed()));
+        figures.start_split[1] = self.last_start_split();
         self.session.call("VM.hard_shutdown", &[Param::Str(&vm)])?;
         self.measure_loaded((kernel.as_str(), elf.as_str(), ramdisk.as_str()), figures)
     }
@@ -886,6 +907,15 @@ impl KeelHost {
         Ok(())
     }
 
+    /// The text of Keel's last `guests: start N: …` log line (where a start's time went).
+    fn last_start_split(&self) -> Option<String> {
+        self.machine
+            .serial_lines()
+            .iter()
+            .rev()
+            .find_map(|line| start_split(line))
+    }
+
     /// dom0's and the sum of `guests`' `cpu0` data sources (the last 5 s average), if each
     /// is known.
     fn cpu_use(&self, guests: &[String]) -> Result<Option<(f64, f64)>, XtaskError> {
@@ -913,6 +943,13 @@ impl KeelHost {
         }
         Ok(Some((dom0, sum)))
     }
+}
+
+/// `… INFO  guests: start 3: 1700 ms in all: …` → `1700 ms in all: …`.
+fn start_split(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("guests: start ")?;
+    let (id, split) = rest.split_once(": ")?;
+    (id.parse::<u64>().is_ok() && split.contains(" ms in all")).then(|| split.trim().to_string())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -1288,6 +1325,7 @@ mod tests {
             disk: [Some(30.0); 8],
             net: [Some(0.2), Some(0.1), Some(400.0), Some(1000.0)],
             loaded_cpu: None,
+            start_split: [None, None],
         }
     }
 
@@ -1661,5 +1699,18 @@ mod tests {
             ),
             "{misses}"
         );
+    }
+
+    #[test]
+    fn keels_start_log_line_is_the_split_of_its_call() {
+        assert_eq!(
+            start_split(
+                "[  12.5] INFO  guests: start 3: 1700 ms in all: prepare 40 ms, kernel 900 ms (65000 KiB)"
+            )
+            .as_deref(),
+            Some("1700 ms in all: prepare 40 ms, kernel 900 ms (65000 KiB)")
+        );
+        assert_eq!(start_split("INFO  guests: start failed: no memory"), None);
+        assert_eq!(start_split("INFO  guests: start 3: VM booted"), None);
     }
 }

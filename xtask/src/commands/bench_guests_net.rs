@@ -37,6 +37,9 @@ use keel_tests::triple_fault::triple_faults;
 use keel_tests::{Pattern, Vm};
 
 use crate::commands::bench_guest_net::{send_rate, tcp_sink, udp_counter, udp_rate};
+use crate::commands::bench_guests::disk::{
+    keel_vcpu_seconds, parse_cpu_line, parse_xl_list, CpuSplit,
+};
 use crate::commands::vm::Session;
 use crate::error::XtaskError;
 use crate::load::Param;
@@ -160,10 +163,53 @@ pub fn figures_of(
         let from = l.find("udpsend=").unwrap_or(0);
         profile.push(format!("sender: {}", l[from..].trim_end()));
     }
+    // Whether the sending guest's own vCPU was the limit: its `/proc/stat` around each row.
+    let outside = reference_net::QEMU_HOST_ADDRESS;
+    let steps = [
+        format!("peer send={TCP_MIB}@{outside}:"),
+        format!("peer send={TCP_MIB}@{ADDRESS_A}:"),
+        format!("peer udpsend={UDP_SECONDS}@{ADDRESS_A}:"),
+        format!("peer udpsend={UDP_SECONDS}@{outside}:"),
+    ];
+    for (row, step) in NET_ROWS.iter().zip(&steps) {
+        let split = b
+            .iter()
+            .filter(|l| l.contains(step.as_str()))
+            .find_map(|l| sender_cpu(l));
+        if let Some(split) = split {
+            profile.push(format!(
+                "sender's vCPU during {}: {} ({:.0} % busy)",
+                row.label,
+                split.describe(),
+                100.0 * split.busy() / (split.busy() + split.idle + split.iowait).max(0.001)
+            ));
+        }
+    }
     NetFigures {
         values: [tcp_out, tcp_guest, pps_guest, pps_out],
         profile,
     }
+}
+
+/// vCPU seconds of dom0, the receiving and the sending guest over the rows' `wall` seconds.
+fn rows_cpu(wall: f64, [dom0, a, b]: [f64; 3], how: &str) -> String {
+    let share = |s: f64| 100.0 * s / wall.max(0.001);
+    format!(
+        "vCPU time over the four rows ({wall:.1} s; {how}): dom0 {dom0:.1} s ({:.0} %), receiving guest {a:.1} s ({:.0} %), sending guest {b:.1} s ({:.0} %)",
+        share(dom0),
+        share(a),
+        share(b)
+    )
+}
+
+/// The sender's CPU split in a `... cpu <cpu line> / <cpu line>` step line.
+fn sender_cpu(line: &str) -> Option<CpuSplit> {
+    let (_, rest) = line.split_once(" cpu ")?;
+    let (before, after) = rest.split_once(" / ")?;
+    Some(CpuSplit::between(
+        &parse_cpu_line(before.trim())?,
+        &parse_cpu_line(after.trim())?,
+    ))
 }
 
 /// A result of the host's sink or counter, if it came within `wait`.
@@ -225,14 +271,57 @@ pub fn run_keel(machine: &Vm, session: &Session, initrd: &Path) -> Result<NetFig
         domids.push(s.value("VM.get_domid", &[vm])?);
     }
     let (a, b) = (&domids[0], &domids[1]);
-    let wait = |domid: &str, what: &str| {
-        machine.wait_for(
-            Pattern::contains(format!("guest d{domid}: keel-guest: peer {what}")),
-            RUN_DEADLINE,
-        )
+    // A guest that triple-faults (seen under QEMU's nested SVM, on both stacks) is rebooted
+    // under another domid and would leave this waiting for good: it fails the run at once.
+    let wait = |domid: &str, what: &str| -> Result<(), XtaskError> {
+        let line = format!("guest d{domid}: keel-guest: peer {what}");
+        let fault = format!("(XEN) d{domid}v0 Triple fault");
+        let started = Instant::now();
+        loop {
+            let serial = machine.serial_lines();
+            if serial.iter().any(|l| l.contains(&line)) {
+                return Ok(());
+            }
+            if let Some(l) = serial.iter().find(|l| l.contains(&fault)) {
+                return Err(failed(format!(
+                    "guest d{domid} triple-faulted before `{what}`: {}",
+                    l.trim()
+                )));
+            }
+            if started.elapsed() > RUN_DEADLINE {
+                return Err(failed(format!(
+                    "no `{line}` within {} s",
+                    RUN_DEADLINE.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
     };
+    // dom0's and the guests' vCPU time over the rows (Xen's accounting, the usage ledger):
+    // from the sender's last reachability check to the receiver's last count.
+    let host = s.reference("host.get_all", &[])?;
+    let dom0 = s.reference("host.get_control_domain", &[&host])?;
+    let mut uuids = vec![s.value("VM.get_uuid", &[&dom0])?];
+    for vm in &vms {
+        uuids.push(s.value("VM.get_uuid", &[vm])?);
+    }
+    let uuids: Vec<&str> = uuids.iter().map(String::as_str).collect();
+    wait(b, &format!("reach={}", reference_net::QEMU_HOST_ADDRESS))?;
+    let from = (Instant::now(), keel_vcpu_seconds(s, &uuids)?);
     wait(b, "done")?;
     wait(a, "udprecv udp_pps received")?;
+    // The ledger takes a sample every 5 s: let one fall after the end.
+    std::thread::sleep(Duration::from_secs(6));
+    let to = (Instant::now(), keel_vcpu_seconds(s, &uuids)?);
+    let delta = |i: usize| Some(to.1.get(i).copied()?? - from.1.get(i).copied()??);
+    let run_cpu = match (delta(0), delta(1), delta(2)) {
+        (Some(dom0), Some(a), Some(b)) => Some(rows_cpu(
+            to.0.duration_since(from.0).as_secs_f64(),
+            [dom0, a, b],
+            "the usage ledger, 5 s samples; 6 s idle after the end included",
+        )),
+        _ => None,
+    };
     let serial = machine.serial_lines();
     let of = |domid: &str| {
         let prefix = format!("guest d{domid}: ");
@@ -249,6 +338,7 @@ pub fn run_keel(machine: &Vm, session: &Session, initrd: &Path) -> Result<NetFig
         received(&tcp_done, Duration::from_secs(30)),
         received(&udp_done, Duration::from_secs(30)),
     );
+    figures.profile.extend(run_cpu);
     for (vm, domid) in vms.iter().zip(&domids) {
         s.call("VM.hard_shutdown", &[Param::Str(vm)])?;
         let line = machine.wait_for(
@@ -341,10 +431,16 @@ fn measure_linux(host: &ReferenceHost, initrd: &Path) -> Result<NetFigures, Xtas
     };
     let done = |lines: &[String], what: &str| lines.iter().any(|l| l.contains(what));
     let started = Instant::now();
+    let reached = format!("peer reach={}", reference_net::QEMU_HOST_ADDRESS);
+    // dom0's and the guests' vCPU time over the rows (`xl list`), as on Keel.
+    let mut from: Option<(Instant, String)> = None;
     let (a, b) = loop {
         // grep fails until the first line is there.
         let a = console(NAME_A).unwrap_or_default();
         let b = console(NAME_B).unwrap_or_default();
+        if from.is_none() && done(&b, &reached) {
+            from = Some((Instant::now(), host.run_ok("xl list", CALL_DEADLINE)?));
+        }
         if done(&b, "keel-guest: peer done") && done(&a, "udprecv udp_pps received") {
             break (a, b);
         }
@@ -363,6 +459,23 @@ fn measure_linux(host: &ReferenceHost, initrd: &Path) -> Result<NetFigures, Xtas
         received(&tcp_done, Duration::from_secs(30)),
         received(&udp_done, Duration::from_secs(30)),
     );
+    if let Some((from_at, before)) = from {
+        let after = host.run_ok("xl list", CALL_DEADLINE)?;
+        let wall = from_at.elapsed().as_secs_f64();
+        let (before, after) = (parse_xl_list(&before), parse_xl_list(&after));
+        let used = |name: &str| {
+            let time =
+                |list: &[(String, f64)]| list.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+            Some(time(&after)? - time(&before)?)
+        };
+        if let (Some(dom0), Some(a), Some(b)) = (used("Domain-0"), used(NAME_A), used(NAME_B)) {
+            figures.profile.push(rows_cpu(
+                wall,
+                [dom0, a, b],
+                "`xl list`, polled every few seconds",
+            ));
+        }
+    }
     for name in [NAME_A, NAME_B] {
         let domid = host.run_ok(&format!("xl domid {name}"), CALL_DEADLINE)?;
         if let Ok(domid) = domid.trim().parse::<u32>() {
@@ -513,6 +626,36 @@ mod tests {
         assert_eq!(
             f.profile,
             ["sender: udpsend=5@10.0.2.50:5002 udp_pps sent 2176 packets in 5.166 s (0 refused)"]
+        );
+    }
+
+    #[test]
+    fn the_senders_cpu_lines_say_how_busy_it_was_during_each_row() {
+        let b = lines(
+            "keel-guest: peer send=8@10.0.2.2:41919 uptime 64.84 74.84\n\
+             keel-guest: peer send=8@10.0.2.2:41919 cpu cpu  100 0 200 1000 0 0 10 0 0 0 / cpu  150 0 1140 1000 0 0 20 0 0 0\n\
+             keel-guest: peer udpsend=5@10.0.2.50:5002 udp_pps sent 2176 packets in 5.166 s (0 refused)\n\
+             keel-guest: peer udpsend=5@10.0.2.50:5002 cpu cpu  0 0 0 0 0 0 0 0 0 0 / cpu  10 0 200 290 0 0 0 0 0 0\n",
+        );
+        let f = figures_of(&[], &b, None, None);
+        // The uptime line still gives the row; the cpu line only the profile.
+        assert_eq!(f.profile.len(), 3, "{:?}", f.profile);
+        assert_eq!(
+            f.profile[1],
+            "sender's vCPU during guest network: TCP guest → outside (8 MiB, sink-timed): \
+             busy 10.0 s (user 0.5, system 9.4, irq 0.0, softirq 0.1), iowait 0.0, idle 0.0, \
+             steal 0.0 (100 % busy)"
+        );
+        assert!(f.profile[2].ends_with("(42 % busy)"), "{}", f.profile[2]);
+        assert_eq!(sender_cpu("keel-guest: peer send=8@x:1 uptime 1 2"), None);
+    }
+
+    #[test]
+    fn the_rows_cpu_line_gives_each_domains_share_of_the_wall_time() {
+        assert_eq!(
+            rows_cpu(20.0, [5.0, 2.0, 19.0], "how"),
+            "vCPU time over the four rows (20.0 s; how): dom0 5.0 s (25 %), receiving guest \
+             2.0 s (10 %), sending guest 19.0 s (95 %)"
         );
     }
 

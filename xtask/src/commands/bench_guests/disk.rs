@@ -190,7 +190,7 @@ impl CpuSplit {
         self.user + self.system + self.irq + self.softirq
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "busy {:.1} s (user {:.1}, system {:.1}, irq {:.1}, softirq {:.1}), iowait {:.1}, idle {:.1}, steal {:.1}",
             self.busy(),
@@ -484,7 +484,10 @@ fn record(
 }
 
 /// Σ vCPU seconds of the usage ledger's rows of `uuids`, from 1 h before now to 2 h after.
-fn keel_vcpu_seconds(session: &Session, uuids: &[&str]) -> Result<Vec<Option<f64>>, XtaskError> {
+pub(crate) fn keel_vcpu_seconds(
+    session: &Session,
+    uuids: &[&str],
+) -> Result<Vec<Option<f64>>, XtaskError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
