@@ -115,6 +115,9 @@ pub struct RunFigures {
     /// The guest network rows (in [`bench_guests_net::NET_ROWS`] order), from the stack's
     /// network run.
     pub net: [Option<f64>; 4],
+    /// The sending guest's vCPU during each network row (busy seconds, busy share), from
+    /// the stack's network run.
+    pub net_sender: [Option<(f64, f64)>; 4],
     /// Who used the CPUs around the start with [`LOADED_GUESTS`] running.
     pub loaded_cpu: Option<LoadedCpu>,
     /// Where Keel's start call went (its `guests: start N: …` log line), for the bzImage
@@ -544,12 +547,25 @@ impl GuestsBench {
                 median(&self.linux)?,
             ));
         }
-        if NET_ROWS.iter().any(|n| n.key == row.key) && !self.net_profile.is_empty() {
-            return Some(
-                "not profiled beyond the guest network profile below (what the sender sent, \
-                 each VIF's drops)"
-                    .to_string(),
-            );
+        if let Some(index) = NET_ROWS.iter().position(|n| n.key == row.key) {
+            let sender = |runs: &[RunFigures]| runs.iter().rev().find_map(|r| r.net_sender[index]);
+            return match (sender(&self.keel), sender(&self.linux)) {
+                (Some((keel_s, keel)), Some((linux_s, linux))) => Some(format!(
+                    "the sending guest's own vCPU was {:.0} % busy during the row on Keel and \
+                     {:.0} % on Linux (its `/proc/stat`: busy {keel_s:.1} s against \
+                     {linux_s:.1} s), so the row is bound by the sending guest's CPU under TCG \
+                     and differs by what each byte costs it on each stack (the guest network \
+                     profile below has dom0's share and each VIF's drops)",
+                    100.0 * keel,
+                    100.0 * linux
+                )),
+                _ if !self.net_profile.is_empty() => Some(
+                    "not profiled beyond the guest network profile below (what the sender \
+                     sent, each VIF's drops)"
+                        .to_string(),
+                ),
+                _ => None,
+            };
         }
         if row.key == "start-slowdown-loaded" {
             return self.loaded_cause();
@@ -1106,6 +1122,7 @@ fn net_run_keel(
     )?;
     let net = bench_guests_net::run_keel(&host.machine, &host.session, initrd)?;
     figures.net = net.values;
+    figures.net_sender = net.sender;
     Ok(net.profile)
 }
 
@@ -1118,6 +1135,7 @@ fn net_run_linux(
     let host = reference::boot(&format!("bench-guests-linux-net-{run}"), HOST_MEMORY_MIB)?;
     let net = bench_guests_net::run_linux(&host, initrd)?;
     figures.net = net.values;
+    figures.net_sender = net.sender;
     Ok(net.profile)
 }
 
@@ -1153,6 +1171,19 @@ fn note_run(stack: Stack, run: u32, runs: u32, f: &RunFigures) {
 }
 
 pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
+    // `KEEL_BENCH_GUESTS_ONLY=disk`, `=net` or `=start`: the guest disk, network or
+    // start/memory rows alone (to reproduce them quickly).
+    let only = std::env::var("KEEL_BENCH_GUESTS_ONLY").unwrap_or_default();
+    // `KEEL_BENCH_GUESTS_STACK=keel` or `=linux`: one stack alone (to profile one side; no
+    // ratio can be formed, so the run ends in an error after printing its figures).
+    let one_stack = std::env::var("KEEL_BENCH_GUESTS_STACK").unwrap_or_default();
+    if record && !(only.is_empty() && one_stack.is_empty()) {
+        // The record is one section with every row: a partial run would replace it.
+        return Err(failed(
+            "--record writes every row of both stacks: run it without KEEL_BENCH_GUESTS_ONLY \
+             and KEEL_BENCH_GUESTS_STACK",
+        ));
+    }
     prereq::ensure(&[Tool::Qemu, Tool::Xen])?;
     let (image, _) = build_image(Profile::Release)?;
     let step = progress::step("building the reference stack (Linux dom0 + xl)");
@@ -1168,13 +1199,7 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         qemu_version: qemu_version(),
         ..GuestsBench::default()
     };
-    // `KEEL_BENCH_GUESTS_ONLY=disk`, `=net` or `=start`: the guest disk, network or
-    // start/memory rows alone (to reproduce them quickly).
-    let only = std::env::var("KEEL_BENCH_GUESTS_ONLY").unwrap_or_default();
     let (disk_only, net_only, start_only) = (only == "disk", only == "net", only == "start");
-    // `KEEL_BENCH_GUESTS_STACK=keel` or `=linux`: one stack alone (to profile one side; no
-    // ratio can be formed, so the run ends in an error after printing its figures).
-    let one_stack = std::env::var("KEEL_BENCH_GUESTS_STACK").unwrap_or_default();
     let skipped = |stack: Stack| match one_stack.as_str() {
         "keel" => stack != Stack::Keel,
         "linux" => stack != Stack::Linux,
@@ -1351,6 +1376,7 @@ mod tests {
             xen_free_kib: [Some(free[0]), Some(free[1]), None],
             disk: [Some(30.0); 8],
             net: [Some(0.2), Some(0.1), Some(400.0), Some(1000.0)],
+            net_sender: [None; 4],
             loaded_cpu: None,
             start_split: [None, None],
         }
@@ -1752,5 +1778,35 @@ mod tests {
         assert!(!emulator_trouble(
             "timed out after 1200.0 s waiting for a line"
         ));
+    }
+
+    #[test]
+    fn a_network_miss_names_how_busy_the_sending_guest_was_on_each_stack() {
+        let mut b = bench();
+        // Keel's TCP rows below Linux's; the sender 100 % busy on both.
+        for run in &mut b.keel {
+            run.net[0] = Some(0.1);
+            run.net[1] = Some(0.01);
+            run.net_sender[0] = Some((18.0, 1.0));
+        }
+        for run in &mut b.linux {
+            run.net_sender[0] = Some((16.7, 0.995));
+        }
+        let misses = b.misses().join("\n");
+        assert!(
+            misses.contains(
+                "TCP guest → outside (8 MiB, sink-timed) misses its goal: the sending guest's own \
+                 vCPU was 100 % busy during the row on Keel and 100 % on Linux (its `/proc/stat`: \
+                 busy 18.0 s against 16.7 s)"
+            ),
+            "{misses}"
+        );
+        // Without the sender's figures the row points at the profile.
+        assert!(
+            misses.contains(
+                "TCP guest → guest (8 MiB, sender-timed) misses its goal: not profiled beyond"
+            ),
+            "{misses}"
+        );
     }
 }

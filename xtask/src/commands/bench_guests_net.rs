@@ -110,6 +110,8 @@ pub struct NetFigures {
     pub values: [Option<f64>; 4],
     /// What explains the figures: the sender's own UDP rates, each VIF's drop counters.
     pub profile: Vec<String>,
+    /// The sending guest's vCPU during each row: busy seconds and busy share (0..=1).
+    pub sender: [Option<(f64, f64)>; 4],
 }
 
 fn failed(why: impl Into<String>) -> XtaskError {
@@ -171,23 +173,27 @@ pub fn figures_of(
         format!("peer udpsend={UDP_SECONDS}@{ADDRESS_A}:"),
         format!("peer udpsend={UDP_SECONDS}@{outside}:"),
     ];
-    for (row, step) in NET_ROWS.iter().zip(&steps) {
+    let mut sender = [None; 4];
+    for ((row, step), slot) in NET_ROWS.iter().zip(&steps).zip(&mut sender) {
         let split = b
             .iter()
             .filter(|l| l.contains(step.as_str()))
             .find_map(|l| sender_cpu(l));
         if let Some(split) = split {
+            let share = split.busy() / (split.busy() + split.idle + split.iowait).max(0.001);
             profile.push(format!(
                 "sender's vCPU during {}: {} ({:.0} % busy)",
                 row.label,
                 split.describe(),
-                100.0 * split.busy() / (split.busy() + split.idle + split.iowait).max(0.001)
+                100.0 * share
             ));
+            *slot = Some((split.busy(), share));
         }
     }
     NetFigures {
         values: [tcp_out, tcp_guest, pps_guest, pps_out],
         profile,
+        sender,
     }
 }
 
