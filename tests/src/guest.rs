@@ -34,9 +34,9 @@
 //! | `reach=IP` | pings IP once a second until it answers (90 tries) | `ok tries=N` or `failed` |
 //! | `ping=IP` | 3 pings, 2 s each | `reached` or `unreachable` |
 //! | `tcp=IP:PORT` | reads IP:PORT to its end (20 tries) and compares it with `/payload` | `same bytes=N` or `differs bytes=N` |
-//! | `send=MIB@IP:PORT` | sends MIB MiB of zeros to IP:PORT | `uptime <start> <end>` (`/proc/uptime`, the peer closed at the end), then a second line `cpu <cpu line> / <cpu line>` (`/proc/stat` before and after) |
+//! | `send=MIB@IP:PORT` | sends MIB MiB of zeros to IP:PORT | `uptime <start> <end>` (`/proc/uptime`, the peer closed at the end), then `cpu <cpu line> / <cpu line>` (`/proc/stat` before and after) and `events <before> <after>` (the VIFs' event-channel interrupts, `/proc/interrupts`) |
 //! | `udprecv=SECONDS@PORT` | `/bin/udp_pps recv` in the background (only in bench guest-net's initramfs) | `listening`; later a line `udprecv udp_pps received N packets in S s` |
-//! | `udpsend=SECONDS@IP:PORT` | `/bin/udp_pps send`, 60-byte frames | `udp_pps sent N packets in S s (R refused)`, then `cpu <cpu line> / <cpu line>` as `send=` |
+//! | `udpsend=SECONDS@IP:PORT` | `/bin/udp_pps send`, 60-byte frames | `udp_pps sent N packets in S s (R refused)`, then the `cpu` and `events` lines as `send=` |
 //! | `waitif=IF` | waits until IF exists (600 s) | `present` or `absent` |
 //! | `goneif=IF` | waits until IF is gone (600 s) | `gone` or `still there` |
 //!
@@ -98,6 +98,8 @@ case "$action" in
       case "$word" in keel_steps=*) steps="${word#keel_steps=}" ;; esac
     done
     say() { echo "keel-guest: peer $*"; }
+    # Interrupts of the VIFs' event channels so far (netfront's `eth*` lines).
+    vif_events() { awk '/eth[0-9]/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts; }
     for step in $(echo "$steps" | tr ',' ' '); do
       arg="${step#*=}"; dev="${arg%%@*}"; val="${arg#*@}"
       case "$step" in
@@ -133,20 +135,22 @@ case "$action" in
           done
           cmp -s /got /payload && say "$step same bytes=$(wc -c < /got)" || say "$step differs bytes=$(wc -c < /got)" ;;
         send=*)
-          c0=$(head -1 /proc/stat); start=$(cut -d' ' -f1 /proc/uptime)
+          e0=$(vif_events); c0=$(head -1 /proc/stat); start=$(cut -d' ' -f1 /proc/uptime)
           dd if=/dev/zero bs=65536 count=$((dev * 16)) 2>/dev/null | nc -w 10 "${val%:*}" "${val##*:}" >/dev/null 2>&1
-          end=$(cut -d' ' -f1 /proc/uptime); c1=$(head -1 /proc/stat)
+          end=$(cut -d' ' -f1 /proc/uptime); c1=$(head -1 /proc/stat); e1=$(vif_events)
           say "$step uptime $start $end"
-          say "$step cpu $c0 / $c1" ;;
+          say "$step cpu $c0 / $c1"
+          say "$step events $e0 $e1" ;;
         udprecv=*)
           ( /bin/udp_pps recv "$val" "$dev" | sed 's/^/keel-guest: peer udprecv /' ) &
           say "$step listening" ;;
         udpsend=*)
-          c0=$(head -1 /proc/stat)
+          e0=$(vif_events); c0=$(head -1 /proc/stat)
           sent=$(/bin/udp_pps send "${val%:*}" "${val##*:}" "$dev" 18 2>&1)
-          c1=$(head -1 /proc/stat)
+          c1=$(head -1 /proc/stat); e1=$(vif_events)
           say "$step $sent"
-          say "$step cpu $c0 / $c1" ;;
+          say "$step cpu $c0 / $c1"
+          say "$step events $e0 $e1" ;;
         waitif=*)
           n=0; while [ ! -e "/sys/class/net/$arg" ] && [ $n -lt 600 ]; do n=$((n+1)); sleep 1; done
           [ -e "/sys/class/net/$arg" ] && say "$step present" || say "$step absent" ;;

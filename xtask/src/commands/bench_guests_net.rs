@@ -179,13 +179,18 @@ pub fn figures_of(
             .iter()
             .filter(|l| l.contains(step.as_str()))
             .find_map(|l| sender_cpu(l));
+        let events = b
+            .iter()
+            .filter(|l| l.contains(step.as_str()))
+            .find_map(|l| sender_events(l));
         if let Some(split) = split {
             let share = split.busy() / (split.busy() + split.idle + split.iowait).max(0.001);
             profile.push(format!(
-                "sender's vCPU during {}: {} ({:.0} % busy)",
+                "sender's vCPU during {}: {} ({:.0} % busy){}",
                 row.label,
                 split.describe(),
-                100.0 * share
+                100.0 * share,
+                events.map_or_else(String::new, |n| format!(", {n} VIF event interrupts"))
             ));
             *slot = Some((split.busy(), share));
         }
@@ -206,6 +211,16 @@ fn rows_cpu(wall: f64, [dom0, a, b]: [f64; 3], how: &str) -> String {
         share(a),
         share(b)
     )
+}
+
+/// The VIF interrupts the sender took during a step, from its `... events <before> <after>`
+/// line.
+fn sender_events(line: &str) -> Option<u64> {
+    let (_, rest) = line.split_once(" events ")?;
+    let mut words = rest.split_whitespace();
+    let before: u64 = words.next()?.parse().ok()?;
+    let after: u64 = words.next()?.parse().ok()?;
+    after.checked_sub(before)
 }
 
 /// The sender's CPU split in a `... cpu <cpu line> / <cpu line>` step line.
@@ -640,6 +655,7 @@ mod tests {
         let b = lines(
             "keel-guest: peer send=8@10.0.2.2:41919 uptime 64.84 74.84\n\
              keel-guest: peer send=8@10.0.2.2:41919 cpu cpu  100 0 200 1000 0 0 10 0 0 0 / cpu  150 0 1140 1000 0 0 20 0 0 0\n\
+             keel-guest: peer send=8@10.0.2.2:41919 events 100 5100\n\
              keel-guest: peer udpsend=5@10.0.2.50:5002 udp_pps sent 2176 packets in 5.166 s (0 refused)\n\
              keel-guest: peer udpsend=5@10.0.2.50:5002 cpu cpu  0 0 0 0 0 0 0 0 0 0 / cpu  10 0 200 290 0 0 0 0 0 0\n",
         );
@@ -650,10 +666,14 @@ mod tests {
             f.profile[1],
             "sender's vCPU during guest network: TCP guest → outside (8 MiB, sink-timed): \
              busy 10.0 s (user 0.5, system 9.4, irq 0.0, softirq 0.1), iowait 0.0, idle 0.0, \
-             steal 0.0 (100 % busy)"
+             steal 0.0 (100 % busy), 5000 VIF event interrupts"
         );
         assert!(f.profile[2].ends_with("(42 % busy)"), "{}", f.profile[2]);
         assert_eq!(sender_cpu("keel-guest: peer send=8@x:1 uptime 1 2"), None);
+        assert_eq!(
+            sender_events("keel-guest: peer send=8@x:1 events 9 3"),
+            None
+        );
     }
 
     #[test]
