@@ -98,8 +98,8 @@ case "$action" in
       case "$word" in keel_steps=*) steps="${word#keel_steps=}" ;; esac
     done
     say() { echo "keel-guest: peer $*"; }
-    # Interrupts of the VIFs' event channels so far (netfront's `eth*` lines).
-    vif_events() { awk '/eth[0-9]/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts; }
+    # Interrupts of the VIFs' event channels so far (netfront names them `vif<devid>-q<n>[-tx|-rx]`).
+    vif_events() { awk '/ vif[0-9]/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts; }
     for step in $(echo "$steps" | tr ',' ' '); do
       arg="${step#*=}"; dev="${arg%%@*}"; val="${arg#*@}"
       case "$step" in
