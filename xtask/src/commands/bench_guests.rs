@@ -897,8 +897,12 @@ impl KeelHost {
             domains.push(vm);
         }
         for domid in &domids {
-            let marker = Pattern::contains(format!("guest d{domid}: {GUEST_READY}"));
-            self.machine.wait_for_line(marker, LOADED_BOOT_DEADLINE)?;
+            bench_guests_net::wait_for_guest_line(
+                &self.machine,
+                domid,
+                GUEST_READY,
+                LOADED_BOOT_DEADLINE,
+            )?;
         }
         // The heap is sampled every 5 s: let one sample fall after the last marker.
         std::thread::sleep(Duration::from_secs(6));
@@ -1307,10 +1311,11 @@ pub fn run(runs: u32, record: bool) -> Result<(), XtaskError> {
         for (stack, mut figures) in [Stack::Keel, Stack::Linux].into_iter().zip(figures) {
             if !disk_only && !net_only && !skipped(stack) {
                 let step = progress::step(format!("{} run {run}/{runs}", stack.label()));
-                let outcome = match stack {
+                let what = format!("{} run {run}", stack.label());
+                let outcome = once_more_after_a_triple_fault(&what, || match stack {
                     Stack::Keel => run_keel(&image, run, &mut figures),
                     Stack::Linux => run_linux(run, &mut figures, &mut report.notes),
-                };
+                });
                 note_run(stack, run, runs, &figures);
                 if let Err(error) = outcome {
                     let problem = format!("{} run {run}: {error}", stack.label());

@@ -202,6 +202,39 @@ pub fn figures_of(
     }
 }
 
+/// Waits on Keel's console for guest `domid`'s line containing `what`. A guest that
+/// triple-faults (seen under QEMU's nested SVM, on both stacks) is restarted under another
+/// domain id and would leave the wait going until `deadline`: it fails the wait at once.
+pub fn wait_for_guest_line(
+    machine: &Vm,
+    domid: &str,
+    what: &str,
+    deadline: Duration,
+) -> Result<(), XtaskError> {
+    let line = format!("guest d{domid}: {what}");
+    let fault = format!("(XEN) d{domid}v0 Triple fault");
+    let started = Instant::now();
+    loop {
+        let serial = machine.serial_lines();
+        if serial.iter().any(|l| l.contains(&line)) {
+            return Ok(());
+        }
+        if let Some(l) = serial.iter().find(|l| l.contains(&fault)) {
+            return Err(failed(format!(
+                "guest d{domid} triple-faulted before `{what}`: {}",
+                l.trim()
+            )));
+        }
+        if started.elapsed() > deadline {
+            return Err(failed(format!(
+                "no `{line}` within {} s",
+                deadline.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// vCPU seconds of dom0, the receiving and the sending guest over the rows' `wall` seconds.
 fn rows_cpu(wall: f64, [dom0, a, b]: [f64; 3], how: &str) -> String {
     let share = |s: f64| 100.0 * s / wall.max(0.001);
@@ -292,31 +325,13 @@ pub fn run_keel(machine: &Vm, session: &Session, initrd: &Path) -> Result<NetFig
         domids.push(s.value("VM.get_domid", &[vm])?);
     }
     let (a, b) = (&domids[0], &domids[1]);
-    // A guest that triple-faults (seen under QEMU's nested SVM, on both stacks) is rebooted
-    // under another domid and would leave this waiting for good: it fails the run at once.
-    let wait = |domid: &str, what: &str| -> Result<(), XtaskError> {
-        let line = format!("guest d{domid}: keel-guest: peer {what}");
-        let fault = format!("(XEN) d{domid}v0 Triple fault");
-        let started = Instant::now();
-        loop {
-            let serial = machine.serial_lines();
-            if serial.iter().any(|l| l.contains(&line)) {
-                return Ok(());
-            }
-            if let Some(l) = serial.iter().find(|l| l.contains(&fault)) {
-                return Err(failed(format!(
-                    "guest d{domid} triple-faulted before `{what}`: {}",
-                    l.trim()
-                )));
-            }
-            if started.elapsed() > RUN_DEADLINE {
-                return Err(failed(format!(
-                    "no `{line}` within {} s",
-                    RUN_DEADLINE.as_secs()
-                )));
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
+    let wait = |domid: &str, what: &str| {
+        wait_for_guest_line(
+            machine,
+            domid,
+            &format!("keel-guest: peer {what}"),
+            RUN_DEADLINE,
+        )
     };
     // dom0's and the guests' vCPU time over the rows (Xen's accounting, the usage ledger):
     // from the sender's last reachability check to the receiver's last count.
