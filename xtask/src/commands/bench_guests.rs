@@ -1090,11 +1090,7 @@ fn xl_cpu_use(
     guests: &[String],
 ) -> Option<(f64, f64)> {
     let wall = to_at.duration_since(*from_at).as_secs_f64();
-    let (before, after) = (disk::parse_xl_list(from), disk::parse_xl_list(to));
-    let used = |name: &str| {
-        let time = |list: &[(String, f64)]| list.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
-        Some(time(&after)? - time(&before)?)
-    };
+    let used = |name: &str| disk::xl_time_used(from, to, name);
     if wall <= 0.0 {
         return None;
     }

@@ -38,7 +38,7 @@ use keel_tests::{Pattern, Vm};
 
 use crate::commands::bench_guest_net::{send_rate, tcp_sink, udp_counter, udp_rate};
 use crate::commands::bench_guests::disk::{
-    keel_vcpu_seconds, parse_cpu_line, parse_xl_list, CpuSplit,
+    keel_vcpu_seconds, parse_cpu_line, xl_time_used, CpuSplit,
 };
 use crate::commands::vm::Session;
 use crate::error::XtaskError;
@@ -498,12 +498,7 @@ fn measure_linux(host: &ReferenceHost, initrd: &Path) -> Result<NetFigures, Xtas
     if let Some((from_at, before)) = from {
         let after = host.run_ok("xl list", CALL_DEADLINE)?;
         let wall = from_at.elapsed().as_secs_f64();
-        let (before, after) = (parse_xl_list(&before), parse_xl_list(&after));
-        let used = |name: &str| {
-            let time =
-                |list: &[(String, f64)]| list.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
-            Some(time(&after)? - time(&before)?)
-        };
+        let used = |name: &str| xl_time_used(&before, &after, name);
         if let (Some(dom0), Some(a), Some(b)) = (used("Domain-0"), used(NAME_A), used(NAME_B)) {
             figures.profile.push(rows_cpu(
                 wall,

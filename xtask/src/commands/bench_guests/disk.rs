@@ -271,6 +271,17 @@ pub fn parse_xl_list(text: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The CPU seconds domain `name` used between two `xl list` outputs, if both show it.
+pub fn xl_time_used(before: &str, after: &str, name: &str) -> Option<f64> {
+    let time = |text: &str| {
+        parse_xl_list(text)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+    };
+    Some(time(after)? - time(before)?)
+}
+
 /// The fields of one CSV record (RFC 4180 quoting).
 fn csv_fields(line: &str) -> Vec<String> {
     let mut fields = vec![String::new()];
@@ -771,13 +782,7 @@ pub fn run_linux(
         .unwrap_or_default();
     let mut profile = DiskProfile::from_guest(&lines, &measured);
     profile.dom0_idle_share = idle_share;
-    let times = |text: &str, name: &str| {
-        parse_xl_list(text)
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-    };
-    let delta = |name: &str| Some(times(&after, name)? - times(&before, name)?);
+    let delta = |name: &str| xl_time_used(&before, &after, name);
     profile.dom0_cpu_s = delta("Domain-0");
     profile.guest_vcpu_s = delta(DISK_GUEST);
     let cpu = |text: &str| text.lines().find_map(parse_cpu_line);
